@@ -1,0 +1,656 @@
+"""FER2013 in every layout users have, validated, parsed fast and cached.
+
+`load(path)` reads Kaggle's `icml_face_data.csv` or `fer2013.csv` (plain, gzip, xz or zip; BOM or
+not; LF or CRLF; pixels quoted or not) and the image-folder export (`train/<emotion>/Training_<id>.jpg`,
+`test/<emotion>/PublicTest_<id>.jpg`, ...) as a folder or an archive. Every row is checked; a bad
+file raises `DataFormatError` naming the lines. The parsed arrays are cached under the file's
+sha256, so the second load of the same file takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ferkit.errors import DataFormatError, FerkitError, Problem
+from ferkit.fileio import read_json, sha256_file, write_json
+
+EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+SPLITS = ("Training", "PublicTest", "PrivateTest")
+SPLIT_ALIASES = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+IMAGE_SIZE = 48
+N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+CACHE_VERSION = 1
+_MAX_PROBLEMS_KEPT = 50
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass
+class Dataset:
+    """FER2013 faces with their labels, splits and where each came from in the source file."""
+
+    images: np.ndarray  # (N, 48, 48) uint8
+    labels: np.ndarray  # (N,) int64, index into EMOTIONS
+    splits: np.ndarray  # (N,) int8, index into SPLITS
+    source: str  # the file or folder it was read from
+    sha256: str  # checksum of that file (of the files, for a folder)
+    lines: np.ndarray | None = None  # (N,) 1-based CSV line of each row (header = line 1)
+    paths: list[str] | None = None  # image-folder layout: each face's path inside the export
+    load_seconds: float = 0.0
+    from_cache: bool = False
+    kind: str = field(default="csv")  # "csv" or "images"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of one split ("Training", "PublicTest", "PrivateTest" or train/val/test)."""
+        name = SPLIT_ALIASES.get(split, split)
+        if name not in SPLITS:
+            raise FerkitError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} (or train, val, test)")
+        return np.flatnonzero(self.splits == SPLITS.index(name))
+
+    def counts(self) -> dict[str, list[int]]:
+        """Per-split class counts in EMOTIONS order."""
+        return {
+            name: np.bincount(self.labels[self.splits == i], minlength=len(EMOTIONS)).tolist()
+            for i, name in enumerate(SPLITS)
+        }
+
+    def origin(self, index: int) -> str:
+        """Where row `index` came from, as a user would look it up."""
+        if self.paths is not None:
+            return self.paths[index]
+        return f"line {int(self.lines[index])}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load FER2013 from `path` (CSV or image export, plain or compressed); cached by checksum."""
+    path = Path(path)
+    if not path.exists():
+        raise FerkitError(f"{path}: no such file or folder. Download icml_face_data.csv from Kaggle's "
+                          "'Challenges in Representation Learning: Facial Expression Recognition Challenge'.")
+    started = time.perf_counter()
+    store = _Cache(Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
+    stat_key = _stat_key(path)
+    if store is not None and (cached := store.get(stat_key)) is not None:
+        cached.source = str(path)
+        cached.load_seconds = time.perf_counter() - started
+        return cached
+
+    if path.is_dir():
+        dataset = _load_image_entries(_folder_entries(path), path, _folder_checksum(path))
+    else:
+        raw = _read_bytes(path)
+        checksum = _sha256_bytes(raw)
+        if store is not None and (cached := store.get_by_sha(checksum)) is not None:
+            store.remember(stat_key, checksum)
+            cached.source = str(path)
+            cached.load_seconds = time.perf_counter() - started
+            return cached
+        dataset = _load_bytes(raw, path, checksum)
+    dataset.load_seconds = time.perf_counter() - started
+    if store is not None:
+        store.put(stat_key, dataset)
+    return dataset
+
+
+def default_cache_dir() -> Path:
+    """Where parsed datasets are kept: $FERKIT_CACHE, else ~/.cache/ferkit."""
+    env = os.environ.get("FERKIT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "ferkit"
+
+
+def _sha256_bytes(raw: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(raw).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Containers: plain, gzip, xz, bz2, zip, tar
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise FerkitError(f"{path}: cannot read the file ({exc.strerror})") from None
+
+
+def _load_bytes(raw: bytes, path: Path, checksum: str) -> Dataset:
+    """Dispatch on the file's magic bytes, not its name: users rename files."""
+    if not raw:
+        raise DataFormatError(str(path), [Problem(None, None, "the file is empty: expected a FER2013 CSV "
+                                                               "with the header 'emotion, Usage, pixels'")])
+    if raw[:2] == b"\x1f\x8b":
+        return _load_bytes(_decompress(gzip.decompress, raw, path, "gzip"), path, checksum)
+    if raw[:6] == b"\xfd7zXZ\x00":
+        return _load_bytes(_decompress(lzma.decompress, raw, path, "xz"), path, checksum)
+    if raw[:3] == b"BZh":
+        return _load_bytes(_decompress(bz2.decompress, raw, path, "bz2"), path, checksum)
+    if raw[:4] == b"PK\x03\x04":
+        return _load_zip(raw, path, checksum)
+    if len(raw) > 262 and raw[257:262] == b"ustar":
+        return _load_image_entries(_tar_entries(raw, path), path, checksum)
+    return _parse_csv(raw, str(path), checksum)
+
+
+def _decompress(fn, raw: bytes, path: Path, kind: str) -> bytes:
+    try:
+        return fn(raw)
+    except EOFError:
+        raise DataFormatError(str(path), [Problem(None, None, f"the {kind} stream ends too early: the file is "
+                                                              "truncated (an interrupted download?); download it again")]) from None
+    except (OSError, lzma.LZMAError, zlib.error, ValueError) as exc:
+        raise DataFormatError(str(path), [Problem(None, None, f"the {kind} stream is corrupt ({exc}); "
+                                                              "download the file again")]) from None
+
+
+def _load_zip(raw: bytes, path: Path, checksum: str) -> Dataset:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+        names = [n for n in archive.namelist() if not n.endswith("/") and not _is_junk(n)]
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt or truncated ({exc}); "
+                                                              "download it again")]) from None
+    csvs = [n for n in names if n.lower().endswith(".csv")]
+    images = [n for n in names if n.lower().endswith(_IMAGE_SUFFIXES)]
+    try:
+        if len(csvs) == 1 and not images:
+            return _parse_csv(archive.read(csvs[0]), f"{path}!{csvs[0]}", checksum)
+        if images:
+            return _load_image_entries(((n, archive.read(n)) for n in images), path, checksum)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt ({exc}); download it again")]) from None
+    raise DataFormatError(str(path), [Problem(None, None, "the zip archive holds neither one FER2013 CSV nor the image "
+                                                          f"folders train/ and test/ (it holds {len(names)} files)")])
+
+
+def _tar_entries(raw: bytes, path: Path) -> Iterator[tuple[str, bytes]]:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
+            for member in archive:
+                if member.isfile() and member.name.lower().endswith(_IMAGE_SUFFIXES) and not _is_junk(member.name):
+                    yield member.name, archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError) as exc:
+        raise DataFormatError(str(path), [Problem(None, None, f"the tar archive is corrupt or truncated ({exc}); "
+                                                              "download it again")]) from None
+
+
+def _folder_entries(root: Path) -> Iterator[tuple[str, bytes]]:
+    for file in sorted(root.rglob("*")):
+        rel = file.relative_to(root).as_posix()
+        if file.is_file() and rel.lower().endswith(_IMAGE_SUFFIXES) and not _is_junk(rel):
+            yield rel, file.read_bytes()
+
+
+def _folder_checksum(root: Path) -> str:
+    """sha256 over the sorted relative paths and contents of the folder's image files."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel, content in _folder_entries(root):
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
+    return digest.hexdigest()
+
+
+def _is_junk(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-folder export: <anything>/<train|test>/<emotion>/<Split>_<id>.jpg
+
+_IMAGE_NAME = re.compile(r"^(Training|PublicTest|PrivateTest)_(\d+)\.\w+$")
+
+
+def _load_image_entries(entries, path: Path, checksum: str) -> Dataset:
+    from PIL import Image, UnidentifiedImageError
+
+    folder_of = {name.lower(): i for i, name in enumerate(EMOTIONS)}
+    records, problems, total = [], [], 0
+
+    def complain(message: str) -> None:
+        nonlocal total
+        total += 1
+        if len(problems) < _MAX_PROBLEMS_KEPT:
+            problems.append(Problem(None, None, message))
+
+    for name, content in entries:
+        parts = name.replace("\\", "/").split("/")
+        match = _IMAGE_NAME.match(parts[-1])
+        if len(parts) < 2 or parts[-2].lower() not in folder_of or match is None:
+            complain(f"{name}: expected <train|test>/<emotion>/<Training|PublicTest|PrivateTest>_<id>.jpg "
+                     f"with emotion one of {', '.join(e.lower() for e in EMOTIONS)}")
+            continue
+        try:
+            with Image.open(io.BytesIO(content)) as image:
+                pixels = np.asarray(image.convert("L"))
+        except (UnidentifiedImageError, OSError) as exc:
+            complain(f"{name}: not a readable image ({exc})")
+            continue
+        if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
+            complain(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]}, expected 48x48")
+            continue
+        split = SPLITS.index(match.group(1))
+        records.append((split, int(match.group(2)), name, folder_of[parts[-2].lower()], pixels))
+    if not records and not problems:
+        complain("no face images found: expected train/<emotion>/Training_<id>.jpg and "
+                 "test/<emotion>/PublicTest_<id>.jpg, PrivateTest_<id>.jpg")
+    if problems:
+        raise DataFormatError(str(path), problems, total)
+    records.sort(key=lambda r: (r[0], r[1], r[3]))  # split, numeric id, label: the CSV's row order
+    return Dataset(
+        images=np.stack([r[4] for r in records]),
+        labels=np.array([r[3] for r in records], dtype=np.int64),
+        splits=np.array([r[0] for r in records], dtype=np.int8),
+        source=str(path), sha256=checksum, paths=[r[2] for r in records], kind="images",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV: header detection, per-row fields in Python, pixels vectorised with NumPy
+
+_HEADER_HELP = ("expected the columns emotion, Usage and pixels: 'emotion, Usage, pixels' "
+                "(icml_face_data.csv) or 'emotion,pixels,Usage' (fer2013.csv)")
+_LABELS = {str(i).encode(): i for i in range(len(EMOTIONS))}
+_USAGES = {name.encode(): i for i, name in enumerate(SPLITS)}
+_ROWS_PER_CHUNK = 2048  # bounds the temporaries of the vectorised pass to ~16 MB of text
+
+
+class _Problems:
+    """Collects problems, keeping the first few in detail and counting them all."""
+
+    def __init__(self) -> None:
+        self.kept: list[Problem] = []
+        self.total = 0
+
+    def add(self, line: int | None, column: int | None, message: str) -> None:
+        self.total += 1
+        if len(self.kept) < _MAX_PROBLEMS_KEPT:
+            self.kept.append(Problem(line, column, message))
+
+
+def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
+    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    if not raw[start:start + 65536].strip() and not raw[start:].strip():  # avoid copying a big file
+        raise DataFormatError(name, [Problem(None, None, "the file is empty: expected a FER2013 CSV with the "
+                                                         "header 'emotion, Usage, pixels'")])
+    _reject_binary(raw, start, name)
+
+    header_end = raw.find(b"\n", start)
+    header_end = len(raw) if header_end < 0 else header_end
+    columns = [c.strip().strip(b'"').strip().lower() for c in raw[start:header_end].rstrip(b"\r").split(b",")]
+    order = _column_order(columns, raw[start:header_end], name)
+
+    problems = _Problems()
+    line_starts, pix_starts, pix_ends, labels, splits, rows_lines = [], [], [], [], [], []
+    find = raw.find
+    pos, line_no, size = header_end + 1, 1, len(raw)
+    while pos < size:
+        line_no += 1
+        end = find(b"\n", pos)
+        nxt = end + 1
+        if end < 0:
+            end = nxt = size
+        stop = end - 1 if end > pos and raw[end - 1] == 13 else end  # drop the \r of CRLF
+        c1 = find(b",", pos, stop)
+        if c1 < 0 and not raw[pos:stop].strip():
+            pos = nxt
+            continue  # blank lines carry no data
+        c2 = find(b",", c1 + 1, stop) if c1 >= 0 else -1
+        if c2 < 0 or find(b",", c2 + 1, stop) >= 0:
+            fields = raw.count(b",", pos, stop) + 1
+            problems.add(line_no, None, f"has {fields} field{'s' if fields != 1 else ''}, expected 3 "
+                                        "(emotion, Usage, pixels)" + _truncation_hint(end, size))
+            pos = nxt
+            continue
+        bounds = ((pos, c1), (c1 + 1, c2), (c2 + 1, stop))
+        (la, lb), (ua, ub), (pa, pb) = (bounds[i] for i in order)
+        label = _LABELS.get(raw[la:lb].strip().strip(b'"'))
+        usage = _USAGES.get(raw[ua:ub].strip().strip(b'"'))
+        if label is None:
+            problems.add(line_no, la - pos + 1, _bad_label(raw[la:lb]))
+        if usage is None:
+            problems.add(line_no, ua - pos + 1, f"unknown Usage {_show(raw[ua:ub])}: expected Training, "
+                                                "PublicTest or PrivateTest")
+        pa, pb = _strip_field(raw, pa, pb)
+        if label is None or usage is None:
+            pos = nxt
+            continue
+        line_starts.append(pos)
+        pix_starts.append(pa)
+        pix_ends.append(pb)
+        labels.append(label)
+        splits.append(usage)
+        rows_lines.append(line_no)
+        pos = nxt
+
+    images = _parse_pixels(raw, np.array(line_starts), np.array(pix_starts), np.array(pix_ends),
+                           np.array(rows_lines), problems, ends_with_newline=raw.endswith(b"\n"))
+    if problems.total:
+        problems.kept.sort(key=lambda p: (p.line or 0, p.column or 0))
+        raise DataFormatError(name, problems.kept, problems.total)
+    if not labels:
+        raise DataFormatError(name, [Problem(None, None, "the file has a header but no rows of faces")])
+    return Dataset(images=images, labels=np.array(labels, dtype=np.int64), splits=np.array(splits, dtype=np.int8),
+                   source=name, sha256=checksum, lines=np.array(rows_lines, dtype=np.int64), kind="csv")
+
+
+def _reject_binary(raw: bytes, start: int, name: str) -> None:
+    head = raw[start:start + 65536]
+    bad = next((i for i, b in enumerate(head) if b < 9 or 13 < b < 32 or b == 127), None)
+    if bad is None:
+        try:
+            head.decode("utf-8")
+            return
+        except UnicodeDecodeError as exc:
+            bad = exc.start
+    line = head.count(b"\n", 0, bad) + 1
+    column = bad - (head.rfind(b"\n", 0, bad) + 1) + 1
+    raise DataFormatError(name, [Problem(line, column, f"byte 0x{head[bad]:02x} is binary data: this is not a text CSV. "
+                                                       "Expected FER2013's icml_face_data.csv or fer2013.csv "
+                                                       "(plain, .gz, .xz or .zip) or the image-folder export")])
+
+
+def _column_order(columns: list[bytes], header: bytes, name: str) -> tuple[int, int, int]:
+    wanted = (b"emotion", b"usage", b"pixels")
+    if sorted(columns) == sorted(wanted):
+        return tuple(columns.index(w) for w in wanted)
+    if columns and columns[0][:1].isdigit():
+        message = f"missing header: line 1 starts with data; {_HEADER_HELP}"
+    else:
+        shown = _show(header.rstrip(b"\r"))
+        message = f"unknown header {shown}: {_HEADER_HELP}"
+        if b"usage" not in columns and b"pixels" in columns:
+            message += " (Kaggle's train.csv/test.csv lack the Usage column that gives the splits)"
+    raise DataFormatError(name, [Problem(1, None, message)])
+
+
+def _strip_field(raw: bytes, a: int, b: int) -> tuple[int, int]:
+    """Narrow [a, b) past surrounding spaces and one pair of quotes."""
+    while a < b and raw[a] in b" \t":
+        a += 1
+    while b > a and raw[b - 1] in b" \t":
+        b -= 1
+    if b - a >= 2 and raw[a] == 34 and raw[b - 1] == 34:
+        a, b = a + 1, b - 1
+    return a, b
+
+
+def _bad_label(text: bytes) -> str:
+    value = text.strip().strip(b'"')
+    kinds = ", ".join(f"{i} {e}" for i, e in enumerate(EMOTIONS))
+    if value.lstrip(b"-").isdigit():
+        return f"emotion {value.decode()} is outside 0-6 ({kinds})"
+    return f"emotion {_show(text)} is not an integer 0-6 ({kinds})"
+
+
+def _show(text: bytes, limit: int = 40) -> str:
+    shown = text.decode("utf-8", "replace")
+    return repr(shown if len(shown) <= limit else shown[:limit] + "...")
+
+
+def _truncation_hint(end: int, size: int) -> str:
+    return "; the file ends in the middle of this row: it looks truncated (download it again)" if end >= size else ""
+
+
+def _pair_table() -> np.ndarray:
+    """Value of the two bytes before a number's last digit, indexed by tens << 8 | hundreds.
+
+    Bytes are digit values (ASCII - 48): 0-9 for digits, anything else for separators. A hundreds
+    digit counts only when the tens is a digit too (else it belongs to the previous number).
+    """
+    low = np.arange(65536) & 0xFF
+    high = np.arange(65536) >> 8
+    table = np.where(high < 10, 10 * high + np.where(low < 10, 100 * low, 0), 0)
+    return table.astype(np.uint16)
+
+
+_PAIR_VALUE = _pair_table()
+_PAD = 3  # leading separators, so that looking two bytes back from any number stays in bounds
+
+
+def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, pix_ends: np.ndarray,
+                  rows_lines: np.ndarray, problems: _Problems, ends_with_newline: bool) -> np.ndarray:
+    """Parse each row's pixel field (raw[pix_starts[i]:pix_ends[i]]) into images, vectorised.
+
+    A chunk of rows is copied into a uint8 array with the bytes between pixel fields blanked to
+    spaces. The last digit of each number is where a digit is followed by a non-digit; its value
+    is that digit plus a table lookup of the two bytes before it. The common path makes a handful
+    of passes over the text; the slow path that locates problems runs only for a bad file.
+    """
+    n_rows = len(pix_starts)
+    images = np.empty((n_rows, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    buffer = np.frombuffer(raw, dtype=np.uint8)
+    chunks = [(r0, min(r0 + _ROWS_PER_CHUNK, n_rows)) for r0 in range(0, n_rows, _ROWS_PER_CHUNK)]
+    longest = max((int(pix_ends[r1 - 1] - pix_starts[r0]) + _PAD for r0, r1 in chunks), default=0)
+    # Buffers reused by every chunk: fresh 16 MB arrays would cost a page fault per 4 kB.
+    work_buf = np.empty(longest, dtype=np.uint8)
+    digit_buf, flag_buf = np.empty(longest, dtype=bool), np.empty(longest, dtype=bool)
+    for r0, r1 in chunks:
+        base = int(pix_starts[r0]) - _PAD  # chunk position k is raw offset base + k
+        size = int(pix_ends[r1 - 1]) - base
+        work, is_digit, flags = work_buf[:size], digit_buf[:size], flag_buf[:size]
+        work[:_PAD] = 240
+        np.subtract(buffer[base + _PAD:base + size], np.uint8(48), out=work[_PAD:])
+        # digits are now 0-9, a space 240, anything else another value
+        seg_starts, seg_ends = pix_starts[r0:r1] - base, pix_ends[r0:r1] - base
+        for gap_start, gap_end in zip(seg_ends[:-1].tolist(), seg_starts[1:].tolist()):
+            work[gap_start:gap_end] = 240
+        np.less(work, 10, out=is_digit)
+        np.equal(work, 240, out=flags)
+        n_digits = np.count_nonzero(is_digit)
+        if n_digits + np.count_nonzero(flags) != size:
+            _report_bad_characters(raw, np.flatnonzero(~is_digit & (work != 240)) + base, r0, line_starts,
+                                   rows_lines, problems)
+        last_digit = flags
+        np.greater(is_digit[:-1], is_digit[1:], out=last_digit[:-1])
+        last_digit[-1] = is_digit[-1]
+        # Positions count from _PAD, so the bytes 1, 2 and 3 before a number's end are contiguous
+        # views gathered with the same index (no index arithmetic, no strided gathers).
+        ends = np.flatnonzero(last_digit[_PAD:])
+        tens, hundreds = work[_PAD - 1:][ends], work[_PAD - 2:][ends]
+        values = work[_PAD:][ends] + _PAIR_VALUE[(tens.astype(np.uint16) << 8) | hundreds]
+        counts = np.searchsorted(ends, seg_ends - _PAD) - np.searchsorted(ends, seg_starts - _PAD)
+        for row in np.flatnonzero(counts != N_PIXELS):
+            i = r0 + row
+            at_end = i == n_rows - 1 and not ends_with_newline
+            problems.add(int(rows_lines[i]), None,
+                         f"has {counts[row]} pixel values, expected {N_PIXELS} (48x48)"
+                         + ("; the file ends in the middle of this row: it looks truncated (download it again)"
+                            if at_end else ""))
+        has_tens = tens < 10
+        digits_read = len(ends) + np.count_nonzero(has_tens) + np.count_nonzero(has_tens & (hundreds < 10))
+        if values.max(initial=0) > 255 or digits_read != n_digits:  # a value over 255, or 4+ digits
+            _report_out_of_range(raw, ends + base + _PAD, r0, line_starts, rows_lines, problems)
+        if (counts == N_PIXELS).all():
+            images[r0:r1] = values.reshape(r1 - r0, IMAGE_SIZE, IMAGE_SIZE)
+    return images
+
+
+def _word_at(raw: bytes, offset: int) -> tuple[int, str]:
+    """The whitespace-delimited word around raw[offset], and where it starts."""
+    stops = b' \t\r\n,"'
+    left = offset
+    while left > 0 and raw[left - 1] not in stops:
+        left -= 1
+    right = offset
+    while right < len(raw) and raw[right] not in stops:
+        right += 1
+    return left, raw[left:right].decode("utf-8", "replace")
+
+
+def _row_of(offset: int, r0: int, line_starts: np.ndarray) -> int:
+    return r0 + int(np.searchsorted(line_starts[r0:r0 + _ROWS_PER_CHUNK], offset, side="right")) - 1
+
+
+def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts: np.ndarray,
+                           rows_lines: np.ndarray, problems: _Problems) -> None:
+    seen_rows = set()
+    for offset in offsets.tolist():
+        i = _row_of(offset, r0, line_starts)
+        if i in seen_rows:
+            continue  # one message per row is enough
+        seen_rows.add(i)
+        left, word = _word_at(raw, offset)
+        problems.add(int(rows_lines[i]), int(left - line_starts[i] + 1),
+                     f"pixel value {word!r} is not an integer 0-255")
+
+
+def _report_out_of_range(raw: bytes, ends: np.ndarray, r0: int, line_starts: np.ndarray,
+                         rows_lines: np.ndarray, problems: _Problems) -> None:
+    for offset in ends.tolist():
+        left, word = _word_at(raw, offset)
+        if word.isdigit() and int(word) > 255:  # only the offenders: leading zeros ("007") are fine
+            i = _row_of(offset, r0, line_starts)
+            problems.add(int(rows_lines[i]), int(left - line_starts[i] + 1), f"pixel value {word} is outside 0-255")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache: parsed arrays keyed by the data file's sha256; a stat index avoids re-hashing
+
+
+def _stat_key(path: Path) -> str:
+    path = path.resolve()
+    if path.is_dir():
+        import hashlib
+
+        digest = hashlib.sha256()
+        for file in sorted(path.rglob("*")):
+            if file.is_file():
+                st = file.stat()
+                digest.update(f"{file.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return f"dir:{path}:{digest.hexdigest()}"
+    st = path.stat()
+    return f"file:{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+class _Cache:
+    """Folders `<sha256>-v<version>/` of .npy arrays, plus `index.json` mapping a file's identity
+    (path, size, mtime) to its sha256 so that a cached load need not hash the file again."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _index(self) -> dict[str, str]:
+        try:
+            return read_json(self.root / "index.json")
+        except (OSError, ValueError):
+            return {}
+
+    def _folder(self, checksum: str) -> Path:
+        return self.root / f"{checksum}-v{CACHE_VERSION}"
+
+    def get(self, stat_key: str) -> Dataset | None:
+        checksum = self._index().get(stat_key)
+        return self.get_by_sha(checksum) if checksum else None
+
+    def get_by_sha(self, checksum: str) -> Dataset | None:
+        folder = self._folder(checksum)
+        try:
+            meta = read_json(folder / "meta.json")
+            arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in meta["arrays"]}
+        except (OSError, ValueError, KeyError):
+            return None  # missing or damaged: parse the file again
+        return Dataset(images=arrays["images"], labels=arrays["labels"], splits=arrays["splits"],
+                       source=meta["source"], sha256=checksum, lines=arrays.get("lines"), paths=meta.get("paths"),
+                       kind=meta["kind"], from_cache=True)
+
+    def remember(self, stat_key: str, checksum: str) -> None:
+        try:
+            index = self._index()
+            index[stat_key] = checksum
+            write_json(self.root / "index.json", index)
+        except OSError:
+            pass  # a read-only cache only costs speed
+
+    def put(self, stat_key: str, dataset: Dataset) -> None:
+        arrays = {"images": dataset.images, "labels": dataset.labels, "splits": dataset.splits}
+        if dataset.lines is not None:
+            arrays["lines"] = dataset.lines
+        meta = {"source": dataset.source, "kind": dataset.kind, "arrays": list(arrays), "paths": dataset.paths}
+        folder = self._folder(dataset.sha256)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.root))
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", array)
+            write_json(tmp / "meta.json", meta)
+            if folder.exists():
+                shutil.rmtree(folder)  # a stale or damaged copy of the same checksum
+            os.replace(tmp, folder)  # the folder appears whole or not at all
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        self.remember(stat_key, dataset.sha256)
+
+
+def file_checksum(path: str | os.PathLike) -> str:
+    """The checksum `load` records for `path` (a folder's covers its image files)."""
+    path = Path(path)
+    return _folder_checksum(path) if path.is_dir() else sha256_file(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# `ferkit data`: what the user sees first
+
+
+def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0, cache: bool = True) -> dict:
+    """Load `path`, then write summary.json, samples.png and class_balance.png into `out_dir`.
+
+    Example: ``ferkit data icml_face_data.csv --out runs/data``
+    """
+    from ferkit import visualize
+
+    dataset = load(path, cache=cache)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = dataset.counts()
+    summary = {
+        "source": str(path),
+        "sha256": dataset.sha256,
+        "layout": dataset.kind,
+        "rows": len(dataset),
+        "classes": list(EMOTIONS),
+        "counts": counts,
+        "load_seconds": round(dataset.load_seconds, 4),
+        "from_cache": dataset.from_cache,
+    }
+    write_json(out / "summary.json", summary)
+    train = dataset.indices("Training")
+    pool = train if len(train) else np.arange(len(dataset))
+    visualize.sample_grid(dataset.images[pool], dataset.labels[pool], out / "samples.png", seed=seed)
+    visualize.class_balance(counts, out / "class_balance.png")
+    return summary
+
+
+def counts_table(counts: dict[str, list[int]]) -> str:
+    """The per-split class counts as a plain-text table."""
+    width = max(len(e) for e in EMOTIONS) + 2
+    header = "split".ljust(12) + "".join(e.rjust(width) for e in EMOTIONS) + "total".rjust(9)
+    rows = [header]
+    for split, values in counts.items():
+        rows.append(split.ljust(12) + "".join(str(v).rjust(width) for v in values) + str(sum(values)).rjust(9))
+    return "\n".join(rows)

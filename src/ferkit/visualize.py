@@ -1,0 +1,109 @@
+"""Figures: sample faces, class balance, confusion matrices, learning curves. Each writes one PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; no display is needed or wanted
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ferkit.data import EMOTIONS, SPLITS  # noqa: E402
+from ferkit.fileio import atomic_path  # noqa: E402
+
+
+def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
+    """Write `fig` atomically as PNG and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike, per_class: int = 8,
+                seed: int = 0, title: str = "FER2013 training faces, a row per emotion") -> Path:
+    """A row per emotion of `per_class` random faces of that class, labelled."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(EMOTIONS), per_class, figsize=(per_class * 0.9 + 1.2, len(EMOTIONS) * 0.95))
+    for row, name in enumerate(EMOTIONS):
+        pool = np.flatnonzero(labels == row)
+        chosen = rng.choice(pool, size=min(per_class, len(pool)), replace=False) if len(pool) else []
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(chosen):
+                ax.imshow(images[chosen[col]], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[row, 0].set_ylabel(f"{row} {name}", rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
+def class_balance(counts: dict[str, Sequence[int]], path: str | os.PathLike) -> Path:
+    """Grouped bars of per-split class counts, each bar labelled with its count and share."""
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    x = np.arange(len(EMOTIONS))
+    names = [s for s in SPLITS if s in counts]
+    width = 0.8 / max(1, len(names))
+    for i, split in enumerate(names):
+        values = np.asarray(counts[split])
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=f"{split} ({values.sum():,})")
+        share = values / max(1, values.sum())
+        for bar, value, frac in zip(bars, values, share):
+            ax.annotate(f"{value}\n{frac:.0%}" if i == 0 else f"{value}", (bar.get_x() + bar.get_width() / 2, value),
+                        ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, EMOTIONS)
+    ax.set_ylabel("faces")
+    ax.set_title("Class balance per split (Disgust is rare: weigh it in training)")
+    ax.legend(fontsize=8)
+    ax.margins(y=0.18)
+    return save(fig, path)
+
+
+def confusion_matrices(matrix: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
+    """Counts and row-normalised (recall) confusion matrices side by side."""
+    matrix = np.asarray(matrix)
+    normalised = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, data, fmt, name in ((axes[0], matrix, "d", "counts"), (axes[1], normalised, ".2f", "row-normalised (recall)")):
+        im = ax.imshow(data, cmap="Blues", vmin=0)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        for (r, c), v in np.ndenumerate(data):
+            ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7,
+                    color="white" if v > data.max() * 0.6 else "black")
+        ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(EMOTIONS)), EMOTIONS, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
+def learning_curves(history: "list[dict]", path: str | os.PathLike, best_epoch: int | None = None,
+                    title: str = "") -> Path:
+    """Loss and accuracy per epoch on training and validation, the best epoch marked."""
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], label="train", marker=".")
+        ax.plot(epochs, [row[f"val_{key}"] for row in history], label="validation (PublicTest)", marker=".")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="gray", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("loss (train loss is on augmented batches)", fontsize=9)
+    axes[1].set_title("accuracy", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save(fig, path)
