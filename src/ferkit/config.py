@@ -1,0 +1,189 @@
+"""Training configuration: every default in one place, hardware profiles, strict overrides.
+
+Resolution order: defaults < profile < YAML file < `--set key=value`. Unknown keys are rejected
+with the list of known ones; the resolved config is saved in the run folder as config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferkit.errors import FerkitError
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = "cnn"
+    profile: str = "cpu"  # cpu | gpu: model size and schedule for the hardware
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # cnn: channels per stage (48, 24, 12, 6 px)
+    depth: int = 2  # cnn: 3x3 convs per stage
+    residual: bool = False  # cnn: identity shortcuts around pairs of convs
+    hidden: tuple[int, ...] = (1024, 512)  # mlp: hidden layer widths
+    dropout: float = 0.3
+    # optimisation
+    epochs: int = 18
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    schedule: str = "cosine"  # cosine (linear warmup, cosine decay) | onecycle | constant
+    warmup_epochs: float = 1.0
+    patience: int = 12  # early stopping: epochs without a better validation score
+    select_by: str = "val_acc"  # val_acc | val_macro_f1: what "best" means
+    # class imbalance (Disgust is 1.5% of training)
+    imbalance: str = "weighted_loss"  # weighted_loss | sampler | none
+    imbalance_power: float = 0.5  # class weight = (largest class / class size) ** power
+    # augmentation, applied to whole batches on the device
+    augment: bool = True
+    flip: bool = True
+    max_shift: float = 4.0  # pixels
+    max_rotate: float = 10.0  # degrees
+    max_scale: float = 0.1  # relative zoom in or out
+    erase_prob: float = 0.5  # random erasing of one rectangle
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing; 0 turns it off
+    cutmix: float = 0.0  # Beta(alpha, alpha) box mixing; 0 turns it off
+    tta: str = "flip"  # flip | crops (flip and 4 shifts) | none: what `evaluate --tta` does
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda
+    threads: int = 0  # CPU threads; 0 leaves torch's default
+    train_limit: int = 0  # use only the first N training images (smoke tests); 0 = all
+    val_limit: int = 0  # use only the first N validation images; 0 = all
+    channels_last: bool = True
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model
+    eval_batch_size: int = 512
+
+    def model_kwargs(self) -> dict[str, Any]:
+        if self.model == "cnn":
+            return {"widths": list(self.widths), "depth": self.depth, "residual": self.residual, "dropout": self.dropout}
+        if self.model == "mlp":
+            return {"hidden": list(self.hidden), "dropout": self.dropout}
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+# Each profile overrides only what differs from the defaults above (which are the cpu profile).
+PROFILES: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "gpu": {
+        "widths": (64, 128, 256, 512), "depth": 5, "residual": True, "dropout": 0.3, "epochs": 120,
+        "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 3.0, "patience": 30,
+        "erase_prob": 0.5, "tta": "crops", "eval_batch_size": 2048,
+    },
+}
+_CHOICES = {
+    "model": None, "profile": tuple(PROFILES), "optimizer": ("sgd", "adamw"),
+    "schedule": ("cosine", "onecycle", "constant"), "select_by": ("val_acc", "val_macro_f1"),
+    "imbalance": ("weighted_loss", "sampler", "none"), "tta": ("flip", "crops", "none"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+def _parse_value(name: str, text: Any, default: Any) -> Any:
+    """Convert a --set string (or a YAML value) to the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(text, bool):
+                return text
+            lowered = str(text).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, tuple):
+            items = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").strip("()[]").split(",")
+            return tuple(int(v) for v in items if str(v) != "")
+        if isinstance(default, int):
+            value = float(text)
+            if value != int(value):
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(text)
+        return str(text)
+    except (TypeError, ValueError):
+        kind = "true/false" if isinstance(default, bool) else "comma-separated integers" if isinstance(default, tuple) \
+            else type(default).__name__
+        raise FerkitError(f"config key {name!r}: {text!r} is not a valid {kind}") from None
+
+
+def resolve(profile: str | None = None, config_file: str | os.PathLike | None = None,
+            overrides: list[str] | dict[str, Any] | None = None, **explicit: Any) -> TrainConfig:
+    """Build a TrainConfig from defaults, a profile, a YAML file and key=value overrides."""
+    defaults = TrainConfig()
+    known = {f.name: getattr(defaults, f.name) for f in fields(TrainConfig)}
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise FerkitError(f"{config_file}: cannot read the config file ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise FerkitError(f"{config_file}: expected a mapping of key: value")
+        layers.append((str(config_file), loaded))
+    if overrides:
+        if isinstance(overrides, dict):
+            layers.append(("--set", dict(overrides)))
+        else:
+            pairs = {}
+            for item in overrides:
+                if "=" not in item:
+                    raise FerkitError(f"--set {item!r}: expected key=value, e.g. --set epochs=5")
+                key, value = item.split("=", 1)
+                pairs[key.strip()] = value.strip()
+            layers.append(("--set", pairs))
+    layers.append(("argument", {k: v for k, v in explicit.items() if v is not None}))
+
+    for origin, values in layers:
+        for key in values:
+            if key not in known:
+                raise FerkitError(f"{origin}: unknown config key {key!r}; known keys: {', '.join(known)}")
+    # The profile is chosen first: later layers override what it sets.
+    chosen = profile
+    for _, values in layers:
+        chosen = values.get("profile", chosen)
+    chosen = chosen or "cpu"
+    if chosen not in PROFILES:
+        raise FerkitError(f"unknown profile {chosen!r}: use one of {', '.join(PROFILES)}")
+    resolved = dict(known, **PROFILES[chosen], profile=chosen)
+    for _, values in layers:
+        for key, value in values.items():
+            resolved[key] = _parse_value(key, value, known[key])
+    for key, choices in _CHOICES.items():
+        if choices and resolved[key] not in choices:
+            raise FerkitError(f"config key {key!r}: {resolved[key]!r} is not one of {', '.join(choices)}")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if resolved[key] < 1:
+            raise FerkitError(f"config key {key!r} must be at least 1")
+    return TrainConfig(**resolved)
+
+
+def save(config: TrainConfig, path: str | os.PathLike) -> None:
+    from ferkit.fileio import write_text
+
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load(path: str | os.PathLike) -> TrainConfig:
+    """Read a saved config.yaml back (all keys present)."""
+    values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return resolve(overrides=values)
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    defaults = TrainConfig()
+    return dataclasses.replace(defaults, **{k: _parse_value(k, v, getattr(defaults, k)) for k, v in values.items()})
+

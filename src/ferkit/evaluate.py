@@ -1,0 +1,149 @@
+"""Evaluation of a run (or an ensemble of runs) on PrivateTest or PublicTest: metrics.json,
+classification_report.txt, predictions.csv, confusion_matrix.png, learning_curves.png."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
+
+from ferkit import data as fdata
+from ferkit.data import EMOTIONS
+from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_path, read_json, write_json, write_text
+
+SPLIT_NAMES = {"test": "PrivateTest", "val": "PublicTest"}
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro and weighted F1, per-class precision/recall/F1/support, confusion matrix."""
+    labels = list(range(len(EMOTIONS)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(EMOTIONS)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def split_name(split: str) -> str:
+    if split not in SPLIT_NAMES:
+        raise FerkitError(f"unknown split {split!r}: use test (PrivateTest) or val (PublicTest)")
+    return SPLIT_NAMES[split]
+
+
+def _resolve_data(run_dir: Path, data: str | os.PathLike | None) -> str:
+    if data:
+        return str(data)
+    try:
+        recorded = read_json(run_dir / "run.json")["data"]["path"]
+    except (OSError, KeyError, ValueError):
+        raise FerkitError(f"{run_dir}: no run.json with the data path; pass --data") from None
+    if not Path(recorded).exists():
+        raise FerkitError(f"{recorded} (the run's data file) is gone; pass --data PATH")
+    return recorded
+
+
+def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,
+                     info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None) -> dict:
+    """Write the evaluation files for predictions `probs` (N, 7) on dataset rows `rows`."""
+    from ferkit.visualize import confusion_matrices, learning_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    y_true = dataset.labels[rows]
+    y_pred = probs.argmax(1)
+    metrics = dict(info, **compute_metrics(y_true, y_pred), data_sha256=dataset.sha256)
+    write_json(out / "metrics.json", metrics)
+    report = classification_report(y_true, y_pred, labels=list(range(len(EMOTIONS))), target_names=list(EMOTIONS),
+                                   digits=4, zero_division=0)
+    write_text(out / "classification_report.txt", report)
+    frame = pd.DataFrame({"path": [dataset.paths[i] for i in rows]} if dataset.paths is not None
+                         else {"line": dataset.lines[rows]})
+    frame["true"] = y_true
+    frame["pred"] = y_pred
+    for i, name in enumerate(EMOTIONS):
+        frame[name] = np.round(probs[:, i], 6)
+    with atomic_path(out / "predictions.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    title = f"{info.get('name', '')} on {info['split']}: accuracy {metrics['accuracy']:.4f}, " \
+            f"macro F1 {metrics['macro_f1']:.4f}"
+    confusion_matrices(np.array(metrics["confusion_matrix"]), out / "confusion_matrix.png", title=title)
+    if history:
+        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch)
+    return metrics
+
+
+def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False, data: str | os.PathLike | None = None,
+             out: str | os.PathLike | None = None, which: str = "best", device: str = "auto") -> dict[str, Any]:
+    """Evaluate the run's `which` checkpoint; files go to RUN_DIR/eval/<split>[-tta] unless `out`.
+
+    Example: ``ferkit evaluate runs/cnn --split test --tta``
+    """
+    import torch
+
+    from ferkit.train import load_model, pick_device, predict_proba, read_history
+
+    run = Path(run_dir)
+    dataset = fdata.load(_resolve_data(run, data))
+    target = pick_device(device)
+    model, checkpoint = load_model(run, which=which, device=target)
+    cfg = checkpoint["config"]
+    if checkpoint["data_sha256"] != dataset.sha256:
+        raise FerkitError(f"the data file differs from the one this run was trained on (sha256 "
+                          f"{dataset.sha256[:12]}... vs {checkpoint['data_sha256'][:12]}...)")
+    name = split_name(split)
+    rows = dataset.indices(name)
+    mode = cfg.get("tta", "flip") if tta else "none"
+    if cfg.get("channels_last", True):
+        model = model.to(memory_format=torch.channels_last)
+    probs = predict_proba(model, dataset.images[rows], target, cfg.get("eval_batch_size", 512), tta=mode,
+                          channels_last=cfg.get("channels_last", True))
+    history_path = run / "history.csv"
+    history = read_history(history_path) if history_path.exists() else None
+    info = {"name": checkpoint["model_name"], "run": str(run), "split": name, "tta": mode,
+            "checkpoint": which, "epoch": checkpoint["epoch"]}
+    destination = Path(out) if out else run / "eval" / (split + ("-tta" if tta else ""))
+    return write_evaluation(destination, dataset, rows, probs, info, history, checkpoint["epoch"])
+
+
+def ensemble(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, split: str = "test", tta: bool = False,
+             data: str | os.PathLike | None = None, device: str = "auto") -> dict[str, Any]:
+    """Average the probabilities of several runs' best checkpoints and evaluate the average.
+
+    Example: ``ferkit ensemble runs/cnn-s0 runs/cnn-s1 runs/cnn-s2 --out runs/ensemble``
+    """
+    import torch
+
+    from ferkit.train import load_model, pick_device, predict_proba
+
+    if len(run_dirs) < 1:
+        raise FerkitError("ensemble needs at least one run folder")
+    first = Path(run_dirs[0])
+    dataset = fdata.load(_resolve_data(first, data))
+    target = pick_device(device)
+    rows = dataset.indices(split_name(split))
+    total = np.zeros((len(rows), len(EMOTIONS)))
+    members = []
+    for run_dir in run_dirs:
+        model, checkpoint = load_model(run_dir, device=target)
+        if checkpoint["data_sha256"] != dataset.sha256:
+            raise FerkitError(f"{run_dir} was trained on another data file; an ensemble needs runs on the same data")
+        cfg = checkpoint["config"]
+        mode = cfg.get("tta", "flip") if tta else "none"
+        model = model.to(memory_format=torch.channels_last)
+        probs = predict_proba(model, dataset.images[rows], target, cfg.get("eval_batch_size", 512), tta=mode)
+        member = compute_metrics(dataset.labels[rows], probs.argmax(1))
+        members.append({"run": str(run_dir), "accuracy": member["accuracy"], "macro_f1": member["macro_f1"]})
+        total += probs
+    info = {"name": f"ensemble of {len(run_dirs)}", "split": split_name(split), "tta": "per member" if tta else "none",
+            "members": members}
+    return write_evaluation(Path(out), dataset, rows, total / len(run_dirs), info)

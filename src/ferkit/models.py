@@ -1,0 +1,138 @@
+"""The model registry and the two model families: a VGG-style CNN and an MLP on raw pixels.
+
+Every model takes (B, 1, 48, 48) float images (normalised by `preprocess`) and exposes
+`forward_features(x)` (the last convolutional block's maps, or the hidden vector of the MLP) and
+`forward_head(features, pre_logits=False)`, so that feature figures need no hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ferkit.errors import FerkitError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable:
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return add
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model `name`; unknown names list the known ones."""
+    if name not in _REGISTRY:
+        raise FerkitError(f"unknown model {name!r}: known models are {', '.join(list_models())}")
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as exc:
+        raise FerkitError(f"model {name!r}: {exc}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 48, 48) or (B, 1, H, W) -> float (B, 1, H, W) scaled to about zero mean, unit spread."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    return (images.float() - 128.0) / 64.0
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ResidualStage(nn.Module):
+    """`depth` 3x3 conv-BN-ReLU layers; with `residual`, pairs of them get an identity shortcut."""
+
+    def __init__(self, cin: int, cout: int, depth: int, residual: bool):
+        super().__init__()
+        self.entry = _conv_bn(cin, cout)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(_conv_bn(cout, cout), _conv_bn(cout, cout)) if residual else _conv_bn(cout, cout)
+            for _ in range(depth - 1 if not residual else (depth - 1) // 2)
+        )
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.entry(x)
+        for block in self.blocks:
+            x = x + block(x) if self.residual else block(x)
+        return x
+
+
+@register_model("cnn")
+class CNN(nn.Module):
+    """VGG-style: stages of 3x3 conv-BN-ReLU, 2x2 max-pool between stages, then global average
+    and max pooling, dropout and a linear classifier. Width and depth come from the profile."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), depth: int = 2, residual: bool = False,
+                 dropout: float = 0.3, num_classes: int = 7):
+        super().__init__()
+        self.config = {"widths": list(widths), "depth": depth, "residual": residual, "dropout": dropout,
+                       "num_classes": num_classes}
+        stages, cin = [], 1
+        for i, width in enumerate(widths):
+            if i:
+                stages.append(nn.MaxPool2d(2))
+            stages.append(ResidualStage(cin, width, depth, residual))
+            cin = width
+        self.features = nn.Sequential(*stages)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * cin, num_classes)
+        self.num_features = 2 * cin
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, C, 48 / 2**(stages-1), same)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)  # (B, 2C)
+        if pre_logits:
+            return pooled
+        return self.classifier(self.dropout(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model("mlp")
+class MLP(nn.Module):
+    """Fully connected layers on the flattened 48x48 pixels: the baseline without convolutions."""
+
+    def __init__(self, hidden: tuple[int, ...] = (1024, 512), dropout: float = 0.3, num_classes: int = 7):
+        super().__init__()
+        self.config = {"hidden": list(hidden), "dropout": dropout, "num_classes": num_classes}
+        layers, cin = [nn.Flatten()], 48 * 48
+        for width in hidden:
+            layers += [nn.Linear(cin, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            cin = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, num_classes)
+        self.num_features = cin
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, hidden[-1]): no spatial maps
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return features if pre_logits else self.classifier(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def has_conv_layers(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())

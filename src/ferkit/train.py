@@ -1,0 +1,358 @@
+"""Training: the whole training split lives on the device as uint8; batches are slices of a seeded
+permutation, augmented on the device. Validation on PublicTest after every epoch picks the best
+checkpoint and stops early; PrivateTest is never touched here.
+
+A run folder holds config.yaml, run.json, history.csv, checkpoints/{last,best}.pt and
+learning_curves.png. Every epoch draws its randomness from (seed, epoch) alone, so a run resumed
+from `last.pt` ends exactly where an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from tqdm.auto import tqdm
+
+from ferkit import config as configs
+from ferkit import data as fdata
+from ferkit.augment import augment_batch, mix
+from ferkit.config import TrainConfig
+from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_path, environment, read_json, write_json, write_text
+from ferkit.models import count_parameters, get_model, preprocess
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds",
+                  "images_per_second")
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, seeds, checkpoints
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FerkitError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU; use --set device=cpu")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary file, then an atomic rename: a kill never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+    if not path.exists():
+        raise FerkitError(f"{path}: no checkpoint here; train one with `ferkit train DATA --out RUN_DIR`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file: say so instead of a traceback
+        raise FerkitError(f"{path}: not a ferkit checkpoint ({exc})") from None
+
+
+def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
+               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model of a run folder (its `which` checkpoint) or of a checkpoint file."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        path = path / "checkpoints" / f"{which}.pt"
+    checkpoint = load_checkpoint(path)
+    model = get_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction (shared with evaluation)
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
+                  batch_size: int = 512, tta: str = "none", channels_last: bool = True) -> np.ndarray:
+    """Class probabilities (N, 7) for uint8 images (N, 48, 48); `tta` averages flips and shifts."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    images = torch.as_tensor(images)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = preprocess(images[start:start + batch_size].to(device))
+        views = _tta_views(x, tta)
+        probs = 0
+        for view in views:
+            if channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                probs = probs + F.softmax(model(view).float(), dim=1)
+        out.append((probs / len(views)).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, len(fdata.EMOTIONS)), np.float32)
+
+
+def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    if tta == "none":
+        return [x]
+    views = [x, x.flip(3)]
+    if tta == "crops":
+        padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
+        h, w = x.shape[2:]
+        for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4)):
+            shifted = padded[:, :, dy:dy + h, dx:dx + w]
+            views += [shifted, shifted.flip(3)]
+    return views
+
+
+def _autocast(device: torch.device, enabled: bool = True):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schedule is a pure function of the step
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "onecycle":
+        peak = max(1, int(0.3 * total_steps))
+        if step < peak:
+            return cfg.lr * (0.04 + 0.96 * step / peak)
+        progress = (step - peak) / max(1, total_steps - peak)
+        return cfg.lr * (0.5 * (1 + math.cos(math.pi * progress))) + 1e-5
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def class_weights(labels: np.ndarray, power: float, num_classes: int = 7) -> np.ndarray:
+    """(largest class / class size) ** power, scaled to mean 1 over the training images."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = (counts.max() / np.maximum(counts, 1)) ** power
+    return weights / (weights[labels].mean() if len(labels) else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training run
+
+
+def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainConfig | None = None,
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train `cfg.model` on Training, validate on PublicTest, write the run into `out_dir`.
+
+    Example: ``ferkit train icml_face_data.csv --model cnn --out runs/cnn --set epochs=30``
+    """
+    out = Path(out_dir)
+    last_path = out / "checkpoints" / "last.pt"
+    if resume:
+        if not last_path.exists():
+            raise FerkitError(f"{out}: nothing to resume (no checkpoints/last.pt); start it without --resume")
+        cfg = configs.load(out / "config.yaml")
+        state = load_checkpoint(last_path)
+    else:
+        if last_path.exists():
+            raise FerkitError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+        cfg = cfg or TrainConfig()
+        state = None
+
+    dataset = fdata.load(data_path)
+    if state is not None and state["data_sha256"] != dataset.sha256:
+        raise FerkitError(f"{data_path} is not the file this run was trained on (sha256 {dataset.sha256[:12]}... "
+                          f"vs {state['data_sha256'][:12]}...); resume with the same data file")
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    train_idx = dataset.indices("Training")
+    val_idx = dataset.indices("PublicTest")
+    if cfg.train_limit:
+        train_idx = train_idx[:cfg.train_limit]
+    if cfg.val_limit:
+        val_idx = val_idx[:cfg.val_limit]
+    if len(train_idx) < 2 or len(val_idx) < 1:
+        raise FerkitError(f"{data_path}: training needs Training and PublicTest rows "
+                          f"(found {len(train_idx)} and {len(val_idx)})")
+
+    model = get_model(cfg.model, **cfg.model_kwargs()).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                                    weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    forward = torch.compile(model) if cfg.compile else model
+
+    x_train = torch.from_numpy(dataset.images[train_idx]).to(device).unsqueeze(1)  # (N, 1, 48, 48) uint8
+    y_train_np = dataset.labels[train_idx]
+    y_train = torch.from_numpy(y_train_np).to(device)
+    weights = class_weights(y_train_np, cfg.imbalance_power)
+    loss_weight = torch.tensor(weights, dtype=torch.float32, device=device) if cfg.imbalance == "weighted_loss" else None
+    sample_prob = torch.tensor(weights[y_train_np], dtype=torch.float32, device=device)
+
+    n = len(train_idx)
+    steps_per_epoch = n // cfg.batch_size if n >= cfg.batch_size else 1
+    total_steps = steps_per_epoch * cfg.epochs
+
+    out.mkdir(parents=True, exist_ok=True)
+    if state is None:
+        configs.save(cfg, out / "config.yaml")
+        history: list[dict[str, Any]] = []
+        best_score, best_epoch, bad_epochs, start_epoch, train_seconds = -1.0, 0, 0, 1, 0.0
+        run_info = {
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "data": {"path": str(data_path), "sha256": dataset.sha256, "layout": dataset.kind,
+                     "counts": dataset.counts(), "train_images": int(n), "val_images": int(len(val_idx))},
+            "model": {"name": cfg.model, "kwargs": cfg.model_kwargs(), "parameters": count_parameters(model)},
+            "class_weights": weights.tolist(),
+            "device": str(device),
+            "environment": environment(),
+        }
+        write_json(out / "run.json", run_info)
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
+        start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
+        run_info = read_json(out / "run.json")
+        run_info.setdefault("resumed", []).append(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        write_json(out / "run.json", run_info)
+
+    stopped_early = bool(state and state.get("stopped_early"))
+    bar = tqdm(total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, disable=not progress,
+               desc=f"train {cfg.model}", unit="step", dynamic_ncols=True)
+    val_images = dataset.images[val_idx]
+    val_labels = dataset.labels[val_idx]
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if stopped_early:
+            break
+        started = time.perf_counter()
+        generator = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch))
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)  # dropout draws from the global generator
+        if cfg.imbalance == "sampler":
+            order = torch.multinomial(sample_prob, n, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(n, generator=generator, device=device)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        for step in range(steps_per_epoch):
+            global_step = (epoch - 1) * steps_per_epoch + step
+            lr = learning_rate(cfg, global_step, total_steps, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = augment_batch(preprocess(x_train[batch]), cfg, generator)
+            y = y_train[batch]
+            targets = F.one_hot(y, len(fdata.EMOTIONS)).float()
+            x, targets = mix(x, targets, cfg, generator)
+            x = x.contiguous(memory_format=memory_format)
+            with _autocast(device, cfg.amp):
+                logits = forward(x)
+            loss = F.cross_entropy(logits.float(), targets, weight=loss_weight, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(batch)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(batch)
+            bar.update(1)
+        val_probs = predict_proba(model, val_images, device, cfg.eval_batch_size, channels_last=cfg.channels_last)
+        val_pred = val_probs.argmax(1)
+        seconds = time.perf_counter() - started
+        train_seconds += seconds
+        row = {
+            "epoch": epoch,
+            "train_loss": float(loss_sum) / seen,
+            "train_acc": float(correct) / seen,
+            "val_loss": float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)),
+                                         torch.from_numpy(val_labels))),
+            "val_acc": float((val_pred == val_labels).mean()),
+            "val_macro_f1": float(f1_score(val_labels, val_pred, average="macro", labels=range(7), zero_division=0)),
+            "lr": lr,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(seen / seconds, 1),
+        }
+        history.append(row)
+        score = row[cfg.select_by]
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+        else:
+            bad_epochs += 1
+        stopped_early = bad_epochs >= cfg.patience and epoch < cfg.epochs
+        payload = {
+            "model_name": cfg.model, "model_kwargs": cfg.model_kwargs(), "model": model.state_dict(),
+            "config": cfg.to_dict(), "classes": list(fdata.EMOTIONS), "epoch": epoch, "metrics": row,
+            "data_sha256": dataset.sha256, "ferkit_version": _version(),
+        }
+        if improved:
+            save_checkpoint(out / "checkpoints" / "best.pt", payload)
+        save_checkpoint(last_path, dict(payload, optimizer=optimizer.state_dict(), history=history,
+                                        best_score=best_score, best_epoch=best_epoch, bad_epochs=bad_epochs,
+                                        train_seconds=train_seconds, stopped_early=stopped_early))
+        write_history(out / "history.csv", history)
+        bar.set_postfix(epoch=epoch, loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}")
+        if progress:
+            tqdm.write(f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                       f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} macro-F1 {row['val_macro_f1']:.4f}  "
+                       f"lr {lr:.4g}  {seconds:.1f}s{'  *' if improved else ''}")
+    bar.close()
+
+    from ferkit.visualize import learning_curves
+
+    learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch,
+                    title=f"{cfg.model} ({cfg.profile} profile): best validation epoch {best_epoch}")
+    run_info.update({
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "epochs_run": len(history), "best_epoch": best_epoch, "best_" + cfg.select_by: best_score,
+        "stopped_early": stopped_early, "train_seconds": round(train_seconds, 1),
+        "train_images_per_second": round(np.mean([r["images_per_second"] for r in history]), 1) if history else None,
+    })
+    write_json(out / "run.json", run_info)
+    return run_info
+
+
+def write_history(path: str | os.PathLike, history: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(path, buffer.getvalue())
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _version() -> str:
+    from ferkit import __version__
+
+    return __version__
