@@ -45,7 +45,8 @@ def _auto_profile() -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ferkit.evaluate import evaluate
 
-    metrics = evaluate(args.run_dir, split=args.split, tta=args.tta, data=args.data, out=args.out, device=args.device)
+    metrics = evaluate(args.run_dir, split=args.split, tta=args.tta, data=args.data, out=args.out,
+                       which=args.checkpoint, device=args.device)
     _print_metrics(metrics)
 
 
@@ -58,10 +59,91 @@ def _cmd_ensemble(args: argparse.Namespace) -> None:
     _print_metrics(metrics)
 
 
+def _cmd_features(args: argparse.Namespace) -> None:
+    from ferkit.features import features
+
+    result = features(args.run_dir, args.data, args.out, n=args.n, seed=args.seed, embedding=args.embedding,
+                      device=args.device)
+    print(f"{result['model']} on {result['split']} ({result['faces']} faces): accuracy {result['accuracy']:.4f}; "
+          f"{len(result['chosen'])} faces drawn; {len(result['figures'])} figures, features.json and embedding.csv "
+          f"in {args.out} ({result['seconds']['total']:.0f} s)")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from ferkit.pipeline import run_study
+
+    record = run_study(args.data, args.out, profile=args.profile, cnn_overrides=args.set, mlp_overrides=args.mlp_set)
+    results = record["results"]
+    print(f"\nCNN on PrivateTest (TTA): accuracy {results['cnn_test_accuracy_tta']:.4f}, macro F1 "
+          f"{results['cnn_test_macro_f1_tta']:.4f}; MLP: accuracy {results['mlp_test_accuracy']:.4f}, macro F1 "
+          f"{results['mlp_test_macro_f1']:.4f}")
+    print(f"everything is in {args.out}; the report is {args.out}/report/report.pdf")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from ferkit.predict import predict
+
+    table, messages = predict(args.model, args.inputs, out=args.out, annotate=args.annotate,
+                              detect=not args.no_detect, tta=args.tta)
+    for message in messages:
+        print(message, file=sys.stderr)
+    if args.out:
+        print(f"{len(table)} face(s) written to {args.out}")
+    else:
+        print(table.to_csv(index=False), end="")
+    if table.empty and messages:
+        raise FerkitError("no face was classified")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from ferkit.export import export_onnx
+
+    path = export_onnx(args.run_dir, args.onnx)
+    print(f"wrote {path} and {path.with_suffix('.json')} (input: pixels 0-255, float32 (batch, 1, 48, 48))")
+
+
 def _print_metrics(metrics: dict) -> None:
     print(f"{metrics['name']} on {metrics['split']} ({metrics['n']} faces, TTA {metrics['tta']}): "
           f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
           f"weighted F1 {metrics['weighted_f1']:.4f}")
+
+
+def _cmd_label(args: argparse.Namespace) -> None:
+    from ferkit.label import export_with_truth, serve
+
+    if args.export_with_truth:
+        count = export_with_truth(args.data, args.out, args.export_with_truth)
+        print(f"wrote {args.export_with_truth}: {count} answers of {args.out} with the true labels")
+        return
+    serve(args.data, args.out, n=args.n, seed=args.seed, host=args.host, port=args.port)
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from ferkit.compare import compare
+
+    result = compare(args.run_dir, args.labels, args.out, data=args.data, device=args.device, tta=args.tta,
+                     resamples=args.bootstrap, seed=args.seed)
+    print(f"{result['n']} faces ({result['sample_n']} in the sample); 95% intervals in brackets")
+    for key, name in (("human", "human"), ("cnn", "CNN")):
+        scores = result[key]
+        acc_low, acc_high = scores["accuracy_ci95"]
+        f1_low, f1_high = scores["macro_f1_ci95"]
+        print(f"  {name:5s} accuracy {scores['accuracy']:.3f} [{acc_low:.3f}, {acc_high:.3f}]  "
+              f"macro F1 {scores['macro_f1']:.3f} [{f1_low:.3f}, {f1_high:.3f}]")
+    kappas = {k: "n/a" if v is None else f"{v:.3f}" for k, v in result["kappa"].items()}
+    test = result["mcnemar"]
+    print(f"  kappa human-truth {kappas['human_vs_truth']}, human-CNN {kappas['human_vs_cnn']}; McNemar exact "
+          f"p = {test['p_value']:.4g} (human right, CNN wrong: {test['human_correct_cnn_wrong']}; the reverse: "
+          f"{test['human_wrong_cnn_correct']})")
+    print(f"wrote {args.out}/comparison.json, confusion_matrices.png, disagreements.png, faces.csv")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from ferkit.report import build_report
+
+    result = build_report(args.run_dir, args.out, mlp=args.mlp, features=args.features, compare=args.compare)
+    extras = f" + {result['extra_pages']:.1f} of extras" if result["pages"] > result["main_pages"] else ""
+    print(f"wrote {result['pdf']} ({result['main_pages']} pages{extras}), {result['html']}, {result['md']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("run_dir")
             p.add_argument("--out", help="folder for the files (default RUN_DIR/eval/SPLIT[-tta])")
+            p.add_argument("--checkpoint", default="best", help="best, last, or a snapshot such as at_4min")
         else:
             p.add_argument("run_dirs", nargs="+")
             p.add_argument("--out", required=True)
@@ -101,6 +184,62 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tta", action="store_true", help="test-time augmentation (the run's tta setting)")
         p.add_argument("--data", help="the dataset (default: the file the run was trained on)")
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    p = command("features", _cmd_features, "what a CNN run's last conv layer sees on PrivateTest: activation maps, "
+                "Grad-CAM, emotion-selective channels, a 2-D map of the penultimate features")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="the dataset (default: the file the run was trained on)")
+    p.add_argument("--out", required=True, help="folder for the figures, features.json and embedding.csv")
+    p.add_argument("--n", type=int, default=4, help="faces per emotion, correctly and wrongly classified (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="which faces to show; the t-SNE seed")
+    p.add_argument("--embedding", choices=("tsne", "pca"), default="tsne",
+                   help="the 2-D map: PCA to 50 then t-SNE (default), or PCA only")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p = command("run", _cmd_run, "the whole study: data, CNN, evaluation, MLP, features, report (resumable)")
+    p.add_argument("data", help="the dataset file or folder")
+    p.add_argument("--out", required=True, help="the study folder")
+    p.add_argument("--profile", choices=("cpu", "gpu"), help="default: gpu if CUDA is present, else cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CNN config key")
+    p.add_argument("--mlp-set", action="append", default=[], metavar="KEY=VALUE", help="override an MLP config key")
+
+    p = command("predict", _cmd_predict, "classify the faces in your own photos")
+    p.add_argument("model", help="a run folder or a checkpoint file")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--out", help="CSV with one row per face (default: print it)")
+    p.add_argument("--annotate", help="folder for copies of the photos with boxes and labels drawn")
+    p.add_argument("--no-detect", action="store_true", help="each input is already a face crop")
+    p.add_argument("--tta", action="store_true", help="average flips (and shifts) of each face")
+
+    p = command("export", _cmd_export, "export a run's model to ONNX")
+    p.add_argument("run_dir", help="a run folder or a checkpoint file")
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+
+    p = command("label", _cmd_label, "label PrivateTest faces by hand in a local web page (resumable)")
+    p.add_argument("data", help="the dataset file or folder")
+    p.add_argument("--out", required=True, help="the answers' CSV (its sample is kept beside it in OUT.json)")
+    p.add_argument("--n", type=int, help="how many faces to label (default 100; resuming: the recorded n)")
+    p.add_argument("--seed", type=int, help="which faces, in which order (default 0; resuming: the recorded seed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (0 picks a free one; default 8765)")
+    p.add_argument("--export-with-truth", metavar="CSV", help="write the answers joined with the true labels to CSV "
+                   "and exit (no server)")
+
+    p = command("compare", _cmd_compare, "compare human labels with a run's CNN on the same faces")
+    p.add_argument("run_dir")
+    p.add_argument("labels", help="the labels CSV written by `ferkit label`")
+    p.add_argument("--out", required=True, help="folder for comparison.json and the figures")
+    p.add_argument("--data", help="the labelled dataset (default: the file recorded beside the labels)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation for the CNN (the run's tta setting)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    p = command("report", _cmd_report, "write report.pdf, report.html and report.md of an evaluated run")
+    p.add_argument("run_dir", help="the run folder (evaluated with `ferkit evaluate RUN_DIR --tta`)")
+    p.add_argument("--mlp", metavar="RUN_DIR", help="an evaluated MLP run to compare with (extras)")
+    p.add_argument("--features", metavar="DIR", help="the output folder of `ferkit features` (extras)")
+    p.add_argument("--compare", metavar="DIR", help="the output folder of `ferkit compare` (extras)")
+    p.add_argument("--out", required=True, help="folder for report.pdf, report.html, report.md and figures/")
     return parser
 
 

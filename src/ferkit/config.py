@@ -62,6 +62,7 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model
     eval_batch_size: int = 512
+    snapshot_minutes: tuple[int, ...] = ()  # also keep the model as it is after these minutes of training
 
     def model_kwargs(self) -> dict[str, Any]:
         if self.model == "cnn":

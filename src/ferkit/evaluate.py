@@ -111,7 +111,8 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     history = read_history(history_path) if history_path.exists() else None
     info = {"name": checkpoint["model_name"], "run": str(run), "split": name, "tta": mode,
             "checkpoint": which, "epoch": checkpoint["epoch"]}
-    destination = Path(out) if out else run / "eval" / (split + ("-tta" if tta else ""))
+    suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
+    destination = Path(out) if out else run / "eval" / (split + suffix)
     return write_evaluation(destination, dataset, rows, probs, info, history, checkpoint["epoch"])
 
 

@@ -314,6 +314,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         }
         if improved:
             save_checkpoint(out / "checkpoints" / "best.pt", payload)
+        for minutes in cfg.snapshot_minutes:  # accuracy-versus-time figures: the model at each mark
+            if train_seconds - seconds < minutes * 60 <= train_seconds:
+                save_checkpoint(out / "checkpoints" / f"at_{minutes}min.pt", payload)
         save_checkpoint(last_path, dict(payload, optimizer=optimizer.state_dict(), history=history,
                                         best_score=best_score, best_epoch=best_epoch, bad_epochs=bad_epochs,
                                         train_seconds=train_seconds, stopped_early=stopped_early))

@@ -1,0 +1,108 @@
+"""Training throughput and inference latency, measured on whatever device is present.
+
+    python benchmarks/bench_train.py                 # cpu profile on the CPU
+    python benchmarks/bench_train.py --profile gpu   # on a CUDA GPU: eager vs torch.compile too
+
+Prints images/s of full training steps (augmentation, forward, backward, optimizer) after a
+warm-up, evaluation images/s, and the latency of classifying one face. Random pixels suffice:
+speed does not depend on what the faces show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ferkit import config
+from ferkit.augment import augment_batch
+from ferkit.models import count_parameters, get_model, preprocess
+from ferkit.train import pick_device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_throughput(cfg: config.TrainConfig, device: torch.device, steps: int, compile_model: bool) -> float:
+    model = get_model(cfg.model, **cfg.model_kwargs()).to(device).to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    images = torch.randint(0, 256, (cfg.batch_size * 4, 1, 48, 48), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 7, (cfg.batch_size * 4,), device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step(i: int) -> None:
+        batch = slice((i % 4) * cfg.batch_size, (i % 4 + 1) * cfg.batch_size)
+        x = augment_batch(preprocess(images[batch]), cfg, generator).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), labels[batch], label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(5):  # warm-up (and compilation)
+        step(i)
+    _sync(device)
+    started = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    _sync(device)
+    return steps * cfg.batch_size / (time.perf_counter() - started)
+
+
+@torch.no_grad()
+def inference(cfg: config.TrainConfig, device: torch.device) -> tuple[float, float]:
+    model = get_model(cfg.model, **cfg.model_kwargs()).to(device).eval().to(memory_format=torch.channels_last)
+    batch = preprocess(torch.randint(0, 256, (512, 48, 48), dtype=torch.uint8, device=device))
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    for _ in range(3):
+        model(batch)
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(5):
+        model(batch)
+    _sync(device)
+    rate = 5 * 512 / (time.perf_counter() - started)
+    one = batch[:1]
+    latencies = []
+    for _ in range(200):
+        started = time.perf_counter()
+        model(one)
+        _sync(device)
+        latencies.append(time.perf_counter() - started)
+    return rate, statistics.median(latencies) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device("auto")
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for model in ("cnn", "mlp"):
+        cfg = config.resolve(profile=args.profile, overrides={"model": model})
+        params = count_parameters(get_model(cfg.model, **cfg.model_kwargs()))
+        eager = train_throughput(cfg, device, args.steps, compile_model=False)
+        line = f"{model:4s} {params / 1e6:6.2f} M params  train {eager:9.0f} img/s (batch {cfg.batch_size}, eager)"
+        if device.type == "cuda" and model == "cnn":
+            compiled = train_throughput(cfg, device, args.steps, compile_model=True)
+            line += f"  {compiled:9.0f} img/s compiled ({compiled / eager:.2f}x)"
+        rate, latency = inference(cfg, device)
+        print(f"{line}  eval {rate:9.0f} img/s  one image {latency:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

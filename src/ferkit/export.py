@@ -1,0 +1,53 @@
+"""Export a trained model to ONNX. The exported graph takes what the user has, grayscale pixels
+0-255 as float (B, 1, 48, 48), and returns the 7 class probabilities (preprocessing and softmax
+are inside it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_path, write_json
+from ferkit.models import preprocess
+
+
+class Probabilities(nn.Module):
+    """pixels (B, 1, 48, 48) in 0..255 -> probabilities (B, 7)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(preprocess(pixels)), dim=1)
+
+
+def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = 17) -> Path:
+    """Write the run's best model as ONNX (dynamic batch size) plus a JSON sidecar with the class names.
+
+    Example: ``ferkit export runs/study/cnn --onnx model.onnx``
+    """
+    from ferkit.train import load_model
+
+    model, checkpoint = load_model(run_or_checkpoint)
+    wrapped = Probabilities(model).eval()
+    example = torch.zeros(1, 1, 48, 48)
+    target = Path(onnx_path)
+    try:
+        with atomic_path(target) as tmp:
+            torch.onnx.export(wrapped, (example,), str(tmp), input_names=["pixels"], output_names=["probabilities"],
+                              dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+    except ImportError as exc:
+        raise FerkitError(f"ONNX export needs the onnx package ({exc}): pip install onnx onnxruntime") from None
+    write_json(target.with_suffix(".json"), {
+        "input": "pixels: float32 (batch, 1, 48, 48), grayscale 0-255",
+        "output": "probabilities: float32 (batch, 7)",
+        "classes": checkpoint["classes"], "model": checkpoint["model_name"], "epoch": checkpoint["epoch"],
+        "data_sha256": checkpoint["data_sha256"],
+    })
+    return target

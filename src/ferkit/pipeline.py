@@ -1,0 +1,90 @@
+"""`ferkit run`: the whole study in order, resumable stage by stage.
+
+DIR/data (summary, figures) -> DIR/cnn (training) -> DIR/cnn/eval/test and test-tta -> DIR/mlp
+(training, evaluation) -> DIR/features -> DIR/report. DIR/pipeline.json records each finished
+stage; running the same command again skips those and resumes the unfinished one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ferkit import config as configs
+from ferkit.data import load
+from ferkit.errors import FerkitError
+from ferkit.fileio import read_json, write_json
+
+
+def _stage_banner(number: int, total: int, name: str) -> None:
+    print(f"\n[{number}/{total}] {name}", flush=True)
+
+
+def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | None = None,
+              cnn_overrides: list[str] | None = None, mlp_overrides: list[str] | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) every stage of the study into `out`; returns the pipeline record.
+
+    Example: ``ferkit run icml_face_data.csv --out runs/study``
+    """
+    from ferkit import evaluate as evaluation
+    from ferkit.data import summarize
+    from ferkit.train import pick_device, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "pipeline.json"
+    dataset = load(data)
+    chosen = profile or ("gpu" if pick_device("auto").type == "cuda" else "cpu")
+    cnn_cfg = configs.resolve(profile=chosen, overrides=cnn_overrides)
+    mlp_cfg = configs.resolve(profile=chosen, overrides=["model=mlp", *(mlp_overrides or [])])
+    record = read_json(record_path) if record_path.exists() else {
+        "data": str(data), "data_sha256": dataset.sha256, "profile": chosen, "stages": {}}
+    if record["data_sha256"] != dataset.sha256:
+        raise FerkitError(f"{out} holds a study of another data file (sha256 {record['data_sha256'][:12]}...); "
+                          "choose another --out")
+
+    def train_stage(folder: Path, cfg: configs.TrainConfig) -> Callable[[], Any]:
+        def run() -> Any:
+            resume = (folder / "checkpoints" / "last.pt").exists()
+            if resume:
+                print(f"resuming the interrupted run in {folder}")
+            return train(data, folder, None if resume else cfg, resume=resume, progress=progress)
+        return run
+
+    def features_stage() -> Any:
+        from ferkit.features import features
+        return features(out / "cnn", data, out / "features")
+
+    def report_stage() -> Any:
+        from ferkit.report import build_report
+        return build_report(out / "cnn", mlp=out / "mlp", features=out / "features", out=out / "report")
+
+    stages: list[tuple[str, str, Callable[[], Any]]] = [
+        ("data", "data summary and figures", lambda: summarize(data, out / "data")),
+        ("train_cnn", f"train the CNN ({chosen} profile)", train_stage(out / "cnn", cnn_cfg)),
+        ("evaluate_cnn", "evaluate the CNN on PrivateTest, without and with TTA",
+         lambda: [evaluation.evaluate(out / "cnn", data=data), evaluation.evaluate(out / "cnn", data=data, tta=True)]),
+        ("train_mlp", "train the MLP baseline by the same pipeline", train_stage(out / "mlp", mlp_cfg)),
+        ("evaluate_mlp", "evaluate the MLP on PrivateTest", lambda: evaluation.evaluate(out / "mlp", data=data)),
+        ("features", "last-conv-layer activations and Grad-CAM", features_stage),
+        ("report", "the report (PDF, HTML, Markdown)", report_stage),
+    ]
+    for number, (key, title, action) in enumerate(stages, 1):
+        if record["stages"].get(key, {}).get("done"):
+            print(f"[{number}/{len(stages)}] {title}: done already, skipped")
+            continue
+        _stage_banner(number, len(stages), title)
+        started = time.perf_counter()
+        action()
+        record["stages"][key] = {"done": True, "seconds": round(time.perf_counter() - started, 1)}
+        write_json(record_path, record)
+    cnn = read_json(out / "cnn" / "eval" / "test-tta" / "metrics.json")
+    mlp = read_json(out / "mlp" / "eval" / "test" / "metrics.json")
+    record["results"] = {"cnn_test_accuracy_tta": cnn["accuracy"], "cnn_test_macro_f1_tta": cnn["macro_f1"],
+                         "mlp_test_accuracy": mlp["accuracy"], "mlp_test_macro_f1": mlp["macro_f1"]}
+    record["total_seconds"] = round(sum(s["seconds"] for s in record["stages"].values()), 1)
+    write_json(record_path, record)
+    return record

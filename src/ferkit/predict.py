@@ -1,0 +1,160 @@
+"""The trained model on the user's own photos: find faces with OpenCV's bundled Haar cascade, crop
+each with a margin, convert to 48x48 grayscale as in FER2013, classify, and write one row per face."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ferkit.data import EMOTIONS, IMAGE_SIZE
+from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Face:
+    box: tuple[int, int, int, int]  # x, y, width, height in the photo's pixels
+    crop: np.ndarray  # (48, 48) uint8
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise FerkitError("predict needs OpenCV: pip install opencv-python-headless") from None
+    return cv2
+
+
+def face_detector():
+    """OpenCV's frontal-face Haar cascade, shipped inside the opencv-python-headless wheel."""
+    cv2 = _cv2()
+    detector = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
+    if detector.empty():
+        raise FerkitError("OpenCV's face cascade could not be loaded; reinstall opencv-python-headless")
+    return detector
+
+
+def to_face(gray: np.ndarray) -> np.ndarray:
+    """Any grayscale crop -> 48x48 uint8, area-averaged as a photo would be shrunk."""
+    cv2 = _cv2()
+    interpolation = cv2.INTER_AREA if min(gray.shape) >= IMAGE_SIZE else cv2.INTER_LINEAR
+    return cv2.resize(gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=interpolation)
+
+
+def detect_faces(gray: np.ndarray, detector, margin: float = 0.15, min_size: int = 24) -> list[Face]:
+    """Faces in a grayscale photo, largest first; each box grown by `margin` on every side (FER2013
+    crops show the whole face with a little around it), clipped to the photo."""
+    boxes = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size))
+    faces = []
+    height, width = gray.shape
+    for x, y, w, h in sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3]):
+        pad_x, pad_y = int(w * margin), int(h * margin)
+        x0, y0 = max(0, x - pad_x), max(0, y - pad_y)
+        x1, y1 = min(width, x + w + pad_x), min(height, y + h + pad_y)
+        faces.append(Face((x0, y0, x1 - x0, y1 - y0), to_face(gray[y0:y1, x0:x1])))
+    return faces
+
+
+def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Files given directly, plus image files found recursively in folders; and what was missing."""
+    files, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file or folder")
+    return files, problems
+
+
+def predict(model_or_run: str | os.PathLike, inputs: Iterable[str | os.PathLike], out: str | os.PathLike | None = None,
+            annotate: str | os.PathLike | None = None, detect: bool = True, tta: bool = False,
+            progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """Classify every face in the given photos (or, with detect=False, each image as one face).
+
+    Returns the table (one row per face) and the messages about skipped files.
+    Example: ``ferkit predict runs/study/cnn photos/ --out faces.csv --annotate annotated/``
+    """
+    import torch
+
+    from ferkit.train import load_model, predict_proba
+
+    cv2 = _cv2()
+    model, checkpoint = load_model(model_or_run)
+    model = model.to(memory_format=torch.channels_last)
+    files, messages = find_images(inputs)
+    if not files and not messages:
+        raise FerkitError("no input images given")
+    detector = face_detector() if detect else None
+    rows, crops = [], []
+    annotations: dict[Path, tuple[np.ndarray, list[int]]] = {}
+    for path in tqdm(files, desc="photos", unit="img", disable=not progress or len(files) < 2):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            messages.append(f"{path}: not a readable image, skipped")
+            continue
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        if detect:
+            faces = detect_faces(gray, detector)
+            if not faces:
+                messages.append(f"{path}: no face found")
+                continue
+        else:
+            faces = [Face((0, 0, gray.shape[1], gray.shape[0]), to_face(gray))]
+        first_row = len(rows)
+        for number, face in enumerate(faces):
+            x, y, w, h = face.box
+            rows.append({"file": str(path), "face": number, "x": x, "y": y, "width": w, "height": h})
+            crops.append(face.crop)
+        if annotate:
+            annotations[path] = (image, list(range(first_row, len(rows))))
+    table = pd.DataFrame(rows, columns=["file", "face", "x", "y", "width", "height"])
+    if crops:
+        mode = checkpoint["config"].get("tta", "flip") if tta else "none"
+        probs = predict_proba(model, np.stack(crops), batch_size=256, tta=mode)
+        for i, name in enumerate(EMOTIONS):
+            table[name] = np.round(probs[:, i], 6)
+        table["emotion"] = [EMOTIONS[i] for i in probs.argmax(1)]
+    else:
+        for name in (*EMOTIONS, "emotion"):
+            table[name] = []
+    if out:
+        with atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False)
+    if annotate:
+        _annotate(annotations, table, Path(annotate))
+    return table, messages
+
+
+def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.DataFrame, folder: Path) -> None:
+    cv2 = _cv2()
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for path, (image, row_numbers) in annotations.items():
+        canvas = image.copy()
+        thickness = max(1, round(max(canvas.shape[:2]) / 400))
+        for r in row_numbers:
+            row = table.iloc[r]
+            x, y, w, h = int(row.x), int(row.y), int(row.width), int(row.height)
+            label = f"{row.emotion} {row[row.emotion]:.0%}"
+            cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 200, 0), thickness)
+            cv2.putText(canvas, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness + 0.1,
+                        (0, 200, 0), thickness, cv2.LINE_AA)
+        name = path.stem
+        while name in used:  # two inputs with the same name from different folders
+            name += "_"
+        used.add(name)
+        target = folder / f"{name}.jpg"
+        with atomic_path(target) as tmp:
+            ok, encoded = cv2.imencode(".jpg", canvas)
+            tmp.write_bytes(encoded.tobytes())

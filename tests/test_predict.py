@@ -1,0 +1,129 @@
+"""The model at work: faces found in composed photos, crops classified as in training, ONNX export,
+and `ferkit run` end to end on small generated data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ferkit import config, train
+from ferkit.cli import main
+from ferkit.data import EMOTIONS, load
+
+from conftest import SHARED
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_csv, tmp_path_factory):
+    run = tmp_path_factory.mktemp("predict") / "cnn"
+    cfg = config.resolve(overrides={"epochs": 1, "widths": "8,16", "batch_size": 32, "threads": 1})
+    train.train(tiny_csv, run, cfg, progress=False)
+    return run
+
+
+def test_no_detect_crops_match_the_training_pipeline(tiny_run, tiny_csv, tmp_path):
+    import cv2
+
+    from ferkit.predict import predict
+
+    dataset = load(tiny_csv)
+    rows = dataset.indices("PrivateTest")[:5]
+    for k, row in enumerate(rows):
+        cv2.imwrite(str(tmp_path / f"face{k}.png"), dataset.images[row])
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is no jpeg")
+    table, messages = predict(tiny_run, [tmp_path, tmp_path / "notes.txt"], detect=False, progress=False)
+    assert len(table) == 5
+    assert any("broken.jpg" in m and "not a readable image" in m for m in messages)
+    assert any("notes.txt" in m for m in messages)
+    model, _ = train.load_model(tiny_run)
+    expected = train.predict_proba(model, dataset.images[rows])
+    got = table.sort_values("file")[list(EMOTIONS)].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert set(table["emotion"]) <= set(EMOTIONS)
+
+
+@pytest.mark.skipif(not (SHARED / "icml_face_data.csv.xz").exists(), reason="the shared FER2013 file is absent")
+def test_faces_are_found_where_they_were_put(tiny_run, tmp_path):
+    """Real FER2013 faces, enlarged and pasted onto a 640x480 background at known places."""
+    import cv2
+
+    from ferkit.predict import detect_faces, face_detector, predict
+
+    dataset = load(SHARED / "icml_face_data.csv.xz")
+    detector = face_detector()
+    blank = np.full((480, 640), 120, np.uint8)
+
+    def enlarged(row: int) -> np.ndarray:
+        return cv2.resize(dataset.images[row], (150, 150), interpolation=cv2.INTER_CUBIC)
+
+    def alone(row: int) -> bool:
+        canvas = blank.copy()
+        canvas[160:310, 240:390] = enlarged(row)
+        return len(detect_faces(canvas, detector)) == 1
+
+    chosen = [int(r) for r in dataset.indices("PrivateTest")[:30] if alone(int(r))][:3]
+    assert len(chosen) == 3
+    places = [(20, 40), (240, 300), (470, 60)]  # top-left corners (x, y)
+    photo = np.stack([blank] * 3, axis=2)
+    for row, (x, y) in zip(chosen, places):
+        photo[y:y + 150, x:x + 150] = enlarged(row)[:, :, None]
+    cv2.imwrite(str(tmp_path / "group.jpg"), photo, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(tmp_path / "empty.png"), blank)
+    table, messages = predict(tiny_run, [tmp_path / "group.jpg", tmp_path / "empty.png"],
+                              out=tmp_path / "faces.csv", annotate=tmp_path / "annotated", progress=False)
+    assert any("empty.png" in m and "no face" in m for m in messages)
+    centres = table.assign(cx=table.x + table.width / 2, cy=table.y + table.height / 2)[["cx", "cy"]].to_numpy()
+    for x, y in places:
+        distance = np.hypot(centres[:, 0] - (x + 75), centres[:, 1] - (y + 75)).min()
+        assert distance < 30, f"no face box near the face put at {(x, y)}"
+    assert len(pd.read_csv(tmp_path / "faces.csv")) == len(table)
+    assert (tmp_path / "annotated" / "group.jpg").exists()
+
+
+def test_onnx_export_matches_pytorch(tiny_run, tiny_csv, tmp_path):
+    import onnxruntime
+    import torch
+
+    from ferkit.export import Probabilities
+
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.onnx")]) == 0
+    sidecar = json.loads((tmp_path / "model.json").read_text())
+    assert sidecar["classes"] == list(EMOTIONS)
+    images = load(tiny_csv).images[:8]
+    pixels = images[:, None].astype(np.float32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    onnx_probs = session.run(None, {"pixels": pixels})[0]
+    model, _ = train.load_model(tiny_run)
+    with torch.no_grad():
+        torch_probs = Probabilities(model).eval()(torch.from_numpy(pixels)).numpy()
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
+    np.testing.assert_allclose(onnx_probs, train.predict_proba(model, images), atol=1e-4)
+
+
+def test_predict_cli_reports_bad_inputs(tiny_run, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    assert main(["predict", str(tiny_run), str(tmp_path / "bad.png"), str(tmp_path / "missing.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable image" in err and "no such file" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_run_end_to_end_and_resume(tiny_csv, tmp_path, capsys):
+    out = tmp_path / "study"
+    tiny = ["epochs=2", "widths=4,8", "batch_size=32", "threads=1"]
+    args = ["run", str(tiny_csv), "--out", str(out), "--profile", "cpu"]
+    for item in tiny:
+        args += ["--set", item, "--mlp-set", item.replace("widths=4,8", "hidden=32")]
+    assert main(args) == 0
+    record = json.loads((out / "pipeline.json").read_text())
+    assert all(stage["done"] for stage in record["stages"].values()) and len(record["stages"]) == 7
+    for path in ("data/summary.json", "cnn/eval/test-tta/metrics.json", "mlp/eval/test/metrics.json",
+                 "features/features.json", "report/report.pdf"):
+        assert (out / path).exists(), path
+    capsys.readouterr()
+    assert main(args) == 0  # a second run skips every finished stage
+    assert capsys.readouterr().out.count("done already, skipped") == 7

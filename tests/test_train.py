@@ -1,0 +1,187 @@
+"""The training machinery on tiny data: it learns, resumes exactly, reproduces, and round-trips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from ferkit import config, train
+from ferkit.cli import main
+from ferkit.errors import FerkitError
+from ferkit.evaluate import compute_metrics, ensemble, evaluate
+from ferkit.models import get_model, list_models
+
+TINY = {"widths": "8,16", "batch_size": 32, "eval_batch_size": 64, "threads": 1}
+
+
+def tiny_config(**overrides):
+    return config.resolve(overrides={**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_csv, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "cnn"
+    info = train.train(tiny_csv, run, tiny_config(epochs=6, lr=0.05, batch_size=16, augment=False), progress=False)
+    return run, info
+
+
+def test_loss_falls_and_model_learns(trained_run):
+    run, info = trained_run
+    history = train.read_history(run / "history.csv")
+    assert len(history) == 6 and info["epochs_run"] == 6
+    assert history[-1]["train_loss"] < history[0]["train_loss"] * 0.8
+    assert max(r["val_acc"] for r in history) > 0.5  # chance is 1/7
+
+
+def test_run_folder_is_complete_and_self_describing(trained_run):
+    run, _ = trained_run
+    for name in ("config.yaml", "run.json", "history.csv", "learning_curves.png", "checkpoints/best.pt",
+                 "checkpoints/last.pt"):
+        assert (run / name).exists(), name
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["data"]["sha256"]) == 64 and info["environment"]["versions"]["torch"] == torch.__version__
+    checkpoint = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    for key in ("model_name", "model_kwargs", "config", "classes", "epoch", "metrics", "data_sha256"):
+        assert key in checkpoint
+    assert checkpoint["epoch"] == info["best_epoch"]
+    assert config.load(run / "config.yaml").to_dict() == checkpoint["config"]
+
+
+def test_checkpoint_round_trip_gives_same_predictions(trained_run, tiny_csv):
+    from ferkit.data import load
+
+    run, _ = trained_run
+    model, checkpoint = train.load_model(run)
+    images = load(tiny_csv).images[:16]
+    first = train.predict_proba(model, images)
+    again, _ = train.load_model(run / "checkpoints" / "best.pt")
+    np.testing.assert_array_equal(first, train.predict_proba(again, images))
+    assert first.shape == (16, 7) and np.allclose(first.sum(1), 1, atol=1e-5)
+
+
+def test_seed_reproduces_bit_for_bit(tiny_csv, tmp_path):
+    cfg = tiny_config(epochs=2, train_limit=96)
+    train.train(tiny_csv, tmp_path / "a", cfg, progress=False)
+    train.train(tiny_csv, tmp_path / "b", cfg, progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = tiny_config(epochs=2, train_limit=96, seed=1)
+    train.train(tiny_csv, tmp_path / "c", other, progress=False)
+    c = torch.load(tmp_path / "c" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_after_interruption_equals_uninterrupted(tiny_csv, tmp_path, monkeypatch):
+    cfg = tiny_config(epochs=3, train_limit=96, mixup=0.4)
+    train.train(tiny_csv, tmp_path / "whole", cfg, progress=False)
+
+    real_write = train.write_history
+    calls = {"n": 0}
+
+    def interrupt_after_second_epoch(path, history):
+        real_write(path, history)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_history", interrupt_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_csv, tmp_path / "cut", cfg, progress=False)
+    monkeypatch.setattr(train, "write_history", real_write)
+    assert len(train.read_history(tmp_path / "cut" / "history.csv")) == 2
+    train.train(tiny_csv, tmp_path / "cut", resume=True, progress=False)
+
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]  # noqa: E731
+    assert strip(whole["history"]) == strip(cut["history"])
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tiny_csv, trained_run, tmp_path):
+    run, _ = trained_run
+    with pytest.raises(FerkitError, match="--resume"):
+        train.train(tiny_csv, run, tiny_config(epochs=1), progress=False)
+    with pytest.raises(FerkitError, match="nothing to resume"):
+        train.train(tiny_csv, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_early_stopping_fires(tiny_csv, tmp_path):
+    info = train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=8, patience=1, lr=0.0, train_limit=64),
+                       progress=False)
+    assert info["stopped_early"] and info["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("imbalance", ["sampler", "none"])
+def test_imbalance_modes_train(tiny_csv, tmp_path, imbalance):
+    info = train.train(tiny_csv, tmp_path / imbalance, tiny_config(epochs=1, imbalance=imbalance, train_limit=64),
+                       progress=False)
+    assert info["epochs_run"] == 1
+
+
+def test_metrics_match_scikit_learn():
+    rng = np.random.default_rng(3)
+    y_true = rng.integers(0, 7, 500)
+    y_pred = np.where(rng.random(500) < 0.6, y_true, rng.integers(0, 7, 500))
+    metrics = compute_metrics(y_true, y_pred)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert metrics["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
+    assert sum(c["support"] for c in metrics["per_class"].values()) == 500
+    assert np.trace(np.array(metrics["confusion_matrix"])) == (y_true == y_pred).sum()
+
+
+def test_evaluate_and_ensemble_write_consistent_files(trained_run, tmp_path):
+    import pandas as pd
+
+    run, _ = trained_run
+    metrics = evaluate(run, split="test", tta=True)
+    folder = run / "eval" / "test-tta"
+    predictions = pd.read_csv(folder / "predictions.csv")
+    assert list(predictions.columns[:3]) == ["line", "true", "pred"] and len(predictions) == 60
+    assert predictions["line"].min() >= 2  # 1-based CSV lines; the header is line 1
+    assert metrics["accuracy"] == pytest.approx((predictions["true"] == predictions["pred"]).mean())
+    assert metrics["split"] == "PrivateTest" and metrics["tta"] == "flip"
+    for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png"):
+        assert (folder / name).exists()
+    both = ensemble([run, run], tmp_path / "ens")
+    plain = evaluate(run, split="test")
+    assert both["accuracy"] == pytest.approx(plain["accuracy"])
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registry_models_shapes_and_gradients(name):
+    model = get_model(name)
+    x = torch.randn(4, 1, 48, 48)
+    logits = model(x)
+    assert logits.shape == (4, 7) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    features = model.forward_features(x)
+    assert model.forward_head(features, pre_logits=True).shape == (4, model.num_features)
+
+
+def test_registry_and_config_reject_unknown_names():
+    with pytest.raises(FerkitError, match="known models are"):
+        get_model("resnet1000")
+    with pytest.raises(FerkitError, match="unknown config key 'epoch'"):
+        config.resolve(overrides=["epoch=3"])
+    with pytest.raises(FerkitError, match="not a valid int"):
+        config.resolve(overrides=["epochs=three"])
+    assert config.resolve(profile="gpu").widths == (64, 128, 256, 512)
+    assert config.resolve(profile="gpu", overrides=["widths=8,16"]).widths == (8, 16)
+
+
+def test_cli_train_and_evaluate(tiny_csv, tmp_path, capsys):
+    run = tmp_path / "cli"
+    assert main(["train", str(tiny_csv), "--out", str(run), "--set", "epochs=1", "--set", "widths=4,8",
+                 "--set", "batch_size=32"]) == 0
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["train", str(tiny_csv), "--out", str(tmp_path / "x"), "--set", "nope=1"]) == 2
+    assert "unknown config key 'nope'" in capsys.readouterr().err
