@@ -1,0 +1,1509 @@
+"""The report of a run, built from the files the run wrote (nothing is trained again):
+
+- ``report.pdf`` (reportlab platypus, pip only): A4; the main part (data, architecture, training,
+  learning curves, test performance, replication) ends on page 3 at the latest; the extras (CNN vs
+  MLP, activation figures, human vs CNN), each present only when its input is given, start on a new
+  page and take at most 1.5 pages (two pages, the second at most half full). Zero-size markers in
+  the flow record the page and height where each part ends; figures shrink step by step (100% to
+  60%) until both limits hold, then the extras' folders lose figures from the end (they stay in the
+  HTML and Markdown). If nothing fits, `build_report` raises rather than write a longer report.
+- ``report.html``: one self-contained file, images embedded as base64 data URIs.
+- ``report.md``: readable on a code-hosting site, its figures copied into ``figures/`` beside it.
+
+All three are rendered from one list of blocks (headings, paragraphs, tables, figures), so their
+numbers agree. The checkpoint is not needed: the layer table is computed with forward hooks on a
+freshly built model of the run's architecture (a (1, 1, 48, 48) input).
+
+Example: ``ferkit report runs/cnn --mlp runs/mlp --features runs/cnn/features --out runs/cnn/report``
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import re
+import shutil
+import textwrap
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import yaml
+
+from ferkit.data import EMOTIONS
+from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_path, read_json, write_text
+
+MAIN_PAGES = 3  # the main part ends on this page at the latest
+EXTRA_PAGES = 1.5  # the extras take at most this many further pages
+EVAL_DIRS = ("test-tta", "test")  # preferred first
+_FIGURE_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)  # tried in turn until the page limits hold
+
+
+# ---------------------------------------------------------------------------------------------
+# The document: a list of blocks that each renderer (PDF, HTML, Markdown) lays out its own way.
+# Text may hold **bold** and `code`; nothing else is interpreted.
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 1  # 0 = the title
+
+
+@dataclass
+class Para:
+    text: str
+    small: bool = False
+    keep_with_next: bool = False  # PDF: never the last line of a page
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    widths: list[float] | None = None  # fractions of the text width (PDF)
+    font: float = 7.5  # PDF point size
+    group: int = 0  # key/value tables: a rule before every `group` columns
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+    name: str  # file name under figures/ beside report.md
+    width: float = 1.0  # fraction of the text width (PDF)
+    max_height: float = 0.36  # fraction of the text height (PDF)
+
+
+@dataclass
+class FigureGrid:
+    """Figures two to a row in the PDF and HTML (wide ones get a row of their own)."""
+
+    figures: list[Figure]
+
+
+@dataclass
+class SideBySide:
+    """Two columns of blocks in the PDF and HTML; one after the other in Markdown."""
+
+    left: list[Any]
+    right: list[Any]
+    split: float = 0.42  # the left column's share of the text width (PDF)
+
+
+@dataclass
+class Code:
+    text: str
+
+
+@dataclass
+class Details:
+    """Collapsible in HTML and Markdown; left out of the PDF, whose pages are counted."""
+
+    summary: str
+    blocks: list[Any]
+
+
+@dataclass
+class Document:
+    title: str
+    main: list[Any]
+    extras: list[Any] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the inputs
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    info: dict[str, Any]  # run.json
+    history: list[dict[str, float]]
+    evals: dict[str, dict[str, Any]]  # "test-tta" / "test" -> metrics.json
+    eval_dirs: dict[str, Path]
+
+    @property
+    def preferred(self) -> str:
+        return next(name for name in EVAL_DIRS if name in self.evals)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.evals[self.preferred]
+
+    @property
+    def best_epoch(self) -> int | None:
+        if self.info.get("best_epoch"):
+            return int(self.info["best_epoch"])
+        key = self.config.get("select_by", "val_acc")
+        return max(self.history, key=lambda r: r[key])["epoch"] if self.history else None
+
+    @property
+    def train_seconds(self) -> float:
+        if self.info.get("train_seconds") is not None:
+            return float(self.info["train_seconds"])
+        return float(sum(r["seconds"] for r in self.history))
+
+
+def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
+    """The files of a trained and evaluated run; a FerkitError names what to run when one is missing."""
+    from ferkit.train import read_history
+
+    path = Path(run_dir)
+    where = f"{option} {path}" if option != "RUN_DIR" else str(path)
+    if not path.is_dir():
+        raise FerkitError(f"{where}: no such run folder; train one with `ferkit train DATA --out {path}`")
+    for name in ("run.json", "config.yaml"):
+        if not (path / name).is_file():
+            raise FerkitError(f"{where}: not a ferkit run folder (no {name}); train one with "
+                              f"`ferkit train DATA --out {path}`")
+    try:
+        info = read_json(path / "run.json")
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise FerkitError(f"{where}: cannot read run.json or config.yaml ({exc})") from None
+    history = read_history(path / "history.csv") if (path / "history.csv").is_file() else []
+    evals, eval_dirs = {}, {}
+    for name in EVAL_DIRS:
+        metrics_path = path / "eval" / name / "metrics.json"
+        if metrics_path.is_file():
+            try:
+                evals[name] = read_json(metrics_path)
+            except (OSError, ValueError) as exc:
+                raise FerkitError(f"{metrics_path}: unreadable ({exc}); run `ferkit evaluate {path}"
+                                  f"{' --tta' if name == 'test-tta' else ''}` again") from None
+            eval_dirs[name] = metrics_path.parent
+    if not evals:
+        raise FerkitError(f"{where}: no test evaluation (neither eval/test-tta/metrics.json nor "
+                          f"eval/test/metrics.json); run `ferkit evaluate {path} --tta` first")
+    run = Run(path, config, info, history, evals, eval_dirs)
+    best = run.best_epoch
+    for name, metrics in evals.items():
+        if best is not None and metrics.get("epoch") not in (None, best):
+            raise FerkitError(f"{path}/eval/{name} evaluates the epoch-{metrics['epoch']} checkpoint but the run's "
+                              f"best epoch is {best} (the run went on after the evaluation); run "
+                              f"`ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
+        sha = info.get("data", {}).get("sha256")
+        if sha and metrics.get("data_sha256") not in (None, sha):
+            raise FerkitError(f"{path}/eval/{name} was computed on another data file than the run was trained on; "
+                              f"run `ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
+    return run
+
+
+@dataclass
+class Extra:
+    """A folder written by `ferkit features` or `ferkit compare`: its JSON and its PNG figures."""
+
+    path: Path
+    data: dict[str, Any] | None
+    figures: list[Path]
+
+
+def read_extra(folder: str | os.PathLike, option: str, json_name: str, command: str) -> Extra:
+    path = Path(folder)
+    if not path.is_dir():
+        raise FerkitError(f"{option} {path}: no such folder; make it with `{command} --out {path}`")
+    data = None
+    if (path / json_name).is_file():
+        try:
+            data = read_json(path / json_name)
+        except (OSError, ValueError) as exc:
+            raise FerkitError(f"{path / json_name}: unreadable ({exc}); run `{command} --out {path}` again") from None
+    figures = sorted(p for p in path.rglob("*.png")
+                     if not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if data is None and not figures:
+        raise FerkitError(f"{option} {path}: holds neither {json_name} nor PNG figures; make it with "
+                          f"`{command} --out {path}`")
+    return Extra(path, data if isinstance(data, dict) else ({"value": data} if data is not None else None), figures)
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer table
+
+
+def layer_table(model: Any, input_shape: Sequence[int] = (1, 1, 48, 48)) -> list[dict[str, Any]]:
+    """One row per call of a leaf module, in call order: name, type, detail, input and output shape,
+    parameters (counted at a module's first call only). Recorded with forward hooks."""
+    import torch
+
+    rows: list[dict[str, Any]] = []
+    counted: set[int] = set()
+
+    def hook(name: str, module: torch.nn.Module, inputs: tuple, output: Any) -> None:
+        first = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
+        params = 0 if id(module) in counted else sum(p.numel() for p in module.parameters(recurse=False))
+        counted.add(id(module))
+        rows.append({"name": name, "type": type(module).__name__, "detail": _describe(module),
+                     "input": tuple(first.shape) if first is not None else None,
+                     "output": tuple(output.shape) if torch.is_tensor(output) else None,
+                     "parameters": int(params), "absorbable": _absorbable(module)})
+
+    handles = [module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o))
+               for name, module in model.named_modules() if next(module.children(), None) is None]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(tuple(input_shape)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return rows
+
+
+def _describe(module: Any) -> str:
+    from torch import nn
+
+    def pair(v: Any) -> str:
+        v = v if isinstance(v, tuple) else (v, v)
+        return f"{v[0]}×{v[1]}"
+
+    if isinstance(module, nn.Conv2d):
+        extra = f", stride {module.stride[0]}" if module.stride != (1, 1) else ""
+        return f"{module.in_channels}->{module.out_channels}, {pair(module.kernel_size)}{extra}"
+    if isinstance(module, nn.Linear):
+        return f"{module.in_features}->{module.out_features}"
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        return pair(module.kernel_size)
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return f"p={module.p:g}"
+    return ""
+
+
+def _absorbable(module: Any) -> bool:
+    """Shape-keeping helpers that a compact table folds into the layer before them."""
+    from torch import nn
+
+    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Identity)) or \
+        type(module).__module__ == "torch.nn.modules.activation"
+
+
+def compact_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold BatchNorm/activation/dropout into the layer before them (same output shape), mark
+    shape changes made in forward() without a module (e.g. global pooling), and collapse runs of
+    identical blocks into one row "× k"."""
+    blocks: list[dict[str, Any]] = []
+    previous_output = None
+    for row in rows:
+        if previous_output is not None and row["input"] is not None and row["input"] != previous_output:
+            blocks.append({"name": "", "layer": "(function in forward(), no module)", "output": row["input"],
+                           "parameters": 0, "open": False, "count": 1})
+        label = row["type"] + (f" {row['detail']}" if row["detail"] else "")
+        last = blocks[-1] if blocks else None
+        if row["absorbable"] and last is not None and last["open"] and row["output"] == last["output"]:
+            last["layer"] += f" + {row['type']}" + (f" {row['detail']}" if row["type"].startswith("Dropout") else "")
+            last["parameters"] += row["parameters"]
+        else:
+            blocks.append({"name": row["name"], "layer": label, "output": row["output"],
+                           "parameters": row["parameters"], "open": not row["absorbable"], "count": 1})
+        previous_output = row["output"]
+    collapsed: list[dict[str, Any]] = []
+    for block in blocks:
+        last = collapsed[-1] if collapsed else None
+        if last is not None and last["layer"] == block["layer"] and last["output"] == block["output"] \
+                and last["unit"] == block["parameters"] and block["name"]:
+            last["count"] += 1
+            last["parameters"] += block["parameters"]
+        else:
+            collapsed.append(dict(block, unit=block["parameters"]))
+    return collapsed
+
+
+def _shape(shape: Sequence[int] | None) -> str:
+    return "×".join(str(s) for s in shape) if shape else "-"
+
+
+def _build_model(run: Run) -> Any:
+    from ferkit.models import get_model
+    from ferkit.train import load_checkpoint
+
+    model_info = run.info.get("model") or {}
+    if model_info.get("name"):
+        return get_model(model_info["name"], **(model_info.get("kwargs") or {}))
+    checkpoint = load_checkpoint(run.path)  # an old run.json without the model: the checkpoint says
+    return get_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Number formatting
+
+
+def _f4(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _pts(x: float) -> str:
+    """A difference of two fractions in percentage points."""
+    return f"{abs(x) * 100:.1f}"
+
+
+def _signed_pts(x: float) -> str:
+    return f"{x * 100:+.1f}"
+
+
+def _int(x: Any) -> str:
+    return f"{int(x):,}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    if minutes < 120:
+        return f"{minutes:.1f} min"
+    return f"{int(minutes // 60)} h {int(minutes % 60):02d} min"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.4f}" if 0 < abs(v) < 1 and len(f"{v:g}") > 6 else f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(_value(x) for x in v) if v else "none"
+    return str(v)
+
+
+def _command(recorded: str | None) -> str | None:
+    """The recorded argv with the path of the ferkit script shortened to `ferkit`."""
+    if not recorded:
+        return None
+    first, _, rest = recorded.partition(" ")
+    script = Path(first)
+    if script.name == "ferkit" or (script.name == "__main__.py" and script.parent.name == "ferkit"):  # python -m
+        return "ferkit" + (f" {rest}" if rest else "")
+    return recorded
+
+
+# ---------------------------------------------------------------------------------------------
+# The text, written from what the run recorded
+
+
+def _title(run: Run) -> str:
+    return f"Facial-expression recognition on FER2013: the {run.info.get('model', {}).get('name', 'model')} " \
+           f"run {run.path.name}"
+
+
+def _summary(run: Run) -> Para:
+    m = run.metrics
+    tta = f"TTA {m.get('tta')}" if m.get("tta") not in (None, "none") else "no TTA"
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from ferkit import __version__
+
+    return Para(f"Test set ({m.get('split', 'PrivateTest')}, {_int(m['n'])} faces, {tta}): **accuracy "
+                f"{_f4(m['accuracy'])}**, **macro F1 {_f4(m['macro_f1'])}**, weighted F1 {_f4(m['weighted_f1'])}. "
+                f"Built by ferkit {__version__} on {generated} from the files of `{run.path}`.", small=True)
+
+
+def _data_section(run: Run) -> list[Any]:
+    cfg, data = run.config, run.info.get("data", {})
+    counts = data.get("counts", {})
+    blocks: list[Any] = [Heading("1  Data")]
+    limits = []
+    if cfg.get("train_limit"):
+        limits.append(f"the first {_int(cfg['train_limit'])} training faces only (`train_limit`)")
+    if cfg.get("val_limit"):
+        limits.append(f"the first {_int(cfg['val_limit'])} validation faces only (`val_limit`)")
+    blocks.append(Para(
+        f"Source `{data.get('path', '?')}` ({data.get('layout', 'csv')} layout), sha256 `{data.get('sha256', '?')}`. "
+        f"Splits: Training for training ({_int(data.get('train_images', 0))} faces used), PublicTest for validation "
+        f"and model selection ({_int(data.get('val_images', 0))} used), PrivateTest for the test, touched only by "
+        f"`ferkit evaluate`." + (f" This run used {' and '.join(limits)}." if limits else "")))
+    weights = run.info.get("class_weights")
+    rows = []
+    for split in ("Training", "PublicTest", "PrivateTest"):
+        if split in counts:
+            rows.append([split] + [_int(c) for c in counts[split]] + [_int(sum(counts[split]))])
+    train = counts.get("Training")
+    if train and sum(train):
+        rows.append(["Training share"] + [f"{c / sum(train):.1%}" for c in train] + ["100%"])
+    if weights:
+        rows.append(["class weight"] + [f"{w:.2f}" for w in weights] + [""])
+    blocks.append(Table(["split"] + list(EMOTIONS) + ["total"], rows,
+                        "Faces per class and split in the whole file, and the class weights of this run's "
+                        "training subset.", widths=[0.15] + [0.093] * 7 + [0.0995]))
+    mode, power = cfg.get("imbalance", "none"), cfg.get("imbalance_power", 0.5)
+    if train and sum(train):
+        rare = int(np.argmin(train))
+        rarity = (f"{EMOTIONS[rare]} is the rarest class ({train[rare] / sum(train):.1%} of training, "
+                  f"{max(train) / max(1, train[rare]):.0f}× fewer faces than {EMOTIONS[int(np.argmax(train))]}). ")
+    else:
+        rarity = ""
+    handling = {
+        "weighted_loss": f"the cross-entropy weighs each class by (largest class / class size)^{power:g}, scaled to "
+                         "mean 1 over the training faces (the weights above)",
+        "sampler": f"training batches are drawn with replacement, each face with probability proportional to its "
+                   f"class weight (largest class / class size)^{power:g} (the weights above)",
+        "none": "nothing compensates for it (`imbalance: none`)",
+    }.get(mode, f"`imbalance: {mode}`")
+    blocks.append(Para(f"**Imbalance.** {rarity}Handled with `imbalance: {mode}`: {handling}. Macro F1, the mean of "
+                       "the per-class F1 scores, is reported beside accuracy because it weighs every class alike."))
+    if cfg.get("augment", True):
+        parts = []
+        if cfg.get("flip", True):
+            parts.append("horizontal flip (p 0.5)")
+        parts.append(f"shift ±{cfg.get('max_shift', 0):g} px, rotation ±{cfg.get('max_rotate', 0):g}°, "
+                     f"zoom ±{cfg.get('max_scale', 0) * 100:g}% (one random affine warp per face)")
+        if cfg.get("erase_prob", 0) > 0:
+            parts.append(f"random erasing of one rectangle (p {cfg['erase_prob']:g})")
+        augmentation = "; ".join(parts)
+    else:
+        augmentation = "none (`augment: false`)"
+    mixing = [f"{k} (alpha {cfg[k]:g})" for k in ("mixup", "cutmix") if cfg.get(k, 0) > 0]
+    tta = cfg.get("tta", "none")
+    tta_text = {"flip": "the face and its mirror image", "crops": "the face, its mirror and four 2-pixel shifts of "
+                "each", "none": "none"}.get(tta, tta)
+    blocks.append(Para(
+        "**Preprocessing and augmentation.** Each 48×48 grey face (uint8) is scaled to (x - 128) / 64; there is no "
+        f"cropping or alignment. Training augmentation, on whole batches on the {run.info.get('device', 'device')}: "
+        f"{augmentation}" + (f"; plus {' and '.join(mixing)}" if mixing else "") +
+        f". Test-time augmentation (`tta: {tta}`) averages the probabilities of {tta_text}."))
+    return blocks
+
+
+def _architecture_section(run: Run) -> tuple[list[Any], int]:
+    from ferkit.models import count_parameters
+
+    model = _build_model(run)
+    rows = layer_table(model)
+    total = count_parameters(model)
+    compact = compact_layers(rows)
+    name = run.info.get("model", {}).get("name", type(model).__name__)
+    kwargs = run.info.get("model", {}).get("kwargs") or {}
+    doc = " ".join((type(model).__doc__ or "").split())
+    table_rows = [[str(i + 1), b["name"] or "-", b["layer"] + (f"  ×{b['count']}" if b["count"] > 1 else ""),
+                   _shape(b["output"]), _int(b["parameters"])] for i, b in enumerate(compact)]
+    table_rows.append(["", "", "total", "", _int(total)])
+    blocks: list[Any] = [
+        Heading("2  Architecture"),
+        Para(f"`{name}` ({', '.join(f'{k} {_value(v)}' for k, v in kwargs.items())}). {doc} "
+             f"**{_int(total)} parameters** ({total * 4 / 2**20:.2f} MiB as float32)."),
+        Table(["#", "module", "layer (BatchNorm, activation, dropout folded in)", "output shape", "parameters"],
+              table_rows, f"Layers for one 1×1×48×48 input, recorded with forward hooks on the leaf modules "
+                          f"({len(rows)} calls, folded into {len(compact)} rows).",
+              widths=[0.04, 0.2, 0.48, 0.15, 0.13]),
+        Details(f"All {len(rows)} leaf-module calls", [Table(
+            ["#", "module", "type", "detail", "input", "output", "parameters"],
+            [[str(i + 1), r["name"], r["type"], r["detail"], _shape(r["input"]), _shape(r["output"]),
+              _int(r["parameters"])] for i, r in enumerate(rows)])]),
+    ]
+    return blocks, total
+
+
+def _schedule_text(cfg: dict[str, Any]) -> str:
+    lr, epochs = cfg.get("lr"), cfg.get("epochs")
+    schedule = cfg.get("schedule", "cosine")
+    if schedule == "onecycle":
+        return f"one-cycle: from 4% of the peak learning rate {lr:g} up to the peak at 30% of the steps, then " \
+               f"cosine decay over the rest of {epochs} epochs"
+    if schedule == "constant":
+        return f"constant learning rate {lr:g}"
+    return f"linear warm-up over {cfg.get('warmup_epochs', 0):g} epoch(s) to the peak learning rate {lr:g}, then " \
+           f"cosine decay to 0 at epoch {epochs}"
+
+
+def _hardware(run: Run) -> str:
+    env = run.info.get("environment", {})
+    device = run.info.get("device", "?")
+    if env.get("gpu"):
+        where = f"GPU {env['gpu']} ({device})"
+    else:
+        where = f"CPU ({env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} " \
+                f"torch threads)"
+    return f"{where} on {env.get('platform', '?')}"
+
+
+def _training_section(run: Run) -> list[Any]:
+    cfg, info, history = run.config, run.info, run.history
+    items = [(k, _value(v)) for k, v in cfg.items()]
+    per_row = 3
+    rows = []
+    for i in range(0, len(items), per_row):
+        chunk = items[i:i + per_row]
+        chunk += [("", "")] * (per_row - len(chunk))
+        rows.append([cell for pair in chunk for cell in pair])
+    optimizer = f"SGD with Nesterov momentum {cfg.get('momentum', 0):g}" if cfg.get("optimizer") == "sgd" else "AdamW"
+    n_train = info.get("data", {}).get("train_images") or 0
+    batch = cfg.get("batch_size", 1)
+    steps = n_train // batch if n_train >= batch else 1
+    loss = f"cross-entropy with label smoothing {cfg.get('label_smoothing', 0):g}" + \
+           (" and the class weights of Table 1" if cfg.get("imbalance") == "weighted_loss" else "")
+    epochs_run = info.get("epochs_run", len(history))
+    wall = ""
+    if info.get("started") and info.get("finished"):
+        try:
+            span = datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])
+            wall = f" ({_duration(span.total_seconds())} wall-clock from start to finish, evaluation excluded)"
+        except ValueError:
+            pass
+    speed = info.get("train_images_per_second")
+    amp = " with bfloat16 autocast" if cfg.get("amp") and "cuda" in str(info.get("device")) else ""
+    blocks: list[Any] = [
+        Heading("3  Training"),
+        Table(["key", "value"] * per_row, rows, "Every hyper-parameter: the run's config.yaml.",
+              widths=[0.19, 0.143] * per_row, font=7, group=2),
+        Para(f"**Procedure.** {optimizer}, weight decay {cfg.get('weight_decay', 0):g}, batch size {batch} "
+             f"({steps} steps per epoch over {_int(n_train)} faces), {loss}. Schedule: {_schedule_text(cfg)}. "
+             f"Early stopping: stop after {cfg.get('patience')} epochs without a better `{cfg.get('select_by')}` on "
+             f"PublicTest; the checkpoint of the best epoch is kept (checkpoints/best.pt) and evaluated. "
+             f"Hardware: {_hardware(run)}{amp}. Time: {epochs_run} epochs in {_duration(run.train_seconds)} of "
+             f"training{wall}" + (f", {speed:,.0f} training images per second" if speed else "") + "."),
+        Para("**Challenges met, and how they were handled** (from the run's history and the test metrics):"),
+        Bullets(_challenges(run)),
+    ]
+    curves = run.path / "learning_curves.png"
+    if curves.is_file():
+        blocks.append(Figure(curves, f"Learning curves: loss and accuracy per epoch on training (augmented batches) "
+                                     f"and validation (PublicTest); the dashed line marks the best epoch "
+                                     f"({run.best_epoch}).", "learning_curves.png", max_height=0.3))
+    return blocks
+
+
+def _challenges(run: Run) -> list[str]:
+    cfg, info, history, metrics = run.config, run.info, run.history, run.metrics
+    items: list[str] = []
+    best = run.best_epoch
+    select_by = cfg.get("select_by", "val_acc")
+    if not info.get("finished") and len(history) < int(cfg.get("epochs", 0)) and not info.get("stopped_early"):
+        items.append(f"**Training did not finish**: {len(history)} of {cfg.get('epochs')} epochs are recorded; "
+                     f"continue it with `ferkit train DATA --out {run.path} --resume`.")
+    if history:
+        by_epoch = {r["epoch"]: r for r in history}
+        at_best, last = by_epoch.get(best, history[-1]), history[-1]
+        gap_best, gap_end = at_best["train_acc"] - at_best["val_acc"], last["train_acc"] - last["val_acc"]
+        loss_min = min(history, key=lambda r: r["val_loss"])
+        regularisers = []
+        if cfg.get("augment", True):
+            regularisers.append("augmentation")
+        if cfg.get("dropout"):
+            regularisers.append(f"dropout {cfg['dropout']:g}")
+        if cfg.get("weight_decay"):
+            regularisers.append(f"weight decay {cfg['weight_decay']:g}")
+        if cfg.get("label_smoothing"):
+            regularisers.append(f"label smoothing {cfg['label_smoothing']:g}")
+        regularisers += [f"{k} {cfg[k]:g}" for k in ("mixup", "cutmix") if cfg.get(k, 0) > 0]
+        regularised = ", ".join(regularisers) or "no regulariser"
+        gaps = (f"train accuracy minus validation accuracy is {_signed_pts(gap_best)} points at the best epoch "
+                f"({best}) and {_signed_pts(gap_end)} at the last ({last['epoch']})")
+        rising = loss_min["epoch"] < last["epoch"] and last["val_loss"] > loss_min["val_loss"] * 1.02
+        if gap_end > 0.03:
+            text = f"**Over-fitting**: {gaps}" + (", growing after the best epoch" if gap_end > gap_best + 0.01 else "")
+            if rising:
+                text += f"; the validation loss is lowest at epoch {loss_min['epoch']} ({loss_min['val_loss']:.3f}) " \
+                        f"and {last['val_loss']:.3f} at the end"
+            text += f". Countered by {regularised}, and by evaluating the best validation epoch's checkpoint " \
+                    f"(by `{select_by}`), not the last."
+        elif gap_end < -0.01:
+            text = (f"**No over-fitting**: {gaps}; training accuracy is measured on augmented batches with dropout "
+                    f"on, so it trails validation. The regularisation ({regularised}) is ample: a larger model or "
+                    "a longer schedule could use the slack.")
+        else:
+            text = (f"**Over-fitting held in check**: {gaps}, within 3 points, with {regularised}; the best "
+                    f"validation epoch's checkpoint (by `{select_by}`) is the one evaluated.")
+            if rising:
+                text += f" The validation loss is lowest at epoch {loss_min['epoch']} and rises after it."
+        items.append(text)
+        epochs_run = info.get("epochs_run", len(history))
+        score = at_best.get(select_by)
+        if info.get("stopped_early"):
+            items.append(f"**Early stopping fired** after epoch {epochs_run} of {cfg.get('epochs')}: "
+                         f"{cfg.get('patience')} epochs brought no better `{select_by}` than epoch {best}'s "
+                         f"{_f4(score)}, which saved {int(cfg.get('epochs', epochs_run)) - epochs_run} epochs.")
+        elif best == epochs_run:
+            items.append(f"**Early stopping did not fire** (patience {cfg.get('patience')}): all {epochs_run} epochs "
+                         f"ran and the last was the best (`{select_by}` {_f4(score)}); the model was still improving, "
+                         "so a longer schedule may help.")
+        else:
+            items.append(f"**Early stopping did not fire** (patience {cfg.get('patience')}): all {epochs_run} epochs "
+                         f"ran; the best `{select_by}` ({_f4(score)}) came at epoch {best}, whose checkpoint is the "
+                         f"one evaluated, {epochs_run - best} epoch(s) before the end.")
+    per_class = metrics.get("per_class", {})
+    train_counts = info.get("data", {}).get("counts", {}).get("Training")
+    if per_class and train_counts and len(train_counts) == len(EMOTIONS):
+        rare = EMOTIONS[int(np.argmin(train_counts))]
+        others = [c for c in EMOTIONS if c != rare]
+        f1_rare, recall_rare = per_class[rare]["f1"], per_class[rare]["recall"]
+        f1_others = float(np.mean([per_class[c]["f1"] for c in others]))
+        recall_others = float(np.mean([per_class[c]["recall"] for c in others]))
+        weights = info.get("class_weights") or []
+        weight = weights[EMOTIONS.index(rare)] if len(weights) == len(EMOTIONS) else None
+        mode = cfg.get("imbalance", "none")
+        how = {"weighted_loss": f"its loss weight is {weight:.2f} (mean 1)" if weight is not None
+               else "a weighted loss",
+               "sampler": f"it is drawn {weight:.2f}× as often per face by the sampler" if weight is not None
+               else "a weighted sampler", "none": "nothing compensates for its rarity"}.get(mode, mode)
+        text = (f"**The rare class**: {rare} has {_int(min(train_counts))} training faces "
+                f"({min(train_counts) / max(1, sum(train_counts)):.1%}); {how}. On the test set its F1 is "
+                f"{_f4(f1_rare)} and recall {_f4(recall_rare)}, against a mean F1 of {_f4(f1_others)} and recall "
+                f"{_f4(recall_others)} over the other six classes")
+        if per_class[rare]["support"] == 0:
+            text += "; the test set holds none of it, so these numbers say nothing."
+        elif f1_rare == 0:
+            text += ": the model never gets it right; the imbalance is not overcome."
+        elif f1_rare >= f1_others - 0.03:
+            text += ": on a par with the others, so the rebalancing works."
+        else:
+            text += f": {_pts(f1_others - f1_rare)} F1 points behind."
+        items.append(text + f" Macro F1 is {_pts(metrics['accuracy'] - metrics['macro_f1'])} points "
+                            f"{'below' if metrics['macro_f1'] <= metrics['accuracy'] else 'above'} accuracy.")
+        ranked = sorted(EMOTIONS, key=lambda c: per_class[c]["f1"])
+        weakest, strongest = ranked[0], ranked[-1]
+    else:
+        weakest = strongest = None
+    matrix = np.asarray(metrics.get("confusion_matrix") or [])
+    if matrix.shape == (len(EMOTIONS), len(EMOTIONS)):
+        off = matrix.copy()
+        np.fill_diagonal(off, 0)
+        if off.sum() == 0:
+            items.append("**Confusions**: none; every test face is classified correctly.")
+        else:
+            i, j = np.unravel_index(int(np.argmax(off)), off.shape)
+            both = off + off.T
+            a, b = np.unravel_index(int(np.argmax(np.triu(both))), both.shape)
+            row = matrix[i].sum()
+            text = (f"**Confusions**: the most frequent error is a true {EMOTIONS[i]} face predicted as {EMOTIONS[j]} "
+                    f"({_int(off[i, j])} faces, {off[i, j] / max(1, row):.1%} of {EMOTIONS[i]}); the most confused "
+                    f"pair, both ways, is {EMOTIONS[a]}/{EMOTIONS[b]} ({_int(both[a, b])} faces).")
+            if weakest:
+                text += f" Weakest class by F1: {weakest} ({_f4(per_class[weakest]['f1'])}); strongest: " \
+                        f"{strongest} ({_f4(per_class[strongest]['f1'])})."
+            items.append(text)
+    if "test" in run.evals and "test-tta" in run.evals:
+        plain, tta = run.evals["test"], run.evals["test-tta"]
+        items.append(f"**Test-time augmentation** ({tta.get('tta')}) changes accuracy by "
+                     f"{_signed_pts(tta['accuracy'] - plain['accuracy'])} points and macro F1 by "
+                     f"{_signed_pts(tta['macro_f1'] - plain['macro_f1'])} points.")
+    if info.get("resumed"):
+        items.append(f"**Interruptions**: the run was resumed {len(info['resumed'])} time(s) from checkpoints/last.pt; "
+                     "every epoch draws its randomness from (seed, epoch) alone, so it ends where an uninterrupted "
+                     "run would.")
+    return items
+
+
+def _test_section(run: Run, figures_dir: Path) -> list[Any]:
+    blocks: list[Any] = [Heading("4  Test performance")]
+    order = [name for name in ("test", "test-tta") if name in run.evals]
+    label = {name: ("TTA " + str(run.evals[name].get("tta"))) if name == "test-tta" else "no TTA" for name in order}
+    m = run.metrics
+    rows = [[key_label] + [_f4(run.evals[name][key]) for name in order]
+            for key, key_label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1"))]
+    rows.append(["faces"] + [_int(run.evals[name]["n"]) for name in order])
+    blocks.append(Para(f"The best checkpoint (epoch {m.get('epoch')}) on {m.get('split', 'PrivateTest')}, the split "
+                       "never seen in training or model selection." +
+                       ("" if len(order) == 2 else
+                        f" Only the evaluation {'with' if order[0] == 'test-tta' else 'without'} TTA exists; "
+                        f"`ferkit evaluate "
+                        f"{run.path}{'' if order[0] == 'test-tta' else ' --tta'}` adds the other.")))
+    summary = Table(["metric"] + [label[name] for name in order], rows,
+                    f"Test metrics (from eval/{'/metrics.json and eval/'.join(order)}/metrics.json).",
+                    widths=[0.4] + [0.3] * len(order))
+    per_class = m.get("per_class", {})
+    report_rows = [[c, _f4(per_class[c]["precision"]), _f4(per_class[c]["recall"]), _f4(per_class[c]["f1"]),
+                    _int(per_class[c]["support"])] for c in EMOTIONS if c in per_class]
+    if per_class:
+        support = np.array([per_class[c]["support"] for c in EMOTIONS], dtype=float)
+        for name, w in (("macro avg", np.ones(len(EMOTIONS))), ("weighted avg", support)):
+            w = w / max(w.sum(), 1e-12)
+            report_rows.append([name] + [_f4(float(sum(per_class[c][k] * w[i] for i, c in enumerate(EMOTIONS))))
+                                         for k in ("precision", "recall", "f1")] + [_int(support.sum())])
+        report_rows.append(["accuracy", "", "", _f4(m["accuracy"]), _int(m["n"])])
+    report = Table(["class", "precision", "recall", "F1", "support"], report_rows,
+                   f"Classification report ({label[run.preferred]}).", widths=[0.28, 0.18, 0.18, 0.18, 0.18])
+    matrix = m.get("confusion_matrix")
+    if matrix is None:
+        blocks += [summary, report]
+        return blocks
+    # One matrix with counts and row shares, drawn from metrics.json at a size that stays legible
+    # in half the page width (the evaluation's own figure has two panels and needs the full width).
+    path = confusion_figure(matrix, figures_dir / "confusion_matrix.png",
+                            f"{m.get('split', 'PrivateTest')}, {label[run.preferred]}")
+    source = run.eval_dirs[run.preferred]
+    blocks.append(SideBySide([summary, report], [Figure(
+        path, f"Confusion matrix ({label[run.preferred]}): each cell holds the count and its share of the true class "
+              f"(row); the diagonal is each class's recall. Drawn from {source.name}/metrics.json (the evaluation's "
+              f"two-panel figure: eval/{source.name}/confusion_matrix.png).", "confusion_matrix.png",
+        max_height=0.45)], split=0.47))
+    return blocks
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], path: Path, title: str) -> Path:
+    """A compact confusion matrix: colour = share of the true class, text = count and share."""
+    from ferkit.visualize import plt, save
+
+    counts = np.asarray(matrix)
+    share = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
+    fig, ax = plt.subplots(figsize=(4.3, 3.9))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (r, c), v in np.ndenumerate(counts):
+        ax.text(c, r, f"{v}\n{share[r, c]:.0%}", ha="center", va="center", fontsize=7.5, linespacing=1.1,
+                color="white" if share[r, c] > 0.55 else "black")
+    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=40, ha="right", fontsize=8.5)
+    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS, fontsize=8.5)
+    ax.set_xlabel("predicted", fontsize=9)
+    ax.set_ylabel("true", fontsize=9)
+    ax.set_title(title, fontsize=9.5)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar.ax.tick_params(labelsize=7.5)
+    bar.set_label("share of the true class", fontsize=8)
+    return save(fig, path, dpi=200)
+
+
+def _replication_section(run: Run, report_command: str) -> list[Any]:
+    info, cfg = run.info, run.config
+    env = info.get("environment", {})
+    data = info.get("data", {})
+    recorded = _command(env.get("command"))
+    lines = []
+    if recorded and recorded.startswith("ferkit train"):
+        lines += ["# training, as recorded in run.json", recorded]
+    lines += ["# training, every key from the saved config (equivalent)",
+              f"ferkit train {data.get('path', 'DATA')} --out {run.path} --config {run.path}/config.yaml"]
+    lines += ["# evaluation"] + [f"ferkit evaluate {run.path}{' --tta' if name == 'test-tta' else ''}"
+                                 for name in ("test-tta", "test") if name in run.evals]
+    lines += ["# this report", report_command]
+    versions = env.get("versions", {})
+    commit = env.get("git_commit")
+    dirty = " (the working tree had uncommitted changes: the commit alone does not hold the exact code)" \
+        if commit and commit.endswith("-dirty") else ""
+    blocks: list[Any] = [
+        Heading("5  Replication"),
+        Code("\n".join(lines)),
+        Para(f"Seed `{cfg.get('seed')}` (every epoch's shuffling, augmentation and dropout derive from it and the "
+             f"epoch number). Config: `{run.path}/config.yaml` (Table 3). ferkit {versions.get('ferkit', '?')}, "
+             f"git commit "
+             f"`{commit or 'unknown'}`{dirty}. Libraries: " +
+             ", ".join(f"{k} {v}" for k, v in versions.items() if k != "ferkit") +
+             f". Data: `{Path(str(data.get('path', '?'))).name}`, sha256 `{data.get('sha256', '?')}`. Device: "
+             f"{info.get('device', '?')}; results match to the last digit only with the same hardware and library "
+             "versions." + ("" if recorded and recorded.startswith("ferkit train") else
+                            f" (run.json records the training as started by `{recorded}`, not the ferkit command.)")),
+        Details("config.yaml", [Code((run.path / "config.yaml").read_text(encoding="utf-8").rstrip())]),
+    ]
+    return blocks
+
+
+def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
+    name = cnn.preferred if cnn.preferred in mlp.evals else mlp.preferred
+    a, b = cnn.metrics, mlp.evals[name]
+
+    def mode(m: dict) -> str:
+        return f"TTA {m.get('tta')}" if m.get("tta") not in (None, "none") else "no TTA"
+
+    mlp_params = mlp.info.get("model", {}).get("parameters")
+    cnn_label = f"CNN ({cnn.info.get('model', {}).get('name')}, {mode(a)})"
+    mlp_label = f"MLP ({mlp.info.get('model', {}).get('name')}, {mode(b)})"
+    rows = [["test accuracy", _f4(a["accuracy"]), _f4(b["accuracy"])],
+            ["macro F1", _f4(a["macro_f1"]), _f4(b["macro_f1"])],
+            ["weighted F1", _f4(a["weighted_f1"]), _f4(b["weighted_f1"])],
+            ["parameters", _int(cnn_params), _int(mlp_params) if mlp_params is not None else "-"],
+            ["training time", _duration(cnn.train_seconds), _duration(mlp.train_seconds)],
+            ["epochs run (best)", f"{cnn.info.get('epochs_run', len(cnn.history))} ({cnn.best_epoch})",
+             f"{mlp.info.get('epochs_run', len(mlp.history))} ({mlp.best_epoch})"],
+            ["device", str(cnn.info.get("device", "?")), str(mlp.info.get("device", "?"))]]
+    pa, pb = a.get("per_class", {}), b.get("per_class", {})
+    gains, class_rows = {}, []
+    for c in EMOTIONS:
+        if c in pa and c in pb:
+            class_rows.append([c, _f4(pa[c]["f1"]), _f4(pb[c]["f1"]), _signed_pts(pa[c]["f1"] - pb[c]["f1"])])
+            gains[c] = pa[c]["f1"] - pb[c]["f1"]
+    diff = a["accuracy"] - b["accuracy"]
+    text = (f"The MLP run `{mlp.path}` sees the same pixels without convolutions. The CNN is "
+            f"{_pts(diff)} accuracy points {'above' if diff >= 0 else 'below'} it and "
+            f"{_pts(a['macro_f1'] - b['macro_f1'])} macro-F1 points "
+            f"{'above' if a['macro_f1'] >= b['macro_f1'] else 'below'}")
+    if mlp_params:
+        ratio = cnn_params / mlp_params
+        text += f", with {ratio:.2f}× the MLP's parameters" if ratio >= 1 else \
+            f", with {1 / ratio:.1f}× fewer parameters"
+    if gains:
+        top = max(gains, key=gains.get)
+        text += f"; the largest per-class F1 gain is on {top} ({_signed_pts(gains[top])} points)"
+    same_data = cnn.info.get("data", {}).get("sha256") == mlp.info.get("data", {}).get("sha256")
+    text += "." + ("" if same_data else " **Caution: the two runs were trained on different data files.**")
+    return [Heading(f"{number}  CNN vs MLP baseline", 1), Para(text),
+            SideBySide([Table(["", cnn_label, mlp_label], rows, "The CNN and the MLP on the same test split.",
+                              widths=[0.3, 0.35, 0.35])],
+                       [Table(["class", "F1 CNN", "F1 MLP", "CNN - MLP (points)"], class_rows,
+                              "Per-class F1 of the two models.", widths=[0.25, 0.22, 0.22, 0.31])], split=0.55)]
+
+
+_KEY_WORDS = ("accuracy", "f1", "kappa", "agreement", "p_value", "auc", "correlation", "score", "loss")
+
+# Captions for the figures that `ferkit features` and `ferkit compare` write today; any other PNG is
+# captioned from its JSON (a "caption"/"title" beside its file name) or from its file name.
+_KNOWN_CAPTIONS = {
+    "overview.png": "One face per emotion: the face, the channel-mean activation of the last conv layer, and "
+                    "Grad-CAM for the true and for the predicted class.",
+    "class_channels.png": "The last conv layer's channels most selective for each emotion: mean activation per "
+                          "class, and its selectivity (z-score).",
+    "top_faces.png": "For each emotion's most selective channel, the test faces that excite it most, its map drawn "
+                     "over each.",
+    "embedding.png": "A 2-D map of the penultimate features of the test faces, coloured by true and by predicted "
+                     "emotion.",
+    "confusion_matrices.png": "Confusion matrices of the human labeller and of the CNN on the same faces "
+                              "(rows: truth).",
+    "disagreements.png": "The faces where the human and the CNN disagree: the truth, the human's and the CNN's answer.",
+}
+_KNOWN_FAMILIES = {
+    "faces": "{emotion} faces: the face, the channel-mean activation of the last conv layer, Grad-CAM for the true "
+             "and for the predicted class.",
+    "channels": "{emotion} faces and their strongest channels of the last conv layer.",
+}
+
+
+def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Scalar leaves of a JSON object (breadth first); short lists of numbers kept whole; lists of
+    objects, file names and long strings left out."""
+    out: list[tuple[str, Any]] = []
+    nested: list[tuple[str, Any]] = []
+    for key, value in (data.items() if isinstance(data, dict) else []):
+        name = f"{prefix}{key}"
+        if str(key).lower().endswith(".png"):
+            continue
+        if isinstance(value, (bool, int, float)):
+            if not (isinstance(value, float) and not math.isfinite(value)):
+                out.append((name, value))
+        elif isinstance(value, str):
+            if len(value) <= 48 and not re.search(r"\.(png|csv|json)$", value.lower()):
+                out.append((name, value))
+        elif isinstance(value, list):
+            if 0 < len(value) <= len(EMOTIONS) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in value):
+                out.append((name, value))
+        elif isinstance(value, dict):
+            nested.append((name, value))
+    for name, value in nested:
+        out += _flatten(value, f"{name}.")
+    return out
+
+
+def _key_numbers(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The leaves of a JSON, the metric-like numbers first (accuracy, F1, kappa, ...), then other
+    numbers, then short strings, each group in file order."""
+    leaves = [(k, v) for k, v in _flatten(data)
+              if not isinstance(v, list) or any(word in k.lower() for word in _KEY_WORDS)]
+
+    def rank(item: tuple[str, Any]) -> int:
+        key, value = item
+        if "seconds" in key.lower():
+            return 3
+        if isinstance(value, str) or isinstance(value, bool):
+            return 2
+        return 0 if any(word in key.lower() for word in _KEY_WORDS) else 1
+
+    return sorted(leaves, key=rank)  # sorted() is stable: file order within a group
+
+
+def _format_leaf(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, list):
+        return ", ".join(_format_leaf(v) for v in value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(value)
+    return _value(value)
+
+
+def _captions(data: Any) -> dict[str, str]:
+    """Figure captions a JSON may carry: {"x.png": "caption"}, or an object holding one PNG file
+    name and a "caption"/"title"/"description" (else its short scalars describe the figure)."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str) and str(key).lower().endswith(".png"):
+                    found[Path(str(key)).name] = value
+            files = [v for v in node.values() if isinstance(v, str) and v.lower().endswith(".png")]
+            if len(files) == 1:
+                text = next((node[k] for k in ("caption", "title", "description") if isinstance(node.get(k), str)),
+                            None)
+                if text is None:
+                    details = [f"{k} {v}" for k, v in node.items() if isinstance(v, (str, int, float))
+                               and not isinstance(v, bool) and k not in ("figure", "file", "path", "csv")
+                               and not str(v).lower().endswith((".png", ".csv")) and len(str(v)) <= 40][:3]
+                    text = "; ".join(details) if details else None
+                if text:
+                    found.setdefault(Path(files[0]).name, text)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(data)
+    return found
+
+
+def _figure_order(paths: list[Path]) -> list[Path]:
+    """Figures of their own first (those ferkit writes in the order of _KNOWN_CAPTIONS), then
+    families of one figure per emotion (faces_angry.png, ...): the PDF, short of room, drops from
+    the end."""
+    def per_emotion(path: Path) -> bool:
+        return any(path.stem.lower().endswith(f"_{e.lower()}") for e in EMOTIONS)
+
+    known = list(_KNOWN_CAPTIONS)
+    singles = sorted((p for p in paths if not per_emotion(p)),
+                     key=lambda p: known.index(p.name) if p.name in known else len(known))
+    return singles + [p for p in paths if per_emotion(p)]
+
+
+def _caption_for(path: Path, captions: dict[str, str]) -> str:
+    stem = path.stem.lower()
+    for emotion in EMOTIONS:
+        family = stem[: -len(emotion) - 1]
+        if stem.endswith(f"_{emotion.lower()}") and family in _KNOWN_FAMILIES:
+            return _KNOWN_FAMILIES[family].format(emotion=emotion)
+    known = _KNOWN_CAPTIONS.get(path.name)
+    found = captions.get(path.name)
+    if known and found:
+        return f"{known} ({found})"
+    if known or found:
+        return known or found[0].upper() + found[1:]
+    return path.stem.replace("_", " ").replace("-", " ").capitalize()
+
+
+def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name: str, prefix: str,
+                   key_limit: int = 10) -> list[Any]:
+    blocks: list[Any] = [Heading(f"{number}  {title}", 1)]
+    leaves = _key_numbers(extra.data) if extra.data else []
+    shown = leaves[:key_limit]
+    blocks.append(Para(f"{intro} From `{extra.path}`: " +
+                       (f"{json_name} ({len(leaves)} values, {len(shown)} below)" if extra.data is not None
+                        else f"no {json_name}") + f", {len(extra.figures)} figure(s).", keep_with_next=True))
+    if shown:
+        per_row = 2
+        rows = []
+        for i in range(0, len(shown), per_row):
+            chunk = [(k, _format_leaf(v)) for k, v in shown[i:i + per_row]]
+            chunk += [("", "")] * (per_row - len(chunk))
+            rows.append([cell for pair in chunk for cell in pair])
+        blocks.append(Table(["key", "value"] * per_row, rows, f"Key numbers from {json_name} (metrics first).",
+                            widths=[0.32, 0.18, 0.32, 0.18], font=7, group=2))
+    if extra.data is not None:
+        text = json.dumps(extra.data, indent=1)
+        if len(text) > 50_000:
+            text = text[:50_000] + f"\n... (cut here: the whole file is {extra.path / json_name})"
+        blocks.append(Details(f"{json_name} in full", [Code(text)]))
+    captions = _captions(extra.data) if extra.data else {}
+    figures = []
+    for path in _figure_order(extra.figures):
+        relative = path.relative_to(extra.path)
+        figures.append(Figure(path, f"{_caption_for(path, captions)} ({relative})",
+                              f"{prefix}_{'_'.join(relative.parts)}", max_height=0.42))
+    if figures:
+        blocks.append(FigureGrid(figures))
+    return blocks
+
+
+
+def build_document(run: Run, figures_dir: Path, mlp: Run | None = None, features: Extra | None = None,
+                   compare: Extra | None = None, report_command: str = "") -> Document:
+    """The report's blocks; the figures it draws itself go into `figures_dir`."""
+    architecture, parameters = _architecture_section(run)
+    main = [Heading(_title(run), 0), _summary(run)] + _data_section(run) + architecture + _training_section(run) + \
+        _test_section(run, figures_dir) + _replication_section(run, report_command)
+    extras: list[Any] = []
+    number = 6
+    if mlp is not None:
+        extras += _mlp_section(run, mlp, parameters, number)
+        number += 1
+    if features is not None:
+        extras += _extra_section(features, number, "Activation figures", "What the trained network responds to.",
+                                 "features.json", "features")
+        number += 1
+    if compare is not None:
+        extras += _extra_section(compare, number, "Human vs CNN", "People and the network on the same faces.",
+                                 "comparison.json", "compare")
+    if extras:
+        extras.insert(0, Heading("Extras", 0))
+    return Document(_title(run), main, extras)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inline markup
+
+
+_INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`")
+
+
+def _inline(text: str, escape: Callable[[str], str], bold: Callable[[str], str], code: Callable[[str], str]) -> str:
+    out, pos = [], 0
+    for match in _INLINE.finditer(text):
+        out.append(escape(text[pos:match.start()]))
+        if match.group(1) is not None:
+            out.append(bold(_inline(match.group(1), escape, lambda s: s, code)))
+        else:
+            out.append(code(escape(match.group(2))))
+        pos = match.end()
+    out.append(escape(text[pos:]))
+    return "".join(out)
+
+
+def _plain(text: str) -> str:
+    return _INLINE.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), text)
+
+
+# ---------------------------------------------------------------------------------------------
+# PDF (reportlab platypus)
+
+
+@dataclass
+class PdfLayout:
+    pages: int
+    main_pages: int  # the page the main part ends on
+    extra_pages: float  # pages the extras take, the last one counted by the fraction used
+    scale: float  # the figure scale that made it fit
+    dropped_figures: int = 0
+
+
+def _pixels(path: Path) -> tuple[int, int]:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        return im.size
+
+
+def _grid_figures(blocks: list[Any]) -> list[Figure]:
+    """The figures of the FigureGrids in the order the PDF drops them when short of room: the last
+    of each grid first, round robin, so that a long grid loses figures before a short one."""
+    grids = [b.figures for b in blocks if isinstance(b, FigureGrid)]
+    ranked = [(position, g, figure) for g, figures in enumerate(grids) for position, figure in enumerate(figures)]
+    return [figure for _, _, figure in sorted(ranked, key=lambda t: (-t[0], t[1]))]
+
+
+def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0, drop: int = 0,
+               draft: bool = False) -> tuple[bytes, PdfLayout]:
+    """Lay the document out on A4 with figures scaled by `main_scale` / `extra_scale`, leaving out
+    the `drop` grid figures `_grid_figures` puts first; the layout says where each part ended.
+    A draft puts blank boxes of the same size in place of the images: the same layout, much faster."""
+    from reportlab.lib import colors
+    from reportlab.lib.enums import TA_LEFT, TA_RIGHT
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.lib.units import cm
+    from reportlab.platypus import (Flowable, Image, KeepTogether, PageBreak, Paragraph, Preformatted,
+                                    SimpleDocTemplate, Spacer)
+    from reportlab.platypus import Table as RLTable
+    from reportlab.platypus import TableStyle
+
+    base = ParagraphStyle("base", fontName="Helvetica", fontSize=8.4, leading=10.4, alignment=TA_LEFT, spaceAfter=3)
+    styles = {
+        "title": ParagraphStyle("title", base, fontName="Helvetica-Bold", fontSize=13, leading=16, spaceAfter=3),
+        "h1": ParagraphStyle("h1", base, fontName="Helvetica-Bold", fontSize=10.5, leading=13, spaceBefore=5,
+                             spaceAfter=2, keepWithNext=1),
+        "small": ParagraphStyle("small", base, fontSize=8, leading=10),
+        "caption": ParagraphStyle("caption", base, fontName="Helvetica-Oblique", fontSize=7.3, leading=8.8,
+                                  spaceAfter=4, textColor=colors.HexColor("#333333")),
+        "bullet": ParagraphStyle("bullet", base, leftIndent=9, bulletIndent=0, spaceAfter=1.5),
+        "code": ParagraphStyle("code", base, fontName="Courier", fontSize=7, leading=8.4,
+                               backColor=colors.HexColor("#f3f3f3"), borderPadding=3, spaceBefore=2, spaceAfter=6),
+    }
+
+    def markup(text: str) -> str:
+        return _inline(text, lambda s: html.escape(s, quote=False), lambda s: f"<b>{s}</b>",
+                       lambda s: f'<font face="Courier">{s}</font>')
+
+    buffer = io.BytesIO()
+    margin = 1.5 * cm
+    template = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=margin, rightMargin=margin, topMargin=1.3 * cm,
+                                 bottomMargin=1.4 * cm, title=doc.title, author="ferkit")
+    full_width, height = template.width - 12, template.height - 12  # less the frame's padding
+    marks: dict[str, tuple[int, float]] = {}
+    counters = {"table": 0, "figure": 0}
+    dropped = {id(f) for f in _grid_figures(doc.extras)[:drop]}
+
+    class Mark(Flowable):
+        """Zero-size: records the page and height where the flow reached it."""
+
+        def __init__(self, name: str):
+            super().__init__()
+            self.name = name
+
+        def wrap(self, *args: Any) -> tuple[float, float]:
+            return 0, 0
+
+        def drawOn(self, canvas: Any, x: float, y: float, _sW: float = 0) -> None:
+            marks[self.name] = (canvas.getPageNumber(), y)
+
+    def image(fig: Figure, max_width: float, scale: float) -> Flowable:
+        px_w, px_h = _pixels(fig.path)
+        w = max_width * fig.width * scale
+        h = w * px_h / px_w
+        limit = height * fig.max_height * scale
+        if h > limit:
+            w, h = w * limit / h, limit
+        if draft:
+            box = Spacer(w, h)
+            box.hAlign = "CENTER"
+            return box
+        picture = Image(str(fig.path), width=w, height=h)
+        picture.hAlign = "CENTER"
+        return picture
+
+    def caption(kind: str, text: str) -> Paragraph:
+        counters[kind] += 1
+        return Paragraph(f"<b>{kind.capitalize()} {counters[kind]}.</b> {markup(text)}", styles["caption"])
+
+    def table(block: Table, width: float, nested: bool) -> list[Any]:
+        cell = ParagraphStyle("cell", base, fontSize=block.font, leading=block.font * 1.2, spaceAfter=0)
+        right = ParagraphStyle("right", cell, alignment=TA_RIGHT)
+        numeric = [i > 0 and _numeric_column(block, i) for i in range(len(block.header))]
+        data = [[Paragraph(f"<b>{markup(h)}</b>", right if numeric[i] else cell) for i, h in enumerate(block.header)]]
+        data += [[Paragraph(markup(c), right if numeric[i] else cell) for i, c in enumerate(row)] for row in block.rows]
+        widths = [f * width for f in block.widths] if block.widths else None
+        grid = RLTable(data, colWidths=widths, repeatRows=1, hAlign="LEFT")
+        grid.setStyle(TableStyle([
+            ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e4e8ee")),
+            ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.HexColor("#7a869a")),
+            ("LINEBELOW", (0, -1), (-1, -1), 0.6, colors.HexColor("#7a869a")),
+            ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f6f7f9")]),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("TOPPADDING", (0, 0), (-1, -1), 1.2), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.2),
+            ("LEFTPADDING", (0, 0), (-1, -1), 3), ("RIGHTPADDING", (0, 0), (-1, -1), 3),
+        ]))
+        if block.group:
+            grid.setStyle(TableStyle([("LINEBEFORE", (i, 0), (i, -1), 0.5, colors.HexColor("#b8c0cc"))
+                                      for i in range(block.group, len(block.header), block.group)] +
+                                     [("LEFTPADDING", (i, 0), (i, -1), 6)
+                                      for i in range(block.group, len(block.header), block.group)]))
+        head = [caption("table", block.caption)] if block.caption else []
+        if nested:  # inside a SideBySide cell, where KeepTogether cannot measure
+            return head + [grid, Spacer(1, 6)]
+        if len(block.rows) < 25:
+            return [KeepTogether(head + [grid, Spacer(1, 5)])]
+        return head + [grid, Spacer(1, 5)]  # too long for one page: it splits, its header row repeated
+
+    def figure_grid(figures: list[Figure], scale: float, width: float) -> list[Any]:
+        rows, pending = [], []
+        for fig in figures:
+            px_w, px_h = _pixels(fig.path)
+            if px_w / px_h >= 1.6:
+                rows.append([fig])
+            else:
+                pending.append(fig)
+                if len(pending) == 2:
+                    rows.append(pending)
+                    pending = []
+        if pending:
+            rows.append(pending)
+        story = []
+        for row in rows:
+            if len(row) == 1:
+                story.append(KeepTogether([image(row[0], width, scale), caption("figure", row[0].caption)]))
+            else:
+                cells = [[image(f, width / 2 - 6, scale), caption("figure", f.caption)] for f in row]
+                grid = RLTable([cells], colWidths=[width / 2] * 2, hAlign="LEFT")
+                grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "BOTTOM"),
+                                          ("LEFTPADDING", (0, 0), (-1, -1), 0), ("RIGHTPADDING", (0, 0), (-1, -1), 6),
+                                          ("TOPPADDING", (0, 0), (-1, -1), 0), ("BOTTOMPADDING", (0, 0), (-1, -1), 0)]))
+                story.append(grid)
+        return story
+
+    def flow(blocks: list[Any], scale: float, width: float = full_width, nested: bool = False) -> list[Any]:
+        story: list[Any] = []
+        for block in blocks:
+            if isinstance(block, Heading):
+                story.append(Paragraph(markup(block.text), styles["title" if block.level == 0 else "h1"]))
+            elif isinstance(block, Para):
+                style = styles["small"] if block.small else base
+                if block.keep_with_next:
+                    style = ParagraphStyle("keep", style, keepWithNext=1)
+                story.append(Paragraph(markup(block.text), style))
+            elif isinstance(block, Bullets):
+                story += [Paragraph(markup(item), styles["bullet"], bulletText="•") for item in block.items]
+            elif isinstance(block, Code):
+                chars = int((width - 8) / (0.6 * styles["code"].fontSize))
+                lines = []
+                for line in block.text.splitlines():
+                    wrapped = textwrap.wrap(line, chars - 2, subsequent_indent="    ", break_on_hyphens=False) or [""]
+                    lines += [w + (" \\" if i < len(wrapped) - 1 else "") for i, w in enumerate(wrapped)]
+                story.append(Preformatted("\n".join(lines), styles["code"]))
+            elif isinstance(block, Table):
+                story += table(block, width, nested)
+            elif isinstance(block, Figure):
+                pair = [image(block, width, scale), caption("figure", block.caption)]
+                story += pair if nested else [KeepTogether(pair)]
+            elif isinstance(block, FigureGrid):
+                kept = [f for f in block.figures if id(f) not in dropped]
+                story += figure_grid(kept, scale, width)
+                if len(kept) < len(block.figures):
+                    story.append(Paragraph(f"{len(block.figures) - len(kept)} more figure(s) from this folder are in "
+                                           "report.html and report.md.", styles["caption"]))
+            elif isinstance(block, SideBySide):
+                left_width = width * block.split - 6
+                columns = RLTable([[flow(block.left, scale, left_width, True),
+                                    flow(block.right, scale, width - left_width - 12, True)]],
+                                  colWidths=[left_width + 12, width - left_width - 12], hAlign="LEFT")
+                columns.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"),
+                                             ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                                             ("RIGHTPADDING", (0, 0), (-1, -1), 0)]))
+                story += [columns, Spacer(1, 5)]
+            # Details: HTML and Markdown only
+        return story
+
+    def footer(canvas: Any, document: Any) -> None:
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7)
+        canvas.setFillColor(colors.HexColor("#666666"))
+        canvas.drawCentredString(A4[0] / 2, 0.8 * cm, f"{doc.title}  ·  page {document.page}")
+        canvas.restoreState()
+
+    story = flow(doc.main, main_scale) + [Mark("main")]
+    if doc.extras:
+        story += [PageBreak()] + flow(doc.extras, extra_scale) + [Mark("extras")]
+    template.build(story, onFirstPage=footer, onLaterPages=footer)
+    main_page = marks["main"][0]
+    if doc.extras:
+        last_page, y = marks["extras"]
+        used = (template.bottomMargin + template.height - y) / template.height
+        extra_pages, pages = (last_page - main_page - 1) + used, last_page
+    else:
+        extra_pages, pages = 0.0, main_page
+    return buffer.getvalue(), PdfLayout(pages, main_page, round(extra_pages, 2), min(main_scale, extra_scale), drop)
+
+
+def layout_pdf(doc: Document) -> tuple[bytes, PdfLayout]:
+    """The PDF within the page limits: figures shrink step by step (main part first, then extras);
+    if the extras still overflow at the smallest size, figures of the extra folders are left out of
+    the PDF (they stay in HTML and Markdown), as few as will do. Raises if nothing fits."""
+    main_only = Document(doc.title, doc.main)
+    for main_scale in _FIGURE_SCALES:
+        _, layout = render_pdf(main_only, main_scale, draft=True)
+        if layout.main_pages <= MAIN_PAGES:
+            break
+    else:
+        raise FerkitError(f"the main part of the report needs {layout.main_pages} pages even with figures at "
+                          f"{_FIGURE_SCALES[-1]:.0%} of their size: the limit is {MAIN_PAGES}")
+    if not doc.extras:
+        return _final(doc, layout, main_scale)
+
+    def fits(scale: float, drop: int = 0) -> PdfLayout | None:
+        _, layout = render_pdf(doc, main_scale, scale, drop, draft=True)
+        return layout if layout.extra_pages <= EXTRA_PAGES else None
+
+    for scale in _FIGURE_SCALES:
+        if (result := fits(scale)) is not None:
+            return _final(doc, result, main_scale, scale)
+    # The fewest figures to leave out at a legible scale, by bisection (fewer figures, fewer pages).
+    smallest = 0.8
+    low, high = 0, len(_grid_figures(doc.extras))
+    best = fits(smallest, high)
+    if best is None:
+        raise FerkitError(f"the extras of the report need more than {EXTRA_PAGES} pages even without their figures; "
+                          "leave out --features or --compare")
+    while high - low > 1:
+        middle = (low + high) // 2
+        if (result := fits(smallest, middle)) is not None:
+            high, best = middle, result
+        else:
+            low = middle
+    return _final(doc, best, main_scale, smallest)
+
+
+def _final(doc: Document, draft: PdfLayout, main_scale: float, extra_scale: float = 1.0) -> tuple[bytes, PdfLayout]:
+    """Render with the images the layout the drafts chose, and check that it came out the same."""
+    pdf, layout = render_pdf(doc, main_scale, extra_scale, draft.dropped_figures)
+    if layout.main_pages > MAIN_PAGES or layout.extra_pages > EXTRA_PAGES:
+        raise FerkitError(f"the report's PDF came out with a main part of {layout.main_pages} pages (limit "
+                          f"{MAIN_PAGES}) and {layout.extra_pages:.2f} pages of extras (limit {EXTRA_PAGES})")
+    return pdf, layout
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML (one file, images embedded)
+
+
+_CSS = """
+body{font:14px/1.45 -apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1d1d1f}
+body{max-width:980px;margin:2em auto;padding:0 1em}
+h1{font-size:1.5em;margin:.2em 0}
+h2{font-size:1.2em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.3em 0 1em;font-size:.86em}
+th,td{padding:2px 8px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top}
+th{background:#e4e8ee}
+.num{text-align:right}
+tr:nth-child(even) td{background:#f7f8fa}
+caption{caption-side:top;text-align:left;font-style:italic;padding:2px 0;color:#333}
+code,pre{font-family:Menlo,Consolas,monospace;font-size:.9em}
+pre{background:#f3f3f3;padding:.6em;white-space:pre-wrap;word-break:break-all}
+figure{margin:.6em 0 1.2em}
+figure img{max-width:100%}
+figcaption{font-style:italic;font-size:.88em;color:#333}
+.grid{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-end}
+.grid figure{flex:1 1 45%}
+.cols{display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start}
+.extras{border-top:3px double #aaa;margin-top:2em}
+@media print{.extras{page-break-before:always}}
+"""
+
+
+def render_html(doc: Document) -> str:
+    counters = {"table": 0, "figure": 0}
+
+    def markup(text: str) -> str:
+        return _inline(text, lambda s: html.escape(s, quote=False), lambda s: f"<b>{s}</b>",
+                       lambda s: f"<code>{s}</code>")
+
+    def figure(fig: Figure) -> str:
+        counters["figure"] += 1
+        data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
+        return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(_plain(fig.caption))}">'
+                f'<figcaption><b>Figure {counters["figure"]}.</b> {markup(fig.caption)}</figcaption></figure>')
+
+    def blocks(items: list[Any]) -> list[str]:
+        out = []
+        for block in items:
+            if isinstance(block, Heading):
+                tag = "h1" if block.level == 0 else "h2"
+                out.append(f"<{tag}>{markup(block.text)}</{tag}>")
+            elif isinstance(block, Para):
+                out.append(f"<p>{markup(block.text)}</p>")
+            elif isinstance(block, Bullets):
+                out.append("<ul>" + "".join(f"<li>{markup(i)}</li>" for i in block.items) + "</ul>")
+            elif isinstance(block, Code):
+                out.append(f"<pre>{html.escape(block.text)}</pre>")
+            elif isinstance(block, Table):
+                caption = ""
+                if block.caption:
+                    counters["table"] += 1
+                    caption = f"<caption><b>Table {counters['table']}.</b> {markup(block.caption)}</caption>"
+                right = [' class="num"' if i > 0 and _numeric_column(block, i) else ""
+                         for i in range(len(block.header))]
+                head = "".join(f"<th{right[i]}>{markup(h)}</th>" for i, h in enumerate(block.header))
+                body = "".join("<tr>" + "".join(f"<td{right[i]}>{markup(c)}</td>" for i, c in enumerate(row)) + "</tr>"
+                               for row in block.rows)
+                out.append(f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif isinstance(block, Figure):
+                out.append(figure(block))
+            elif isinstance(block, FigureGrid):
+                out.append('<div class="grid">' + "".join(figure(f) for f in block.figures) + "</div>")
+            elif isinstance(block, SideBySide):
+                out.append('<div class="cols"><div>' + "".join(blocks(block.left)) + "</div><div>" +
+                           "".join(blocks(block.right)) + "</div></div>")
+            elif isinstance(block, Details):
+                out.append(f"<details><summary>{markup(block.summary)}</summary>" + "".join(blocks(block.blocks)) +
+                           "</details>")
+        return out
+
+    body = blocks(doc.main)
+    if doc.extras:
+        body.append('<section class="extras">' + "\n".join(blocks(doc.extras)) + "</section>")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(doc.title)}'
+            f"</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown (figures copied beside it)
+
+
+def render_markdown(doc: Document) -> tuple[str, dict[str, Path]]:
+    """The Markdown text and the figures it links: {relative path: source file}."""
+    counters = {"table": 0, "figure": 0}
+    files: dict[str, Path] = {}
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ") or " "
+
+    def figure(fig: Figure) -> list[str]:
+        counters["figure"] += 1
+        relative = f"figures/{fig.name}"
+        files[relative] = fig.path
+        return [f"![{_plain(fig.caption)}]({relative})", "", f"*Figure {counters['figure']}. {fig.caption}*", ""]
+
+    def blocks(items: list[Any]) -> list[str]:
+        out: list[str] = []
+        for block in items:
+            if isinstance(block, Heading):
+                out += [("# " if block.level == 0 else "## ") + block.text, ""]
+            elif isinstance(block, Para):
+                out += [block.text, ""]
+            elif isinstance(block, Bullets):
+                out += [f"- {item}" for item in block.items] + [""]
+            elif isinstance(block, Code):
+                out += ["```", block.text, "```", ""]
+            elif isinstance(block, Table):
+                if block.caption:
+                    counters["table"] += 1
+                    out += [f"**Table {counters['table']}.** {block.caption}", ""]
+                out.append("| " + " | ".join(cell(h) for h in block.header) + " |")
+                out.append("|" + "|".join(" --- " if i == 0 or not _numeric_column(block, i) else " ---: "
+                                          for i in range(len(block.header))) + "|")
+                out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in block.rows]
+                out.append("")
+            elif isinstance(block, Figure):
+                out += figure(block)
+            elif isinstance(block, FigureGrid):
+                for fig in block.figures:
+                    out += figure(fig)
+            elif isinstance(block, SideBySide):
+                out += blocks(block.left) + blocks(block.right)
+            elif isinstance(block, Details):
+                out += ["<details>", f"<summary>{html.escape(_plain(block.summary))}</summary>", ""]
+                out += blocks(block.blocks) + ["</details>", ""]
+        return out
+
+    lines = blocks(doc.main)
+    if doc.extras:
+        lines += ["---", ""] + blocks(doc.extras)
+    return "\n".join(lines).rstrip() + "\n", files
+
+
+def _numeric_column(table: Table, i: int) -> bool:
+    values = [row[i] for row in table.rows if i < len(row) and row[i] not in ("", "-")]
+    return bool(values) and all(re.fullmatch(r"[-+]?[\d,]*\.?\d+%?", v) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | os.PathLike | None = None,
+                 features: str | os.PathLike | None = None, compare: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write report.pdf, report.html and report.md (with figures/) for a trained, evaluated run.
+
+    Example: ``ferkit report runs/cnn --mlp runs/mlp --features runs/cnn/features --out runs/cnn/report``
+    """
+    run = read_run(run_dir)
+    mlp_run = read_run(mlp, "--mlp") if mlp is not None else None
+    features_dir = read_extra(features, "--features", "features.json", f"ferkit features {run_dir}") \
+        if features is not None else None
+    compare_dir = read_extra(compare, "--compare", "comparison.json", f"ferkit compare {run_dir} LABELS.csv") \
+        if compare is not None else None
+    command = f"ferkit report {run_dir}" + "".join(f" {flag} {value}" for flag, value in
+                                                   (("--mlp", mlp), ("--features", features), ("--compare", compare))
+                                                   if value is not None) + f" --out {out}"
+    target = Path(out)
+    doc = build_document(run, target / "figures", mlp_run, features_dir, compare_dir, command)
+    pdf, layout = layout_pdf(doc)
+
+    markdown, files = render_markdown(doc)
+    for relative, source in files.items():
+        if (target / relative).resolve() != source.resolve():
+            with atomic_path(target / relative) as tmp:
+                shutil.copyfile(source, tmp)
+    write_text(target / "report.md", markdown)
+    write_text(target / "report.html", render_html(doc))
+    with atomic_path(target / "report.pdf") as tmp:
+        tmp.write_bytes(pdf)
+    return {"pdf": str(target / "report.pdf"), "html": str(target / "report.html"), "md": str(target / "report.md"),
+            "pages": layout.pages, "main_pages": layout.main_pages, "extra_pages": layout.extra_pages,
+            "figure_scale": layout.scale, "dropped_figures": layout.dropped_figures,
+            "accuracy": run.metrics["accuracy"], "macro_f1": run.metrics["macro_f1"], "evaluation": run.preferred}
