@@ -1,0 +1,263 @@
+"""Tests of `ferkit compare`: the statistics against statsmodels, scipy and sklearn, then the whole
+comparison on a tiny generated dataset with a tiny model trained in a few seconds."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import cohen_kappa_score, f1_score
+
+from ferkit import cli, compare as cmp, config, label
+from ferkit.data import EMOTIONS, SPLITS, load
+from ferkit.errors import FerkitError
+
+statsmodels = pytest.importorskip("statsmodels", reason="statsmodels is a dev dependency: pip install -e .[dev]")
+from statsmodels.stats.contingency_tables import mcnemar  # noqa: E402
+from statsmodels.stats.proportion import proportion_confint  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+@pytest.mark.parametrize("k, n", [(0, 1), (1, 1), (0, 10), (10, 10), (7, 20), (55, 100), (333, 1000), (1, 3)])
+def test_wilson_interval_matches_statsmodels(k, n):
+    low, high = cmp.wilson_interval(k, n)
+    ref_low, ref_high = proportion_confint(k, n, alpha=0.05, method="wilson")
+    assert low == pytest.approx(ref_low, abs=1e-12) and high == pytest.approx(ref_high, abs=1e-12)
+    assert 0 <= low <= k / n <= high <= 1
+
+
+def test_wilson_interval_known_value_and_bad_input():
+    # at the ends the Wilson interval has a closed form: 0 of n -> (0, z^2 / (n + z^2)), n of n -> (n / (n + z^2), 1)
+    z2 = 1.959963984540054 ** 2
+    assert cmp.wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))
+    assert cmp.wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    assert cmp.wilson_interval(55, 100) == pytest.approx((0.4524, 0.6439), abs=1e-4)  # worked by hand
+    with pytest.raises(ValueError):
+        cmp.wilson_interval(0, 0)
+    with pytest.raises(ValueError):
+        cmp.wilson_interval(5, 4)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_matches_sklearn_over_the_classes_present(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    y_true = rng.choice([0, 2, 3, 5, 6], size=n)  # 1 and 4 absent from the truth
+    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, 7, size=n))
+    expected = f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0)
+    assert cmp.macro_f1(y_true, y_pred) == pytest.approx(expected, abs=1e-12)
+    idx = rng.integers(0, n, size=(6, n))
+    batch = cmp._macro_f1_resampled(y_true, y_pred, idx)
+    for row, value in zip(idx, batch):
+        t, p = y_true[row], y_pred[row]
+        assert value == pytest.approx(f1_score(t, p, labels=np.unique(t), average="macro", zero_division=0), abs=1e-12)
+
+
+def test_macro_f1_edge_cases():
+    assert cmp.macro_f1([3, 3, 3], [3, 3, 3]) == 1.0
+    assert cmp.macro_f1([3], [4]) == 0.0
+    with pytest.raises(ValueError):
+        cmp.macro_f1([], [])
+
+
+def test_bootstrap_is_seeded_paired_and_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 7, size=200)
+    good = np.where(rng.random(200) < 0.7, y_true, rng.integers(0, 7, size=200))
+    poor = np.where(rng.random(200) < 0.3, y_true, rng.integers(0, 7, size=200))
+    first = cmp.bootstrap(y_true, {"good": good, "poor": poor}, resamples=500, seed=3, chunk=128)
+    again = cmp.bootstrap(y_true, {"good": good, "poor": poor}, resamples=500, seed=3)
+    other = cmp.bootstrap(y_true, {"good": good, "poor": poor}, resamples=500, seed=4)
+    for name in ("good", "poor"):
+        for metric in ("accuracy", "macro_f1"):
+            assert first[name][metric].shape == (500,)
+            assert np.array_equal(first[name][metric], again[name][metric])  # chunking does not matter either
+            assert not np.array_equal(first[name][metric], other[name][metric])
+    low, high = cmp.percentile_interval(first["good"]["accuracy"])
+    assert low < np.mean(good == y_true) < high
+    low, high = cmp.percentile_interval(first["good"]["macro_f1"])
+    assert low < cmp.macro_f1(y_true, good) < high
+    # paired: the same resamples for both, so one predictor copied gives identical draws
+    twin = cmp.bootstrap(y_true, {"a": good, "b": good.copy()}, resamples=50, seed=1)
+    assert np.array_equal(twin["a"]["macro_f1"], twin["b"]["macro_f1"])
+    # the accuracy samples are the fractions correct of resamples drawn by default_rng(seed)
+    idx = np.random.default_rng(3).integers(0, 200, size=(128, 200))
+    assert np.allclose(first["good"]["accuracy"][:128], (good[idx] == y_true[idx]).mean(axis=1))
+
+
+@pytest.mark.parametrize("both, first_only, second_only, neither", [
+    (10, 0, 0, 5), (10, 5, 1, 4), (50, 12, 3, 8), (3, 0, 7, 1), (0, 20, 20, 0), (40, 1, 0, 2), (5, 30, 9, 2),
+])
+def test_mcnemar_exact_matches_statsmodels(both, first_only, second_only, neither):
+    first = np.array([1] * both + [1] * first_only + [0] * second_only + [0] * neither, bool)
+    second = np.array([1] * both + [0] * first_only + [1] * second_only + [0] * neither, bool)
+    result = cmp.mcnemar_exact(first, second)
+    assert (result["both_correct"], result["only_first_correct"], result["only_second_correct"],
+            result["both_wrong"]) == (both, first_only, second_only, neither)
+    reference = mcnemar([[both, first_only], [second_only, neither]], exact=True)
+    assert result["p_value"] == pytest.approx(reference.pvalue, rel=1e-9, abs=1e-15)
+
+
+def test_mcnemar_known_value():
+    # 9 discordant pairs split 8 to 1: p = 2 * P(X <= 1 | Bin(9, 1/2)) = 2 * 10 / 512
+    first = np.array([1] * 8 + [0] * 1, bool)
+    assert cmp.mcnemar_exact(first, ~first)["p_value"] == pytest.approx(20 / 512)
+
+
+def test_kappa_matches_sklearn_and_is_none_where_undefined():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 7, size=80)
+    b = np.where(rng.random(80) < 0.6, a, rng.integers(0, 7, size=80))
+    assert cmp.kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    assert cmp.kappa(a, a) == pytest.approx(1.0)
+    assert cmp.kappa([2, 2, 2], [2, 2, 2]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison end to end
+
+
+def write_csv(path: Path, seed: int = 0, private: int = 40) -> np.ndarray:
+    """A FER2013 CSV: 64 Training, 32 PublicTest and `private` PrivateTest random faces; returns the labels."""
+    rng = np.random.default_rng(seed)
+    splits = np.concatenate([np.full(64, 0), np.full(32, 1), np.full(private, 2)])
+    labels = rng.integers(0, len(EMOTIONS), size=len(splits))
+    images = rng.integers(0, 256, size=(len(splits), 48, 48), dtype=np.uint8)
+    lines = ["emotion, Usage, pixels"] + [f"{y},{SPLITS[s]},{' '.join(map(str, im.ravel()))}"
+                                          for im, y, s in zip(images, labels, splits)]
+    path.write_text("\n".join(lines) + "\n")
+    return labels
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A tiny dataset, a model trained on it for one epoch, and 15 of a 20-face sample labelled."""
+    from ferkit.train import train
+
+    root = tmp_path_factory.mktemp("compare")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FERKIT_CACHE", str(root / "cache"))
+        data = root / "fer.csv"
+        truth = write_csv(data)
+        cfg = config.resolve(overrides={"epochs": 1, "train_limit": 64, "val_limit": 32, "batch_size": 32,
+                                        "widths": "4,8", "eval_batch_size": 64, "device": "cpu"})
+        train(data, root / "run", cfg, progress=False)
+        labels_csv = root / "labels.csv"
+        session = label.LabelSession.open(data, labels_csv, n=20, seed=1)
+        lines = session.origins
+        human = []
+        for k in range(15):  # right on the even faces, a fixed wrong answer on the odd ones
+            true = int(truth[lines[k] - 2])
+            answer = true if k % 2 == 0 else (true + 1 + k % 5) % 7
+            session.answer(k, answer, 0.5 + k / 10)
+            human.append(answer)
+        yield {"root": root, "data": data, "run": root / "run", "labels": labels_csv, "truth": truth,
+               "lines": lines[:15], "human": np.array(human)}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(request, tmp_path, monkeypatch):
+    cache = request.getfixturevalue("study")["root"] / "cache" if "study" in request.fixturenames \
+        else tmp_path / "cache"
+    monkeypatch.setenv("FERKIT_CACHE", str(cache))
+
+
+def test_compare_end_to_end(study, tmp_path, capsys):
+    from ferkit.evaluate import evaluate
+
+    out = tmp_path / "cmp"
+    result = cmp.compare(study["run"], study["labels"], out, data=study["data"], resamples=400, seed=0)
+    y_true = study["truth"][np.array(study["lines"]) - 2]
+    human = study["human"]
+    assert (result["n"], result["sample_n"], result["complete"]) == (15, 20, False)
+    assert result["human"]["correct"] == int(np.sum(human == y_true)) == 8
+    assert result["human"]["accuracy"] == pytest.approx(8 / 15)
+    assert result["human"]["accuracy_ci95"] == pytest.approx(list(proportion_confint(8, 15, method="wilson")))
+    assert result["human"]["macro_f1"] == pytest.approx(
+        f1_score(y_true, human, labels=np.unique(y_true), average="macro", zero_division=0))
+    assert result["macro_f1_classes"] == [EMOTIONS[i] for i in np.unique(y_true)]
+    for who in ("human", "cnn"):
+        low, high = result[who]["macro_f1_ci95"]
+        assert 0 <= low <= high <= 1
+        assert np.array(result[who]["confusion_matrix"]).sum() == 15
+
+    # The CNN's answers are the run's own predictions on those faces (as `ferkit evaluate` makes them).
+    evaluate(study["run"], data=study["data"], out=tmp_path / "eval", device="cpu")
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as f:
+        evaluated = {int(r["line"]): int(r["pred"]) for r in csv.DictReader(f)}
+    with open(out / "faces.csv", newline="") as f:
+        faces = list(csv.DictReader(f))
+    assert [int(r["line"]) for r in faces] == study["lines"]
+    cnn = np.array([EMOTIONS.index(r["cnn"]) for r in faces])
+    assert cnn.tolist() == [evaluated[line] for line in study["lines"]]
+    assert [r["human"] for r in faces] == [EMOTIONS[h] for h in human]
+    assert result["cnn"]["accuracy"] == pytest.approx(np.mean(cnn == y_true))
+
+    assert result["kappa"]["human_vs_truth"] == pytest.approx(cohen_kappa_score(human, y_true))
+    assert result["kappa"]["human_vs_cnn"] == pytest.approx(cohen_kappa_score(human, cnn))
+    human_right, cnn_right = human == y_true, cnn == y_true
+    table = [[int(np.sum(human_right & cnn_right)), int(np.sum(human_right & ~cnn_right))],
+             [int(np.sum(~human_right & cnn_right)), int(np.sum(~human_right & ~cnn_right))]]
+    assert result["mcnemar"]["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    assert result["mcnemar"]["human_correct_cnn_wrong"] == table[0][1]
+    assert result["disagreements"] == int(np.sum(human != cnn))
+    difference = result["difference"]["accuracy"]["human_minus_cnn"]
+    assert difference == pytest.approx(np.mean(human_right) - np.mean(cnn_right))
+
+    assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(result))
+    for name in ("confusion_matrices.png", "disagreements.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+
+    # The command line gives the same numbers for the same bootstrap seed.
+    assert cli.main(["compare", str(study["run"]), str(study["labels"]), "--data", str(study["data"]),
+                     "--out", str(tmp_path / "cli"), "--bootstrap", "400", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "human accuracy 0.533" in printed and "McNemar exact" in printed
+    again = json.loads((tmp_path / "cli" / "comparison.json").read_text())
+    assert again["human"] == json.loads(json.dumps(result["human"]))
+    assert again["cnn"] == json.loads(json.dumps(result["cnn"]))
+
+
+def test_compare_refuses_no_answers_and_other_data(study, tmp_path, capsys):
+    empty = tmp_path / "empty.csv"
+    label.LabelSession.open(study["data"], empty, n=5, seed=0)
+    with pytest.raises(FerkitError, match="no answers"):
+        cmp.compare(study["run"], empty, tmp_path / "out", data=study["data"])
+    assert cli.main(["compare", str(study["run"]), str(empty), "--data", str(study["data"]),
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "no answers" in capsys.readouterr().err
+
+    other = tmp_path / "other.csv"
+    write_csv(other, seed=9)
+    with pytest.raises(FerkitError, match="another data file"):
+        cmp.compare(study["run"], study["labels"], tmp_path / "out", data=other)  # labels of fer.csv
+    labels_other = tmp_path / "labels-other.csv"
+    session = label.LabelSession.open(other, labels_other, n=3, seed=0)
+    session.answer(0, 1, 1.0)
+    with pytest.raises(FerkitError, match="trained on another data file"):
+        cmp.compare(study["run"], labels_other, tmp_path / "out", data=other)
+
+    missing = tmp_path / "nolabels.csv"
+    with pytest.raises(FerkitError, match="no such file"):
+        cmp.compare(study["run"], missing, tmp_path / "out", data=study["data"])
+    assert load(study["data"]).sha256 == json.loads(label.sidecar_path(study["labels"]).read_text())["data_sha256"]
+
+
+def test_compare_finds_the_labelled_data_without_data(study, tmp_path):
+    result = cmp.compare(study["run"], study["labels"], tmp_path / "out", resamples=50)
+    assert result["data"]["path"] == str(study["data"]) and result["n"] == 15
+
+
+def test_disagreement_figure_when_they_always_agree(tmp_path):
+    path = cmp.disagreement_figure(np.zeros((0, 48, 48), np.uint8), np.zeros(0, int), np.zeros(0, int),
+                                   np.zeros(0, int), [], tmp_path / "d.png", total=12)
+    with Image.open(path) as image:
+        assert image.format == "PNG"

@@ -1,0 +1,563 @@
+"""Tests of `ferkit label`: the sample, labels.csv and its sidecar, the HTTP server, and the page
+itself in a real headless Chromium driven by Playwright.
+
+The browser test needs Debian's `chromium` (apt-get install -y chromium) and the `playwright`
+package (pip install playwright; its own browser download is neither needed nor used); it skips
+with the reason when either is missing. Every test makes its own small random FER2013 CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit import cli, label
+from ferkit.data import EMOTIONS, SPLITS, load
+from ferkit.errors import FerkitError
+
+CHROMIUM = os.environ.get("FERKIT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STATE_KEYS = {"n", "next", "answered", "done", "emotions", "answers"}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Parsed datasets are cached in the test's own folder, never ~/.cache (subprocesses inherit it)."""
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated data and small helpers
+
+
+def write_csv(path: Path, counts=(("Training", 5), ("PublicTest", 3), ("PrivateTest", 30)), seed: int = 0,
+              labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A FER2013 CSV (icml layout) of random faces; returns (images, labels, splits) in row order."""
+    rng = np.random.default_rng(seed)
+    splits = np.concatenate([np.full(k, SPLITS.index(name)) for name, k in counts])
+    images = rng.integers(0, 256, size=(len(splits), 48, 48), dtype=np.uint8)
+    labels = rng.integers(0, len(EMOTIONS), size=len(splits)) if labels is None else labels
+    lines = ["emotion, Usage, pixels"] + [f"{int(y)},{SPLITS[s]},{' '.join(map(str, im.ravel()))}"
+                                          for im, y, s in zip(images, labels, splits)]
+    path.write_text("\n".join(lines) + "\n")
+    return images, labels, splits
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def answers_in(path: Path) -> dict[int, int]:
+    return {int(row["index"]): int(row["human_label"]) for row in read_csv_rows(path)}
+
+
+def request(url: str, method: str = "GET", body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request with urllib; 4xx and 5xx replies are returned, not raised."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as reply:
+            return reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def raw_get(server: label.LabelServer, path: str) -> tuple[int, bytes]:
+    """GET `path` exactly as written (no client-side normalisation of dots or escapes)."""
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.endheaders()
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+def post_answer(url: str, index, label_, seconds=1.0, **extra) -> tuple[int, dict]:
+    payload = dict({"index": index, "label": label_, "seconds": seconds}, **extra)
+    status, _, body = request(url + "api/answer", "POST", json.dumps(payload).encode(),
+                              {"Content-Type": "application/json"})
+    return status, json.loads(body)
+
+
+@contextmanager
+def running(data: Path, out: Path, **kwargs):
+    """An in-process server on a free port, shut down afterwards."""
+    server = label.make_server(data, out, port=0, **kwargs)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    path = tmp_path / "fer.csv"
+    write_csv(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The sample and the session
+
+
+def test_sample_is_private_test_chosen_and_ordered_by_the_seed(data):
+    dataset = load(data)
+    rows = label.sample_rows(dataset, 10, seed=7)
+    assert rows.tolist() == np.random.default_rng(7).choice(dataset.indices("PrivateTest"), 10, replace=False).tolist()
+    assert set(dataset.splits[rows]) == {SPLITS.index("PrivateTest")}
+    assert len(set(rows.tolist())) == 10
+    assert label.sample_rows(dataset, 10, seed=7).tolist() == rows.tolist()
+    assert label.sample_rows(dataset, 10, seed=8).tolist() != rows.tolist()
+    with pytest.raises(FerkitError, match="only 30 PrivateTest"):
+        label.sample_rows(dataset, 31, seed=0)
+    with pytest.raises(FerkitError, match="at least one"):
+        label.sample_rows(dataset, 0, seed=0)
+
+
+def test_answers_are_written_at_once_and_can_be_changed(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=6, seed=3)
+    assert read_csv_rows(out) == []  # the header is there from the start
+    assert out.read_text().splitlines()[0] == "index,line,usage,human,human_label,seconds"
+    meta = json.loads(label.sidecar_path(out).read_text())
+    dataset = load(data)
+    rows = label.sample_rows(dataset, 6, seed=3)
+    assert (meta["seed"], meta["n"], meta["data_sha256"]) == (3, 6, dataset.sha256)
+    assert meta["sample"] == dataset.lines[rows].tolist()
+
+    session.answer(0, 3, 1.25)
+    assert answers_in(out) == {0: 3}
+    session.answer(1, 0, 0.5)
+    session.answer(2, 6, 2.0)
+    session.answer(1, 4, 0.75)  # changed
+    table = read_csv_rows(out)
+    assert [(r["index"], r["line"], r["usage"], r["human"], r["human_label"], r["seconds"]) for r in table] == [
+        ("0", str(dataset.lines[rows[0]]), "PrivateTest", "Happy", "3", "1.250"),
+        ("1", str(dataset.lines[rows[1]]), "PrivateTest", "Sad", "4", "0.750"),
+        ("2", str(dataset.lines[rows[2]]), "PrivateTest", "Neutral", "6", "2.000"),
+    ]
+    with pytest.raises(label.AnswerError) as ahead:
+        session.answer(4, 1, 1.0)  # face 3 is on screen
+    assert ahead.value.status == 409
+    assert session.state()["next"] == 3 and session.state()["answers"] == [3, 4, 6, None, None, None]
+    assert not list(tmp_path.glob(".labels.csv.*"))  # no temporary file left behind
+
+
+def test_resume_restores_the_answers_and_refuses_another_sample(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    first = label.LabelSession.open(data, out, n=5, seed=2)
+    first.answer(0, 1, 1.0)
+    first.answer(1, 2, 1.0)
+    again = label.LabelSession.open(data, out)  # n and seed come from the sidecar
+    assert again.state()["answers"] == [1, 2, None, None, None]
+    assert again.origins == first.origins
+    assert label.LabelSession.open(data, out, n=5, seed=2).state()["next"] == 2
+
+    with pytest.raises(FerkitError, match="--seed 2"):
+        label.LabelSession.open(data, out, n=5, seed=3)
+    with pytest.raises(FerkitError, match="--n 5"):
+        label.LabelSession.open(data, out, n=6, seed=2)
+    other = tmp_path / "other.csv"
+    write_csv(other, seed=1)
+    with pytest.raises(FerkitError, match="another data file"):
+        label.LabelSession.open(other, out)
+
+    orphan = tmp_path / "orphan.csv"
+    orphan.write_text("index,line,usage,human,human_label,seconds\n")
+    with pytest.raises(FerkitError, match="does not"):
+        label.LabelSession.open(data, orphan)
+
+    broken = out.read_text().replace("Disgust", "Angry")
+    out.write_text(broken)
+    with pytest.raises(FerkitError, match="line 2"):
+        label.LabelSession.open(data, out)
+
+
+def test_main_refuses_a_different_data_file_without_a_traceback(data, tmp_path, capsys):
+    out = tmp_path / "labels.csv"
+    label.LabelSession.open(data, out, n=4, seed=0)
+    other = tmp_path / "other.csv"
+    write_csv(other, seed=5)
+    assert cli.main(["label", str(other), "--out", str(out), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "another data file" in err and "Traceback" not in err
+
+
+def test_export_with_truth(data, tmp_path, capsys):
+    images, labels_, splits = write_csv(data)
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=5, seed=4)
+    for k, answer in enumerate([0, 3, 5]):
+        session.answer(k, answer, 1.0 + k)
+    truth_csv = tmp_path / "truth.csv"
+    assert cli.main(["label", str(data), "--out", str(out), "--export-with-truth", str(truth_csv)]) == 0
+    assert "3 answers" in capsys.readouterr().out
+    table = read_csv_rows(truth_csv)
+    assert list(table[0]) == ["index", "line", "usage", "human", "human_label", "seconds", "true", "true_label",
+                              "correct"]
+    for row, answer in zip(table, [0, 3, 5]):
+        truth = int(labels_[int(row["line"]) - 2])  # line 2 is the first data row
+        assert (int(row["human_label"]), int(row["true_label"]), row["true"]) == (answer, truth, EMOTIONS[truth])
+        assert row["correct"] == str(int(answer == truth))
+    with pytest.raises(FerkitError, match="other than"):
+        label.export_with_truth(data, out, out)
+
+
+def test_image_folder_data_is_labelled_by_path(tmp_path):
+    root = tmp_path / "export"
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        for split, folder in (("PrivateTest", "test"), ("Training", "train")):
+            target = root / folder / EMOTIONS[k % 7].lower() / f"{split}_{k + 1}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(target)
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(root, out, n=4, seed=0)
+    session.answer(0, 2, 1.0)
+    row = read_csv_rows(out)[0]
+    assert list(row) == ["index", "path", "usage", "human", "human_label", "seconds"]
+    assert row["path"].startswith("test/") and "PrivateTest_" in row["path"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The HTTP server
+
+
+def test_page_state_and_faces(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    dataset = load(data)
+    rows = label.sample_rows(dataset, 5, seed=1)
+    with running(data, out, n=5, seed=1) as server:
+        status, headers, page = request(server.url)
+        assert status == 200 and headers["Content-Type"].startswith("text/html")
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+        assert b"image-rendering: pixelated" in page
+        status, _, body = request(server.url + "api/state")
+        state = json.loads(body)
+        assert status == 200 and set(state) == STATE_KEYS
+        assert state == {"n": 5, "next": 0, "answered": 0, "done": False, "emotions": list(EMOTIONS),
+                         "answers": [None] * 5}
+        for k in range(5):
+            status, headers, png = request(f"{server.url}face/{k}.png")
+            assert status == 200 and headers["Content-Type"] == "image/png"
+            with Image.open(io.BytesIO(png)) as image:
+                assert image.size == (48, 48) and image.mode == "L"
+                assert np.array_equal(np.asarray(image), dataset.images[rows[k]])
+        status, headers, body = request(server.url + "face/0.png", method="HEAD")
+        assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
+
+
+def test_the_server_never_sends_the_truth(tmp_path):
+    """Two files that differ only in their labels give byte-identical replies to every request."""
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    _, labels_, _ = write_csv(first)
+    write_csv(second, labels=(labels_ + 1) % len(EMOTIONS))
+    replies = []
+    for data, name in ((first, "a"), (second, "b")):
+        with running(data, tmp_path / f"labels-{name}.csv", n=6, seed=9) as server:
+            got = [post_answer(server.url, 0, 2)[1], post_answer(server.url, 1, 5)[1]]
+            for path in ["", "index.html", "api/state"] + [f"face/{k}.png" for k in range(6)]:
+                status, headers, body = request(server.url + path)
+                assert status == 200
+                got.append(body)
+            replies.append(got)
+    assert replies[0] == replies[1]
+
+
+@pytest.mark.parametrize("method, path, body, headers, status, message", [
+    ("POST", "api/answer", b"{not json", {}, 400, "not JSON"),
+    ("POST", "api/answer", b"\xff\xfe", {}, 400, "not JSON"),
+    ("POST", "api/answer", b"[1, 2]", {}, 400, "JSON object"),
+    ("POST", "api/answer", b'{"index": 0, "label": 7, "seconds": 1}', {}, 400, "label 7 is out of range"),
+    ("POST", "api/answer", b'{"index": 0, "label": -1, "seconds": 1}', {}, 400, "out of range"),
+    ("POST", "api/answer", b'{"index": 0, "label": "3", "seconds": 1}', {}, 400, "label must be an integer"),
+    ("POST", "api/answer", b'{"index": 0, "label": true, "seconds": 1}', {}, 400, "label must be an integer"),
+    ("POST", "api/answer", b'{"index": 0.5, "label": 1, "seconds": 1}', {}, 400, "index must be an integer"),
+    ("POST", "api/answer", b'{"index": 5, "label": 1, "seconds": 1}', {}, 400, "index 5 is out of range"),
+    ("POST", "api/answer", b'{"index": -1, "label": 1, "seconds": 1}', {}, 400, "out of range"),
+    ("POST", "api/answer", b'{"index": 2, "label": 1, "seconds": 1}', {}, 409, "not on screen yet"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1}', {}, 400, "seconds must be a number"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": -2}', {}, 400, "seconds"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1e400}', {}, 400, "seconds"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1, "truth": 3}', {}, 400, "unknown field"),
+    ("POST", "api/answer", b"x" * 5000, {}, 413, "over"),
+    ("GET", "api/answer", None, {}, 405, "POST"),
+    ("POST", "api/state", b"{}", {}, 405, "read-only"),
+    ("POST", "face/0.png", b"{}", {}, 405, "read-only"),
+    ("PUT", "api/answer", b"{}", {}, 405, "not supported"),
+    ("DELETE", "face/0.png", None, {}, 405, "not supported"),
+    ("POST", "labels.csv", b"{}", {}, 404, "no such page"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1}', {"Content-Type": "text/plain"}, 415,
+     "application/json"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1}',
+     {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1}', {"Origin": "http://evil.example"}, 403,
+     "labelling page only"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1}', {"Host": "evil.example"}, 421, "open the page"),
+    ("GET", "api/state", None, {"Host": "rebound.example:8765"}, 421, "open the page"),
+])
+def test_malformed_requests_get_a_4xx_and_a_json_message(data, tmp_path, method, path, body, headers, status,
+                                                         message):
+    out = tmp_path / "labels.csv"
+    with running(data, out, n=5, seed=0) as server:
+        before = out.read_bytes()
+        headers = {"Content-Type": "application/json", **headers}
+        got, reply_headers, reply = request(server.url + path, method, body, headers)
+        assert got == status
+        assert reply_headers["Content-Type"].startswith("application/json")
+        assert message in json.loads(reply)["error"]
+        assert out.read_bytes() == before
+        assert post_answer(server.url, 0, 1)[0] == 200  # the server is still fine
+
+
+def test_only_the_page_and_the_sampled_faces_are_served(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    (tmp_path / "secret.txt").write_text("TOP-SECRET-CONTENT")
+    with running(data, out, n=5, seed=0) as server:
+        assert raw_get(server, "/face/4.png")[0] == 200
+        for path in ["/face/../../etc/passwd", "/face/..%2f..%2fetc%2fpasswd", "/face/%2e%2e/%2e%2e/etc/passwd",
+                     "/../labels.csv", "/labels.csv", "/labels.csv.json", "/secret.txt", "/face/5.png",
+                     "/face/999.png", "/face/-1.png", "/face/01.png", "/face/1e2.png", "/face/0.png/../../secret.txt",
+                     "/face/0.jpg", "/face/", "/face", "//etc/passwd", "/static/../../secret.txt", "/favicon.ico",
+                     "/api", "/api/state/../../secret.txt", "/face/99999999999999999999.png"]:
+            status, body = raw_get(server, path)
+            assert status == 404, path
+            assert "error" in json.loads(body), path
+            assert b"TOP-SECRET" not in body and b"root:" not in body
+        status, _, body = request(server.url + "face/999.png")
+        assert status == 404 and "no face 999" in json.loads(body)["error"]
+
+
+def test_concurrent_answers_keep_labels_csv_whole(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    n = 20
+    with running(data, out, n=n, seed=0) as server:
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def reader() -> None:  # the file is always complete: never a half row or a missing header
+            while not stop.is_set():
+                text = out.read_text()
+                rows = list(csv.reader(io.StringIO(text)))
+                if not text.endswith("\n") or rows[0][0] != "index" or any(len(r) != 6 for r in rows):
+                    errors.append(f"torn file: {text!r}")
+
+        def worker(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            for _ in range(12):
+                state = json.loads(request(server.url + "api/state")[2])
+                index = int(rng.integers(0, min(state["next"], n - 1) + 1))
+                status, reply = post_answer(server.url, index, int(rng.integers(0, 7)), float(rng.random()))
+                if status not in (200, 409):  # 409: another thread's face moved on meanwhile
+                    errors.append(f"{status}: {reply}")
+
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(12)]
+        watcher = threading.Thread(target=reader)
+        watcher.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        watcher.join()
+        assert errors == []
+        state = json.loads(request(server.url + "api/state")[2])
+        on_disk = answers_in(out)
+        assert on_disk == {k: a for k, a in enumerate(state["answers"]) if a is not None}
+        assert sorted(on_disk) == list(range(len(on_disk))) and len(on_disk) == state["next"] > 0
+    assert not list(tmp_path.glob(".labels.csv.*"))
+
+
+def test_one_server_per_labels_file(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    with running(data, out, n=4, seed=0) as server:
+        with pytest.raises(FerkitError, match="already serving"):
+            label.make_server(data, out, port=0)
+        assert post_answer(server.url, 0, 5)[0] == 200
+    with running(data, out) as server:  # the lock went with the first server; the answer stayed
+        assert json.loads(request(server.url + "api/state")[2])["answers"][0] == 5
+
+
+def test_a_busy_port_is_a_clear_error(data, tmp_path):
+    with running(data, tmp_path / "a.csv", n=3, seed=0) as server:
+        port = server.server_address[1]
+        with pytest.raises(FerkitError, match="--port"):
+            label.make_server(data, tmp_path / "b.csv", n=3, seed=0, port=port)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page in a real browser
+
+
+def _browser_or_skip():
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set FERKIT_CHROMIUM)")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: pip install playwright (no `playwright install` needed)")
+    return sync_playwright, expect
+
+
+def _start_cli(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """`python -m ferkit label ARGS --port 0` in a subprocess; returns it and the address it prints."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Unbuffered bytes: a raw pipe's readline takes no more than one line, so select() stays truthful.
+    proc = subprocess.Popen([sys.executable, "-m", "ferkit", "label", *args, "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
+    seen, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline().decode(errors="replace")
+            if not line:
+                break
+            seen.append(line)
+            if match := re.search(r"open (http://\S+)", line):
+                return proc, match.group(1)
+        elif proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("the server did not print its address:\n" + "".join(seen)
+                         + proc.stdout.read().decode(errors="replace"))
+
+
+def test_labelling_in_a_real_browser(data, tmp_path):
+    sync_playwright, expect = _browser_or_skip()
+    out = tmp_path / "labels.csv"
+    args = [str(data), "--n", "8", "--seed", "5", "--out", str(out)]
+    dataset = load(data)
+    sample_lines = dataset.lines[label.sample_rows(dataset, 8, seed=5)].tolist()
+    api_replies: list[dict] = []
+    procs: list[subprocess.Popen] = []
+    try:
+        proc, url = _start_cli(args)
+        procs.append(proc)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.set_default_timeout(10_000)
+
+            def keep(response) -> None:
+                if "/api/" in response.url and response.ok:
+                    api_replies.append(response.json())
+
+            page.on("response", keep)
+            progress = page.locator("#progress")
+
+            def chosen(label_: int):
+                return expect(page.locator(f"#label-{label_}")).to_have_class(re.compile(r"\bchosen\b"))
+
+            page.goto(url)
+            expect(progress).to_have_text("Face 1 of 8")
+            expect(page.locator("#buttons button")).to_have_count(7)
+            expect(page.locator("#label-3")).to_contain_text("Happy")
+            page.click("#label-3")  # Happy, by mouse
+            expect(progress).to_have_text("Face 2 of 8")
+            page.keyboard.press("5")  # Sad, by key
+            expect(progress).to_have_text("Face 3 of 8")
+            page.click("#label-6")  # Neutral
+            expect(progress).to_have_text("Face 4 of 8")
+            page.keyboard.press("1")  # Angry
+            expect(progress).to_have_text("Face 5 of 8")
+            page.keyboard.press("Backspace")  # back to face 4: Angry is marked; change it to Surprise
+            expect(progress).to_have_text("Face 4 of 8")
+            chosen(0)
+            page.keyboard.press("6")
+            expect(progress).to_have_text("Face 5 of 8")
+            page.click("#back")
+            expect(progress).to_have_text("Face 4 of 8")
+            chosen(5)
+            page.keyboard.press("ArrowLeft")
+            expect(progress).to_have_text("Face 3 of 8")
+            chosen(6)
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("ArrowRight")
+            page.keyboard.press("ArrowRight")  # no further than the face on screen
+            expect(progress).to_have_text("Face 5 of 8")
+            assert answers_in(out) == {0: 3, 1: 4, 2: 6, 3: 5}
+
+            page.reload()
+            expect(progress).to_have_text("Face 5 of 8")
+            expect(page.locator("#answered")).to_have_text("(4 answered)")
+            page.wait_for_function("() => document.getElementById('face').naturalWidth === 48")
+            look = page.evaluate("""() => { const img = document.getElementById('face');
+                return {rendering: getComputedStyle(img).imageRendering, width: img.getBoundingClientRect().width,
+                        natural: img.naturalWidth, src: img.getAttribute('src')}; }""")
+            assert look["rendering"] == "pixelated" and look["width"] >= 400 and look["natural"] == 48
+            assert look["src"] == "/face/4.png"
+
+            procs[0].kill()  # SIGKILL: no chance to clean up
+            procs[0].wait(10)
+            page.keyboard.press("2")  # the server is gone: the page says so and stays on the face
+            expect(page.locator("#message")).to_contain_text("Not saved")
+            expect(progress).to_have_text("Face 5 of 8")
+            assert answers_in(out) == {0: 3, 1: 4, 2: 6, 3: 5}
+
+            proc, url = _start_cli(args)  # the same command again resumes
+            procs.append(proc)
+            page.goto(url)
+            expect(progress).to_have_text("Face 5 of 8")
+            page.keyboard.press("2")  # Disgust
+            expect(progress).to_have_text("Face 6 of 8")
+            page.click("#label-2")  # Fear
+            expect(progress).to_have_text("Face 7 of 8")
+            page.keyboard.press("7")  # Neutral
+            expect(progress).to_have_text("Face 8 of 8")
+            page.keyboard.press("4")  # Happy
+            expect(progress).to_have_text("Done: 8 of 8")
+            expect(page.locator("#done")).to_be_visible()
+            expect(page.locator("#done")).to_contain_text("All 8 faces are labelled")
+            expect(page.locator("#face")).to_be_hidden()
+            page.keyboard.press("Backspace")  # even at the end, the last answer can change
+            expect(progress).to_have_text("Face 8 of 8")
+            chosen(3)
+            page.keyboard.press("5")  # Sad
+            expect(progress).to_have_text("Done: 8 of 8")
+            text = page.content()
+            browser.close()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+            proc.stdout.close()
+
+    expected = [3, 4, 6, 5, 1, 2, 6, 4]
+    table = read_csv_rows(out)
+    assert [int(r["index"]) for r in table] == list(range(8))
+    assert [int(r["line"]) for r in table] == sample_lines
+    assert [r["usage"] for r in table] == ["PrivateTest"] * 8
+    assert [int(r["human_label"]) for r in table] == expected
+    assert [r["human"] for r in table] == [EMOTIONS[k] for k in expected]
+    assert all(0 <= float(r["seconds"]) < 60 for r in table)
+    # Nothing the page received names the truth or a model's guess.
+    assert api_replies and all(set(reply) == STATE_KEYS for reply in api_replies)
+    assert api_replies[-1]["answers"] == expected
+    assert not re.search(r"truth|true_label|\bpred", text, re.IGNORECASE)
