@@ -156,12 +156,15 @@ def _load_bytes(raw: bytes, path: Path, checksum: str) -> Dataset:
 
 
 def _decompress(fn, raw: bytes, path: Path, kind: str) -> bytes:
+    truncated = DataFormatError(str(path), [Problem(None, None, f"the {kind} stream ends too early: the file is "
+                                                                "truncated (an interrupted download?); download it again")])
     try:
         return fn(raw)
     except EOFError:
-        raise DataFormatError(str(path), [Problem(None, None, f"the {kind} stream ends too early: the file is "
-                                                              "truncated (an interrupted download?); download it again")]) from None
+        raise truncated from None
     except (OSError, lzma.LZMAError, zlib.error, ValueError) as exc:
+        if "ended before the end-of-stream marker" in str(exc):  # how xz and bz2 report a truncated stream
+            raise truncated from None
         raise DataFormatError(str(path), [Problem(None, None, f"the {kind} stream is corrupt ({exc}); "
                                                               "download the file again")]) from None
 
@@ -462,9 +465,10 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
         np.less(work, 10, out=is_digit)
         np.equal(work, 240, out=flags)
         n_digits = np.count_nonzero(is_digit)
+        bad_rows = set()  # rows already reported for a bad character: their pixel count means nothing
         if n_digits + np.count_nonzero(flags) != size:
-            _report_bad_characters(raw, np.flatnonzero(~is_digit & (work != 240)) + base, r0, line_starts,
-                                   rows_lines, problems)
+            bad_rows = _report_bad_characters(raw, np.flatnonzero(~is_digit & (work != 240)) + base, r0,
+                                              line_starts, rows_lines, problems)
         last_digit = flags
         np.greater(is_digit[:-1], is_digit[1:], out=last_digit[:-1])
         last_digit[-1] = is_digit[-1]
@@ -476,6 +480,8 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
         counts = np.searchsorted(ends, seg_ends - _PAD) - np.searchsorted(ends, seg_starts - _PAD)
         for row in np.flatnonzero(counts != N_PIXELS):
             i = r0 + row
+            if i in bad_rows:
+                continue
             at_end = i == n_rows - 1 and not ends_with_newline
             problems.add(int(rows_lines[i]), None,
                          f"has {counts[row]} pixel values, expected {N_PIXELS} (48x48)"
@@ -507,7 +513,7 @@ def _row_of(offset: int, r0: int, line_starts: np.ndarray) -> int:
 
 
 def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts: np.ndarray,
-                           rows_lines: np.ndarray, problems: _Problems) -> None:
+                           rows_lines: np.ndarray, problems: _Problems) -> set[int]:
     seen_rows = set()
     for offset in offsets.tolist():
         i = _row_of(offset, r0, line_starts)
@@ -517,6 +523,7 @@ def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts
         left, word = _word_at(raw, offset)
         problems.add(int(rows_lines[i]), int(left - line_starts[i] + 1),
                      f"pixel value {word!r} is not an integer 0-255")
+    return seen_rows
 
 
 def _report_out_of_range(raw: bytes, ends: np.ndarray, r0: int, line_starts: np.ndarray,
@@ -592,6 +599,7 @@ class _Cache:
             arrays["lines"] = dataset.lines
         meta = {"source": dataset.source, "kind": dataset.kind, "arrays": list(arrays), "paths": dataset.paths}
         folder = self._folder(dataset.sha256)
+        tmp = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.root))
@@ -602,7 +610,8 @@ class _Cache:
                 shutil.rmtree(folder)  # a stale or damaged copy of the same checksum
             os.replace(tmp, folder)  # the folder appears whole or not at all
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:  # None: the cache folder itself cannot be made
+                shutil.rmtree(tmp, ignore_errors=True)
             return
         self.remember(stat_key, dataset.sha256)
 

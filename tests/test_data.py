@@ -1,0 +1,670 @@
+"""Tests of the FER2013 loader (`ferkit.data`) and the `ferkit data` command.
+
+Every test makes its own small, random FER2013 data: no row of the real dataset is in the repo.
+The two integration tests at the end read the shared files in ../shared/fer2013 and skip cleanly
+when they are absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit import cli
+from ferkit.data import EMOTIONS, N_PIXELS, SPLITS, Dataset, counts_table, load, summarize
+from ferkit.errors import DataFormatError
+
+FOLDERS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Whatever a test loads without cache_dir= is cached in its own tmp folder, never ~/.cache."""
+    cache = tmp_path / "env-cache"
+    monkeypatch.setenv("FERKIT_CACHE", str(cache))
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated data
+
+
+@dataclass
+class Faces:
+    images: np.ndarray  # (N, 48, 48) uint8
+    labels: np.ndarray  # (N,) int, 0-6
+    splits: np.ndarray  # (N,) int, index into SPLITS; sorted, as in the CSV
+    ids: np.ndarray  # (N,) the numeric id of the image-folder export, increasing within a split
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def make_faces(n: int = 12, seed: int = 0) -> Faces:
+    """`n` random faces, every split present, rows ordered by split then id (the CSV's order)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 48, 48), dtype=np.uint8)
+    images[0, 0, :3] = (0, 255, 7)  # the extremes and a one-digit value, whatever the seed
+    labels = rng.integers(0, len(EMOTIONS), size=n)
+    splits = np.sort(np.concatenate([np.arange(3), rng.integers(0, 3, size=n - 3)]))
+    # ids of 1 to 4 digits, so that numeric and lexicographic order differ (9 < 10 < 100)
+    ids = np.sort(rng.choice(np.arange(1, 5000), size=n, replace=False))
+    return Faces(images, labels, splits, ids)
+
+
+def rows_of(faces: Faces) -> list[list[str]]:
+    """[emotion, Usage, pixels] as the text of each CSV field."""
+    return [[str(int(label)), SPLITS[int(split)], " ".join(map(str, image.ravel().tolist()))]
+            for image, label, split in zip(faces.images, faces.labels, faces.splits)]
+
+
+ICML_HEADER = "emotion, Usage, pixels"  # Kaggle's icml_face_data.csv, spaces included
+FER2013_HEADER = "emotion,pixels,Usage"  # the older fer2013.csv
+
+
+def fer_csv(rows: list[list[str]], layout: str = "icml", quoted: bool | None = None, newline: str = "\n",
+            bom: bool = False, trailing_newline: bool = True, header: str | None = None) -> bytes:
+    """A FER2013 CSV of `rows` ([emotion, Usage, pixels] texts) in either layout.
+
+    icml: `emotion, Usage, pixels` / `3,Training,255 0 ...` (pixels unquoted unless quoted=True);
+    fer2013: `emotion,pixels,Usage` / `3,"70 80 ...",Training` (pixels quoted unless quoted=False).
+    """
+    if quoted is None:
+        quoted = layout == "fer2013"
+    lines = [header if header is not None else (ICML_HEADER if layout == "icml" else FER2013_HEADER)]
+    for emotion, usage, pixels in rows:
+        pixels = f'"{pixels}"' if quoted else pixels
+        lines.append(",".join((emotion, usage, pixels) if layout == "icml" else (emotion, pixels, usage)))
+    text = newline.join(lines) + (newline if trailing_newline else "")
+    return (b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8")
+
+
+def write_file(path: Path, raw: bytes, compression: str | None = None) -> Path:
+    """Write `raw` as is, or gzip/xz-compressed, or as the single CSV inside a zip."""
+    if compression == "gzip":
+        raw = gzip.compress(raw)
+    elif compression == "xz":
+        raw = lzma.compress(raw, format=lzma.FORMAT_XZ)
+    elif compression == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("icml_face_data.csv", raw)
+        raw = buffer.getvalue()
+    path.write_bytes(raw)
+    return path
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def export_entries(faces: Faces, prefix: str = "") -> list[tuple[str, bytes]]:
+    """The image-folder export: train/<emotion>/Training_<id>.png, test/<emotion>/PublicTest_<id>.png..."""
+    entries = []
+    for image, label, split, face_id in zip(faces.images, faces.labels, faces.splits, faces.ids):
+        top = "train" if split == 0 else "test"
+        entries.append((f"{prefix}{top}/{FOLDERS[label]}/{SPLITS[split]}_{face_id}.png", png_bytes(image)))
+    return entries
+
+
+def write_export(dest: Path, faces: Faces, kind: str, prefix: str = "", seed: int = 0) -> Path:
+    """Write the export as a folder, .zip, .tar, .tar.gz or .tar.xz; archive members in random order."""
+    entries = export_entries(faces, prefix)
+    entries = [entries[i] for i in np.random.default_rng(seed).permutation(len(entries))]
+    if kind == "folder":
+        for name, content in entries:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(content)
+    elif kind == "zip":
+        with zipfile.ZipFile(dest, "w") as archive:
+            for name, content in entries:
+                archive.writestr(name, content)
+    else:
+        mode = {"tar": "w", "tar.gz": "w:gz", "tar.xz": "w:xz"}[kind]
+        with tarfile.open(dest, mode) as archive:
+            for name, content in entries:
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+    return dest
+
+
+def assert_faces(dataset: Dataset, faces: Faces, lines=None) -> None:
+    assert dataset.images.dtype == np.uint8 and dataset.images.shape == (len(faces), 48, 48)
+    np.testing.assert_array_equal(dataset.images, faces.images)
+    np.testing.assert_array_equal(dataset.labels, faces.labels)
+    np.testing.assert_array_equal(dataset.splits, faces.splits)
+    if lines is not None:
+        np.testing.assert_array_equal(dataset.lines, lines)
+
+
+def header_lines(n: int) -> np.ndarray:
+    """The 1-based line of each of n rows that follow the header directly."""
+    return np.arange(2, n + 2)
+
+
+def cache_entries(cache: Path) -> list[Path]:
+    return [p for p in cache.iterdir() if p.name != "index.json"] if cache.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV layouts, compression, encodings
+
+
+@pytest.mark.parametrize("layout", ["icml", "fer2013"])
+@pytest.mark.parametrize("quoted", [False, True])
+def test_csv_layouts_quoted_and_unquoted(tmp_path, layout, quoted):
+    faces = make_faces(seed=1)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces), layout=layout, quoted=quoted))
+    dataset = load(path, cache=False)
+    assert_faces(dataset, faces, header_lines(len(faces)))
+    assert dataset.kind == "csv" and not dataset.from_cache
+    assert dataset.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_csv_rows_exactly_as_kaggle_writes_them(tmp_path):
+    faces = make_faces(n=3, seed=2)
+    raw = fer_csv(rows_of(faces))
+    assert raw.startswith(b"emotion, Usage, pixels\n")
+    assert raw.split(b"\n")[1].startswith(f"{faces.labels[0]},Training,".encode())
+    raw_old = fer_csv(rows_of(faces), layout="fer2013")
+    assert raw_old.startswith(b'emotion,pixels,Usage\n')
+    assert raw_old.split(b"\n")[1].startswith(f'{faces.labels[0]},"'.encode())
+    assert raw_old.split(b"\n")[1].endswith(b'",Training')
+
+
+@pytest.mark.parametrize("layout", ["icml", "fer2013"])
+@pytest.mark.parametrize("compression", ["gzip", "xz", "zip"])
+def test_csv_compressed(tmp_path, layout, compression):
+    faces = make_faces(seed=3)
+    suffix = {"gzip": ".csv.gz", "xz": ".csv.xz", "zip": ".zip"}[compression]
+    path = write_file(tmp_path / f"faces{suffix}", fer_csv(rows_of(faces), layout=layout), compression)
+    dataset = load(path, cache=False)
+    assert_faces(dataset, faces, header_lines(len(faces)))
+    assert dataset.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # of the file as given
+
+
+def test_compression_is_found_from_content_not_name(tmp_path):
+    faces = make_faces(seed=4)
+    path = write_file(tmp_path / "renamed.csv", fer_csv(rows_of(faces)), "gzip")
+    assert_faces(load(path, cache=False), faces)
+
+
+@pytest.mark.parametrize("layout", ["icml", "fer2013"])
+@pytest.mark.parametrize("bom", [False, True])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_csv_bom_crlf_and_trailing_newline(tmp_path, layout, bom, newline, trailing_newline):
+    faces = make_faces(n=6, seed=5)
+    raw = fer_csv(rows_of(faces), layout=layout, bom=bom, newline=newline, trailing_newline=trailing_newline)
+    assert raw.endswith(b"\n") == trailing_newline
+    dataset = load(write_file(tmp_path / "faces.csv", raw), cache=False)
+    assert_faces(dataset, faces, header_lines(len(faces)))
+
+
+def test_lines_are_csv_line_numbers(tmp_path):
+    """Blank lines hold no face but still count: `lines` is what an editor shows."""
+    faces = make_faces(n=4, seed=6)
+    rows = [",".join(r) for r in rows_of(faces)]
+    text = "\n".join([ICML_HEADER, rows[0], "", rows[1], rows[2], "", "", rows[3]]) + "\n"
+    dataset = load(write_file(tmp_path / "faces.csv", text.encode()), cache=False)
+    assert_faces(dataset, faces, [2, 4, 5, 8])
+    assert dataset.origin(2) == "line 5"
+
+
+def test_leading_zeros_and_spaces_around_fields(tmp_path):
+    faces = make_faces(n=3, seed=7)
+    rows = rows_of(faces)
+    rows[0][2] = " ".join(f"{v:03d}" for v in faces.images[0].ravel())  # 007 is 7
+    rows[1][1] = f" {rows[1][1]} "
+    dataset = load(write_file(tmp_path / "faces.csv", fer_csv(rows)), cache=False)
+    assert_faces(dataset, faces)
+
+
+def test_dataset_helpers(tmp_path):
+    faces = make_faces(n=20, seed=8)
+    dataset = load(write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces))), cache=False)
+    for i, split in enumerate(SPLITS):
+        np.testing.assert_array_equal(dataset.indices(split), np.flatnonzero(faces.splits == i))
+    np.testing.assert_array_equal(dataset.indices("val"), dataset.indices("PublicTest"))
+    counts = dataset.counts()
+    assert list(counts) == list(SPLITS)
+    for i, split in enumerate(SPLITS):
+        assert counts[split] == np.bincount(faces.labels[faces.splits == i], minlength=7).tolist()
+    table = counts_table(counts)
+    assert "Disgust" in table and str(len(faces.labels[faces.splits == 0])) in table.splitlines()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-folder export
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "tar", "tar.gz", "tar.xz"])
+def test_image_export_matches_csv(tmp_path, kind):
+    faces = make_faces(n=16, seed=9)
+    dest = tmp_path / {"folder": "images", "zip": "images.zip", "tar": "images.tar", "tar.gz": "images.tar.gz",
+                       "tar.xz": "images.tar.xz"}[kind]
+    write_export(dest, faces, kind)
+    from_images = load(dest, cache=False)
+    from_csv = load(write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces))), cache=False)
+    assert from_images.kind == "images"
+    assert_faces(from_images, faces)
+    # the same arrays as the CSV of the same faces, in the same order (split, then numeric id)
+    for name in ("images", "labels", "splits"):
+        np.testing.assert_array_equal(getattr(from_images, name), getattr(from_csv, name))
+    assert from_images.paths == [name for name, _ in export_entries(faces)]
+
+
+def test_image_export_under_a_top_folder(tmp_path):
+    faces = make_faces(n=8, seed=10)
+    dest = write_export(tmp_path / "fer2013_images.tar.xz", faces, "tar.xz", prefix="fer2013/")
+    assert_faces(load(dest, cache=False), faces)
+
+
+def test_image_export_sorts_by_numeric_id_not_name(tmp_path):
+    faces = make_faces(n=5, seed=11)
+    faces.splits[:] = 0
+    faces.ids = np.array([9, 10, 99, 100, 1000])
+    dataset = load(write_export(tmp_path / "images", faces, "folder"), cache=False)
+    assert_faces(dataset, faces)
+    assert [Path(p).name for p in dataset.paths] == [f"Training_{i}.png" for i in faces.ids]
+
+
+def test_image_export_rejects_a_wrong_size_and_a_misplaced_file(tmp_path):
+    faces = make_faces(n=4, seed=12)
+    root = write_export(tmp_path / "images", faces, "folder")
+    (root / "train" / "happy").mkdir(exist_ok=True)
+    (root / "train" / "happy" / "Training_77.png").write_bytes(png_bytes(np.zeros((40, 48), np.uint8)))
+    (root / "train" / "joy").mkdir()
+    (root / "train" / "joy" / "Training_78.png").write_bytes(png_bytes(np.zeros((48, 48), np.uint8)))
+    with pytest.raises(DataFormatError) as info:
+        load(root, cache=False)
+    message = str(info.value)
+    assert str(root) in message and "2 problems" in message
+    assert "train/happy/Training_77.png: image is 48x40, expected 48x48" in message
+    assert "train/joy/Training_78.png: expected <train|test>/<emotion>/" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: every case through load() and through the `ferkit data` command
+
+
+def _row_text(rows, i) -> str:
+    return ",".join(rows[i])
+
+
+def _pixel_column(rows, i, k) -> int:
+    """1-based column where pixel k of row i starts, in the icml layout."""
+    emotion, usage, pixels = rows[i]
+    before = pixels.split(" ")[:k]
+    return len(f"{emotion},{usage},") + len(" ".join(before)) + (1 if k else 0) + 1
+
+
+def _with_pixel(rows, i, k, value) -> list[list[str]]:
+    rows = [list(r) for r in rows]
+    tokens = rows[i][2].split(" ")
+    tokens[k] = value
+    rows[i][2] = " ".join(tokens)
+    return rows
+
+
+def _bad_pixel_case(value, what):
+    def make(tmp_path):
+        rows = rows_of(make_faces(n=4, seed=20))
+        rows = _with_pixel(rows, 1, 100, value)
+        return (write_file(tmp_path / "bad.csv", fer_csv(rows)),
+                3, f"line 3, column {_pixel_column(rows, 1, 100)}: pixel value {what}")
+    return make
+
+
+def _rows_case(edit, line, *fragments, layout="icml", name="bad.csv"):
+    def make(tmp_path):
+        rows = rows_of(make_faces(n=4, seed=21))
+        raw = edit(rows) if edit else fer_csv(rows, layout=layout)
+        if isinstance(raw, list):
+            raw = fer_csv(raw, layout=layout)
+        return (write_file(tmp_path / name, raw), line, *fragments)
+    return make
+
+
+def _set(i, field, value):
+    def edit(rows):
+        rows = [list(r) for r in rows]
+        rows[i][field] = value
+        return rows
+    return edit
+
+
+def _too_few(rows):
+    rows = [list(r) for r in rows]
+    rows[1][2] = rows[1][2].rsplit(" ", 1)[0]
+    return rows
+
+
+def _too_many(rows):
+    rows = [list(r) for r in rows]
+    rows[1][2] += " 17"
+    return rows
+
+
+def _truncated(rows):
+    raw = fer_csv(rows)
+    return raw[: len(raw) - 3000]  # cut inside the last row's pixels
+
+
+def _truncated_stream(compression):
+    def make(tmp_path):
+        raw = fer_csv(rows_of(make_faces(n=30, seed=22)))
+        path = write_file(tmp_path / f"bad.csv.{compression}", raw, {"gz": "gzip", "xz": "xz"}[compression])
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+        return path, None, f"the {'gzip' if compression == 'gz' else 'xz'} stream ends too early", "truncated"
+    return make
+
+
+def _garbage(tmp_path):
+    raw = np.random.default_rng(23).bytes(5000)
+    assert raw[:2] != b"\x1f\x8b" and raw[:4] != b"PK\x03\x04"  # not a compressed file by chance
+    bad = next(i for i, b in enumerate(raw) if b < 9 or 13 < b < 32 or b == 127)  # the first control byte
+    return (write_file(tmp_path / "garbage.csv", raw), 1,
+            f"line 1, column {bad + 1}: byte 0x{raw[bad]:02x} is binary data: this is not a text CSV")
+
+
+BAD_INPUTS = {
+    "too_few_pixels": _rows_case(_too_few, 3, "line 3: has 2303 pixel values, expected 2304 (48x48)"),
+    "too_many_pixels": _rows_case(_too_many, 3, "line 3: has 2305 pixel values, expected 2304"),
+    "pixel_256": _bad_pixel_case("256", "256 is outside 0-255"),
+    "pixel_minus_1": _bad_pixel_case("-1", "'-1' is not an integer 0-255"),
+    "pixel_12.5": _bad_pixel_case("12.5", "'12.5' is not an integer 0-255"),
+    "pixel_abc": _bad_pixel_case("abc", "'abc' is not an integer 0-255"),
+    "label_7": _rows_case(_set(2, 0, "7"), 4, "line 4, column 1: emotion 7 is outside 0-6"),
+    "label_x": _rows_case(_set(2, 0, "x"), 4, "line 4, column 1: emotion 'x' is not an integer 0-6"),
+    "label_x_fer2013": _rows_case(_set(2, 0, "x"), 4, "line 4, column 1: emotion 'x' is not an integer",
+                                  layout="fer2013"),
+    "usage_Train": _rows_case(_set(0, 1, "Train"), 2,
+                              "line 2, column 3: unknown Usage 'Train': expected Training, PublicTest or PrivateTest"),
+    "missing_header": _rows_case(lambda rows: "\n".join(map(",".join, rows)).encode() + b"\n", 1,
+                                 "line 1: missing header", "expected the columns emotion, Usage and pixels"),
+    "unknown_header": _rows_case(lambda rows: fer_csv(rows, header="label,split,image"), 1,
+                                 "line 1: unknown header 'label,split,image'", "'emotion, Usage, pixels'"),
+    "empty_file": _rows_case(lambda rows: b"", None, "the file is empty", "emotion, Usage, pixels"),
+    "header_only": _rows_case(lambda rows: fer_csv([]), None, "has a header but no rows"),
+    "truncated_row": _rows_case(_truncated, 5, "line 5: has ", "expected 2304", "looks truncated"),
+    "truncated_gz": _truncated_stream("gz"),
+    "truncated_xz": _truncated_stream("xz"),
+    "binary_garbage": _garbage,
+    "four_fields": _rows_case(_set(1, 2, "1 2,3"), 3, "line 3: has 4 fields, expected 3 (emotion, Usage, pixels)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_data_format_error(tmp_path, case):
+    path, line, *fragments = BAD_INPUTS[case](tmp_path)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataFormatError) as info:
+        load(path, cache_dir=cache)
+    error = info.value
+    message = str(error)
+    assert message.startswith(f"{path}: cannot load this file as FER2013 (1 problem)"), message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert error.problems and error.problems[0].line == line
+    assert cache_entries(cache) == []  # a failed load caches nothing
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_cli_prints_one_message(tmp_path, capsys, case):
+    path, _line, *fragments = BAD_INPUTS[case](tmp_path)
+    out = tmp_path / "out"
+    code = cli.main(["data", str(path), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code != 0
+    err = captured.err
+    assert "Traceback" not in err
+    assert err.startswith(f"ferkit data: error: {path}: cannot load this file as FER2013"), err
+    assert err.count("error:") == 1
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not (out / "summary.json").exists()
+
+
+def test_cli_missing_file(tmp_path, capsys):
+    code = cli.main(["data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "no such file" in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_several_problems_are_listed_and_counted(tmp_path):
+    rows = rows_of(make_faces(n=12, seed=24))
+    for i in range(8):
+        rows[i][0] = "9"
+    path = write_file(tmp_path / "bad.csv", fer_csv(rows))
+    with pytest.raises(DataFormatError) as info:
+        load(path, cache=False)
+    error = info.value
+    assert error.total == 8
+    lines = str(error).splitlines()
+    shown = DataFormatError.shown
+    assert lines[0] == f"{path}: cannot load this file as FER2013 (8 problems)"
+    assert lines[1:1 + shown] == [f"  line {i + 2}, column 1: {error.problems[i].message}" for i in range(shown)]
+    assert lines[1 + shown] == f"  ... and {8 - shown} more"
+    assert len(lines) == shown + 2
+
+
+def test_problems_are_reported_in_line_order(tmp_path):
+    rows = rows_of(make_faces(n=6, seed=25))
+    rows = _with_pixel(rows, 4, 5, "300")  # found by the pixel pass, after the row pass
+    rows[1][0] = "8"
+    with pytest.raises(DataFormatError) as info:
+        load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
+    assert [p.line for p in info.value.problems] == [3, 6]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def test_second_load_comes_from_cache(tmp_path):
+    faces = make_faces(seed=30)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    cache = tmp_path / "cache"
+    first = load(path, cache_dir=cache)
+    second = load(path, cache_dir=cache)
+    assert not first.from_cache and second.from_cache
+    assert_faces(second, faces, first.lines)
+    assert second.sha256 == first.sha256 and second.source == str(path)
+    # a copy elsewhere has the same content: found by checksum
+    copy = write_file(tmp_path / "copy.csv", path.read_bytes())
+    assert load(copy, cache_dir=cache).from_cache
+
+
+def test_cache_follows_the_environment_variable(tmp_path, _private_cache):
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(make_faces(seed=31))))
+    assert not load(path).from_cache
+    assert len(cache_entries(_private_cache)) == 1
+    assert load(path).from_cache
+
+
+def test_cache_false_writes_nothing(tmp_path, _private_cache):
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(make_faces(seed=32))))
+    load(path, cache=False)
+    assert not _private_cache.exists()
+
+
+@pytest.mark.parametrize("same_size", [False, True])
+def test_changed_file_is_parsed_again(tmp_path, same_size):
+    faces = make_faces(seed=33)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    cache = tmp_path / "cache"
+    load(path, cache_dir=cache)
+    if same_size:  # one label changes: same size, new content
+        faces.labels[3] = (faces.labels[3] + 1) % 7
+    else:
+        faces = make_faces(seed=34)
+    write_file(path, fer_csv(rows_of(faces)))
+    reloaded = load(path, cache_dir=cache)
+    assert not reloaded.from_cache
+    assert_faces(reloaded, faces)
+    assert load(path, cache_dir=cache).from_cache
+
+
+def test_changed_image_folder_is_parsed_again(tmp_path):
+    faces = make_faces(n=6, seed=35)
+    root = write_export(tmp_path / "images", faces, "folder")
+    cache = tmp_path / "cache"
+    load(root, cache_dir=cache)
+    cached = load(root, cache_dir=cache)
+    assert cached.from_cache and cached.paths == [n for n, _ in export_entries(faces)]
+    assert_faces(cached, faces)
+    faces.images[2] = 255 - faces.images[2]
+    write_export(root, faces, "folder")
+    reloaded = load(root, cache_dir=cache)
+    assert not reloaded.from_cache
+    assert_faces(reloaded, faces)
+
+
+def test_failed_load_leaves_no_cache_entry_and_the_fix_loads(tmp_path):
+    rows = rows_of(make_faces(seed=36))
+    path = write_file(tmp_path / "faces.csv", fer_csv(_with_pixel(rows, 2, 0, "999")))
+    cache = tmp_path / "cache"
+    with pytest.raises(DataFormatError):
+        load(path, cache_dir=cache)
+    assert cache_entries(cache) == []
+    with pytest.raises(DataFormatError):  # and it fails again, not from some cache
+        load(path, cache_dir=cache)
+    write_file(path, fer_csv(rows))
+    assert not load(path, cache_dir=cache).from_cache
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path):
+    faces = make_faces(seed=37)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    cache = tmp_path / "cache"
+    load(path, cache_dir=cache)
+    (entry,) = cache_entries(cache)
+    (entry / "images.npy").write_bytes(b"not an array")
+    reloaded = load(path, cache_dir=cache)
+    assert not reloaded.from_cache
+    assert_faces(reloaded, faces)
+    assert load(path, cache_dir=cache).from_cache
+
+
+def test_unusable_cache_folder_only_costs_speed(tmp_path, monkeypatch, capsys):
+    faces = make_faces(seed=38)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    (tmp_path / "a-file").write_text("not a folder")
+    cache = tmp_path / "a-file" / "cache"  # cannot be created
+    for _ in range(2):
+        dataset = load(path, cache_dir=cache)
+        assert not dataset.from_cache
+        assert_faces(dataset, faces)
+    monkeypatch.setenv("FERKIT_CACHE", str(cache))
+    assert cli.main(["data", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# summarize and the `ferkit data` command
+
+
+def _assert_png(path: Path) -> None:
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(raw) > 10_000
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert min(image.size) > 200
+
+
+def test_summarize_writes_summary_and_figures(tmp_path):
+    faces = make_faces(n=40, seed=40)
+    path = write_file(tmp_path / "faces.csv.gz", fer_csv(rows_of(faces)), "gzip")
+    out = tmp_path / "out"
+    summary = summarize(path, out)
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary
+    assert on_disk["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert on_disk["rows"] == len(faces) and on_disk["classes"] == list(EMOTIONS)
+    assert list(on_disk["counts"]) == list(SPLITS)
+    for i, split in enumerate(SPLITS):
+        assert on_disk["counts"][split] == np.bincount(faces.labels[faces.splits == i], minlength=7).tolist()
+    assert isinstance(on_disk["load_seconds"], float) and on_disk["load_seconds"] >= 0
+    assert on_disk["from_cache"] is False and on_disk["layout"] == "csv"
+    _assert_png(out / "samples.png")
+    _assert_png(out / "class_balance.png")
+
+
+def test_cli_data_success(tmp_path, capsys):
+    faces = make_faces(n=30, seed=41)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    out = tmp_path / "out"
+    assert cli.main(["data", str(path), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert f"{len(faces)} faces" in captured.out and "Neutral" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == len(faces) and not summary["from_cache"]
+    assert cli.main(["data", str(path), "--out", str(out)]) == 0
+    assert "(cache)" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["from_cache"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Integration: the shared FER2013 files (skipped when absent)
+
+OFFICIAL_COUNTS = {
+    "Training": [3995, 436, 4097, 7215, 4830, 3171, 4965],
+    "PublicTest": [467, 56, 496, 895, 653, 415, 607],
+    "PrivateTest": [491, 55, 528, 879, 594, 416, 626],
+}
+SHARED_CSV = SHARED / "icml_face_data.csv.xz"
+SHARED_IMAGES = SHARED / "fer2013_images.tar.xz"
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One cache for the session, so that each shared file is parsed once."""
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+@pytest.fixture(scope="session")
+def shared_csv(shared_cache):
+    if not SHARED_CSV.exists():
+        pytest.skip(f"{SHARED_CSV} is absent")
+    return load(SHARED_CSV, cache_dir=shared_cache)
+
+
+@pytest.mark.slow
+def test_shared_csv_has_the_official_counts(shared_csv):
+    assert len(shared_csv) == 35887
+    assert shared_csv.images.shape == (35887, 48, 48) and shared_csv.images.dtype == np.uint8
+    assert shared_csv.counts() == OFFICIAL_COUNTS
+    np.testing.assert_array_equal(shared_csv.lines, np.arange(2, 35887 + 2))
+    assert shared_csv.images.size == 35887 * N_PIXELS
+
+
+@pytest.mark.slow
+def test_shared_image_export_equals_the_csv(shared_csv, shared_cache):
+    if not SHARED_IMAGES.exists():
+        pytest.skip(f"{SHARED_IMAGES} is absent")
+    images = load(SHARED_IMAGES, cache_dir=shared_cache)
+    assert images.kind == "images"
+    np.testing.assert_array_equal(images.labels, shared_csv.labels)
+    np.testing.assert_array_equal(images.splits, shared_csv.splits)
+    np.testing.assert_array_equal(images.images, shared_csv.images)
