@@ -63,7 +63,7 @@ def _cmd_features(args: argparse.Namespace) -> None:
     from ferkit.features import features
 
     result = features(args.run_dir, args.data, args.out, n=args.n, seed=args.seed, embedding=args.embedding,
-                      device=args.device)
+                      device=args.device, threads=args.threads)
     print(f"{result['model']} on {result['split']} ({result['faces']} faces): accuracy {result['accuracy']:.4f}; "
           f"{len(result['chosen'])} faces drawn; {len(result['figures'])} figures, features.json and embedding.csv "
           f"in {args.out} ({result['seconds']['total']:.0f} s)")
@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding", choices=("tsne", "pca"), default="tsne",
                    help="the 2-D map: PCA to 50 then t-SNE (default), or PCA only")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice; 1 is much "
+                   "faster on a machine that other jobs keep busy)")
+
     p = command("run", _cmd_run, "the whole study: data, CNN, evaluation, MLP, features, report (resumable)")
     p.add_argument("data", help="the dataset file or folder")
     p.add_argument("--out", required=True, help="the study folder")

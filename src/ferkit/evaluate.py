@@ -41,7 +41,8 @@ def split_name(split: str) -> str:
     return SPLIT_NAMES[split]
 
 
-def _resolve_data(run_dir: Path, data: str | os.PathLike | None) -> str:
+def run_data_path(run_dir: Path, data: str | os.PathLike | None = None) -> str:
+    """`data` if given, else the data file the run recorded in run.json (which must still exist)."""
     if data:
         return str(data)
     try:
@@ -93,7 +94,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     from ferkit.train import load_model, pick_device, predict_proba, read_history
 
     run = Path(run_dir)
-    dataset = fdata.load(_resolve_data(run, data))
+    dataset = fdata.load(run_data_path(run, data))
     target = pick_device(device)
     model, checkpoint = load_model(run, which=which, device=target)
     cfg = checkpoint["config"]
@@ -129,7 +130,7 @@ def ensemble(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, spli
     if len(run_dirs) < 1:
         raise FerkitError("ensemble needs at least one run folder")
     first = Path(run_dirs[0])
-    dataset = fdata.load(_resolve_data(first, data))
+    dataset = fdata.load(run_data_path(first, data))
     target = pick_device(device)
     rows = dataset.indices(split_name(split))
     total = np.zeros((len(rows), len(EMOTIONS)))

@@ -1,0 +1,332 @@
+"""Tests of `ferkit.features` and the `ferkit features` command.
+
+A tiny CNN is trained for one epoch on a small generated dataset (random faces); the command runs
+once on it and every test reads what it wrote. Grad-CAM is also checked on a hand-built model whose
+logits look at one image quadrant only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ferkit import cli
+from ferkit import config as configs
+from ferkit import features as ffeatures
+from ferkit.data import EMOTIONS, SPLITS
+from ferkit.errors import FerkitError
+from ferkit.features import (activation_maps, choose_faces, class_channel_stats, embed_2d, grad_cam,
+                             mean_activation_map)
+from ferkit.train import load_model, predict_proba, train
+
+PER_CLASS_TEST = 6  # PrivateTest faces per emotion in the generated data
+N = 2  # faces per emotion drawn by the command
+FIGURES = [f"{kind}_{name.lower()}.png" for name in EMOTIONS for kind in ("faces", "channels")] + \
+    ["overview.png", "class_channels.png", "top_faces.png", "embedding.png"]
+
+
+def make_csv(path: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A FER2013 CSV (header 'emotion, Usage, pixels'): 64 Training, 32 PublicTest and 6 PrivateTest
+    faces per emotion. Returns images, labels and splits in file order (row i is on line i + 2)."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([rng.integers(0, 7, 64), rng.integers(0, 7, 32),
+                             np.repeat(np.arange(7), PER_CLASS_TEST)[rng.permutation(7 * PER_CLASS_TEST)]])
+    splits = np.repeat([0, 1, 2], [64, 32, 7 * PER_CLASS_TEST])
+    images = rng.integers(0, 256, size=(len(labels), 48, 48), dtype=np.uint8)
+    # a bright blob whose place depends on the emotion, so that the model has something to see
+    for i, label in enumerate(labels):
+        y, x = 6 + 5 * int(label), 6 + 4 * int(label)
+        images[i, y:y + 10, x:x + 10] = 255
+    lines = ["emotion, Usage, pixels"]
+    for image, label, split in zip(images, labels, splits):
+        lines.append(f"{label},{SPLITS[split]},{' '.join(map(str, image.ravel().tolist()))}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return images, labels, splits
+
+
+def tiny_train(csv_path: Path, run_dir: Path, **extra) -> None:
+    overrides = {"epochs": 1, "train_limit": 64, "val_limit": 32, "batch_size": 32, "widths": "4,8",
+                 "eval_batch_size": 64, **extra}
+    train(csv_path, run_dir, configs.resolve(overrides=overrides), progress=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Data, a trained tiny CNN, and one run of `ferkit features` with every figure's images recorded."""
+    root = tmp_path_factory.mktemp("features")
+    drawn: dict[str, dict[str, list[np.ndarray]]] = {}
+    real_save = ffeatures.save
+
+    def recording_save(fig, path, *args, **kwargs):
+        drawn[Path(path).name] = {ax.get_gid(): [np.asarray(im.get_array()) for im in ax.images]
+                                  for ax in fig.axes if ax.get_gid()}
+        return real_save(fig, path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FERKIT_CACHE", str(root / "cache"))
+        mp.setattr(ffeatures, "save", recording_save)
+        csv_path = root / "faces.csv"
+        images, labels, splits = make_csv(csv_path)
+        run = root / "run"
+        tiny_train(csv_path, run)
+        out = root / "features"
+        threads = torch.get_num_threads()
+        code = cli.main(["features", str(run), "--data", str(csv_path), "--n", str(N), "--seed", "3",
+                         "--threads", "1", "--out", str(out)])
+        assert code == 0
+        assert torch.get_num_threads() == threads  # --threads holds for the call only
+    model, _ = load_model(run)
+    result = json.loads((out / "features.json").read_text(encoding="utf-8"))
+    return {"root": root, "csv": csv_path, "images": images, "labels": labels, "splits": splits, "run": run,
+            "out": out, "result": result, "drawn": drawn, "model": model}
+
+
+# ---------------------------------------------------------------------------------------------
+# The command's files
+
+
+def test_writes_every_figure_and_the_numbers(world):
+    out, result = world["out"], world["result"]
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert sorted(result["figures"]) == sorted(FIGURES)
+    test_rows = np.flatnonzero(world["splits"] == 2)
+    assert result["faces"] == len(test_rows) and result["split"] == "PrivateTest"
+    assert result["row_key"] == "line"
+    assert result["layer"]["shape"] == [8, 24, 24]  # widths 4,8: one pool, 8 channels at 24x24
+    # the embedding covers every PrivateTest face, by its CSV line, with finite coordinates
+    with open(out / "embedding.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["line"]) for r in table] == (test_rows + 2).tolist()
+    assert [int(r["true"]) for r in table] == world["labels"][test_rows].tolist()
+    assert np.isfinite([[float(r["x"]), float(r["y"])] for r in table]).all()
+    assert "t-SNE" in result["embedding"]["method"]
+    # per-class channel numbers: 7 classes x the selected channels, each emotion contributes
+    cc = result["class_channels"]
+    assert np.array(cc["mean_activation"]).shape == (7, len(cc["channels"]))
+    assert np.array(cc["all_channels_mean_activation"]).shape == (7, 8)
+    assert list(cc["top_per_class"]) == list(EMOTIONS)
+    assert all(len(top) == 3 and set(top) <= set(cc["channels"]) for top in cc["top_per_class"].values())
+    assert len(cc["channels"]) == len(set(cc["channels"])) <= 8
+    # the top faces: one row per channel that is some emotion's most selective, every emotion covered
+    entries = result["top_faces"]["channels"]
+    assert sorted(e for entry in entries for e in entry["selected_for"]) == sorted(EMOTIONS)
+    for entry in entries:
+        assert all(cc["top_per_class"][e][0] == entry["channel"] for e in entry["selected_for"])
+    for entry in result["top_faces"]["channels"]:
+        acts = [face["activation"] for face in entry["faces"]]
+        assert acts == sorted(acts, reverse=True) and len(acts) == 6
+
+
+def test_chosen_faces_are_right_and_mixed(world):
+    """n faces per emotion, from PrivateTest, labelled and predicted as the model does, with both
+    correct and wrong ones wherever the emotion has both."""
+    result, labels, splits = world["result"], world["labels"], world["splits"]
+    chosen = result["chosen"]
+    rows = np.array([c["line"] for c in chosen]) - 2
+    assert (splits[rows] == 2).all()
+    probs = predict_proba(world["model"], world["images"][rows])
+    assert [c["pred"] for c in chosen] == [EMOTIONS[p] for p in probs.argmax(1)]
+    assert [c["true"] for c in chosen] == [EMOTIONS[k] for k in labels[rows]]
+    test_rows = np.flatnonzero(splits == 2)
+    all_preds = predict_proba(world["model"], world["images"][test_rows]).argmax(1)
+    for k, name in enumerate(EMOTIONS):
+        mine = [c for c in chosen if c["emotion"] == name]
+        assert len(mine) == N and all(c["true"] == name for c in mine)
+        n_right = int(((labels[test_rows] == k) & (all_preds == k)).sum())
+        if 0 < n_right < PER_CLASS_TEST:
+            assert {c["correct"] for c in mine} == {True, False}, name
+        assert all(len(c["top_channels"]) == 6 for c in mine)
+        strengths = [t["mean_activation"] for c in mine for t in c["top_channels"][:2]]
+        assert all(s >= 0 for s in strengths)
+
+
+def test_overlays_are_drawn_on_the_recorded_face(world):
+    """Under every overlay lies the dataset image of the CSV line recorded in features.json, and the
+    overlay is that face's own map (recomputed here)."""
+    model, images, result, drawn = world["model"], world["images"], world["result"], world["drawn"]
+    for name in EMOTIONS:
+        mine = [c for c in result["chosen"] if c["emotion"] == name]
+        panels = drawn[f"faces_{name.lower()}.png"]
+        for j, face in enumerate(mine):
+            image = images[face["line"] - 2]  # line 1 is the header
+            for kind in ("face", "mean", "cam_true", "cam_pred"):
+                np.testing.assert_array_equal(panels[f"{kind}:{j}"][0], image)
+            true_k, pred_k = EMOTIONS.index(face["true"]), EMOTIONS.index(face["pred"])
+            cam = grad_cam(model, image[None], true_k)[0].numpy()
+            np.testing.assert_allclose(panels[f"cam_true:{j}"][1], cam / cam.max() if cam.max() > 0 else cam,
+                                       atol=1e-5)
+            cam_pred = grad_cam(model, image[None], pred_k)[0].numpy()
+            assert (face["gradcam_pred_peak"]["y"], face["gradcam_pred_peak"]["x"]) == \
+                np.unravel_index(cam_pred.argmax(), cam_pred.shape)
+            mean_map = mean_activation_map(activation_maps(model, image[None]))[0].numpy()
+            np.testing.assert_allclose(panels[f"mean:{j}"][1], mean_map / mean_map.max(), atol=1e-5)
+            np.testing.assert_array_equal(drawn[f"channels_{name.lower()}.png"][f"face:{j}"][0], image)
+    # the overview: per emotion, the first correct and the first wrong face chosen, where there is one
+    overview = drawn["overview.png"]
+    shown = [c for c in result["chosen"] if "overview.png" in c["figures"]]
+    for k, name in enumerate(EMOTIONS):
+        mine = [c for c in result["chosen"] if c["emotion"] == name]
+        for kind, correct in (("right", True), ("wrong", False)):
+            first = next((c for c in mine if c["correct"] is correct), None)
+            assert (f"{kind}_face:{k}" in overview) is (first is not None)
+            if first is not None:
+                assert first in shown
+                for panel in (("face", "cam") if correct else ("face", "cam_true", "cam_pred")):
+                    np.testing.assert_array_equal(overview[f"{kind}_{panel}:{k}"][0], images[first["line"] - 2])
+    assert any(key.startswith("wrong_face") for key in overview)
+    for entry in result["top_faces"]["channels"]:
+        for j, face in enumerate(entry["faces"]):
+            np.testing.assert_array_equal(drawn["top_faces.png"][f"top:{entry['channel']}:{j}"][0],
+                                          images[face["line"] - 2])
+
+
+# ---------------------------------------------------------------------------------------------
+# The computations
+
+
+def test_activation_maps_and_grad_cam_shapes(world):
+    model, images = world["model"], world["images"][:5]
+    maps = activation_maps(model, images)
+    assert maps.shape == (5, 8, 24, 24) and (maps >= 0).all()  # after ReLU
+    assert mean_activation_map(maps).shape == (5, 48, 48)
+    cams = grad_cam(model, images, [0, 1, 2, 3, 4])
+    assert cams.shape == (5, 48, 48) and (cams >= 0).all()
+    # one class for all faces equals that class per face; uint8 and preprocessed input agree
+    from ferkit.models import preprocess
+
+    np.testing.assert_allclose(grad_cam(model, images, 3), grad_cam(model, preprocess(torch.from_numpy(images)),
+                                                                    [3] * 5), atol=1e-6)
+    assert not model.training
+
+
+class QuadrantNet(nn.Module):
+    """Channel 0 of the features detects bright pixels, channel 1 dark ones (1x1 convolutions, then
+    8x8 average pooling to 6x6 maps). Class 0's logit is channel 0 averaged over the top-right
+    quadrant of the maps only, class 1's is channel 1 over the bottom-left quadrant only; the other
+    classes see nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+        with torch.no_grad():  # preprocessed grey 128 is 0, white 2, black -2
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.conv.bias.fill_(-1.0)
+        self.pool = nn.AvgPool2d(8)
+
+    def forward_features(self, x):
+        return self.pool(F.relu(self.conv(x)))  # (B, 2, 6, 6)
+
+    def forward_head(self, features, pre_logits=False):
+        top_right = features[:, 0, :3, 3:].mean(dim=(1, 2))
+        bottom_left = features[:, 1, 3:, :3].mean(dim=(1, 2))
+        pooled = torch.stack([top_right, bottom_left], 1)
+        if pre_logits:
+            return pooled
+        return torch.cat([pooled, torch.zeros(len(features), 5)], 1)
+
+
+def test_grad_cam_lights_up_the_region_the_class_looks_at():
+    """A bright square in the top-right quadrant, a dark one in the bottom-left: Grad-CAM for the
+    class that reads bright pixels in the top-right lights up the top-right square, and the other
+    class's map the bottom-left one (top-right vs bottom-left also catches a transposed map)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(118, 139, size=(4, 48, 48)).astype(np.uint8)  # grey with a little noise
+    for i in range(4):
+        y0, x0 = 2 + 3 * i, 2 + 3 * i  # a different place inside the quadrant per face
+        x[i, y0:y0 + 12, 24 + x0:24 + x0 + 12] = 255
+        x[i, 24 + y0:24 + y0 + 12, x0:x0 + 12] = 0
+    model = QuadrantNet().eval()
+
+    def share(cams: torch.Tensor, ys: slice, xs: slice) -> np.ndarray:
+        return (cams[:, ys, xs].sum(dim=(1, 2)) / cams.sum(dim=(1, 2))).numpy()
+
+    upper, lower = slice(0, 24), slice(24, 48)
+    cam0 = grad_cam(model, x, 0)
+    cam1 = grad_cam(model, x, 1)
+    assert cam0.shape == (4, 48, 48)
+    assert (share(cam0, upper, lower) > 0.9).all()  # rows 0-23, columns 24-47: top-right
+    assert (share(cam1, lower, upper) > 0.9).all()  # bottom-left
+    for i in range(4):  # the peak lies on the square
+        y0 = x0 = 2 + 3 * i
+        y, x_ = np.unravel_index(int(cam0[i].argmax()), (48, 48))
+        assert y0 - 4 <= y < y0 + 16 and 24 + x0 - 4 <= x_ < 24 + x0 + 16
+        y, x_ = np.unravel_index(int(cam1[i].argmax()), (48, 48))
+        assert 24 + y0 - 4 <= y < 24 + y0 + 16 and x0 - 4 <= x_ < x0 + 16
+    mixed = grad_cam(model, x, [0, 1, 0, 1])
+    np.testing.assert_allclose(mixed[::2], cam0[::2])
+    np.testing.assert_allclose(mixed[1::2], cam1[1::2])
+    assert grad_cam(model, x, 4).abs().max() == 0  # a class that looks nowhere
+    assert not model.training
+
+
+def test_choose_faces_mixes_correct_and_wrong_and_follows_the_seed():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 2)
+    preds = np.array([0] * 6 + [3] * 4 + [1] * 3 + [5] * 2)
+    chosen = choose_faces(labels, preds, n=4, seed=1)
+    assert [labels[i] for i in chosen[0]] == [0] * 4
+    assert [preds[i] == 0 for i in chosen[0]] == [True, True, False, False]  # correct first
+    assert sorted(chosen[1]) == [10, 11, 12]  # only 3 faces, all correct
+    assert sorted(chosen[2]) == [13, 14]  # only wrong ones
+    assert chosen[3] == [] and chosen[6] == []
+    assert choose_faces(labels, preds, n=4, seed=1) == chosen
+    assert any(choose_faces(labels, preds, n=4, seed=s)[0] != chosen[0] for s in range(2, 8))
+    odd = choose_faces(labels, preds, n=3, seed=0)[0]
+    assert [preds[i] == 0 for i in odd] == [True, True, False]
+
+
+def test_class_channel_stats_finds_the_selective_channel():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(7), 20)
+    acts = rng.random((len(labels), 10))
+    acts[labels == 2, 7] += 3.0  # channel 7 fires for Fear
+    acts[:, 9] += 10.0  # channel 9 is strong for everyone: large but not selective
+    stats = class_channel_stats(acts, labels, per_class=2)
+    assert stats["top"][2][0] == 7
+    assert 9 not in stats["top"][2]
+    assert stats["class_mean"].shape == (7, 10)
+    np.testing.assert_allclose(stats["class_mean"][2, 7], acts[labels == 2, 7].mean())
+    assert all(len(top) == 2 for top in stats["top"].values())
+    assert sorted(stats["channels"]) == sorted({c for top in stats["top"].values() for c in top})
+    # an emotion without faces is left out, and its means are missing, not zero
+    stats = class_channel_stats(acts[labels != 5], labels[labels != 5], per_class=2)
+    assert 5 not in stats["top"] and np.isnan(stats["class_mean"][5]).all()
+
+
+def test_embed_2d_shapes_and_pca_fallback():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(40, 16))
+    coords, method = embed_2d(feats, seed=0)
+    assert coords.shape == (40, 2) and "t-SNE" in method
+    coords, method = embed_2d(feats, method="pca")
+    assert coords.shape == (40, 2) and method.startswith("PCA")
+    with pytest.raises(FerkitError, match="unknown embedding"):
+        embed_2d(feats, method="umap")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models without convolutions
+
+
+def test_mlp_run_raises_the_clear_error(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FERKIT_CACHE", str(world["root"] / "cache"))
+    run = tmp_path / "mlp"
+    tiny_train(world["csv"], run, model="mlp", hidden="16")
+    message = "the mlp model has no convolutional layers: features needs a CNN run"
+    with pytest.raises(FerkitError) as caught:
+        ffeatures.features(run, world["csv"], tmp_path / "out")
+    assert str(caught.value) == message
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["features", str(run), "--data", str(world["csv"]), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    mlp, _ = load_model(run)
+    for fn in (lambda: activation_maps(mlp, world["images"][:2]), lambda: grad_cam(mlp, world["images"][:2], 0)):
+        with pytest.raises(FerkitError, match="no convolutional layers"):
+            fn()
