@@ -22,13 +22,13 @@ class TrainConfig:
     # what to train
     model: str = "cnn"
     profile: str = "cpu"  # cpu | gpu: model size and schedule for the hardware
-    widths: tuple[int, ...] = (16, 32, 64, 128)  # cnn: channels per stage (48, 24, 12, 6 px)
+    widths: tuple[int, ...] = (16, 32, 96, 192)  # cnn: channels per stage (48, 24, 12, 6 px)
     depth: int = 2  # cnn: 3x3 convs per stage
     residual: bool = False  # cnn: identity shortcuts around pairs of convs
     hidden: tuple[int, ...] = (1024, 512)  # mlp: hidden layer widths
     dropout: float = 0.3
     # optimisation
-    epochs: int = 18
+    epochs: int = 16
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
     lr: float = 0.05  # peak learning rate
