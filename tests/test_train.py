@@ -185,3 +185,16 @@ def test_cli_train_and_evaluate(tiny_csv, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     assert main(["train", str(tiny_csv), "--out", str(tmp_path / "x"), "--set", "nope=1"]) == 2
     assert "unknown config key 'nope'" in capsys.readouterr().err
+
+
+def test_gpu_profile_runs_on_cpu_with_tiny_settings(tiny_csv, tmp_path):
+    """The gpu profile's residual network, bf16 autocast and snapshots must also work on a CPU."""
+    cfg = config.resolve(profile="gpu", overrides={"epochs": 2, "train_limit": 64, "val_limit": 32,
+                                                   "batch_size": 32, "eval_batch_size": 64, "device": "cpu",
+                                                   "snapshot_minutes": "0", "threads": 1})
+    assert cfg.residual and cfg.widths == (64, 128, 256, 512)
+    info = train.train(tiny_csv, tmp_path / "gpu", cfg, progress=False)
+    assert info["epochs_run"] == 2
+    assert (tmp_path / "gpu" / "checkpoints" / "at_0min.pt").exists()
+    metrics = evaluate(tmp_path / "gpu", tta=True, which="at_0min")
+    assert metrics["tta"] == "crops" and (tmp_path / "gpu" / "eval" / "test-tta-at_0min" / "metrics.json").exists()

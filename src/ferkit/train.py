@@ -245,7 +245,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
 
     stopped_early = bool(state and state.get("stopped_early"))
     bar = tqdm(total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, disable=not progress,
-               desc=f"train {cfg.model}", unit="step", dynamic_ncols=True)
+               desc=f"train {cfg.model}", unit="step", dynamic_ncols=True,
+               smoothing=0)  # the average rate: validation pauses would make a smoothed ETA swing
     val_images = dataset.images[val_idx]
     val_labels = dataset.labels[val_idx]
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -315,7 +316,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         if improved:
             save_checkpoint(out / "checkpoints" / "best.pt", payload)
         for minutes in cfg.snapshot_minutes:  # accuracy-versus-time figures: the model at each mark
-            if train_seconds - seconds < minutes * 60 <= train_seconds:
+            if train_seconds - seconds <= minutes * 60 < train_seconds:
                 save_checkpoint(out / "checkpoints" / f"at_{minutes}min.pt", payload)
         save_checkpoint(last_path, dict(payload, optimizer=optimizer.state_dict(), history=history,
                                         best_score=best_score, best_epoch=best_epoch, bad_epochs=bad_epochs,
