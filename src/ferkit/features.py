@@ -301,10 +301,7 @@ def faces_figure(emotion: int, rows: list[dict[str, Any]], images: np.ndarray, m
     for r, label in enumerate(row_names):
         axes[r, 0].set_ylabel(label, fontsize=8)
     if not rows:
-        for ax in axes.ravel():
-            _blank(ax)
-        axes[0, 0].text(0.5, 0.5, f"no {SPLIT} faces\nof {name}", ha="center", va="center", fontsize=9,
-                        transform=axes[0, 0].transAxes)
+        _no_faces(axes, name)
     for j, row in enumerate(rows):
         origin = _origin_label(row)
         mark = "correct" if row["correct"] else "wrong"
@@ -326,6 +323,14 @@ def faces_figure(emotion: int, rows: list[dict[str, Any]], images: np.ndarray, m
     return save(fig, path)
 
 
+def _no_faces(axes: np.ndarray, emotion_name: str) -> None:
+    """Blank panels that say the split has no faces of this emotion (possible on small data)."""
+    for ax in axes.ravel():
+        _blank(ax)
+    axes[0, 0].text(0.5, 0.5, f"no {SPLIT} faces\nof {emotion_name}", ha="center", va="center", fontsize=9,
+                    transform=axes[0, 0].transAxes)
+
+
 def channels_figure(emotion: int, rows: list[dict[str, Any]], images: np.ndarray, channel_maps: np.ndarray,
                     path: Path) -> Path:
     """A row per chosen face of one emotion: the face, then its strongest channels of the last conv
@@ -338,10 +343,7 @@ def channels_figure(emotion: int, rows: list[dict[str, Any]], images: np.ndarray
                         hspace=0.45)
     vmax = float(channel_maps.max()) if len(rows) and channel_maps.size and channel_maps.max() > 0 else 1.0
     if not rows:
-        for ax in axes.ravel():
-            _blank(ax)
-        axes[0, 0].text(0.5, 0.5, f"no {SPLIT} faces\nof {name}", ha="center", va="center", fontsize=9,
-                        transform=axes[0, 0].transAxes)
+        _no_faces(axes, name)
     for j, row in enumerate(rows):
         _face(axes[j, 0], images[j], gid=f"face:{j}")
         axes[j, 0].set_title(f"{_origin_label(row)}\npred {row['pred']}", fontsize=7,
