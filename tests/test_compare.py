@@ -16,6 +16,8 @@ from ferkit import cli, compare as cmp, config, label
 from ferkit.data import EMOTIONS, SPLITS, load
 from ferkit.errors import FerkitError
 
+from conftest import write_fer_csv
+
 statsmodels = pytest.importorskip("statsmodels", reason="statsmodels is a dev dependency: pip install -e .[dev]")
 from statsmodels.stats.contingency_tables import mcnemar  # noqa: E402
 from statsmodels.stats.proportion import proportion_confint  # noqa: E402
@@ -130,9 +132,7 @@ def write_csv(path: Path, seed: int = 0, private: int = 40) -> np.ndarray:
     splits = np.concatenate([np.full(64, 0), np.full(32, 1), np.full(private, 2)])
     labels = rng.integers(0, len(EMOTIONS), size=len(splits))
     images = rng.integers(0, 256, size=(len(splits), 48, 48), dtype=np.uint8)
-    lines = ["emotion, Usage, pixels"] + [f"{y},{SPLITS[s]},{' '.join(map(str, im.ravel()))}"
-                                          for im, y, s in zip(images, labels, splits)]
-    path.write_text("\n".join(lines) + "\n")
+    write_fer_csv(path, images, labels, [SPLITS[s] for s in splits])
     return labels
 
 

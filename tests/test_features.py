@@ -26,6 +26,8 @@ from ferkit.features import (activation_maps, choose_faces, class_channel_stats,
                              mean_activation_map)
 from ferkit.train import load_model, predict_proba, train
 
+from conftest import write_fer_csv
+
 PER_CLASS_TEST = 6  # PrivateTest faces per emotion in the generated data
 N = 2  # faces per emotion drawn by the command
 FIGURES = [f"{kind}_{name.lower()}.png" for name in EMOTIONS for kind in ("faces", "channels")] + \
@@ -44,10 +46,7 @@ def make_csv(path: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
     for i, label in enumerate(labels):
         y, x = 6 + 5 * int(label), 6 + 4 * int(label)
         images[i, y:y + 10, x:x + 10] = 255
-    lines = ["emotion, Usage, pixels"]
-    for image, label, split in zip(images, labels, splits):
-        lines.append(f"{label},{SPLITS[split]},{' '.join(map(str, image.ravel().tolist()))}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_fer_csv(path, images, labels, [SPLITS[s] for s in splits])
     return images, labels, splits
 
 

@@ -33,6 +33,8 @@ from ferkit import cli, label
 from ferkit.data import EMOTIONS, SPLITS, load
 from ferkit.errors import FerkitError
 
+from conftest import write_fer_csv
+
 CHROMIUM = os.environ.get("FERKIT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -56,9 +58,7 @@ def write_csv(path: Path, counts=(("Training", 5), ("PublicTest", 3), ("PrivateT
     splits = np.concatenate([np.full(k, SPLITS.index(name)) for name, k in counts])
     images = rng.integers(0, 256, size=(len(splits), 48, 48), dtype=np.uint8)
     labels = rng.integers(0, len(EMOTIONS), size=len(splits)) if labels is None else labels
-    lines = ["emotion, Usage, pixels"] + [f"{int(y)},{SPLITS[s]},{' '.join(map(str, im.ravel()))}"
-                                          for im, y, s in zip(images, labels, splits)]
-    path.write_text("\n".join(lines) + "\n")
+    write_fer_csv(path, images, labels, [SPLITS[s] for s in splits])
     return images, labels, splits
 
 

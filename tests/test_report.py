@@ -24,6 +24,8 @@ from ferkit.errors import FerkitError
 from ferkit.evaluate import evaluate
 from ferkit.train import train
 
+from conftest import write_fer_csv
+
 pypdf = pytest.importorskip("pypdf")
 
 TINY = {"epochs": 2, "train_limit": 64, "val_limit": 32, "batch_size": 32, "widths": "4,8", "eval_batch_size": 64}
@@ -35,14 +37,13 @@ def make_csv(path: Path, seed: int = 0) -> Path:
     class sets the brightness, so that the tiny models learn something."""
     rng = np.random.default_rng(seed)
     counts = {"Training": 80, "PublicTest": 40, "PrivateTest": 42}
-    lines = ["emotion, Usage, pixels"]
+    images, labels, usages = [], [], []
     for usage, n in counts.items():
-        labels = rng.integers(0, len(EMOTIONS), n)
-        for label in labels:
-            image = np.clip(30 * label + rng.integers(0, 60, 48 * 48), 0, 255)
-            lines.append(f"{label},{usage},{' '.join(map(str, image.tolist()))}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+        for label in rng.integers(0, len(EMOTIONS), n):
+            images.append(np.clip(30 * label + rng.integers(0, 60, 48 * 48), 0, 255).reshape(48, 48))
+            labels.append(label)
+            usages.append(usage)
+    return write_fer_csv(path, np.array(images), np.array(labels), usages)
 
 
 def make_extra(folder: Path, json_name: str, data: dict, figures: int) -> Path:

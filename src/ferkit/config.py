@@ -6,7 +6,6 @@ with the list of known ones; the resolved config is saved in the run folder as c
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -182,9 +181,3 @@ def load(path: str | os.PathLike) -> TrainConfig:
     """Read a saved config.yaml back (all keys present)."""
     values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     return resolve(overrides=values)
-
-
-def from_dict(values: dict[str, Any]) -> TrainConfig:
-    defaults = TrainConfig()
-    return dataclasses.replace(defaults, **{k: _parse_value(k, v, getattr(defaults, k)) for k, v in values.items()})
-

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from ferkit.errors import DataFormatError, FerkitError, Problem
-from ferkit.fileio import read_json, sha256_file, write_json
+from ferkit.fileio import read_json, write_json
 
 EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 SPLITS = ("Training", "PublicTest", "PrivateTest")
@@ -615,11 +615,6 @@ class _Cache:
             return
         self.remember(stat_key, dataset.sha256)
 
-
-def file_checksum(path: str | os.PathLike) -> str:
-    """The checksum `load` records for `path` (a folder's covers its image files)."""
-    path = Path(path)
-    return _folder_checksum(path) if path.is_dir() else sha256_file(path)
 
 
 # ---------------------------------------------------------------------------------------------
