@@ -124,6 +124,17 @@ def test_imbalance_modes_train(tiny_csv, tmp_path, imbalance):
     assert info["epochs_run"] == 1
 
 
+@pytest.mark.parametrize("model_name", ["cnn", "mlp"])
+def test_batch_norm_switch_reaches_the_model_and_its_checkpoint(tiny_csv, tmp_path, model_name):
+    run = tmp_path / model_name
+    train.train(tiny_csv, run, tiny_config(model=model_name, epochs=1, batch_norm=False, train_limit=64),
+                progress=False)
+    model, checkpoint = train.load_model(run)
+    assert checkpoint["model_kwargs"]["batch_norm"] is False
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in get_model(model_name).modules())
+
+
 def test_metrics_match_scikit_learn():
     rng = np.random.default_rng(3)
     y_true = rng.integers(0, 7, 500)

@@ -26,6 +26,7 @@ class TrainConfig:
     residual: bool = False  # cnn: identity shortcuts around pairs of convs
     hidden: tuple[int, ...] = (1024, 512)  # mlp: hidden layer widths
     dropout: float = 0.3
+    batch_norm: bool = True  # batch norm after every conv (cnn) or hidden layer (mlp)
     # optimisation
     epochs: int = 16
     batch_size: int = 128
@@ -65,9 +66,10 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict[str, Any]:
         if self.model == "cnn":
-            return {"widths": list(self.widths), "depth": self.depth, "residual": self.residual, "dropout": self.dropout}
+            return {"widths": list(self.widths), "depth": self.depth, "residual": self.residual, "dropout": self.dropout,
+                    "batch_norm": self.batch_norm}
         if self.model == "mlp":
-            return {"hidden": list(self.hidden), "dropout": self.dropout}
+            return {"hidden": list(self.hidden), "dropout": self.dropout, "batch_norm": self.batch_norm}
         return {}
 
     def to_dict(self) -> dict[str, Any]:

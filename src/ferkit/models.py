@@ -52,18 +52,21 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - 128.0) / 64.0
 
 
-def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, batch_norm: bool = True) -> nn.Sequential:
+    if not batch_norm:  # the ablation without batch norm: the conv gets its bias back
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class ResidualStage(nn.Module):
     """`depth` 3x3 conv-BN-ReLU layers; with `residual`, pairs of them get an identity shortcut."""
 
-    def __init__(self, cin: int, cout: int, depth: int, residual: bool):
+    def __init__(self, cin: int, cout: int, depth: int, residual: bool, batch_norm: bool = True):
         super().__init__()
-        self.entry = _conv_bn(cin, cout)
+        self.entry = _conv_bn(cin, cout, batch_norm)
         self.blocks = nn.ModuleList(
-            nn.Sequential(_conv_bn(cout, cout), _conv_bn(cout, cout)) if residual else _conv_bn(cout, cout)
+            nn.Sequential(_conv_bn(cout, cout, batch_norm), _conv_bn(cout, cout, batch_norm)) if residual
+            else _conv_bn(cout, cout, batch_norm)
             for _ in range(depth - 1 if not residual else (depth - 1) // 2)
         )
         self.residual = residual
@@ -81,15 +84,15 @@ class CNN(nn.Module):
     and max pooling, dropout and a linear classifier. Width and depth come from the profile."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), depth: int = 2, residual: bool = False,
-                 dropout: float = 0.3, num_classes: int = 7):
+                 dropout: float = 0.3, batch_norm: bool = True, num_classes: int = 7):
         super().__init__()
         self.config = {"widths": list(widths), "depth": depth, "residual": residual, "dropout": dropout,
-                       "num_classes": num_classes}
+                       "batch_norm": batch_norm, "num_classes": num_classes}
         stages, cin = [], 1
         for i, width in enumerate(widths):
             if i:
                 stages.append(nn.MaxPool2d(2))
-            stages.append(ResidualStage(cin, width, depth, residual))
+            stages.append(ResidualStage(cin, width, depth, residual, batch_norm))
             cin = width
         self.features = nn.Sequential(*stages)
         self.dropout = nn.Dropout(dropout)
@@ -113,12 +116,14 @@ class CNN(nn.Module):
 class MLP(nn.Module):
     """Fully connected layers on the flattened 48x48 pixels: the baseline without convolutions."""
 
-    def __init__(self, hidden: tuple[int, ...] = (1024, 512), dropout: float = 0.3, num_classes: int = 7):
+    def __init__(self, hidden: tuple[int, ...] = (1024, 512), dropout: float = 0.3, batch_norm: bool = True,
+                 num_classes: int = 7):
         super().__init__()
-        self.config = {"hidden": list(hidden), "dropout": dropout, "num_classes": num_classes}
+        self.config = {"hidden": list(hidden), "dropout": dropout, "batch_norm": batch_norm, "num_classes": num_classes}
         layers, cin = [nn.Flatten()], 48 * 48
         for width in hidden:
-            layers += [nn.Linear(cin, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            norm = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
+            layers += [nn.Linear(cin, width), norm, nn.ReLU(inplace=True), nn.Dropout(dropout)]
             cin = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(cin, num_classes)
