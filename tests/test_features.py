@@ -163,8 +163,10 @@ def test_overlays_are_drawn_on_the_recorded_face(world):
             np.testing.assert_allclose(panels[f"cam_true:{j}"][1], cam / cam.max() if cam.max() > 0 else cam,
                                        atol=1e-5)
             cam_pred = grad_cam(model, image[None], pred_k)[0].numpy()
-            assert (face["gradcam_pred_peak"]["y"], face["gradcam_pred_peak"]["x"]) == \
-                np.unravel_index(cam_pred.argmax(), cam_pred.shape)
+            # the recorded peak holds the map's maximum (batched and single-face passes differ in the last
+            # float bits, so on a plateau of the upsampled map another pixel may tie)
+            peak = face["gradcam_pred_peak"]
+            assert cam_pred[peak["y"], peak["x"]] == pytest.approx(cam_pred.max(), rel=1e-5, abs=1e-7)
             mean_map = mean_activation_map(activation_maps(model, image[None]))[0].numpy()
             np.testing.assert_allclose(panels[f"mean:{j}"][1], mean_map / mean_map.max(), atol=1e-5)
             np.testing.assert_array_equal(drawn[f"channels_{name.lower()}.png"][f"face:{j}"][0], image)

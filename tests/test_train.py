@@ -117,7 +117,7 @@ def test_early_stopping_fires(tiny_csv, tmp_path):
     assert info["stopped_early"] and info["epochs_run"] == 2
 
 
-@pytest.mark.parametrize("imbalance", ["sampler", "none"])
+@pytest.mark.parametrize("imbalance", ["weighted_loss", "none"])
 def test_imbalance_modes_train(tiny_csv, tmp_path, imbalance):
     info = train.train(tiny_csv, tmp_path / imbalance, tiny_config(epochs=1, imbalance=imbalance, train_limit=64),
                        progress=False)
