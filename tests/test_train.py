@@ -124,6 +124,21 @@ def test_imbalance_modes_train(tiny_csv, tmp_path, imbalance):
     assert info["epochs_run"] == 1
 
 
+@pytest.mark.parametrize("power, rare_share", [(1.0, 0.5), (0.5, 0.25)])
+def test_sampler_draws_each_class_in_proportion_to_its_weight(power, rare_share):
+    labels = np.array([0] * 900 + [1] * 100)
+    weight = torch.tensor(train.class_weights(labels, power)[labels], dtype=torch.float32)
+    order = train.epoch_order(weight, 20_000, torch.Generator().manual_seed(0), "cpu")
+    # weights (900/100)^power: 9x per face balances the classes, 3x gives the rare one 300/1200
+    assert len(order) == 20_000
+    assert (labels[order.numpy()] == 1).mean() == pytest.approx(rare_share, abs=0.015)
+
+
+def test_without_the_sampler_an_epoch_sees_every_image_once():
+    order = train.epoch_order(None, 1000, torch.Generator().manual_seed(0), "cpu")
+    assert sorted(order.tolist()) == list(range(1000))
+
+
 @pytest.mark.parametrize("model_name", ["cnn", "mlp"])
 def test_batch_norm_switch_reaches_the_model_and_its_checkpoint(tiny_csv, tmp_path, model_name):
     run = tmp_path / model_name

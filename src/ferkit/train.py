@@ -155,6 +155,15 @@ def class_weights(labels: np.ndarray, power: float, num_classes: int = 7) -> np.
     return weights / (weights[labels].mean() if len(labels) else 1)
 
 
+def epoch_order(sample_weight: torch.Tensor | None, n: int, generator: torch.Generator,
+                device: torch.device | str) -> torch.Tensor:
+    """The training images of one epoch, as indices: n draws with replacement in proportion to
+    `sample_weight` (the class-balancing sampler), or a permutation of all n when it is None."""
+    if sample_weight is not None:
+        return torch.multinomial(sample_weight, n, replacement=True, generator=generator)
+    return torch.randperm(n, generator=generator, device=device)
+
+
 # ---------------------------------------------------------------------------------------------
 # The training run
 
@@ -212,7 +221,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     y_train = torch.from_numpy(y_train_np).to(device)
     weights = class_weights(y_train_np, cfg.imbalance_power)
     loss_weight = torch.tensor(weights, dtype=torch.float32, device=device) if cfg.imbalance == "weighted_loss" else None
-    sample_prob = torch.tensor(weights[y_train_np], dtype=torch.float32, device=device)
+    sample_weight = (torch.tensor(weights[y_train_np], dtype=torch.float32, device=device)
+                     if cfg.imbalance == "sampler" else None)
 
     n = len(train_idx)
     steps_per_epoch = n // cfg.batch_size if n >= cfg.batch_size else 1
@@ -255,10 +265,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         started = time.perf_counter()
         generator = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch))
         torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)  # dropout draws from the global generator
-        if cfg.imbalance == "sampler":
-            order = torch.multinomial(sample_prob, n, replacement=True, generator=generator)
-        else:
-            order = torch.randperm(n, generator=generator, device=device)
+        order = epoch_order(sample_weight, n, generator, device)
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
