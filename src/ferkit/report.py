@@ -611,9 +611,10 @@ def _challenges(run: Run) -> list[str]:
             text += f". Countered by {regularised}, and by evaluating the best validation epoch's checkpoint " \
                     f"(by `{select_by}`), not the last."
         elif gap_end < -0.01:
-            text = (f"**No over-fitting**: {gaps}; training accuracy is measured on augmented batches with dropout "
-                    f"on, so it trails validation. The regularisation ({regularised}) is ample: a larger model or "
-                    "a longer schedule could use the slack.")
+            text = (f"**No over-fitting**: {gaps}; training accuracy is measured on augmented batches"
+                    f"{' with dropout on' if cfg.get('dropout') else ''}, so it trails validation. The "
+                    f"regularisation ({regularised}) is ample: a larger model or a longer schedule could use "
+                    "the slack.")
         else:
             text = (f"**Over-fitting held in check**: {gaps}, within 3 points, with {regularised}; the best "
                     f"validation epoch's checkpoint (by `{select_by}`) is the one evaluated.")
