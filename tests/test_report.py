@@ -195,6 +195,21 @@ def test_compact_layers_collapse_repeats():
     assert sum(b["parameters"] for b in compact) == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("dropout, regularisers", [
+    (0.3, "augmentation, dropout 0.3, weight decay 0.0005, label smoothing 0.1"),
+    (0.0, "augmentation, weight decay 0.0005, label smoothing 0.1"),
+])
+def test_under_fitting_names_only_the_regularisers_in_use(dropout, regularisers):
+    # validation above training accuracy (augmented batches): the "no over-fitting" branch
+    history = [{"epoch": e, "train_acc": 0.5 + e / 100, "val_acc": 0.55 + e / 100, "val_loss": 1.5 - e / 10,
+                "val_macro_f1": 0.5} for e in (1, 2)]
+    cfg = {"augment": True, "dropout": dropout, "weight_decay": 5e-4, "label_smoothing": 0.1, "epochs": 2}
+    run = freport.Run(Path("run"), cfg, {"finished": True, "best_epoch": 2}, history, {"test": {}}, {})
+    text = next(item for item in freport._challenges(run) if item.startswith("**No over-fitting**"))
+    assert f"({regularisers}) is ample" in text
+    assert ("with dropout on" in text) is (dropout > 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Missing inputs
 
