@@ -195,6 +195,21 @@ def test_compact_layers_collapse_repeats():
     assert sum(b["parameters"] for b in compact) == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("name, kwargs, dropout_rows", [
+    ("cnn", {"widths": [8, 16], "dropout": 0.0}, []),
+    ("cnn", {"widths": [8, 16], "dropout": 0.3}, ["Dropout p=0.3"]),
+    ("mlp", {"hidden": [32, 16], "dropout": 0.0, "batch_norm": False}, []),
+])
+def test_layer_table_lists_only_layers_that_compute(name, kwargs, dropout_rows):
+    from ferkit.models import get_model
+
+    compact = freport.compact_layers(freport.layer_table(get_model(name, **kwargs)))
+    layers = " | ".join(b["layer"] for b in compact)
+    assert "Identity" not in layers
+    assert [row for row in dropout_rows if row in layers] == dropout_rows
+    assert ("Dropout" in layers) == bool(dropout_rows)
+
+
 @pytest.mark.parametrize("dropout, regularisers", [
     (0.3, "augmentation, dropout 0.3, weight decay 0.0005, label smoothing 0.1"),
     (0.0, "augmentation, weight decay 0.0005, label smoothing 0.1"),

@@ -52,6 +52,12 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - 128.0) / 64.0
 
 
+def _dropout(p: float) -> nn.Module:
+    # p=0 is an Identity, not a Dropout(0), so the layer table lists no dropout that does nothing;
+    # neither holds parameters, so checkpoints load either way
+    return nn.Dropout(p) if p else nn.Identity()
+
+
 def _conv_bn(cin: int, cout: int, batch_norm: bool = True) -> nn.Sequential:
     if not batch_norm:  # the ablation without batch norm: the conv gets its bias back
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
@@ -95,7 +101,7 @@ class CNN(nn.Module):
             stages.append(ResidualStage(cin, width, depth, residual, batch_norm))
             cin = width
         self.features = nn.Sequential(*stages)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = _dropout(dropout)
         self.classifier = nn.Linear(2 * cin, num_classes)
         self.num_features = 2 * cin
 
@@ -123,7 +129,7 @@ class MLP(nn.Module):
         layers, cin = [nn.Flatten()], 48 * 48
         for width in hidden:
             norm = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
-            layers += [nn.Linear(cin, width), norm, nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            layers += [nn.Linear(cin, width), norm, nn.ReLU(inplace=True), _dropout(dropout)]
             cin = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(cin, num_classes)

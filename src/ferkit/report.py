@@ -237,7 +237,8 @@ def read_extra(folder: str | os.PathLike, option: str, json_name: str, command: 
 
 def layer_table(model: Any, input_shape: Sequence[int] = (1, 1, 48, 48)) -> list[dict[str, Any]]:
     """One row per call of a leaf module, in call order: name, type, detail, input and output shape,
-    parameters (counted at a module's first call only). Recorded with forward hooks."""
+    parameters (counted at a module's first call only). Recorded with forward hooks; identities
+    (a switched-off dropout or batch norm) compute nothing and get no row."""
     import torch
 
     rows: list[dict[str, Any]] = []
@@ -253,7 +254,8 @@ def layer_table(model: Any, input_shape: Sequence[int] = (1, 1, 48, 48)) -> list
                      "parameters": int(params), "absorbable": _absorbable(module)})
 
     handles = [module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o))
-               for name, module in model.named_modules() if next(module.children(), None) is None]
+               for name, module in model.named_modules()
+               if next(module.children(), None) is None and not isinstance(module, torch.nn.Identity)]
     was_training = model.training
     try:
         model.eval()
@@ -289,7 +291,7 @@ def _absorbable(module: Any) -> bool:
     """Shape-keeping helpers that a compact table folds into the layer before them."""
     from torch import nn
 
-    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Identity)) or \
+    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)) or \
         type(module).__module__ == "torch.nn.modules.activation"
 
 
