@@ -87,7 +87,7 @@ class ResidualStage(nn.Module):
 @register_model("cnn")
 class CNN(nn.Module):
     """VGG-style: stages of 3x3 conv-BN-ReLU, 2x2 max-pool between stages, then global average
-    and max pooling, dropout and a linear classifier. Width and depth come from the profile."""
+    and max pooling, dropout (when p > 0) and a linear classifier. Width and depth come from the profile."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), depth: int = 2, residual: bool = False,
                  dropout: float = 0.3, batch_norm: bool = True, num_classes: int = 7):
