@@ -210,19 +210,41 @@ def test_layer_table_lists_only_layers_that_compute(name, kwargs, dropout_rows):
     assert ("Dropout" in layers) == bool(dropout_rows)
 
 
-@pytest.mark.parametrize("dropout, regularisers", [
-    (0.3, "augmentation, dropout 0.3, weight decay 0.0005, label smoothing 0.1"),
-    (0.0, "augmentation, weight decay 0.0005, label smoothing 0.1"),
+@pytest.mark.parametrize("augment, dropout, regularisers", [
+    (True, 0.3, "augmentation, dropout 0.3, weight decay 0.0005, label smoothing 0.1"),
+    (True, 0.0, "augmentation, weight decay 0.0005, label smoothing 0.1"),
+    (False, 0.0, "weight decay 0.0005, label smoothing 0.1"),
 ])
-def test_under_fitting_names_only_the_regularisers_in_use(dropout, regularisers):
-    # validation above training accuracy (augmented batches): the "no over-fitting" branch
+def test_under_fitting_names_only_the_regularisers_in_use(augment, dropout, regularisers):
+    # validation above training accuracy: the "no over-fitting" branch
     history = [{"epoch": e, "train_acc": 0.5 + e / 100, "val_acc": 0.55 + e / 100, "val_loss": 1.5 - e / 10,
                 "val_macro_f1": 0.5} for e in (1, 2)]
-    cfg = {"augment": True, "dropout": dropout, "weight_decay": 5e-4, "label_smoothing": 0.1, "epochs": 2}
+    cfg = {"augment": augment, "dropout": dropout, "weight_decay": 5e-4, "label_smoothing": 0.1, "epochs": 2}
     run = freport.Run(Path("run"), cfg, {"finished": True, "best_epoch": 2}, history, {"test": {}}, {})
     text = next(item for item in freport._challenges(run) if item.startswith("**No over-fitting**"))
     assert f"({regularisers}) is ample" in text
+    assert "training accuracy is a running mean over the epoch" in text
+    assert ("on augmented batches" in text) is augment
     assert ("with dropout on" in text) is (dropout > 0)
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_learning_curves_say_augmented_only_when_they_were(tmp_path, monkeypatch, augment):
+    from ferkit import visualize
+    from ferkit.config import TrainConfig
+
+    history = [{"epoch": e, "train_loss": 1.5 - e / 10, "train_acc": 0.5, "val_loss": 1.4, "val_acc": 0.55,
+                "val_macro_f1": 0.5, "lr": 0.05, "seconds": 10.0} for e in (1, 2)]
+    titles = []
+    monkeypatch.setattr(visualize, "save", lambda fig, path: titles.append(fig.axes[0].get_title()) or Path(path))
+    visualize.learning_curves(history, tmp_path / "curves.png", best_epoch=2, augmented=augment)
+    assert ("augmented" in titles[0]) is augment
+
+    (tmp_path / "learning_curves.png").write_bytes(b"")
+    cfg = dict(TrainConfig().to_dict(), augment=augment, epochs=2)
+    run = freport.Run(tmp_path, cfg, {"best_epoch": 2}, history, {"test": {}}, {})
+    caption = next(b.caption for b in freport._training_section(run) if isinstance(b, freport.Figure))
+    assert ("augmented" in caption) is augment
 
 
 # ---------------------------------------------------------------------------------------------

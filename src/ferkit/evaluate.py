@@ -55,8 +55,10 @@ def run_data_path(run_dir: Path, data: str | os.PathLike | None = None) -> str:
 
 
 def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,
-                     info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None) -> dict:
-    """Write the evaluation files for predictions `probs` (N, 7) on dataset rows `rows`."""
+                     info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None,
+                     augmented: bool = True) -> dict:
+    """Write the evaluation files for predictions `probs` (N, 7) on dataset rows `rows`; `history`, if
+    given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches)."""
     from ferkit.visualize import confusion_matrices, learning_curves
 
     out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,7 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
             f"macro F1 {metrics['macro_f1']:.4f}"
     confusion_matrices(np.array(metrics["confusion_matrix"]), out / "confusion_matrix.png", title=title)
     if history:
-        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch)
+        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, augmented=augmented)
     return metrics
 
 
@@ -114,7 +116,8 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
             "checkpoint": which, "epoch": checkpoint["epoch"]}
     suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
     destination = Path(out) if out else run / "eval" / (split + suffix)
-    return write_evaluation(destination, dataset, rows, probs, info, history, checkpoint["epoch"])
+    return write_evaluation(destination, dataset, rows, probs, info, history, checkpoint["epoch"],
+                            augmented=cfg.get("augment", True))
 
 
 def ensemble(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, split: str = "test", tta: bool = False,

@@ -572,7 +572,8 @@ def _training_section(run: Run) -> list[Any]:
     ]
     curves = run.path / "learning_curves.png"
     if curves.is_file():
-        blocks.append(Figure(curves, f"Learning curves: loss and accuracy per epoch on training (augmented batches) "
+        training = "training (augmented batches)" if cfg.get("augment", True) else "training"
+        blocks.append(Figure(curves, f"Learning curves: loss and accuracy per epoch on {training} "
                                      f"and validation (PublicTest); the dashed line marks the best epoch "
                                      f"({run.best_epoch}).", "learning_curves.png", max_height=0.3))
     return blocks
@@ -613,10 +614,11 @@ def _challenges(run: Run) -> list[str]:
             text += f". Countered by {regularised}, and by evaluating the best validation epoch's checkpoint " \
                     f"(by `{select_by}`), not the last."
         elif gap_end < -0.01:
-            text = (f"**No over-fitting**: {gaps}; training accuracy is measured on augmented batches"
-                    f"{' with dropout on' if cfg.get('dropout') else ''}, so it trails validation. The "
-                    f"regularisation ({regularised}) is ample: a larger model or a longer schedule could use "
-                    "the slack.")
+            measured = "a running mean over the epoch" + (" on augmented batches" if cfg.get("augment", True) else "") \
+                + (" with dropout on" if cfg.get("dropout") else "")
+            text = (f"**No over-fitting**: {gaps}; training accuracy is {measured}, so it trails "
+                    f"validation. The regularisation ({regularised}) is ample: a larger model or a longer "
+                    "schedule could use the slack.")
         else:
             text = (f"**Over-fitting held in check**: {gaps}, within 3 points, with {regularised}; the best "
                     f"validation epoch's checkpoint (by `{select_by}`) is the one evaluated.")

@@ -339,7 +339,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     from ferkit.visualize import learning_curves
 
     learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch,
-                    title=f"{cfg.model} ({cfg.profile} profile): best validation epoch {best_epoch}")
+                    title=f"{cfg.model} ({cfg.profile} profile): best validation epoch {best_epoch}",
+                    augmented=cfg.augment)
     run_info.update({
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "epochs_run": len(history), "best_epoch": best_epoch, "best_" + cfg.select_by: best_score,

@@ -89,8 +89,9 @@ def confusion_matrices(matrix: np.ndarray, path: str | os.PathLike, title: str =
 
 
 def learning_curves(history: "list[dict]", path: str | os.PathLike, best_epoch: int | None = None,
-                    title: str = "") -> Path:
-    """Loss and accuracy per epoch on training and validation, the best epoch marked."""
+                    title: str = "", augmented: bool = True) -> Path:
+    """Loss and accuracy per epoch on training and validation, the best epoch marked; `augmented` says
+    whether the training batches were augmented (the loss panel says so, as it explains the gap)."""
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
@@ -102,7 +103,7 @@ def learning_curves(history: "list[dict]", path: str | os.PathLike, best_epoch: 
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_title("loss (train loss is on augmented batches)", fontsize=9)
+    axes[0].set_title("loss (train loss is on augmented batches)" if augmented else "loss", fontsize=9)
     axes[1].set_title("accuracy", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
