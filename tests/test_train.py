@@ -211,6 +211,10 @@ def test_cli_train_and_evaluate(tiny_csv, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     assert main(["train", str(tiny_csv), "--out", str(tmp_path / "x"), "--set", "nope=1"]) == 2
     assert "unknown config key 'nope'" in capsys.readouterr().err
+    for command in (["evaluate", str(tmp_path / "typo")], ["ensemble", str(run), str(tmp_path / "typo"), "--out",
+                                                              str(tmp_path / "ens")]):
+        assert main(command) == 2
+        assert "typo: no such run folder" in capsys.readouterr().err
 
 
 def test_gpu_profile_runs_on_cpu_with_tiny_settings(tiny_csv, tmp_path):

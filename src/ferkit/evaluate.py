@@ -41,8 +41,16 @@ def split_name(split: str) -> str:
     return SPLIT_NAMES[split]
 
 
+def require_run_folders(*run_dirs: str | os.PathLike) -> None:
+    """Name a mistyped run folder before any data is loaded."""
+    for run_dir in run_dirs:
+        if not Path(run_dir).is_dir():
+            raise FerkitError(f"{run_dir}: no such run folder; train one with `ferkit train DATA --out RUN_DIR`")
+
+
 def run_data_path(run_dir: Path, data: str | os.PathLike | None = None) -> str:
     """`data` if given, else the data file the run recorded in run.json (which must still exist)."""
+    require_run_folders(run_dir)
     if data:
         return str(data)
     try:
@@ -132,6 +140,7 @@ def ensemble(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, spli
 
     if len(run_dirs) < 1:
         raise FerkitError("ensemble needs at least one run folder")
+    require_run_folders(*run_dirs)
     first = Path(run_dirs[0])
     dataset = fdata.load(run_data_path(first, data))
     target = pick_device(device)
