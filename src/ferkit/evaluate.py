@@ -41,16 +41,11 @@ def split_name(split: str) -> str:
     return SPLIT_NAMES[split]
 
 
-def require_run_folders(*run_dirs: str | os.PathLike) -> None:
-    """Name a mistyped run folder before any data is loaded."""
-    for run_dir in run_dirs:
-        if not Path(run_dir).is_dir():
-            raise FerkitError(f"{run_dir}: no such run folder; train one with `ferkit train DATA --out RUN_DIR`")
-
-
 def run_data_path(run_dir: Path, data: str | os.PathLike | None = None) -> str:
     """`data` if given, else the data file the run recorded in run.json (which must still exist)."""
-    require_run_folders(run_dir)
+    from ferkit.train import require_run_folder
+
+    require_run_folder(run_dir)
     if data:
         return str(data)
     try:
@@ -136,11 +131,12 @@ def ensemble(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, spli
     """
     import torch
 
-    from ferkit.train import load_model, pick_device, predict_proba
+    from ferkit.train import load_model, pick_device, predict_proba, require_run_folder
 
     if len(run_dirs) < 1:
         raise FerkitError("ensemble needs at least one run folder")
-    require_run_folders(*run_dirs)
+    for run_dir in run_dirs:  # a mistyped folder is named before the data is loaded
+        require_run_folder(run_dir)
     first = Path(run_dirs[0])
     dataset = fdata.load(run_data_path(first, data))
     target = pick_device(device)

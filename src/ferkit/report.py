@@ -161,12 +161,11 @@ class Run:
 
 def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
     """The files of a trained and evaluated run; a FerkitError names what to run when one is missing."""
-    from ferkit.train import read_history
+    from ferkit.train import read_history, require_run_folder
 
     path = Path(run_dir)
     where = f"{option} {path}" if option != "RUN_DIR" else str(path)
-    if not path.is_dir():
-        raise FerkitError(f"{where}: no such run folder; train one with `ferkit train DATA --out {path}`")
+    require_run_folder(path, where)
     for name in ("run.json", "config.yaml"):
         if not (path / name).is_file():
             raise FerkitError(f"{where}: not a ferkit run folder (no {name}); train one with "
