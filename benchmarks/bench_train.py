@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                 # cpu profile on the CPU
     python benchmarks/bench_train.py --profile gpu   # on a CUDA GPU: eager vs torch.compile too
+    python benchmarks/bench_train.py --profile gpu --no-compile --models cnn   # eager only: seconds, not minutes
 
 Prints images/s of full training steps (augmentation, forward, backward, optimizer) after a
 warm-up, evaluation images/s, and the latency of classifying one face. Random pixels suffice:
@@ -86,18 +87,20 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--models", default="cnn,mlp", help="comma-separated: cnn, mlp")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison on CUDA")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device("auto")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    for model in ("cnn", "mlp"):
+    for model in args.models.split(","):
         cfg = config.resolve(profile=args.profile, overrides={"model": model})
         params = count_parameters(get_model(cfg.model, **cfg.model_kwargs()))
         eager = train_throughput(cfg, device, args.steps, compile_model=False)
         line = f"{model:4s} {params / 1e6:6.2f} M params  train {eager:9.0f} img/s (batch {cfg.batch_size}, eager)"
-        if device.type == "cuda" and model == "cnn":
+        if device.type == "cuda" and model == "cnn" and not args.no_compile:
             compiled = train_throughput(cfg, device, args.steps, compile_model=True)
             line += f"  {compiled:9.0f} img/s compiled ({compiled / eager:.2f}x)"
         rate, latency = inference(cfg, device)

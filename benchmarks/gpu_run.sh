@@ -1,41 +1,77 @@
 #!/usr/bin/env bash
-# One complete GPU check for the device machine (PyTorch present, no network, no pip install):
-#   cp ../shared/fer2013/fer2013_images.tar.xz .data/   # here, once; .data/ is git-ignored
-#   then on the device:  RUN=runs/gpu bash benchmarks/gpu_run.sh; cp -r runs/gpu "$OUT"   (carry .data)
-# 1. bench: throughput of the gpu profile (eager vs torch.compile); 2. train: one gpu-profile CNN
-# sized to about $MINUTES minutes of training, with snapshots at 2, 4 and 8 minutes; 3. evaluate:
-# PrivateTest accuracy of each snapshot and of the best checkpoint, with and without TTA.
-# All three take about MINUTES + 2 minutes; where one command may run only 10 minutes, run them as
-# two commands on the same warm machine (runs/ survives between calls there):
-#   STAGES="bench train" RUN=runs/gpu bash benchmarks/gpu_run.sh
-#   STAGES=evaluate RUN=runs/gpu bash benchmarks/gpu_run.sh; cp -r runs/gpu "$OUT"
-# Dry run on a CPU: BENCH_STEPS=1 MINUTES=1 EPOCHS=1 EXTRA="--set train_limit=256 --set val_limit=64
-#   --set widths=8,16 --set eval_batch_size=64" RUN=/tmp/gpu bash benchmarks/gpu_run.sh
-set -euo pipefail
-export PYTHONPATH=src PYTHONUNBUFFERED=1 FERKIT_CACHE=/tmp/ferkit-cache
+# The GPU check, sized for the device machine (PyTorch present, no network, no pip install; one
+# command may run 10 minutes and the machine goes back 30 s after it). Here, once:
+#   mkdir -p .data && cp ../shared/fer2013/fer2013_images.tar.xz .data/   # .data/ is git-ignored
+# On the device (carry .data), one command of under 10 minutes:
+#   RUN=/dev/shm/gpu OUT_DIR=$OUT bash benchmarks/gpu_run.sh
+# Stages (STAGES, in this order):
+#   bench    the data summary (fills the cache) and eager training/inference speed of the gpu profile
+#   train    one gpu-profile CNN, its epochs sized at that speed to end $EVAL_RESERVE s before $LIMIT
+#            (about 6 minutes of training), with snapshots at 2, 4 and 6 minutes; stopped (Ctrl-C,
+#            resumable) should it run over
+#   evaluate PrivateTest accuracy of the best and the last checkpoint and of each snapshot, with and
+#            without TTA
+#   compile  eager against torch.compile (compilation alone can take minutes: a separate command)
+# With OUT_DIR set, the log and the run folder without its checkpoints are packed into it.
+# Dry run on a CPU: BENCH_STEPS=1 EPOCHS=2 EXTRA="--set train_limit=256 --set val_limit=64
+#   --set widths=8,16 --set eval_batch_size=64" RUN=/tmp/gpu OUT_DIR=/tmp/gpu-out bash benchmarks/gpu_run.sh
+set -uo pipefail
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 FERKIT_CACHE=${FERKIT_CACHE:-/tmp/ferkit-cache}
 RUN=${RUN:-runs/gpu}
 DATA=${DATA:-.data/fer2013_images.tar.xz}
-MINUTES=${MINUTES:-8}
+LIMIT=${LIMIT:-565}  # seconds this script may take: the device's 10 minutes less the packing
+EVAL_RESERVE=${EVAL_RESERVE:-75}
 STAGES=${STAGES:-bench train evaluate}
-mkdir -p "$RUN"
-log() { tee -a "$RUN/log.txt"; }
+mkdir -p "$RUN" ${OUT_DIR:+"$OUT_DIR"}
+log() { tee -a "$RUN/log.txt" ${OUT_DIR:+"$OUT_DIR/log.txt"}; }  # OUT_DIR's copy survives a kill
+stamp() { echo "[$SECONDS s] $*" | log; }
 
 if [[ $STAGES == *bench* ]]; then
+    stamp "bench"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | log
     python3 -m ferkit data "$DATA" --out "$RUN/data" | log
-    python3 benchmarks/bench_train.py --profile gpu --steps "${BENCH_STEPS:-30}" | log
+    python3 benchmarks/bench_train.py --profile gpu --no-compile --steps "${BENCH_STEPS:-30}" | log
 fi
 if [[ $STAGES == *train* ]]; then
-    # epochs for about MINUTES of training at the measured eager rate (validation takes the rest)
+    # an epoch takes 28,709 images at the measured eager rate, plus 5% for validation and half a second
+    # for the checkpoints; 15 s go to starting the process
     rate=$(grep -oP '^cnn .*train\s+\K[0-9]+' "$RUN/log.txt" | head -1)
-    epochs=${EPOCHS:-$(python3 -c "print(max(1, int($MINUTES * 60 * $rate * 0.85 / 28709)))")}
-    echo "gpu profile: $rate img/s -> $epochs epochs for about $MINUTES minutes" | log
-    python3 -m ferkit train "$DATA" --out "$RUN/cnn" --profile gpu --set epochs="$epochs" \
-        --set snapshot_minutes=2,4,8 ${EXTRA:-} 2>&1 | grep -v 'step/s' | log
+    guard=$((LIMIT - EVAL_RESERVE - SECONDS))
+    epochs=${EPOCHS:-$(python3 -c "print(max(1, int(($guard - 15) / (28709 / $rate / 0.95 + 0.5))))")}
+    stamp "train: $rate img/s -> $epochs epochs; stopped after $guard s at most"
+    timeout -s INT "$guard" python3 -m ferkit train "$DATA" --out "$RUN/cnn" --profile gpu --set epochs="$epochs" \
+        --set snapshot_minutes=2,4,6 ${EXTRA:-} 2>&1 | tr '\r' '\n' | grep --line-buffered -v -E '^train cnn|^\s*$' | log
 fi
 if [[ $STAGES == *evaluate* ]]; then
-    for which in best at_2min at_4min at_8min; do
-        [ -f "$RUN/cnn/checkpoints/$which.pt" ] || continue
-        python3 -m ferkit evaluate "$RUN/cnn" --checkpoint "$which" | log
-        python3 -m ferkit evaluate "$RUN/cnn" --checkpoint "$which" --tta | log
-    done
+    stamp "evaluate"
+    # one process for all checkpoints: each `ferkit evaluate` would pay the CUDA start again
+    python3 - "$RUN/cnn" <<'EOF' | log
+import sys
+from pathlib import Path
+
+from ferkit.evaluate import evaluate
+from ferkit.train import read_history
+
+run = Path(sys.argv[1])
+history = read_history(run / "history.csv")
+print("checkpoint  epoch  train s  tta    PrivateTest acc  macro F1  weighted F1")
+for which in ("best", "last", "at_2min", "at_4min", "at_6min"):  # the headline first, should time run out
+    if not (run / "checkpoints" / f"{which}.pt").exists():
+        continue
+    for tta in (False, True):
+        m = evaluate(run, tta=tta, which=which)
+        seconds = sum(row["seconds"] for row in history[:m["epoch"]])
+        print(f"{which:10s}  {m['epoch']:5d}  {seconds:7.1f}  {m['tta']:5s}  {m['accuracy']:15.4f}  "
+              f"{m['macro_f1']:8.4f}  {m['weighted_f1']:11.4f}")
+EOF
+fi
+if [[ $STAGES == *compile* ]]; then
+    stamp "compile"
+    python3 benchmarks/bench_train.py --profile gpu --models cnn --steps "${BENCH_STEPS:-30}" | log
+fi
+stamp "done"
+if [[ -n ${OUT_DIR:-} ]]; then
+    mkdir -p "$OUT_DIR"
+    [ -f "$RUN/cnn/history.csv" ] && cp "$RUN/cnn/history.csv" "$OUT_DIR/"
+    tar czf "$OUT_DIR/run.tgz" --exclude=checkpoints -C "$(dirname "$RUN")" "$(basename "$RUN")"
 fi

@@ -42,10 +42,13 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "va
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise FerkitError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU; use --set device=cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":  # every batch has the same shape: let cuDNN time its kernels once and keep the fastest
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
