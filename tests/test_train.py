@@ -217,6 +217,16 @@ def test_cli_train_and_evaluate(tiny_csv, tmp_path, capsys):
         assert "typo: no such run folder" in capsys.readouterr().err
 
 
+def test_cli_names_resume_after_ctrl_c(tiny_csv, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train", interrupted)
+    run = tmp_path / "my run"
+    assert main(["train", str(tiny_csv), "--out", str(run)]) == 130
+    assert f"`ferkit train {tiny_csv} --out '{run}' --resume` continues it" in capsys.readouterr().err
+
+
 def test_gpu_profile_runs_on_cpu_with_tiny_settings(tiny_csv, tmp_path):
     """The gpu profile's residual network, bf16 autocast and snapshots must also work on a CPU."""
     cfg = config.resolve(profile="gpu", overrides={"epochs": 2, "train_limit": 64, "val_limit": 32,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Callable
 
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ferkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nferkit {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        # train refuses a second start in a run folder: name the flag that continues it
+        again = (f"`ferkit train {shlex.quote(args.data)} --out {shlex.quote(args.out)} --resume` continues it"
+                 if args.command == "train" else "run the same command again to resume")
+        print(f"\nferkit {args.command}: interrupted; {again}", file=sys.stderr)
         return 130
     return 0
