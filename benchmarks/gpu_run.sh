@@ -14,7 +14,7 @@
 #   compile  eager against torch.compile (compilation alone can take minutes: a separate command)
 # With OUT_DIR set, the log and the run folder without its checkpoints are packed into it.
 # Measured on an H200 (benchmarks/RESULTS.md): the 30-step reading on a cold GPU was 16% slow, so the
-# run came out at 4.6 minutes; a gpu-profile epoch takes 1.64 s of training (about 1.9 s with its
+# run came out at 4.6 minutes; a gpu-profile epoch takes 1.64 s of training (about 1.8 s with its
 # checkpoints), so EPOCHS=240 STAGES="train evaluate" gives about 6.5 minutes of training inside the guard.
 # Dry run on a CPU: BENCH_STEPS=1 EPOCHS=2 EXTRA="--set train_limit=256 --set val_limit=64
 #   --set widths=8,16 --set eval_batch_size=64" RUN=/tmp/gpu OUT_DIR=/tmp/gpu-out bash benchmarks/gpu_run.sh
