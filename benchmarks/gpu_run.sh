@@ -7,7 +7,7 @@
 # Stages (STAGES, in this order):
 #   bench    the data summary (fills the cache) and eager training/inference speed of the gpu profile
 #   train    one gpu-profile CNN, its epochs sized at that speed to end $EVAL_RESERVE s before $LIMIT
-#            (about 6 minutes of training), with snapshots at 2, 4 and 6 minutes; stopped (Ctrl-C,
+#            (meant as about 6 minutes of training), with snapshots at 2, 4 and 6 minutes; stopped (Ctrl-C,
 #            resumable) should it run over
 #   evaluate PrivateTest accuracy of the best and the last checkpoint and of each snapshot, with and
 #            without TTA
@@ -73,8 +73,7 @@ if [[ $STAGES == *compile* ]]; then
     python3 benchmarks/bench_train.py --profile gpu --models cnn --steps "${BENCH_STEPS:-30}" | log
 fi
 stamp "done"
-if [[ -n ${OUT_DIR:-} ]]; then
-    mkdir -p "$OUT_DIR"
+if [[ -n ${OUT_DIR:-} ]]; then  # created at the start, for the log
     [ -f "$RUN/cnn/history.csv" ] && cp "$RUN/cnn/history.csv" "$OUT_DIR/"
     tar czf "$OUT_DIR/run.tgz" --exclude=checkpoints -C "$(dirname "$RUN")" "$(basename "$RUN")"
 fi
