@@ -5,18 +5,22 @@
 # On the device (carry .data), one command of under 10 minutes:
 #   RUN=/dev/shm/gpu OUT_DIR=$OUT bash benchmarks/gpu_run.sh
 # Stages (STAGES, in this order):
-#   bench    the data summary (fills the cache) and eager training/inference speed of the gpu profile
-#   train    one gpu-profile CNN, its epochs sized at that speed to end $EVAL_RESERVE s before $LIMIT
+#   bench    the data summary (fills the cache) and eager training/inference speed of the gpu profile,
+#            one bench per seed, side by side, so that the speed is the one the seeds will share
+#   train    one gpu-profile CNN per seed in SEEDS (default 0), side by side on the one GPU, into
+#            $RUN/cnn-s<seed>; epochs sized at the slowest bench's speed to end $EVAL_RESERVE s before $LIMIT
 #            (meant as about 6 minutes of training), with snapshots at 2, 4 and 6 minutes; stopped (Ctrl-C,
-#            resumable) should it run over
+#            resumable) should they run over. EXTRA adds --set options to every seed.
 #   evaluate PrivateTest accuracy of the best and the last checkpoint and of each snapshot, with and
-#            without TTA
+#            without TTA, for each seed; with several seeds, also the ensemble of their best checkpoints
 #   compile  eager against torch.compile (compilation alone can take minutes: a separate command)
 # With OUT_DIR set, the log and the run folder without its checkpoints are packed into it.
-# Measured on an H200 (benchmarks/RESULTS.md): the 30-step reading on a cold GPU was 16% slow, so the
-# run came out at 4.6 minutes; a gpu-profile epoch takes 1.64 s of training (about 1.8 s with its
-# checkpoints), so EPOCHS=240 STAGES="train evaluate" gives about 6.5 minutes of training inside the guard.
-# Dry run on a CPU: BENCH_STEPS=1 EPOCHS=2 EXTRA="--set train_limit=256 --set val_limit=64
+# Measured on an H200 (benchmarks/RESULTS.md), one seed: the 30-step reading on a cold GPU was 16% slow
+# and the sizing then allowed 2.5 s an epoch, so the run came out at 4.6 minutes; a gpu-profile epoch
+# takes 1.64 s of training (about 1.8 s with its checkpoints), so EPOCHS=240 STAGES="train evaluate"
+# gives about 6.5 minutes of training inside the guard. How much seeds side by side slow each other
+# is not measured yet: give several seeds the bench stage rather than EPOCHS, so the guard is not hit.
+# Dry run on a CPU: SEEDS="0 1" BENCH_STEPS=1 EPOCHS=2 EXTRA="--set train_limit=256 --set val_limit=64
 #   --set widths=8,16 --set eval_batch_size=64" RUN=/tmp/gpu OUT_DIR=/tmp/gpu-out bash benchmarks/gpu_run.sh
 set -uo pipefail
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 FERKIT_CACHE=${FERKIT_CACHE:-/tmp/ferkit-cache}
@@ -25,6 +29,7 @@ DATA=${DATA:-.data/fer2013_images.tar.xz}
 LIMIT=${LIMIT:-565}  # seconds this script may take: the device's 10 minutes less the packing
 EVAL_RESERVE=${EVAL_RESERVE:-75}
 STAGES=${STAGES:-bench train evaluate}
+SEEDS=${SEEDS:-0}
 mkdir -p "$RUN" ${OUT_DIR:+"$OUT_DIR"}
 log() { tee -a "$RUN/log.txt" ${OUT_DIR:+"$OUT_DIR/log.txt"}; }  # OUT_DIR's copy survives a kill
 stamp() { echo "[$SECONDS s] $*" | log; }
@@ -33,39 +38,51 @@ if [[ $STAGES == *bench* ]]; then
     stamp "bench"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | log
     python3 -m ferkit data "$DATA" --out "$RUN/data" | log
-    python3 benchmarks/bench_train.py --profile gpu --no-compile --steps "${BENCH_STEPS:-30}" | log
+    for seed in $SEEDS; do
+        python3 benchmarks/bench_train.py --profile gpu --no-compile --models cnn --steps "${BENCH_STEPS:-30}" | log &
+    done
+    wait
 fi
 if [[ $STAGES == *train* ]]; then
-    # an epoch takes 28,709 images at the measured eager rate, plus 5% for validation and half a second
-    # for the checkpoints; 15 s go to starting the process
-    rate=$(grep -oP '^cnn .*train\s+\K[0-9]+' "$RUN/log.txt" | head -1)
+    # an epoch takes 28,709 images at the bench's rate plus 0.3 s for validation and the checkpoints (on
+    # the H200: 1.8 s of wall clock at 17,700 img/s); 15 s go to starting the process
+    rate=$(grep -oP '^cnn .*train\s+\K[0-9]+' "$RUN/log.txt" | sort -n | head -1)
     guard=$((LIMIT - EVAL_RESERVE - SECONDS))
-    epochs=${EPOCHS:-$(python3 -c "print(max(1, int(($guard - 15) / (28709 / $rate / 0.95 + 0.5))))")}
-    stamp "train: $rate img/s -> $epochs epochs; stopped after $guard s at most"
-    timeout -s INT "$guard" python3 -m ferkit train "$DATA" --out "$RUN/cnn" --profile gpu --set epochs="$epochs" \
-        --set snapshot_minutes=2,4,6 ${EXTRA:-} 2>&1 | tr '\r' '\n' | grep --line-buffered -v -E '^train cnn|^\s*$' | log
+    epochs=${EPOCHS:-$(python3 -c "print(max(1, int(($guard - 15) / (28709 / $rate + 0.3))))")}
+    stamp "train: seeds $SEEDS at ${rate:-(no bench)} img/s each -> $epochs epochs; stopped after $guard s at most"
+    for seed in $SEEDS; do
+        timeout -s INT "$guard" python3 -m ferkit train "$DATA" --out "$RUN/cnn-s$seed" --profile gpu \
+            --set seed="$seed" --set epochs="$epochs" --set snapshot_minutes=2,4,6 ${EXTRA:-} 2>&1 \
+            | tr '\r' '\n' | grep --line-buffered -v -E '^train cnn|^\s*$' | sed -u "s/^/s$seed /" | log &
+    done
+    wait
 fi
 if [[ $STAGES == *evaluate* ]]; then
     stamp "evaluate"
     # one process for all checkpoints: each `ferkit evaluate` would pay the CUDA start again
-    python3 - "$RUN/cnn" <<'EOF' | log
+    python3 - $(for seed in $SEEDS; do echo "$RUN/cnn-s$seed"; done) <<'EOF' | log
 import sys
 from pathlib import Path
 
-from ferkit.evaluate import evaluate
+from ferkit.evaluate import ensemble, evaluate
 from ferkit.train import read_history
 
-run = Path(sys.argv[1])
-history = read_history(run / "history.csv")
-print("checkpoint  epoch  train s  tta    PrivateTest acc  macro F1  weighted F1")
+runs = [Path(arg) for arg in sys.argv[1:] if (Path(arg) / "checkpoints" / "best.pt").exists()]
+print("run       checkpoint  epoch  train s  tta    PrivateTest acc  macro F1  weighted F1")
 for which in ("best", "last", "at_2min", "at_4min", "at_6min"):  # the headline first, should time run out
-    if not (run / "checkpoints" / f"{which}.pt").exists():
-        continue
-    for tta in (False, True):
-        m = evaluate(run, tta=tta, which=which)
-        seconds = sum(row["seconds"] for row in history[:m["epoch"]])
-        print(f"{which:10s}  {m['epoch']:5d}  {seconds:7.1f}  {m['tta']:5s}  {m['accuracy']:15.4f}  "
-              f"{m['macro_f1']:8.4f}  {m['weighted_f1']:11.4f}")
+    for run in runs:
+        if not (run / "checkpoints" / f"{which}.pt").exists():
+            continue
+        history = read_history(run / "history.csv")
+        for tta in (False, True):
+            m = evaluate(run, tta=tta, which=which)
+            seconds = sum(row["seconds"] for row in history[:m["epoch"]])
+            print(f"{run.name:8s}  {which:10s}  {m['epoch']:5d}  {seconds:7.1f}  {m['tta']:5s}  "
+                  f"{m['accuracy']:15.4f}  {m['macro_f1']:8.4f}  {m['weighted_f1']:11.4f}")
+if len(runs) > 1:
+    m = ensemble(runs, runs[0].parent / "ensemble", tta=True)
+    print(f"ensemble of {len(runs)} best checkpoints, TTA: accuracy {m['accuracy']:.4f}  "
+          f"macro F1 {m['macro_f1']:.4f}  weighted F1 {m['weighted_f1']:.4f}")
 EOF
 fi
 if [[ $STAGES == *compile* ]]; then
@@ -74,6 +91,8 @@ if [[ $STAGES == *compile* ]]; then
 fi
 stamp "done"
 if [[ -n ${OUT_DIR:-} ]]; then  # created at the start, for the log
-    [ -f "$RUN/cnn/history.csv" ] && cp "$RUN/cnn/history.csv" "$OUT_DIR/"
+    for seed in $SEEDS; do
+        [ -f "$RUN/cnn-s$seed/history.csv" ] && cp "$RUN/cnn-s$seed/history.csv" "$OUT_DIR/history-s$seed.csv"
+    done
     tar czf "$OUT_DIR/run.tgz" --exclude=checkpoints -C "$(dirname "$RUN")" "$(basename "$RUN")"
 fi

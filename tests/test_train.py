@@ -201,6 +201,26 @@ def test_registry_and_config_reject_unknown_names():
         config.resolve(overrides=["epochs=three"])
     assert config.resolve(profile="gpu").widths == (64, 128, 256, 512)
     assert config.resolve(profile="gpu", overrides=["widths=8,16"]).widths == (8, 16)
+    with pytest.raises(FerkitError, match="'residual_block': 'basic' is not one of branch_relu, resnet"):
+        config.resolve(overrides=["residual_block=basic"])
+    with pytest.raises(FerkitError, match="unknown residual_block 'basic'"):
+        get_model("cnn", residual=True, residual_block="basic")
+
+
+def test_resnet_block_starts_as_the_identity_and_its_branch_learns():
+    from ferkit.models import BasicBlock
+
+    x = torch.randn(4, 1, 48, 48)
+    torch.manual_seed(0)
+    model = get_model("cnn", widths=[8, 16], depth=5, residual=True, residual_block="resnet")
+    stage = model.features[0]
+    assert torch.equal(stage(x), stage.entry(x))  # entry ends in a ReLU, so ReLU(entry + 0) is entry
+    model(x).logsumexp(1).sum().backward()
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 4 and all(b.branch[-1][-1].weight.grad.abs().sum() > 0 for b in blocks)
+    torch.manual_seed(0)
+    branch_relu = get_model("cnn", widths=[8, 16], depth=5, residual=True).features[0]
+    assert not torch.equal(branch_relu(x), branch_relu.entry(x))
 
 
 def test_cli_train_and_evaluate(tiny_csv, tmp_path, capsys):

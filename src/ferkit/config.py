@@ -24,6 +24,9 @@ class TrainConfig:
     widths: tuple[int, ...] = (16, 32, 96, 192)  # cnn: channels per stage (48, 24, 12, 6 px)
     depth: int = 2  # cnn: 3x3 convs per stage
     residual: bool = False  # cnn: identity shortcuts around pairs of convs
+    # branch_relu | resnet: see models.ResidualStage; resnet removed the gpu network's slow start on
+    # a CPU stand-in (benchmarks/RESULTS.md) and awaits a GPU run before the gpu profile takes it
+    residual_block: str = "branch_relu"
     hidden: tuple[int, ...] = (1024, 512)  # mlp: hidden layer widths
     # 0 beat 0.3 at the full cpu budget (+1.5 and +2.8 points of validation accuracy, two seeds;
     # benchmarks/RESULTS.md): augmentation and weight decay are regulariser enough for 16 epochs
@@ -70,7 +73,7 @@ class TrainConfig:
     def model_kwargs(self) -> dict[str, Any]:
         if self.model == "cnn":
             return {"widths": list(self.widths), "depth": self.depth, "residual": self.residual, "dropout": self.dropout,
-                    "batch_norm": self.batch_norm}
+                    "batch_norm": self.batch_norm, "residual_block": self.residual_block}
         if self.model == "mlp":
             return {"hidden": list(self.hidden), "dropout": self.dropout, "batch_norm": self.batch_norm}
         return {}
@@ -78,6 +81,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
+
+RESIDUAL_BLOCKS = ("branch_relu", "resnet")  # models.ResidualStage builds both
 
 # Each profile overrides only what differs from the defaults above (which are the cpu profile).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -91,7 +96,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 _CHOICES = {
     "model": None, "profile": tuple(PROFILES), "optimizer": ("sgd", "adamw"),
     "schedule": ("cosine", "onecycle", "constant"), "select_by": ("val_acc", "val_macro_f1"),
-    "imbalance": ("sampler", "weighted_loss", "none"), "tta": ("flip", "crops", "none"),
+    "imbalance": ("sampler", "weighted_loss", "none"), "residual_block": RESIDUAL_BLOCKS, "tta": ("flip", "crops", "none"),
     "device": ("auto", "cpu", "cuda"),
 }
 

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ferkit.config import RESIDUAL_BLOCKS
 from ferkit.errors import FerkitError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -58,29 +59,57 @@ def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p else nn.Identity()
 
 
-def _conv_bn(cin: int, cout: int, batch_norm: bool = True) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, batch_norm: bool = True, relu: bool = True) -> nn.Sequential:
     if not batch_norm:  # the ablation without batch norm: the conv gets its bias back
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        layers = [nn.Conv2d(cin, cout, 3, padding=1)]
+    else:
+        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """He et al.'s basic block, ReLU(x + conv-BN-ReLU-conv-BN), its last batch norm (or conv) starting
+    at zero so that the block begins as the identity (Goyal et al. 2017)."""
+
+    def __init__(self, channels: int, batch_norm: bool = True):
+        super().__init__()
+        self.branch = nn.Sequential(_conv_bn(channels, channels, batch_norm),
+                                    _conv_bn(channels, channels, batch_norm, relu=False))
+        last = self.branch[-1][-1]
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + self.branch(x))
 
 
 class ResidualStage(nn.Module):
-    """`depth` 3x3 conv-BN-ReLU layers; with `residual`, pairs of them get an identity shortcut."""
+    """`depth` 3x3 conv-BN-ReLU layers; with `residual`, pairs of them get an identity shortcut, in
+    one of two blocks: "branch_relu" adds two conv-BN-ReLU layers to its input (every block adds a
+    non-negative signal, and the untrained deep network starts far from uniform predictions), or
+    "resnet", a `BasicBlock`."""
 
-    def __init__(self, cin: int, cout: int, depth: int, residual: bool, batch_norm: bool = True):
+    def __init__(self, cin: int, cout: int, depth: int, residual: bool, batch_norm: bool = True,
+                 residual_block: str = "branch_relu"):
         super().__init__()
+        if residual_block not in RESIDUAL_BLOCKS:
+            raise FerkitError(f"unknown residual_block {residual_block!r}: use one of {', '.join(RESIDUAL_BLOCKS)}")
         self.entry = _conv_bn(cin, cout, batch_norm)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(_conv_bn(cout, cout, batch_norm), _conv_bn(cout, cout, batch_norm)) if residual
-            else _conv_bn(cout, cout, batch_norm)
-            for _ in range(depth - 1 if not residual else (depth - 1) // 2)
-        )
-        self.residual = residual
+        if not residual:
+            self.blocks = nn.ModuleList(_conv_bn(cout, cout, batch_norm) for _ in range(depth - 1))
+        elif residual_block == "resnet":
+            self.blocks = nn.ModuleList(BasicBlock(cout, batch_norm) for _ in range((depth - 1) // 2))
+        else:
+            self.blocks = nn.ModuleList(nn.Sequential(_conv_bn(cout, cout, batch_norm), _conv_bn(cout, cout, batch_norm))
+                                        for _ in range((depth - 1) // 2))
+        self.add_input = residual and residual_block == "branch_relu"  # a BasicBlock adds its own input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.entry(x)
         for block in self.blocks:
-            x = x + block(x) if self.residual else block(x)
+            x = x + block(x) if self.add_input else block(x)
         return x
 
 
@@ -90,15 +119,16 @@ class CNN(nn.Module):
     and max pooling, dropout (when p > 0) and a linear classifier. Width and depth come from the profile."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), depth: int = 2, residual: bool = False,
-                 dropout: float = 0.3, batch_norm: bool = True, num_classes: int = 7):
+                 dropout: float = 0.3, batch_norm: bool = True, num_classes: int = 7,
+                 residual_block: str = "branch_relu"):
         super().__init__()
         self.config = {"widths": list(widths), "depth": depth, "residual": residual, "dropout": dropout,
-                       "batch_norm": batch_norm, "num_classes": num_classes}
+                       "batch_norm": batch_norm, "num_classes": num_classes, "residual_block": residual_block}
         stages, cin = [], 1
         for i, width in enumerate(widths):
             if i:
                 stages.append(nn.MaxPool2d(2))
-            stages.append(ResidualStage(cin, width, depth, residual, batch_norm))
+            stages.append(ResidualStage(cin, width, depth, residual, batch_norm, residual_block))
             cin = width
         self.features = nn.Sequential(*stages)
         self.dropout = _dropout(dropout)
