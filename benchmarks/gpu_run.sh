@@ -68,15 +68,15 @@ from ferkit.evaluate import ensemble, evaluate
 from ferkit.train import read_history
 
 runs = [Path(arg) for arg in sys.argv[1:] if (Path(arg) / "checkpoints" / "best.pt").exists()]
+histories = {run: read_history(run / "history.csv") for run in runs}
 print("run       checkpoint  epoch  train s  tta    PrivateTest acc  macro F1  weighted F1")
 for which in ("best", "last", "at_2min", "at_4min", "at_6min"):  # the headline first, should time run out
     for run in runs:
         if not (run / "checkpoints" / f"{which}.pt").exists():
             continue
-        history = read_history(run / "history.csv")
         for tta in (False, True):
             m = evaluate(run, tta=tta, which=which)
-            seconds = sum(row["seconds"] for row in history[:m["epoch"]])
+            seconds = sum(row["seconds"] for row in histories[run][:m["epoch"]])
             print(f"{run.name:8s}  {which:10s}  {m['epoch']:5d}  {seconds:7.1f}  {m['tta']:5s}  "
                   f"{m['accuracy']:15.4f}  {m['macro_f1']:8.4f}  {m['weighted_f1']:11.4f}")
 if len(runs) > 1:
