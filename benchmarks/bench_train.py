@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                 # cpu profile on the CPU
     python benchmarks/bench_train.py --profile gpu   # on a CUDA GPU: eager vs torch.compile too
     python benchmarks/bench_train.py --profile gpu --no-compile --models cnn   # eager only: seconds, not minutes
+    python benchmarks/bench_train.py --profile gpu --set residual_block=resnet   # any config key, as in training
 
 Prints images/s of full training steps (augmentation, forward, backward, optimizer) after a
 warm-up, evaluation images/s, and the latency of classifying one face. Random pixels suffice:
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ferkit import config
+from ferkit.errors import FerkitError
 from ferkit.augment import augment_batch
 from ferkit.models import count_parameters, get_model, preprocess
 from ferkit.train import pick_device
@@ -89,14 +91,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--models", default="cnn,mlp", help="comma-separated: cnn, mlp")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison on CUDA")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, as `ferkit train --set` does (repeatable)")
     args = parser.parse_args()
+    try:  # a bad key stops here, before minutes of benchmarking
+        configs = {model: config.resolve(profile=args.profile, overrides=args.set, model=model)
+                   for model in args.models.split(",")}
+    except FerkitError as exc:
+        parser.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device("auto")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    for model in args.models.split(","):
-        cfg = config.resolve(profile=args.profile, overrides={"model": model})
+    for model, cfg in configs.items():
         params = count_parameters(get_model(cfg.model, **cfg.model_kwargs()))
         eager = train_throughput(cfg, device, args.steps, compile_model=False)
         line = f"{model:4s} {params / 1e6:6.2f} M params  train {eager:9.0f} img/s (batch {cfg.batch_size}, eager)"

@@ -10,7 +10,8 @@
 #   train    one gpu-profile CNN per seed in SEEDS (default 0), side by side on the one GPU, into
 #            $RUN/cnn-s<seed>; epochs sized at the slowest bench's speed to end $EVAL_RESERVE s before $LIMIT
 #            (meant as about 6 minutes of training), with snapshots at 2, 4 and 6 minutes; stopped (Ctrl-C,
-#            resumable) should they run over. EXTRA adds --set options to every seed.
+#            resumable) should they run over. EXTRA adds --set options to every seed, and to the bench, so
+#            that the epochs are sized for the network that trains.
 #   evaluate PrivateTest accuracy of the best and the last checkpoint and of each snapshot, with and
 #            without TTA, for each seed; with several seeds, also the ensemble of their best checkpoints
 #   compile  eager against torch.compile (compilation alone can take minutes: a separate command)
@@ -39,7 +40,7 @@ if [[ $STAGES == *bench* ]]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | log
     python3 -m ferkit data "$DATA" --out "$RUN/data" | log
     for seed in $SEEDS; do
-        python3 benchmarks/bench_train.py --profile gpu --no-compile --models cnn --steps "${BENCH_STEPS:-30}" | log &
+        python3 benchmarks/bench_train.py --profile gpu --no-compile --models cnn --steps "${BENCH_STEPS:-30}" ${EXTRA:-} | log &
     done
     wait
 fi
@@ -87,7 +88,7 @@ EOF
 fi
 if [[ $STAGES == *compile* ]]; then
     stamp "compile"
-    python3 benchmarks/bench_train.py --profile gpu --models cnn --steps "${BENCH_STEPS:-30}" | log
+    python3 benchmarks/bench_train.py --profile gpu --models cnn --steps "${BENCH_STEPS:-30}" ${EXTRA:-} | log
 fi
 stamp "done"
 if [[ -n ${OUT_DIR:-} ]]; then  # created at the start, for the log
