@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ferkit import config
-from ferkit.errors import FerkitError
 from ferkit.augment import augment_batch
+from ferkit.errors import FerkitError
 from ferkit.models import count_parameters, get_model, preprocess
 from ferkit.train import pick_device
 

@@ -50,7 +50,7 @@ if [[ $STAGES == *train* ]]; then
     rate=$(grep -oP '^cnn .*train\s+\K[0-9]+' "$RUN/log.txt" | sort -n | head -1)
     guard=$((LIMIT - EVAL_RESERVE - SECONDS))
     epochs=${EPOCHS:-$(python3 -c "print(max(1, int(($guard - 15) / (28709 / $rate + 0.3))))")}
-    stamp "train: seeds $SEEDS at ${rate:-(no bench)} img/s each -> $epochs epochs; stopped after $guard s at most"
+    stamp "train: seeds $SEEDS${EXTRA:+ with $EXTRA} at ${rate:-(no bench)} img/s each -> $epochs epochs; stopped after $guard s at most"
     for seed in $SEEDS; do
         timeout -s INT "$guard" python3 -m ferkit train "$DATA" --out "$RUN/cnn-s$seed" --profile gpu \
             --set seed="$seed" --set epochs="$epochs" --set snapshot_minutes=2,4,6 ${EXTRA:-} 2>&1 \
