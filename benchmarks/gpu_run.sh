@@ -13,7 +13,9 @@
 #            resumable) should they run over. EXTRA adds --set options to every seed, and to the bench, so
 #            that the epochs are sized for the network that trains.
 #   evaluate PrivateTest accuracy of the best and the last checkpoint and of each snapshot, with and
-#            without TTA, for each seed; with several seeds, also the ensemble of their best checkpoints
+#            without TTA, for each seed, and PublicTest with TTA of the best; with several seeds, also the
+#            ensemble of their best checkpoints. The checkpoints stay on the device, but the packed
+#            eval/*/predictions.csv let `ferkit ensemble` combine these runs with others afterwards, here.
 #   compile  eager against torch.compile (compilation alone can take minutes: a separate command)
 # With OUT_DIR set, the log and the run folder without its checkpoints are packed into it.
 # Measured on an H200 (benchmarks/RESULTS.md), one seed: the 30-step reading on a cold GPU was 16% slow
@@ -80,6 +82,10 @@ for which in ("best", "last", "at_2min", "at_4min", "at_6min"):  # the headline 
             seconds = sum(row["seconds"] for row in histories[run][:m["epoch"]])
             print(f"{run.name:8s}  {which:10s}  {m['epoch']:5d}  {seconds:7.1f}  {m['tta']:5s}  "
                   f"{m['accuracy']:15.4f}  {m['macro_f1']:8.4f}  {m['weighted_f1']:11.4f}")
+for run in runs:  # PublicTest predictions too, to choose ensemble members honestly once back
+    m = evaluate(run, split="val", tta=True)
+    print(f"{run.name:8s}  best        {m['epoch']:5d}  PublicTest, TTA: accuracy {m['accuracy']:.4f}  "
+          f"macro F1 {m['macro_f1']:.4f}")
 if len(runs) > 1:
     m = ensemble(runs, runs[0].parent / "ensemble", tta=True)
     print(f"ensemble of {len(runs)} best checkpoints, TTA: accuracy {m['accuracy']:.4f}  "

@@ -180,6 +180,54 @@ def test_evaluate_and_ensemble_write_consistent_files(trained_run, tmp_path):
     assert both["accuracy"] == pytest.approx(plain["accuracy"])
 
 
+def test_ensemble_averages_saved_predictions_and_checks_they_fit_the_data(trained_run, tiny_csv, tmp_path,
+                                                                          capsys):
+    import shutil
+
+    import pandas as pd
+
+    from ferkit.data import EMOTIONS
+
+    run, _ = trained_run
+    evaluate(run, split="test", tta=True)
+    saved = run / "eval" / "test-tta"
+    alone = ensemble([saved], tmp_path / "alone")  # the data file is found through RUN/run.json
+    assert alone["accuracy"] == pytest.approx(json.loads((saved / "metrics.json").read_text())["accuracy"])
+    assert alone["members"][0]["tta"] == "flip"
+
+    happy = tmp_path / "elsewhere" / "happy"  # moved away from its run: it needs --data
+    shutil.copytree(saved, happy)
+    table = pd.read_csv(happy / "predictions.csv")
+    table[list(EMOTIONS)] = np.eye(len(EMOTIONS))[EMOTIONS.index("Happy")]
+    table.to_csv(happy / "predictions.csv", index=False)
+    with pytest.raises(FerkitError, match="pass --data"):
+        ensemble([happy, run], tmp_path / "mixed")
+    mixed = ensemble([happy, run], tmp_path / "mixed", data=tiny_csv)  # the run's member predicts without TTA
+    averaged = pd.read_csv(tmp_path / "mixed" / "predictions.csv")[list(EMOTIONS)].to_numpy()
+    evaluate(run, split="test", out=tmp_path / "plain")
+    plain = pd.read_csv(tmp_path / "plain" / "predictions.csv")[list(EMOTIONS)].to_numpy()
+    assert averaged == pytest.approx((table[list(EMOTIONS)].to_numpy() + plain) / 2, abs=2e-6)
+    assert mixed["tta"] == "flip, none"
+
+    other = tmp_path / "other.csv"  # one pixel changed: another data file, whose faces are in the same places
+    lines = tiny_csv.read_text().splitlines()
+    lines[-1] = lines[-1][:-1] + ("1" if lines[-1][-1] != "1" else "2")
+    other.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FerkitError, match="made on another data file"):
+        ensemble([saved], tmp_path / "other", data=other)
+
+    with pytest.raises(FerkitError, match="are on PrivateTest, the ensemble is on PublicTest"):
+        ensemble([saved], tmp_path / "val", split="val")
+    table.sample(frac=1, random_state=0).to_csv(happy / "predictions.csv", index=False)
+    with pytest.raises(FerkitError, match="not the PrivateTest faces of this data file in their order"):
+        ensemble([happy], tmp_path / "shuffled", data=tiny_csv)
+    table.drop(columns="Fear").to_csv(happy / "predictions.csv", index=False)
+    assert main(["ensemble", str(happy), "--out", str(tmp_path / "cli"), "--data", str(tiny_csv)]) == 2
+    assert "no column Fear" in capsys.readouterr().err
+    assert main(["ensemble", str(saved), str(run), "--tta", "--out", str(tmp_path / "cli")]) == 0
+    assert "(TTA flip): accuracy" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_registry_models_shapes_and_gradients(name):
     model = get_model(name)

@@ -54,9 +54,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_ensemble(args: argparse.Namespace) -> None:
     from ferkit.evaluate import ensemble
 
-    metrics = ensemble(args.run_dirs, args.out, split=args.split, tta=args.tta, data=args.data, device=args.device)
+    metrics = ensemble(args.members, args.out, split=args.split, tta=args.tta, data=args.data, device=args.device)
     for member in metrics["members"]:
-        print(f"  {member['run']}: accuracy {member['accuracy']:.4f}, macro F1 {member['macro_f1']:.4f}")
+        print(f"  {member['run']} (TTA {member['tta']}): accuracy {member['accuracy']:.4f}, "
+              f"macro F1 {member['macro_f1']:.4f}")
     _print_metrics(metrics)
 
 
@@ -179,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="folder for the files (default RUN_DIR/eval/SPLIT[-tta])")
             p.add_argument("--checkpoint", default="best", help="best, last, or a snapshot such as at_4min")
         else:
-            p.add_argument("run_dirs", nargs="+")
+            p.add_argument("members", nargs="+", metavar="MEMBER",
+                           help="a run folder, or an evaluation folder such as RUN/eval/test-tta whose "
+                                "predictions.csv is averaged as saved")
             p.add_argument("--out", required=True)
         p.add_argument("--split", choices=("test", "val"), default="test", help="test = PrivateTest, val = PublicTest")
         p.add_argument("--tta", action="store_true", help="test-time augmentation (the run's tta setting)")

@@ -123,37 +123,89 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
                             augmented=cfg.get("augment", True))
 
 
-def ensemble(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, split: str = "test", tta: bool = False,
-             data: str | os.PathLike | None = None, device: str = "auto") -> dict[str, Any]:
-    """Average the probabilities of several runs' best checkpoints and evaluate the average.
+def is_evaluation_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` holds an earlier evaluation (metrics.json and predictions.csv) rather than a run."""
+    return (Path(path) / "predictions.csv").is_file() and (Path(path) / "metrics.json").is_file()
 
-    Example: ``ferkit ensemble runs/cnn-s0 runs/cnn-s1 runs/cnn-s2 --out runs/ensemble``
+
+def saved_probabilities(folder: Path, dataset: fdata.Dataset, rows: np.ndarray, split: str) -> tuple[np.ndarray, dict]:
+    """The probabilities an earlier evaluation saved in FOLDER/predictions.csv and its metrics.json,
+    checked against `dataset`: the same data file, the same split, and its faces in the same order."""
+    table = folder / "predictions.csv"
+    try:
+        metrics = read_json(folder / "metrics.json")
+        frame = pd.read_csv(table)
+    except (OSError, ValueError) as exc:
+        raise FerkitError(f"{folder}: unreadable evaluation ({exc}); run `ferkit evaluate` again") from None
+    if metrics.get("data_sha256") != dataset.sha256:
+        raise FerkitError(f"{folder}: these predictions were made on another data file; an ensemble needs "
+                          f"predictions on the same data")
+    if metrics.get("split") != split:
+        raise FerkitError(f"{folder}: these predictions are on {metrics.get('split')}, the ensemble is on {split}; "
+                          f"pick folders of one split, and --split to match")
+    key = "line" if dataset.paths is None else "path"
+    missing = [column for column in (key, *EMOTIONS) if column not in frame.columns]
+    if missing:
+        raise FerkitError(f"{table}: no column {', '.join(missing)}; not a ferkit predictions.csv for this data")
+    expected = dataset.lines[rows] if key == "line" else np.array([dataset.paths[i] for i in rows], dtype=object)
+    if len(frame) != len(rows) or not np.array_equal(frame[key].to_numpy(), expected):
+        raise FerkitError(f"{table}: its rows are not the {split} faces of this data file in their order")
+    probs = frame[list(EMOTIONS)].to_numpy(dtype=float)
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise FerkitError(f"{table}: the probability columns hold values that are not probabilities")
+    return probs, metrics
+
+
+def _ensemble_data_path(member: Path, data: str | os.PathLike | None) -> str:
+    """The data file for an ensemble whose first member is `member`: `data` if given, else the run's."""
+    if data or not is_evaluation_folder(member):
+        return run_data_path(member, data)
+    run = member.parent.parent  # `ferkit evaluate` writes to RUN/eval/SPLIT
+    if (run / "run.json").is_file():
+        return run_data_path(run)
+    raise FerkitError(f"{member}: no run folder around these predictions says which data file they are on; "
+                      f"pass --data")
+
+
+def ensemble(members: Sequence[str | os.PathLike], out: str | os.PathLike, split: str = "test", tta: bool = False,
+             data: str | os.PathLike | None = None, device: str = "auto") -> dict[str, Any]:
+    """Average the probabilities of several members and evaluate the average. A member is a run folder
+    (its best checkpoint predicts, with the run's TTA if `tta`) or an evaluation folder such as
+    RUN/eval/test-tta, whose saved predictions.csv is averaged as it is: runs evaluated on another
+    machine (a GPU whose checkpoints stayed there) join an ensemble without their models.
+
+    Example: ``ferkit ensemble runs/cnn-s0 runs/cnn-s1 gpu/cnn-s2/eval/test-tta --out runs/ensemble --tta``
     """
     import torch
 
     from ferkit.train import load_model, pick_device, predict_proba, require_run_folder
 
-    if len(run_dirs) < 1:
+    if len(members) < 1:
         raise FerkitError("ensemble needs at least one run folder")
-    for run_dir in run_dirs:  # a mistyped folder is named before the data is loaded
-        require_run_folder(run_dir)
-    first = Path(run_dirs[0])
-    dataset = fdata.load(run_data_path(first, data))
+    for member in members:  # a mistyped folder is named before the data is loaded
+        require_run_folder(member)
+    dataset = fdata.load(_ensemble_data_path(Path(members[0]), data))
     target = pick_device(device)
-    rows = dataset.indices(split_name(split))
+    name = split_name(split)
+    rows = dataset.indices(name)
     total = np.zeros((len(rows), len(EMOTIONS)))
-    members = []
-    for run_dir in run_dirs:
-        model, checkpoint = load_model(run_dir, device=target)
-        if checkpoint["data_sha256"] != dataset.sha256:
-            raise FerkitError(f"{run_dir} was trained on another data file; an ensemble needs runs on the same data")
-        cfg = checkpoint["config"]
-        mode = cfg.get("tta", "flip") if tta else "none"
-        model = model.to(memory_format=torch.channels_last)
-        probs = predict_proba(model, dataset.images[rows], target, cfg.get("eval_batch_size", 512), tta=mode)
-        member = compute_metrics(dataset.labels[rows], probs.argmax(1))
-        members.append({"run": str(run_dir), "accuracy": member["accuracy"], "macro_f1": member["macro_f1"]})
+    summaries = []
+    for member in members:
+        if is_evaluation_folder(member):
+            probs, saved = saved_probabilities(Path(member), dataset, rows, name)
+            mode = saved.get("tta", "none")
+        else:
+            model, checkpoint = load_model(member, device=target)
+            if checkpoint["data_sha256"] != dataset.sha256:
+                raise FerkitError(f"{member} was trained on another data file; an ensemble needs runs on the same data")
+            cfg = checkpoint["config"]
+            mode = cfg.get("tta", "flip") if tta else "none"
+            model = model.to(memory_format=torch.channels_last)
+            probs = predict_proba(model, dataset.images[rows], target, cfg.get("eval_batch_size", 512), tta=mode)
+        scores = compute_metrics(dataset.labels[rows], probs.argmax(1))
+        summaries.append({"run": str(member), "tta": mode, "accuracy": scores["accuracy"],
+                          "macro_f1": scores["macro_f1"]})
         total += probs
-    info = {"name": f"ensemble of {len(run_dirs)}", "split": split_name(split), "tta": "per member" if tta else "none",
-            "members": members}
-    return write_evaluation(Path(out), dataset, rows, total / len(run_dirs), info)
+    info = {"name": f"ensemble of {len(members)}", "split": name,
+            "tta": ", ".join(sorted({summary["tta"] for summary in summaries})), "members": summaries}
+    return write_evaluation(Path(out), dataset, rows, total / len(members), info)
