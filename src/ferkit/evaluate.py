@@ -181,7 +181,7 @@ def ensemble(members: Sequence[str | os.PathLike], out: str | os.PathLike, split
     from ferkit.train import load_model, pick_device, predict_proba, require_run_folder
 
     if len(members) < 1:
-        raise FerkitError("ensemble needs at least one run folder")
+        raise FerkitError("ensemble needs at least one member: a run folder or an evaluation folder")
     for member in members:  # a mistyped folder is named before the data is loaded
         require_run_folder(member)
     dataset = fdata.load(_ensemble_data_path(Path(members[0]), data))
