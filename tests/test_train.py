@@ -279,10 +279,10 @@ def test_cli_train_and_evaluate(tiny_csv, tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     assert main(["train", str(tiny_csv), "--out", str(tmp_path / "x"), "--set", "nope=1"]) == 2
     assert "unknown config key 'nope'" in capsys.readouterr().err
-    for command in (["evaluate", str(tmp_path / "typo")], ["ensemble", str(run), str(tmp_path / "typo"), "--out",
-                                                              str(tmp_path / "ens")]):
-        assert main(command) == 2
-        assert "typo: no such run folder" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "typo")]) == 2
+    assert "typo: no such run folder" in capsys.readouterr().err
+    assert main(["ensemble", str(run), str(tmp_path / "typo"), "--out", str(tmp_path / "ens")]) == 2
+    assert "typo: no such folder; a member is a run folder" in capsys.readouterr().err
 
 
 def test_cli_names_resume_after_ctrl_c(tiny_csv, tmp_path, capsys, monkeypatch):

@@ -178,12 +178,14 @@ def ensemble(members: Sequence[str | os.PathLike], out: str | os.PathLike, split
     """
     import torch
 
-    from ferkit.train import load_model, pick_device, predict_proba, require_run_folder
+    from ferkit.train import load_model, pick_device, predict_proba
 
     if len(members) < 1:
         raise FerkitError("ensemble needs at least one member: a run folder or an evaluation folder")
     for member in members:  # a mistyped folder is named before the data is loaded
-        require_run_folder(member)
+        if not Path(member).is_dir():
+            raise FerkitError(f"{member}: no such folder; a member is a run folder (`ferkit train DATA --out RUN`) "
+                              f"or an evaluation folder (`ferkit evaluate RUN --tta` writes RUN/eval/test-tta)")
     dataset = fdata.load(_ensemble_data_path(Path(members[0]), data))
     target = pick_device(device)
     name = split_name(split)
