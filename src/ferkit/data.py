@@ -23,7 +23,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -77,6 +77,17 @@ class Dataset:
         if self.paths is not None:
             return self.paths[index]
         return f"line {int(self.lines[index])}"
+
+    @property
+    def origin_column(self) -> str:
+        """The column that says where each face came from in the tables ferkit writes: path or line."""
+        return "path" if self.paths is not None else "line"
+
+    def origins(self, rows: Sequence[int] | np.ndarray) -> list:
+        """That column's values for `rows`: paths inside the image export, or 1-based CSV lines."""
+        if self.paths is not None:
+            return [self.paths[int(i)] for i in rows]
+        return [int(self.lines[int(i)]) for i in rows]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,8 +72,7 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
     report = classification_report(y_true, y_pred, labels=list(range(len(EMOTIONS))), target_names=list(EMOTIONS),
                                    digits=4, zero_division=0)
     write_text(out / "classification_report.txt", report)
-    frame = pd.DataFrame({"path": [dataset.paths[i] for i in rows]} if dataset.paths is not None
-                         else {"line": dataset.lines[rows]})
+    frame = pd.DataFrame({dataset.origin_column: dataset.origins(rows)})
     frame["true"] = y_true
     frame["pred"] = y_pred
     for i, name in enumerate(EMOTIONS):
@@ -143,12 +142,10 @@ def saved_probabilities(folder: Path, dataset: fdata.Dataset, rows: np.ndarray, 
     if metrics.get("split") != split:
         raise FerkitError(f"{folder}: these predictions are on {metrics.get('split')}, the ensemble is on {split}; "
                           f"pick folders of one split, and --split to match")
-    key = "line" if dataset.paths is None else "path"
-    missing = [column for column in (key, *EMOTIONS) if column not in frame.columns]
+    missing = [column for column in (dataset.origin_column, *EMOTIONS) if column not in frame.columns]
     if missing:
         raise FerkitError(f"{table}: no column {', '.join(missing)}; not a ferkit predictions.csv for this data")
-    expected = dataset.lines[rows] if key == "line" else np.array([dataset.paths[i] for i in rows], dtype=object)
-    if len(frame) != len(rows) or not np.array_equal(frame[key].to_numpy(), expected):
+    if frame[dataset.origin_column].tolist() != dataset.origins(rows):
         raise FerkitError(f"{table}: its rows are not the {split} faces of this data file in their order")
     probs = frame[list(EMOTIONS)].to_numpy(dtype=float)
     if not np.isfinite(probs).all() or (probs < 0).any():

@@ -571,7 +571,7 @@ def _features(run_dir, data, out, n, seed, top_k, channels_per_class, faces_per_
     seconds: dict[str, float] = {}
 
     def origin(i: int) -> dict[str, Any]:
-        return {"path": dataset.paths[i]} if dataset.paths is not None else {"line": int(dataset.lines[i])}
+        return {dataset.origin_column: dataset.origins([i])[0]}
 
     # one pass over the whole split
     tick = time.perf_counter()
@@ -678,7 +678,7 @@ def _features(run_dir, data, out, n, seed, top_k, channels_per_class, faces_per_
         "run": str(run), "model": checkpoint.get("model_name"), "checkpoint_epoch": checkpoint.get("epoch"),
         "data": dataset.source, "data_sha256": dataset.sha256, "split": SPLIT, "faces": len(rows),
         "accuracy": accuracy, "seed": seed, "n": n,
-        "row_key": "path" if dataset.paths is not None else "line",
+        "row_key": dataset.origin_column,
         "layer": {"name": "forward_features (last convolutional block)", "shape": layer_shape},
         "maps": "activation and Grad-CAM maps are bilinearly upsampled to 48x48; peaks are 0-based pixel "
                 "(y = row, x = column); Grad-CAM weights are the spatial means of d logit / d features",
@@ -714,9 +714,7 @@ def _write_embedding_csv(path: Path, dataset: fdata.Dataset, rows: np.ndarray, l
                          preds: np.ndarray, coords: np.ndarray) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    key = "path" if dataset.paths is not None else "line"
-    writer.writerow([key, "true", "pred", "true_name", "pred_name", "x", "y"])
-    for i, t, p, (x, y) in zip(rows, labels, preds, coords):
-        where = dataset.paths[i] if dataset.paths is not None else int(dataset.lines[i])
+    writer.writerow([dataset.origin_column, "true", "pred", "true_name", "pred_name", "x", "y"])
+    for where, t, p, (x, y) in zip(dataset.origins(rows), labels, preds, coords):
         writer.writerow([where, int(t), int(p), EMOTIONS[int(t)], EMOTIONS[int(p)], f"{x:.5g}", f"{y:.5g}"])
     write_text(path, buffer.getvalue())

@@ -66,16 +66,6 @@ def sample_rows(dataset: fdata.Dataset, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice(pool, size=n, replace=False)
 
 
-def _origin_column(dataset: fdata.Dataset) -> str:
-    return "path" if dataset.paths is not None else "line"
-
-
-def _origins(dataset: fdata.Dataset, rows: np.ndarray) -> list:
-    if dataset.paths is not None:
-        return [dataset.paths[int(i)] for i in rows]
-    return [int(dataset.lines[int(i)]) for i in rows]
-
-
 def _columns(origin_column: str) -> list[str]:
     return ["index", origin_column, "usage", "human", "human_label", "seconds"]
 
@@ -103,12 +93,12 @@ def _read_meta(labels_csv: Path) -> dict[str, Any]:
 
 def _rows_of_sample(meta: dict[str, Any], dataset: fdata.Dataset, side: Path) -> np.ndarray:
     """Map the sample's recorded lines (or paths) back to rows of `dataset`."""
-    column = _origin_column(dataset)
+    column = dataset.origin_column
     if meta["origin_column"] != column:
         raise FerkitError(f"{side}: the sample is recorded by {meta['origin_column']}, but the data is "
                           f"{'an image-folder export' if column == 'path' else 'a CSV'}")
     pool = dataset.indices(SPLIT)
-    where = {origin: int(row) for origin, row in zip(_origins(dataset, pool), pool)}
+    where = {origin: int(row) for origin, row in zip(dataset.origins(pool), pool)}
     try:
         return np.array([where[origin] for origin in meta["sample"]], dtype=np.int64)
     except (KeyError, TypeError):
@@ -271,7 +261,7 @@ class LabelSession:
             meta = {
                 "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "data": str(data),
                 "data_sha256": dataset.sha256, "layout": dataset.kind, "split": SPLIT, "seed": int(seed), "n": int(n),
-                "origin_column": _origin_column(dataset), "sample": _origins(dataset, rows),
+                "origin_column": dataset.origin_column, "sample": dataset.origins(rows),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             write_json(side, meta)
