@@ -247,6 +247,19 @@ def test_learning_curves_say_augmented_only_when_they_were(tmp_path, monkeypatch
     assert ("augmented" in caption) is augment
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.999])
+def test_procedure_names_the_weight_average_only_when_there_is_one(tmp_path, ema):
+    from ferkit.config import TrainConfig
+
+    history = [{"epoch": 1, "train_loss": 1.5, "train_acc": 0.5, "val_loss": 1.4, "val_acc": 0.55,
+                "val_macro_f1": 0.5, "lr": 0.05, "seconds": 10.0}]
+    run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), ema=ema, epochs=1), {"best_epoch": 1}, history,
+                      {"test": {}}, {})
+    procedure = next(b.text for b in freport._training_section(run)
+                     if isinstance(b, freport.Para) and b.text.startswith("**Procedure.**"))
+    assert ("moving average of the trained weights, decay 0.999 per step" in procedure) is (ema > 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Missing inputs
 

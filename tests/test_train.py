@@ -76,8 +76,9 @@ def test_seed_reproduces_bit_for_bit(tiny_csv, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_resume_after_interruption_equals_uninterrupted(tiny_csv, tmp_path, monkeypatch):
-    cfg = tiny_config(epochs=3, train_limit=96, mixup=0.4)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_interruption_equals_uninterrupted(tiny_csv, tmp_path, monkeypatch, ema):
+    cfg = tiny_config(epochs=3, train_limit=96, mixup=0.4, ema=ema)
     train.train(tiny_csv, tmp_path / "whole", cfg, progress=False)
 
     real_write = train.write_history
@@ -98,9 +99,42 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_csv, tmp_path, monk
 
     whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
-    assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
+    for weights in ("model", "trained_model") if ema else ("model",):
+        assert all(torch.equal(whole[weights][k], cut[weights][k]) for k in whole[weights])
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in rows]  # noqa: E731
     assert strip(whole["history"]) == strip(cut["history"])
+
+
+def test_weight_average_follows_training_without_changing_it(tiny_csv, tmp_path):
+    plain, averaged = get_model("cnn", widths=[4, 8]), get_model("cnn", widths=[4, 8])
+    for p in averaged.state_dict().values():
+        p.zero_()
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    train.update_average(averaged, plain, decay=0.75)
+    for key, value in averaged.state_dict().items():
+        expected = 0.25 * before[key] if value.is_floating_point() else before[key]  # batch counters are copied
+        torch.testing.assert_close(value, expected)
+    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+    assert train.ema_decay(tiny_config(ema=0.999), 0) == 0.1 and train.ema_decay(tiny_config(ema=0.999), 10**6) == 0.999
+
+    cfg = tiny_config(epochs=2, train_limit=96)
+    train.train(tiny_csv, tmp_path / "plain", cfg, progress=False)
+    info = train.train(tiny_csv, tmp_path / "ema", tiny_config(epochs=2, train_limit=96, ema=0.9), progress=False)
+    plain_last = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)
+    ema_last = torch.load(tmp_path / "ema" / "checkpoints" / "last.pt", weights_only=True)
+    # the same training, seed for seed; the average is what is validated and saved
+    assert all(torch.equal(plain_last["model"][k], ema_last["trained_model"][k]) for k in plain_last["model"])
+    assert not all(torch.equal(ema_last["model"][k], ema_last["trained_model"][k]) for k in ema_last["model"])
+    model, best = train.load_model(tmp_path / "ema")
+    from ferkit.data import load
+
+    dataset = load(tiny_csv)
+    val = dataset.indices("PublicTest")
+    probs = train.predict_proba(model, dataset.images[val])
+    val_loss = -np.log(probs[np.arange(len(val)), dataset.labels[val]]).mean()
+    assert best["epoch"] == info["best_epoch"] and val_loss == pytest.approx(best["metrics"]["val_loss"], rel=1e-5)
+    with pytest.raises(FerkitError, match="'ema'"):
+        tiny_config(ema=1.0)
 
 
 def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tiny_csv, trained_run, tmp_path):

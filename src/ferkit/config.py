@@ -41,6 +41,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     schedule: str = "cosine"  # cosine (linear warmup, cosine decay) | onecycle | constant
+    # exponential moving average of the weights, e.g. 0.998 per step, validated and saved in their place.
+    # On the cpu profile +2 to +5 points mid-run, nothing at the end of the cosine schedule
+    # (benchmarks/RESULTS.md): it pays for runs cut short, so 0 (none) by default
+    ema: float = 0.0
     warmup_epochs: float = 1.0
     patience: int = 12  # early stopping: epochs without a better validation score
     select_by: str = "val_acc"  # val_acc | val_macro_f1: what "best" means
@@ -175,6 +179,8 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     for key, choices in _CHOICES.items():
         if choices and resolved[key] not in choices:
             raise FerkitError(f"config key {key!r}: {resolved[key]!r} is not one of {', '.join(choices)}")
+    if not 0 <= resolved["ema"] < 1:
+        raise FerkitError(f"config key 'ema': {resolved['ema']} is not in [0, 1); e.g. 0.999, or 0 for no average")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if resolved[key] < 1:
             raise FerkitError(f"config key {key!r} must be at least 1")

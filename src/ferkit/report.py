@@ -556,12 +556,16 @@ def _training_section(run: Run) -> list[Any]:
             pass
     speed = info.get("train_images_per_second")
     amp = " with bfloat16 autocast" if cfg.get("amp") and "cuda" in str(info.get("device")) else ""
+    average = (f" Weights: an exponential moving average of the trained weights, decay {cfg['ema']:g} per step "
+               f"(min(decay, (1 + step) / (10 + step)) over the first steps); the average is what is validated, "
+               f"kept and evaluated, while the training columns of the history are the trained weights'."
+               if cfg.get("ema") else "")
     blocks: list[Any] = [
         Heading("3  Training"),
         Table(["key", "value"] * per_row, rows, "Every hyper-parameter: the run's config.yaml.",
               widths=[0.19, 0.143] * per_row, font=7, group=2),
         Para(f"**Procedure.** {optimizer}, weight decay {cfg.get('weight_decay', 0):g}, batch size {batch} "
-             f"({steps} steps per epoch over {_int(n_train)} faces), {loss}. Schedule: {_schedule_text(cfg)}. "
+             f"({steps} steps per epoch over {_int(n_train)} faces), {loss}. Schedule: {_schedule_text(cfg)}.{average} "
              f"Early stopping: stop after {cfg.get('patience')} epochs without a better `{cfg.get('select_by')}` on "
              f"PublicTest; the checkpoint of the best epoch is kept (checkpoints/best.pt) and evaluated. "
              f"Hardware: {_hardware(run)}{amp}. Time: {epochs_run} epochs in {_duration(run.train_seconds)} of "

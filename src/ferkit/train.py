@@ -9,6 +9,7 @@ from `last.pt` ends exactly where an uninterrupted run would have.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ferkit import config as configs
@@ -157,6 +159,22 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def ema_decay(cfg: TrainConfig, step: int) -> float:
+    """`cfg.ema`, lowered over the first steps so that the average does not hold on to the untrained start."""
+    return min(cfg.ema, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_average(averaged: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """averaged = decay * averaged + (1 - decay) * model, for weights and batch-norm statistics alike."""
+    pairs = [(a, m) for a, m in zip(averaged.state_dict().values(), model.state_dict().values(), strict=True)]
+    floats = [(a, m) for a, m in pairs if a.is_floating_point()]
+    get_ema_multi_avg_fn(decay)([a for a, _ in floats], [m for _, m in floats], None)
+    for a, m in pairs:
+        if not a.is_floating_point():  # batch counters
+            a.copy_(m)
+
+
 def class_weights(labels: np.ndarray, power: float, num_classes: int = 7) -> np.ndarray:
     """(largest class / class size) ** power, scaled to mean 1 over the training images."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
@@ -224,6 +242,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     forward = torch.compile(model) if cfg.compile else model
+    # what is validated and saved: the average of the weights when cfg.ema asks for one
+    averaged = copy.deepcopy(model) if cfg.ema else None
+    evaluated = averaged if averaged is not None else model
 
     x_train = torch.from_numpy(dataset.images[train_idx]).to(device).unsqueeze(1)  # (N, 1, 48, 48) uint8
     y_train_np = dataset.labels[train_idx]
@@ -253,7 +274,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         }
         write_json(out / "run.json", run_info)
     else:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("trained_model", state["model"]))
+        if averaged is not None:
+            averaged.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
         best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
@@ -296,11 +319,13 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if averaged is not None:
+                update_average(averaged, model, ema_decay(cfg, global_step))
             loss_sum += loss.detach() * len(batch)
             correct += (logits.argmax(1) == y).sum()
             seen += len(batch)
             bar.update(1)
-        val_probs = predict_proba(model, val_images, device, cfg.eval_batch_size, channels_last=cfg.channels_last)
+        val_probs = predict_proba(evaluated, val_images, device, cfg.eval_batch_size, channels_last=cfg.channels_last)
         val_pred = val_probs.argmax(1)
         seconds = time.perf_counter() - started
         train_seconds += seconds
@@ -325,7 +350,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             bad_epochs += 1
         stopped_early = bad_epochs >= cfg.patience and epoch < cfg.epochs
         payload = {
-            "model_name": cfg.model, "model_kwargs": cfg.model_kwargs(), "model": model.state_dict(),
+            "model_name": cfg.model, "model_kwargs": cfg.model_kwargs(), "model": evaluated.state_dict(),
             "config": cfg.to_dict(), "classes": list(fdata.EMOTIONS), "epoch": epoch, "metrics": row,
             "data_sha256": dataset.sha256, "ferkit_version": _version(),
         }
@@ -334,7 +359,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         for minutes in cfg.snapshot_minutes:  # accuracy-versus-time figures: the model at each mark
             if train_seconds - seconds <= minutes * 60 < train_seconds:
                 save_checkpoint(out / "checkpoints" / f"at_{minutes}min.pt", payload)
-        save_checkpoint(last_path, dict(payload, optimizer=optimizer.state_dict(), history=history,
+        resume_state = {"trained_model": model.state_dict()} if averaged is not None else {}
+        save_checkpoint(last_path, dict(payload, **resume_state, optimizer=optimizer.state_dict(), history=history,
                                         best_score=best_score, best_epoch=best_epoch, bad_epochs=bad_epochs,
                                         train_seconds=train_seconds, stopped_early=stopped_early))
         write_history(out / "history.csv", history)
