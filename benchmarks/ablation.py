@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "imbalance_sampler": ("weighted sampler (max/size)^0.5 instead of weighted loss", {"imbalance": "sampler"}),
     "mixup": ("mixup, alpha 0.2", {"mixup": 0.2}),
     "cutmix": ("cutmix, alpha 1.0", {"cutmix": 1.0}),
+    "ema": ("moving average of the weights, decay 0.998 per step", {"ema": 0.998}),
 }
 
 
