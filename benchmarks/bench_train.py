@@ -13,7 +13,6 @@ speed does not depend on what the faces show.
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import statistics
 import time
@@ -25,7 +24,7 @@ from ferkit import config
 from ferkit.augment import augment_batch
 from ferkit.errors import FerkitError
 from ferkit.models import count_parameters, get_model, preprocess
-from ferkit.train import pick_device, update_average
+from ferkit.train import WeightAverage, pick_device
 
 
 def _sync(device: torch.device) -> None:
@@ -36,7 +35,7 @@ def _sync(device: torch.device) -> None:
 def train_throughput(cfg: config.TrainConfig, device: torch.device, steps: int, compile_model: bool) -> float:
     model = get_model(cfg.model, **cfg.model_kwargs()).to(device).to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile_model else model
-    averaged = copy.deepcopy(model) if cfg.ema else None  # training pays for the weight average too
+    average = WeightAverage(model) if cfg.ema else None  # training pays for the weight average too
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     images = torch.randint(0, 256, (cfg.batch_size * 4, 1, 48, 48), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 7, (cfg.batch_size * 4,), device=device)
@@ -52,8 +51,8 @@ def train_throughput(cfg: config.TrainConfig, device: torch.device, steps: int, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if averaged is not None:
-            update_average(averaged, model, cfg.ema)
+        if average is not None:
+            average.update(cfg.ema)
 
     for i in range(5):  # warm-up (and compilation)
         step(i)

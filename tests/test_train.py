@@ -106,15 +106,22 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_csv, tmp_path, monk
 
 
 def test_weight_average_follows_training_without_changing_it(tiny_csv, tmp_path):
-    plain, averaged = get_model("cnn", widths=[4, 8]), get_model("cnn", widths=[4, 8])
-    for p in averaged.state_dict().values():
+    plain = get_model("cnn", widths=[4, 8])
+    average = train.WeightAverage(plain)
+    for p in average.model.state_dict().values():
         p.zero_()
     before = {k: v.clone() for k, v in plain.state_dict().items()}
-    train.update_average(averaged, plain, decay=0.75)
-    for key, value in averaged.state_dict().items():
+    average.update(decay=0.75)
+    for key, value in average.model.state_dict().items():
         expected = 0.25 * before[key] if value.is_floating_point() else before[key]  # batch counters are copied
         torch.testing.assert_close(value, expected)
     assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+    with torch.no_grad():  # an optimizer step changes the weights in place: the average must follow them
+        for p in plain.parameters():
+            p.add_(1.0)
+    average.update(decay=0.5)
+    for key, value in average.model.named_parameters():
+        torch.testing.assert_close(value.detach(), 0.5 * 0.25 * before[key] + 0.5 * (before[key] + 1.0))
     assert train.ema_decay(tiny_config(ema=0.999), 0) == 0.1 and train.ema_decay(tiny_config(ema=0.999), 10**6) == 0.999
 
     cfg = tiny_config(epochs=2, train_limit=96)

@@ -164,15 +164,23 @@ def ema_decay(cfg: TrainConfig, step: int) -> float:
     return min(cfg.ema, (1 + step) / (10 + step))
 
 
-@torch.no_grad()
-def update_average(averaged: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """averaged = decay * averaged + (1 - decay) * model, for weights and batch-norm statistics alike."""
-    pairs = [(a, m) for a, m in zip(averaged.state_dict().values(), model.state_dict().values(), strict=True)]
-    floats = [(a, m) for a, m in pairs if a.is_floating_point()]
-    get_ema_multi_avg_fn(decay)([a for a, _ in floats], [m for _, m in floats], None)
-    for a, m in pairs:
-        if not a.is_floating_point():  # batch counters
-            a.copy_(m)
+class WeightAverage:
+    """An exponential moving average of `model`'s weights and batch-norm statistics, held in `self.model`."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = copy.deepcopy(model)
+        # Gathered once, not every step: optimizers and load_state_dict change these tensors in place.
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
+        self._averaged = [a for a, _ in pairs if a.is_floating_point()]
+        self._current = [m for a, m in pairs if a.is_floating_point()]
+        self._counters = [(a, m) for a, m in pairs if not a.is_floating_point()]  # batch counters: copied
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        """average = decay * average + (1 - decay) * model."""
+        get_ema_multi_avg_fn(decay)(self._averaged, self._current, None)
+        for averaged, current in self._counters:
+            averaged.copy_(current)
 
 
 def class_weights(labels: np.ndarray, power: float, num_classes: int = 7) -> np.ndarray:
@@ -243,8 +251,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     forward = torch.compile(model) if cfg.compile else model
     # what is validated and saved: the average of the weights when cfg.ema asks for one
-    averaged = copy.deepcopy(model) if cfg.ema else None
-    evaluated = averaged if averaged is not None else model
+    average = WeightAverage(model) if cfg.ema else None
+    evaluated = average.model if average is not None else model
 
     x_train = torch.from_numpy(dataset.images[train_idx]).to(device).unsqueeze(1)  # (N, 1, 48, 48) uint8
     y_train_np = dataset.labels[train_idx]
@@ -275,8 +283,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         write_json(out / "run.json", run_info)
     else:
         model.load_state_dict(state.get("trained_model", state["model"]))
-        if averaged is not None:
-            averaged.load_state_dict(state["model"])
+        if average is not None:
+            average.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
         best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
@@ -319,8 +327,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if averaged is not None:
-                update_average(averaged, model, ema_decay(cfg, global_step))
+            if average is not None:
+                average.update(ema_decay(cfg, global_step))
             loss_sum += loss.detach() * len(batch)
             correct += (logits.argmax(1) == y).sum()
             seen += len(batch)
@@ -359,7 +367,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         for minutes in cfg.snapshot_minutes:  # accuracy-versus-time figures: the model at each mark
             if train_seconds - seconds <= minutes * 60 < train_seconds:
                 save_checkpoint(out / "checkpoints" / f"at_{minutes}min.pt", payload)
-        resume_state = {"trained_model": model.state_dict()} if averaged is not None else {}
+        resume_state = {"trained_model": model.state_dict()} if average is not None else {}
         save_checkpoint(last_path, dict(payload, **resume_state, optimizer=optimizer.state_dict(), history=history,
                                         best_score=best_score, best_epoch=best_epoch, bad_epochs=bad_epochs,
                                         train_seconds=train_seconds, stopped_early=stopped_early))
