@@ -6,8 +6,9 @@ The sampler draws class c in proportion to n_c * w_c, where w_c = (largest class
 is the run's `class_weights`, and the weighted loss weighs it the same way. So a balanced run learns
 p(c | x) under the class prior n_c * w_c instead of the data's n_c. Bayes' rule takes it back:
 p_data(c | x) is proportional to p(c | x) / w_c. Only this correction is scored. It has no free
-parameter, so nothing is tuned on the split it is scored on. Accuracy should rise and macro F1
-fall, as the rare classes are predicted less often. Each argument is an evaluation folder of a run
+parameter, so nothing is tuned on the split it is scored on. Since it predicts the rare classes
+less often, one would expect accuracy to rise and macro F1 to fall; benchmarks/RESULTS.md has what
+it measured. Each argument is an evaluation folder of a run
 (`RUN/eval/<split>[-tta]`, as `ferkit evaluate` or `gpu_run.sh` leave it), whose `run.json` and
 `config.yaml` sit two levels up. Nothing is trained or predicted here.
 """
@@ -37,7 +38,7 @@ def main() -> int:
     for folder in map(Path, args.folders):
         run = folder.parent.parent
         imbalance = config.load(run / "config.yaml").imbalance
-        weights = np.asarray(read_json(run / "run.json")["class_weights"]) if imbalance != "none" else np.ones(7)
+        weights = np.asarray(read_json(run / "run.json")["class_weights"]) if imbalance != "none" else np.ones(len(EMOTIONS))
         predictions = pd.read_csv(folder / "predictions.csv")
         probabilities = predictions[list(EMOTIONS)].to_numpy()
         truth = predictions["true"].to_numpy()
