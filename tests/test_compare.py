@@ -242,7 +242,7 @@ def test_compare_refuses_no_answers_and_other_data(study, tmp_path, capsys):
     labels_other = tmp_path / "labels-other.csv"
     session = label.LabelSession.open(other, labels_other, n=3, seed=0)
     session.answer(0, 1, 1.0)
-    with pytest.raises(FerkitError, match="trained on another data file"):
+    with pytest.raises(FerkitError, match="other faces, labels or splits than the data the run .* was trained on"):
         cmp.compare(study["run"], labels_other, tmp_path / "out", data=other)
 
     missing = tmp_path / "nolabels.csv"

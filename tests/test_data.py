@@ -291,10 +291,12 @@ def test_image_export_rejects_a_wrong_size_and_a_misplaced_file(tmp_path):
     (root / "train" / "happy" / "Training_77.png").write_bytes(png_bytes(np.zeros((40, 48), np.uint8)))
     (root / "train" / "joy").mkdir()
     (root / "train" / "joy" / "Training_78.png").write_bytes(png_bytes(np.zeros((48, 48), np.uint8)))
+    (root / "train" / "happy" / "Training_79.png").write_bytes(b"<html>not an image</html>")
     with pytest.raises(DataFormatError) as info:
         load(root, cache=False)
     message = str(info.value)
-    assert str(root) in message and "2 problems" in message
+    assert str(root) in message and "3 problems" in message
+    assert "train/happy/Training_79.png: not an image file (its bytes are no JPEG, PNG or BMP)" in message
     assert "train/happy/Training_77.png: image is 48x40, expected 48x48" in message
     assert "train/joy/Training_78.png: expected <train|test>/<emotion>/" in message
 
@@ -327,7 +329,7 @@ def _bad_pixel_case(value, what):
         rows = rows_of(make_faces(n=4, seed=20))
         rows = _with_pixel(rows, 1, 100, value)
         return (write_file(tmp_path / "bad.csv", fer_csv(rows)),
-                3, f"line 3, column {_pixel_column(rows, 1, 100)}: pixel value {what}")
+                3, f"line 3, column {_pixel_column(rows, 1, 100)}: pixel value {what} (pixel 101 of 2304)")
     return make
 
 

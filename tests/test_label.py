@@ -410,6 +410,15 @@ def test_a_busy_port_is_a_clear_error(data, tmp_path):
         port = server.server_address[1]
         with pytest.raises(FerkitError, match="--port"):
             label.make_server(data, tmp_path / "b.csv", n=3, seed=0, port=port)
+    assert not (tmp_path / "b.csv").exists() and not (tmp_path / "b.csv.json").exists()  # nothing half-begun
+
+
+@pytest.mark.parametrize("port, host, message", [(99999, "127.0.0.1", "--port 99999: use a port from 1 to 65535"),
+                                                 (0, "no-such-host.invalid", "cannot listen on no-such-host")])
+def test_a_port_or_host_that_cannot_be_used_leaves_no_files(data, tmp_path, port, host, message):
+    with pytest.raises(FerkitError, match=message):
+        label.make_server(data, tmp_path / "c.csv", n=3, seed=0, host=host, port=port)
+    assert not (tmp_path / "c.csv").exists() and not (tmp_path / "c.csv.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,3 +127,8 @@ def test_run_end_to_end_and_resume(tiny_csv, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0  # a second run skips every finished stage
     assert capsys.readouterr().out.count("done already, skipped") == 7
+    # other settings would be ignored by the finished stages: refused, not silently skipped
+    assert main([a.replace("epochs=2", "epochs=3") for a in args]) == 2
+    assert f"{out / 'cnn'} was started with other settings: epochs 2 (now 3)" in capsys.readouterr().err
+    assert main(args + ["--set", "model=mlp"]) == 2
+    assert "--set model=mlp: this stage of the study trains the cnn" in capsys.readouterr().err

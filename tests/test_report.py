@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -260,6 +261,70 @@ def test_procedure_names_the_weight_average_only_when_there_is_one(tmp_path, ema
     assert ("moving average of the trained weights, decay 0.999 per step" in procedure) is (ema > 0)
 
 
+@pytest.mark.parametrize("mode", ["none", "sampler", "weighted_loss"])
+def test_class_weights_shown_only_when_used(mode):
+    counts = {"Training": [40, 5, 40, 70, 50, 30, 45]}
+    info = {"data": {"counts": counts}, "class_weights": [1.0, 3.2, 1.0, 0.8, 0.9, 1.2, 1.0]}
+    run = freport.Run(Path("run"), {"imbalance": mode, "augment": False}, info, [], {"test": {}}, {})
+    blocks = freport._data_section(run)
+    table = next(b for b in blocks if isinstance(b, freport.Table))
+    imbalance = next(b.text for b in blocks if isinstance(b, freport.Para) and b.text.startswith("**Imbalance.**"))
+    used = mode != "none"
+    assert any(row[0] == "class weight" for row in table.rows) is used
+    assert ("class weights" in table.caption) is used
+    assert imbalance.count(f"`imbalance: {mode}`") == 1
+    assert ("Nothing compensates for the imbalance" in imbalance) is not used
+    assert ("Handled with" in imbalance) is used
+
+
+@pytest.mark.parametrize("mode", ["none", "sampler"])
+def test_rare_class_credits_rebalancing_only_when_there_is_some(mode):
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
+    info = {"data": {"counts": {"Training": [40, 5, 40, 70, 50, 30, 45]}}, "class_weights": [1.0] * len(EMOTIONS)}
+    run = freport.Run(Path("run"), {"imbalance": mode}, info, [], {"test": {"accuracy": 0.5, "macro_f1": 0.5,
+                                                                          "per_class": per_class}}, {})
+    text = next(item for item in freport._challenges(run) if item.startswith("**The rare class**"))
+    assert "on a par with the others" in text
+    assert ("the rebalancing works" in text) is (mode != "none")
+
+
+def test_signed_differences_that_round_to_zero_have_no_sign():
+    assert [freport._signed_pts(x) for x in (0.0004, -0.0004, -0.0, 0.012, -0.012)] == \
+        ["0.0", "0.0", "0.0", "+1.2", "-1.2"]
+    assert freport._relative(-0.0004, "accuracy") == "level with accuracy"
+    assert freport._relative(-0.012, "accuracy") == "1.2 points below accuracy"
+
+
+def _fake_evaluated_run(name: str, model: str, f1: dict[str, float], accuracy: float) -> freport.Run:
+    per_class = {c: {"precision": f1[c], "recall": f1[c], "f1": f1[c], "support": 10} for c in EMOTIONS}
+    metrics = {"name": model, "split": "PrivateTest", "n": 70, "tta": "none", "accuracy": accuracy,
+               "macro_f1": float(np.mean(list(f1.values()))), "weighted_f1": accuracy, "per_class": per_class,
+               "data_sha256": "a" * 64}
+    info = {"model": {"name": model, "parameters": 1000}, "data": {"sha256": "a" * 64, "train_images": 64},
+            "train_seconds": 1.0, "epochs_run": 2, "best_epoch": 2}
+    return freport.Run(Path(name), {}, info, [], {"test": metrics}, {})
+
+
+@pytest.mark.parametrize("cnn_gain, expected", [
+    (0.0, "no class has a higher F1 with the CNN"),  # MLP better on six classes, a tie on the seventh
+    (0.02, "the largest per-class F1 gain is on Disgust (+2.0 points)"),
+])
+def test_cnn_vs_mlp_names_a_largest_gain_only_when_there_is_one(cnn_gain, expected):
+    mlp_f1 = {c: 0.5 for c in EMOTIONS}
+    cnn_f1 = {c: 0.4 for c in EMOTIONS}
+    cnn_f1["Disgust"] = 0.5 + cnn_gain - 0.0001  # without a gain: -0.01 points, which rounds to zero
+    cnn = _fake_evaluated_run("cnn", "cnn", cnn_f1, 0.60)
+    mlp = _fake_evaluated_run("mlp", "mlp", mlp_f1, 0.60004)
+    blocks = freport._mlp_section(cnn, mlp, 2000, 6)
+    text = next(b.text for b in blocks if isinstance(b, freport.Para))
+    assert expected in text
+    assert ("largest per-class F1 gain" in text) is (cnn_gain > 0)
+    assert "test accuracy is level with the MLP's" in text
+    per_class = blocks[-1].right[0]
+    everything = text + " ".join(cell for row in per_class.rows for cell in row)
+    assert "+0.0" not in everything and "-0.0" not in everything
+
+
 # ---------------------------------------------------------------------------------------------
 # Missing inputs
 
@@ -308,10 +373,101 @@ def test_stale_evaluation_is_refused(world, tmp_path):
         freport.build_report(run, tmp_path / "out")
 
 
+@pytest.mark.parametrize("same_faces", [True, False])
+def test_evaluation_on_a_copy_of_the_data_is_accepted(world, tmp_path, same_faces):
+    run = shutil.copytree(world["cnn"], tmp_path / "copy")
+    faces = json.loads((run / "run.json").read_text())["data"]["faces_sha256"]
+    path = run / "eval" / "test-tta" / "metrics.json"
+    data = json.loads(path.read_text())
+    data.update(data_sha256="f" * 64, data_faces_sha256=faces if same_faces else "e" * 64)
+    path.write_text(json.dumps(data))
+    if same_faces:
+        assert freport.read_run(run).metrics["data_sha256"] == "f" * 64
+    else:
+        with pytest.raises(FerkitError, match=r"eval/test-tta was computed on other data .*ferkit evaluate"):
+            freport.read_run(run)
+
+
 def test_overflowing_main_part_fails_loudly(world, tmp_path, monkeypatch):
     monkeypatch.setattr(freport, "MAIN_PAGES", 1)
     with pytest.raises(FerkitError, match="main part of the report needs"):
         freport.build_report(world["cnn"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("main, compared, message", [
+    ("cnn", "cnn", r"--mlp .*cnn: a run of the `cnn` model, not of `mlp`; pass a run trained with .*--model mlp"),
+    ("mlp", "mlp", r"mlp is a run of the `mlp` model: .* needs a CNN run as RUN_DIR"),
+])
+def test_mlp_option_needs_an_mlp_beside_a_cnn(world, tmp_path, main, compared, message):
+    with pytest.raises(FerkitError, match=message):
+        freport.build_report(world[main], tmp_path / "out", mlp=world[compared])
+    assert not (tmp_path / "out").exists()
+
+
+def _mlp_evaluated_elsewhere(world: dict, dest: Path, n: int, **checksums: str) -> Path:
+    """A copy of the MLP run whose run and evaluation record `n` test faces and other data
+    `checksums` (sha256, faces_sha256) where given."""
+    run = shutil.copytree(world["mlp"], dest)
+    info = json.loads((run / "run.json").read_text())
+    info["data"].update(checksums)
+    (run / "run.json").write_text(json.dumps(info))
+    path = run / "eval" / "test-tta" / "metrics.json"
+    data = json.loads(path.read_text())
+    data.update({f"data_{key}": value for key, value in checksums.items()}, n=n)
+    path.write_text(json.dumps(data))
+    return run
+
+
+@pytest.mark.parametrize("other_data, message", [
+    (True, r"is not on the test faces of .*\(data .*; n 42 vs 200\).*cannot be compared; pass an MLP run"),
+    (False, r"is not on the test faces of .*\(n 42 vs 200\)"),
+])
+def test_mlp_on_other_test_faces_is_refused(world, tmp_path, other_data, message):
+    other = {"sha256": "f" * 64, "faces_sha256": "e" * 64} if other_data else {}
+    mlp = _mlp_evaluated_elsewhere(world, tmp_path / "mlp-elsewhere", 200, **other)
+    with pytest.raises(FerkitError, match=message):
+        freport.build_report(world["cnn"], tmp_path / "out", mlp=mlp)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mlp_on_the_same_faces_in_another_file_is_compared(world, tmp_path):
+    cnn = freport.read_run(world["cnn"])
+    faces = {"faces_sha256": cnn.info["data"].get("faces_sha256") or "c" * 64}
+    mlp = _mlp_evaluated_elsewhere(world, tmp_path / "mlp-copy", cnn.metrics["n"], sha256="f" * 64, **faces)
+    cnn.metrics["data_faces_sha256"] = faces["faces_sha256"]
+    copy = freport.read_run(mlp)
+    assert freport._compared_evaluations(cnn, copy) == (cnn.metrics, copy.metrics)
+    assert "The CNN and the MLP on the same 42 PrivateTest faces." in world["md"]
+
+
+def test_replication_commands_run_as_printed(world):
+    code = world["md"].split("## 5  Replication")[1].split("```")[1]
+    commands = [line for line in code.splitlines() if line.startswith("ferkit ") and
+                not line.startswith("ferkit report")]  # the report's own command rewrites this report
+    assert [c.split()[1] for c in commands] == ["train", "evaluate", "evaluate"]
+    replica = world["root"] / "cnn-replica"
+    assert all(f" {replica}" in c for c in commands)
+    assert f"--config {world['cnn']}/config.yaml" in commands[0]
+    for command in commands:
+        assert cli.main(shlex.split(command)[1:]) == 0, command
+    assert metrics(replica)["n"] == metrics(world["cnn"])["n"]
+
+
+@pytest.mark.parametrize("recorded", ["/venv/bin/ferkit train faces.csv --out runs/cnn --set epochs=2",
+                                      "/venv/bin/ferkit train faces.csv --set epochs=2 --out=runs/cnn"])
+def test_replication_retargets_the_recorded_training(tmp_path, recorded):
+    run_path = tmp_path / "runs" / "cnn"
+    run_path.mkdir(parents=True)
+    (run_path / "config.yaml").write_text("epochs: 2\n")
+    info = {"environment": {"command": recorded}, "data": {"path": "faces.csv"}}
+    run = freport.Run(run_path, {"seed": 0}, info, [], {"test": {}}, {})
+    code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                if isinstance(b, freport.Code))
+    trains = [line for line in code.splitlines() if line.startswith("ferkit train")]
+    assert len(trains) == 2
+    assert all(re.search(rf"--out[= ]{re.escape(str(tmp_path / 'runs' / 'cnn-replica'))}( |$)", t) for t in trains)
+    assert "--set epochs=2" in trains[0] and f"--config {run_path}/config.yaml" in trains[1]
+    assert f"ferkit evaluate {tmp_path / 'runs' / 'cnn-replica'}" in code
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,9 +216,12 @@ def test_evaluate_and_ensemble_write_consistent_files(trained_run, tmp_path):
     assert metrics["split"] == "PrivateTest" and metrics["tta"] == "flip"
     for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png"):
         assert (folder / name).exists()
-    both = ensemble([run, run], tmp_path / "ens")
+    alone = ensemble([run], tmp_path / "ens")
     plain = evaluate(run, split="test")
-    assert both["accuracy"] == pytest.approx(plain["accuracy"])
+    assert alone["accuracy"] == pytest.approx(plain["accuracy"])
+    assert alone["members"][0]["source"] == "its best checkpoint"
+    with pytest.raises(FerkitError, match="is listed twice .again as .*; each member counts once"):
+        ensemble([run, run / "." / ".." / run.name], tmp_path / "twice")
 
 
 def test_ensemble_averages_saved_predictions_and_checks_they_fit_the_data(trained_run, tiny_csv, tmp_path,
@@ -254,7 +257,7 @@ def test_ensemble_averages_saved_predictions_and_checks_they_fit_the_data(traine
     lines = tiny_csv.read_text().splitlines()
     lines[-1] = lines[-1][:-1] + ("1" if lines[-1][-1] != "1" else "2")
     other.write_text("\n".join(lines) + "\n")
-    with pytest.raises(FerkitError, match="made on another data file"):
+    with pytest.raises(FerkitError, match="other faces, labels or splits than the data the predictions in"):
         ensemble([saved], tmp_path / "other", data=other)
 
     with pytest.raises(FerkitError, match="are on PrivateTest, the ensemble is on PublicTest"):
@@ -266,7 +269,29 @@ def test_ensemble_averages_saved_predictions_and_checks_they_fit_the_data(traine
     assert main(["ensemble", str(happy), "--out", str(tmp_path / "cli"), "--data", str(tiny_csv)]) == 2
     assert "no column Fear" in capsys.readouterr().err
     assert main(["ensemble", str(saved), str(run), "--tta", "--out", str(tmp_path / "cli")]) == 0
-    assert "(TTA flip): accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(saved predictions, TTA flip): accuracy" in printed and "(its best checkpoint, TTA flip)" in printed
+
+
+def test_a_run_folder_is_never_taken_for_saved_predictions(trained_run, tmp_path):
+    import shutil
+
+    from ferkit.evaluate import is_evaluation_folder
+
+    run, _ = trained_run
+    evaluate(run, split="test")
+    for out in (run, tmp_path / "file"):
+        (tmp_path / "file").touch()
+        with pytest.raises(FerkitError, match=r"is a run folder|is a file, not a folder"):
+            ensemble([run], out)
+        with pytest.raises(FerkitError, match=r"is a run folder|is a file, not a folder"):
+            evaluate(run, out=out)
+    copy = tmp_path / "copy"  # evaluation files that landed in a run folder some other way
+    shutil.copytree(run, copy)
+    for name in ("metrics.json", "predictions.csv"):
+        shutil.copy(run / "eval" / "test" / name, copy / name)
+    assert not is_evaluation_folder(copy)
+    assert ensemble([copy], tmp_path / "ens")["members"][0]["source"] == "its best checkpoint"
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -286,7 +311,7 @@ def test_registry_and_config_reject_unknown_names():
         get_model("resnet1000")
     with pytest.raises(FerkitError, match="unknown config key 'epoch'"):
         config.resolve(overrides=["epoch=3"])
-    with pytest.raises(FerkitError, match="not a valid int"):
+    with pytest.raises(FerkitError, match="not a valid whole number"):
         config.resolve(overrides=["epochs=three"])
     assert config.resolve(profile="gpu").widths == (64, 128, 256, 512)
     assert config.resolve(profile="gpu", overrides=["widths=8,16"]).widths == (8, 16)
@@ -294,6 +319,38 @@ def test_registry_and_config_reject_unknown_names():
         config.resolve(overrides=["residual_block=basic"])
     with pytest.raises(FerkitError, match="unknown residual_block 'basic'"):
         get_model("cnn", residual=True, residual_block="basic")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=-1", "'lr': -1.0 must not be negative"),
+    ("lr=nan", "'lr': 'nan' is not a valid finite number"),
+    ("weight_decay=inf", "not a valid finite number"),
+    ("dropout=1.5", "'dropout': 1.5 must be in \\[0, 1\\)"),
+    ("label_smoothing=2", "'label_smoothing': 2.0 must be in"),
+    ("erase_prob=2", "'erase_prob': 2.0 must be in \\[0, 1\\]"),
+    ("threads=-1", "'threads': -1 must not be negative"),
+    ("train_limit=-5", "'train_limit': -5 must not be negative \\(0 = all\\)"),
+    ("val_limit=-1", "'val_limit': -1 must not be negative"),
+    ("depth=0", "'depth': 0 must be at least 1 \\(the default is 2\\)"),
+    ("widths=", "'widths' is empty"),
+    ("widths=16,0", "'widths': 16,0 must hold integers of at least 1"),
+    ("mixup=-1", "'mixup': -1.0 must not be negative"),
+    ("warmup_epochs=-1", "'warmup_epochs': -1.0 must not be negative"),
+    ("patience=0", "'patience': 0 must be at least 1"),
+])
+def test_config_rejects_values_out_of_range(override, message):
+    with pytest.raises(FerkitError, match=message):
+        config.resolve(overrides=[override])
+
+
+def test_config_file_values_keep_their_type(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: yes\n")  # YAML reads `yes` as true, which is no number of epochs
+    with pytest.raises(FerkitError, match="'epochs': True is not a valid whole number"):
+        config.resolve(config_file=path)
+    path.write_text("epochs: 3\nwidths: [8, 16]\nhidden: []\nlr: 0\n")  # lr 0 trains nothing, but is allowed
+    cfg = config.resolve(config_file=path)
+    assert (cfg.epochs, cfg.widths, cfg.hidden, cfg.lr) == (3, (8, 16), (), 0.0)
 
 
 def test_resnet_block_starts_as_the_identity_and_its_branch_learns():
@@ -327,11 +384,21 @@ def test_cli_train_and_evaluate(tiny_csv, tmp_path, capsys):
 
 
 def test_cli_names_resume_after_ctrl_c(tiny_csv, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "my run"
+
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "train", interrupted)
-    run = tmp_path / "my run"
+    assert main(["train", str(tiny_csv), "--out", str(run)]) == 130  # in the first epoch: nothing saved yet
+    assert "interrupted; run the same command again\n" in capsys.readouterr().err
+
+    def interrupted_later(*args, **kwargs):
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.pt").touch()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train", interrupted_later)
     assert main(["train", str(tiny_csv), "--out", str(run)]) == 130
     assert f"`ferkit train {tiny_csv} --out '{run}' --resume` continues it" in capsys.readouterr().err
 
@@ -347,3 +414,82 @@ def test_gpu_profile_runs_on_cpu_with_tiny_settings(tiny_csv, tmp_path):
     assert (tmp_path / "gpu" / "checkpoints" / "at_0min.pt").exists()
     metrics = evaluate(tmp_path / "gpu", tta=True, which="at_0min")
     assert metrics["tta"] == "crops" and (tmp_path / "gpu" / "eval" / "test-tta-at_0min" / "metrics.json").exists()
+
+
+def test_training_that_diverges_stops_and_says_what_to_change(tiny_csv, tmp_path):
+    with pytest.raises(FerkitError, match=r"training diverged in epoch 1: the training loss is nan.*lower learning "
+                                          r"rate \(now --set lr=1000000.0\)"):
+        train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2, lr=1e6), progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()  # nothing of the diverged epoch is kept
+
+
+def test_images_per_second_is_all_images_over_all_the_time(trained_run):
+    run, info = trained_run
+    history = train.read_history(run / "history.csv")
+    images = sum(row["images_per_second"] * row["seconds"] for row in history)
+    # not the mean of the epochs' rates, which weighs a slow epoch as much as a long one
+    assert info["train_images_per_second"] == pytest.approx(images / sum(row["seconds"] for row in history), rel=1e-2)
+
+
+def test_a_run_finds_its_data_from_any_folder_and_accepts_a_copy(tiny_csv, tmp_path, monkeypatch):
+    import gzip
+    import shutil
+
+    monkeypatch.chdir(tiny_csv.parent)
+    run = tmp_path / "r"
+    train.train(tiny_csv.name, run, tiny_config(epochs=1, train_limit=64), progress=False)  # a relative path
+    assert json.loads((run / "run.json").read_text())["data"]["path"] == str(tiny_csv.resolve())
+    monkeypatch.chdir(tmp_path)
+    plain = evaluate(run, out=tmp_path / "plain")
+
+    packed = tmp_path / "copy.csv.gz"  # another file (another sha256), the same faces
+    with open(tiny_csv, "rb") as source, gzip.open(packed, "wb") as target:
+        shutil.copyfileobj(source, target)
+    again = evaluate(run, data=packed, out=tmp_path / "again")
+    assert again["accuracy"] == plain["accuracy"] and again["data_sha256"] != plain["data_sha256"]
+    assert again["data_faces_sha256"] == plain["data_faces_sha256"]
+    assert ensemble([tmp_path / "plain", run], tmp_path / "ens", data=packed)["n"] == plain["n"]
+
+    other = tmp_path / "other.csv"  # one label changed: other data
+    lines = tiny_csv.read_text().splitlines()
+    lines[1] = ("1" if lines[1][0] != "1" else "2") + lines[1][1:]
+    other.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FerkitError, match=f"other faces, labels or splits than the data the run {run} was trained on "
+                                          f"\\({tiny_csv.resolve()}, sha256"):
+        evaluate(run, data=other, out=tmp_path / "other")
+
+
+def test_checkpoint_mistakes_name_what_there_is(trained_run, tiny_csv, capsys):
+    run, _ = trained_run
+    with pytest.raises(FerkitError, match=r"foo.pt: no checkpoint here; this run has best, last \(--checkpoint NAME\)"):
+        evaluate(run, which="foo")
+    assert main(["predict", str(tiny_csv), str(tiny_csv)]) == 2
+    err = capsys.readouterr().err
+    assert "not a ferkit checkpoint; give a run folder or a .pt file" in err and "Traceback" not in err
+
+
+def test_bad_output_paths_stop_before_any_work(trained_run, tiny_csv, tmp_path, capsys):
+    run, _ = trained_run
+    evaluate(run, split="test", tta=True)  # what `report` needs
+    a_file = tmp_path / "a_file"
+    a_file.touch()
+    a_folder = tmp_path / "a_folder"
+    a_folder.mkdir()
+    commands = [
+        ["data", str(tiny_csv), "--out", str(a_file)],
+        ["train", str(tiny_csv), "--out", str(a_file)],
+        ["evaluate", str(run), "--out", str(a_file)],
+        ["evaluate", str(run), "--out", str(a_file / "below")],
+        ["ensemble", str(run), "--out", str(a_file)],
+        ["features", str(run), "--out", str(a_file)],
+        ["report", str(run), "--out", str(a_file)],
+        ["predict", str(run), str(tiny_csv), "--annotate", str(a_file)],
+        ["predict", str(run), str(tiny_csv), "--no-detect", "--out", str(a_folder)],
+        ["export", str(run), "--onnx", str(a_folder)],
+    ]
+    for command in commands:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and ("is a file, not a folder" in err or "lies inside the file" in err
+                                           or "is a folder; name the file" in err), (command, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"] and not any(a_folder.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 from typing import Callable
 
 from ferkit.errors import FerkitError
@@ -56,7 +57,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> None:
 
     metrics = ensemble(args.members, args.out, split=args.split, tta=args.tta, data=args.data, device=args.device)
     for member in metrics["members"]:
-        print(f"  {member['run']} (TTA {member['tta']}): accuracy {member['accuracy']:.4f}, "
+        print(f"  {member['run']} ({member['source']}, TTA {member['tta']}): accuracy {member['accuracy']:.4f}, "
               f"macro F1 {member['macro_f1']:.4f}")
     _print_metrics(metrics)
 
@@ -257,10 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     except FerkitError as exc:
         print(f"ferkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the system refuses (no space, no permission, a file for a folder): no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ferkit {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        # train refuses a second start in a run folder: name the flag that continues it
+        # train refuses a second start in a run folder that has a checkpoint: name the flag that continues it
+        resumable = args.command == "train" and (Path(args.out) / "checkpoints" / "last.pt").exists()
         again = (f"`ferkit train {shlex.quote(args.data)} --out {shlex.quote(args.out)} --resume` continues it"
-                 if args.command == "train" else "run the same command again to resume")
+                 if resumable else "run the same command again" + (" to resume" if args.command != "train" else ""))
         print(f"\nferkit {args.command}: interrupted; {again}", file=sys.stderr)
         return 130
     return 0

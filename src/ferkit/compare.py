@@ -25,7 +25,8 @@ import numpy as np
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import read_json, write_json, write_text
+from ferkit.evaluate import recorded_data_path
+from ferkit.fileio import output_folder, read_json, write_json, write_text
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
@@ -175,17 +176,15 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
 
     if resamples < 1:
         raise FerkitError(f"--bootstrap {resamples}: use at least 1 resample")
-    run, labels_path, destination = Path(run_dir), Path(labels_csv), Path(out)
+    run, labels_path = Path(run_dir), Path(labels_csv)
     dataset = fdata.load(_resolve_data(labels_path, run, data))
     labels = read_labels(labels_path, dataset)
     if len(labels) < 1:
         raise FerkitError(f"{labels_path} holds no answers yet: label some faces with `ferkit label` first")
     target = pick_device(device)
     model, checkpoint = load_model(run, device=target)
-    if checkpoint["data_sha256"] != dataset.sha256:
-        raise FerkitError(f"{run} was trained on another data file (sha256 {checkpoint['data_sha256'][:12]}...) than "
-                          f"{dataset.source} (sha256 {dataset.sha256[:12]}...), the one labelled; compare a run "
-                          "trained on the labelled file")
+    fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run),
+                           todo="compare a run trained on the faces you labelled")
     cfg = checkpoint.get("config", {})
     channels_last = cfg.get("channels_last", True)
     if channels_last:
@@ -237,7 +236,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
         "files": ["comparison.json", "confusion_matrices.png", "disagreements.png", "faces.csv"],
     }
 
-    destination.mkdir(parents=True, exist_ok=True)
+    destination = output_folder(out)  # the work above takes seconds: a bad --out costs nothing
     _write_faces_csv(destination / "faces.csv", labels, y_true, human, cnn, probs)
     titles = tuple(f"{name}: accuracy {result[key]['accuracy']:.3f}, macro F1 {result[key]['macro_f1']:.3f}"
                    for key, name in (("human", "human"), ("cnn", "CNN")))

@@ -6,10 +6,11 @@ with the list of known ones; the resolved config is saved in the run folder as c
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -104,6 +105,23 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
 }
 
+# key -> (test of one value, the rule in words): every number a user can set is checked here, so that
+# a wrong one stops before training instead of deep inside PyTorch, or not at all.
+_AT_LEAST_1 = (lambda v: v >= 1, "must be at least 1")
+_NOT_NEGATIVE = (lambda v: v >= 0, "must not be negative")
+_FRACTION = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    **dict.fromkeys(("epochs", "batch_size", "eval_batch_size", "depth", "patience"), _AT_LEAST_1),
+    **dict.fromkeys(("widths", "hidden"), (lambda v: v >= 1, "must hold integers of at least 1")),
+    "snapshot_minutes": (lambda v: v >= 0, "must hold minutes that are not negative"),
+    **dict.fromkeys(("train_limit", "val_limit"), (lambda v: v >= 0, "must not be negative (0 = all)")),
+    "threads": (lambda v: v >= 0, "must not be negative (0 = torch's choice)"),
+    **dict.fromkeys(("dropout", "label_smoothing", "momentum", "max_scale", "ema"), _FRACTION),
+    "erase_prob": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    **dict.fromkeys(("lr", "weight_decay", "warmup_epochs", "imbalance_power", "max_shift", "max_rotate", "mixup",
+                     "cutmix"), _NOT_NEGATIVE),
+}
+
 
 def _parse_value(name: str, text: Any, default: Any) -> Any:
     """Convert a --set string (or a YAML value) to the type of the field's default."""
@@ -117,20 +135,21 @@ def _parse_value(name: str, text: Any, default: Any) -> Any:
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if isinstance(text, bool) and not isinstance(default, str):  # YAML reads `yes` as True, not 1
+            raise ValueError
         if isinstance(default, tuple):
             items = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").strip("()[]").split(",")
-            return tuple(int(v) for v in items if str(v) != "")
-        if isinstance(default, int):
+            return tuple(_parse_value(name, v, 0) for v in items if str(v) != "")
+        if isinstance(default, (int, float)):
             value = float(text)
-            if value != int(value):
+            if not math.isfinite(value) or (isinstance(default, int) and value != int(value)):
                 raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(text)
+            return int(value) if isinstance(default, int) else value
         return str(text)
     except (TypeError, ValueError):
         kind = "true/false" if isinstance(default, bool) else "comma-separated integers" if isinstance(default, tuple) \
-            else type(default).__name__
+            else "whole number" if isinstance(default, int) else "finite number" if isinstance(default, float) \
+            else "text"
         raise FerkitError(f"config key {name!r}: {text!r} is not a valid {kind}") from None
 
 
@@ -179,12 +198,21 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     for key, choices in _CHOICES.items():
         if choices and resolved[key] not in choices:
             raise FerkitError(f"config key {key!r}: {resolved[key]!r} is not one of {', '.join(choices)}")
-    if not 0 <= resolved["ema"] < 1:
-        raise FerkitError(f"config key 'ema': {resolved['ema']} is not in [0, 1); e.g. 0.999, or 0 for no average")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if resolved[key] < 1:
-            raise FerkitError(f"config key {key!r} must be at least 1")
+    for key, (allowed, rule) in _RANGES.items():
+        values = resolved[key] if isinstance(resolved[key], tuple) else (resolved[key],)
+        if not all(allowed(v) for v in values):
+            shown = ",".join(map(str, values)) if isinstance(resolved[key], tuple) else resolved[key]
+            raise FerkitError(f"config key {key!r}: {shown} {rule} (the default is "
+                              f"{_shown_default(key)})")
+    if not resolved["widths"]:
+        raise FerkitError(f"config key 'widths' is empty: give the channels of each stage (the default is "
+                          f"{_shown_default('widths')})")
     return TrainConfig(**resolved)
+
+
+def _shown_default(key: str) -> str:
+    value = getattr(TrainConfig, key)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def save(config: TrainConfig, path: str | os.PathLike) -> None:

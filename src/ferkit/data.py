@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import lzma
 import os
@@ -22,13 +23,14 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ferkit.errors import DataFormatError, FerkitError, Problem
-from ferkit.fileio import read_json, write_json
+from ferkit.fileio import output_folder, read_json, write_json
 
 EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 SPLITS = ("Training", "PublicTest", "PrivateTest")
@@ -57,6 +59,24 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @cached_property
+    def faces_sha256(self) -> str:
+        """Checksum of the faces, labels and splits in row order: equal for every copy of the same
+        data (plain or compressed, re-saved CSV, the image export), unlike the file's `sha256`."""
+        digest = hashlib.sha256()
+        for array in (self.images, self.labels.astype(np.int64), self.splits.astype(np.int8)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+    def checksums(self) -> dict[str, str]:
+        """What a run, checkpoint or evaluation records to name its data; see `is_recorded_as`."""
+        return {"data_sha256": self.sha256, "data_faces_sha256": self.faces_sha256}
+
+    def is_recorded_as(self, record: Mapping[str, Any]) -> bool:
+        """Whether the data a run or an evaluation recorded (`data_sha256`, and `data_faces_sha256`
+        where it was saved) is this one: the same file, or the same faces in another file."""
+        return record.get("data_sha256") == self.sha256 or record.get("data_faces_sha256") == self.faces_sha256
 
     def indices(self, split: str) -> np.ndarray:
         """Row indices of one split ("Training", "PublicTest", "PrivateTest" or train/val/test)."""
@@ -125,6 +145,18 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
     return dataset
 
 
+def require_recorded(dataset: Dataset, record: Mapping[str, Any], what: str, recorded_path: str | None = None,
+                     todo: str = "pass that file with --data") -> None:
+    """Stop unless `record` (a checkpoint, an evaluation's metrics) was made on `dataset`'s faces.
+    `what` ends the message's "... than the data", e.g. "the run runs/cnn was trained on"."""
+    if dataset.is_recorded_as(record):
+        return
+    recorded = f" ({recorded_path}, sha256 {str(record.get('data_sha256'))[:12]}...)" if recorded_path else \
+        f" (sha256 {str(record.get('data_sha256'))[:12]}...)"
+    raise FerkitError(f"{dataset.source} (sha256 {dataset.sha256[:12]}...) holds other faces, labels or splits than "
+                      f"the data {what}{recorded}; {todo}")
+
+
 def default_cache_dir() -> Path:
     """Where parsed datasets are kept: $FERKIT_CACHE, else ~/.cache/ferkit."""
     env = os.environ.get("FERKIT_CACHE")
@@ -132,8 +164,6 @@ def default_cache_dir() -> Path:
 
 
 def _sha256_bytes(raw: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -220,8 +250,6 @@ def _folder_entries(root: Path) -> Iterator[tuple[str, bytes]]:
 
 def _folder_checksum(root: Path) -> str:
     """sha256 over the sorted relative paths and contents of the folder's image files."""
-    import hashlib
-
     digest = hashlib.sha256()
     for rel, content in _folder_entries(root):
         digest.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
@@ -261,7 +289,10 @@ def _load_image_entries(entries, path: Path, checksum: str) -> Dataset:
         try:
             with Image.open(io.BytesIO(content)) as image:
                 pixels = np.asarray(image.convert("L"))
-        except (UnidentifiedImageError, OSError) as exc:
+        except UnidentifiedImageError:  # its message names an in-memory buffer, which tells the user nothing
+            complain(f"{name}: not an image file (its bytes are no JPEG, PNG or BMP)")
+            continue
+        except OSError as exc:
             complain(f"{name}: not a readable image ({exc})")
             continue
         if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
@@ -479,7 +510,7 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
         bad_rows = set()  # rows already reported for a bad character: their pixel count means nothing
         if n_digits + np.count_nonzero(flags) != size:
             bad_rows = _report_bad_characters(raw, np.flatnonzero(~is_digit & (work != 240)) + base, r0,
-                                              line_starts, rows_lines, problems)
+                                              line_starts, pix_starts, rows_lines, problems)
         last_digit = flags
         np.greater(is_digit[:-1], is_digit[1:], out=last_digit[:-1])
         last_digit[-1] = is_digit[-1]
@@ -501,7 +532,7 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
         has_tens = tens < 10
         digits_read = len(ends) + np.count_nonzero(has_tens) + np.count_nonzero(has_tens & (hundreds < 10))
         if values.max(initial=0) > 255 or digits_read != n_digits:  # a value over 255, or 4+ digits
-            _report_out_of_range(raw, ends + base + _PAD, r0, line_starts, rows_lines, problems)
+            _report_out_of_range(raw, ends + base + _PAD, r0, line_starts, pix_starts, rows_lines, problems)
         if (counts == N_PIXELS).all():
             images[r0:r1] = values.reshape(r1 - r0, IMAGE_SIZE, IMAGE_SIZE)
     return images
@@ -523,7 +554,13 @@ def _row_of(offset: int, r0: int, line_starts: np.ndarray) -> int:
     return r0 + int(np.searchsorted(line_starts[r0:r0 + _ROWS_PER_CHUNK], offset, side="right")) - 1
 
 
-def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts: np.ndarray,
+def _pixel_number(raw: bytes, pixels_start: int, word_start: int) -> str:
+    """Which pixel of its row the word at `word_start` is, for the message: the column alone is a
+    character position, which does not say it."""
+    return f"pixel {len(raw[pixels_start:word_start].split()) + 1} of {N_PIXELS}"
+
+
+def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts: np.ndarray, pix_starts: np.ndarray,
                            rows_lines: np.ndarray, problems: _Problems) -> set[int]:
     seen_rows = set()
     for offset in offsets.tolist():
@@ -533,17 +570,18 @@ def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts
         seen_rows.add(i)
         left, word = _word_at(raw, offset)
         problems.add(int(rows_lines[i]), int(left - line_starts[i] + 1),
-                     f"pixel value {word!r} is not an integer 0-255")
+                     f"pixel value {word!r} is not an integer 0-255 ({_pixel_number(raw, int(pix_starts[i]), left)})")
     return seen_rows
 
 
-def _report_out_of_range(raw: bytes, ends: np.ndarray, r0: int, line_starts: np.ndarray,
+def _report_out_of_range(raw: bytes, ends: np.ndarray, r0: int, line_starts: np.ndarray, pix_starts: np.ndarray,
                          rows_lines: np.ndarray, problems: _Problems) -> None:
     for offset in ends.tolist():
         left, word = _word_at(raw, offset)
         if word.isdigit() and int(word) > 255:  # only the offenders: leading zeros ("007") are fine
             i = _row_of(offset, r0, line_starts)
-            problems.add(int(rows_lines[i]), int(left - line_starts[i] + 1), f"pixel value {word} is outside 0-255")
+            problems.add(int(rows_lines[i]), int(left - line_starts[i] + 1),
+                         f"pixel value {word} is outside 0-255 ({_pixel_number(raw, int(pix_starts[i]), left)})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,8 +591,6 @@ def _report_out_of_range(raw: bytes, ends: np.ndarray, r0: int, line_starts: np.
 def _stat_key(path: Path) -> str:
     path = path.resolve()
     if path.is_dir():
-        import hashlib
-
         digest = hashlib.sha256()
         for file in sorted(path.rglob("*")):
             if file.is_file():
@@ -640,8 +676,7 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
     from ferkit import visualize
 
     dataset = load(path, cache=cache)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     counts = dataset.counts()
     summary = {
         "source": str(path),

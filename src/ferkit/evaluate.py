@@ -15,7 +15,7 @@ from sklearn.metrics import (accuracy_score, classification_report, confusion_ma
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, read_json, write_json, write_text
+from ferkit.fileio import atomic_path, output_folder, read_json, write_json, write_text
 
 SPLIT_NAMES = {"test": "PrivateTest", "val": "PublicTest"}
 
@@ -57,6 +57,28 @@ def run_data_path(run_dir: Path, data: str | os.PathLike | None = None) -> str:
     return recorded
 
 
+def recorded_data_path(run_dir: Path) -> str | None:
+    """The data file run.json names, for messages; None when there is no readable run.json."""
+    try:
+        return str(read_json(run_dir / "run.json")["data"]["path"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a training run (its run.json or checkpoints)."""
+    return (Path(path) / "run.json").is_file() or (Path(path) / "checkpoints").is_dir()
+
+
+def evaluation_folder(path: str | os.PathLike, create: bool = True) -> Path:
+    """Create (or with create=False only check) the folder evaluation files go to, refusing a run
+    folder: files written there would make the run look like saved predictions to `ensemble`."""
+    if is_run_folder(path):
+        raise FerkitError(f"--out {path}: is a run folder; its evaluations belong in {Path(path) / 'eval'}, and other "
+                          f"files in a folder of their own")
+    return output_folder(path, create=create)
+
+
 def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,
                      info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None,
                      augmented: bool = True) -> dict:
@@ -64,10 +86,10 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
     given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches)."""
     from ferkit.visualize import confusion_matrices, learning_curves
 
-    out.mkdir(parents=True, exist_ok=True)
+    evaluation_folder(out)
     y_true = dataset.labels[rows]
     y_pred = probs.argmax(1)
-    metrics = dict(info, **compute_metrics(y_true, y_pred), data_sha256=dataset.sha256)
+    metrics = dict(info, **compute_metrics(y_true, y_pred), **dataset.checksums())
     write_json(out / "metrics.json", metrics)
     report = classification_report(y_true, y_pred, labels=list(range(len(EMOTIONS))), target_names=list(EMOTIONS),
                                    digits=4, zero_division=0)
@@ -98,14 +120,15 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     from ferkit.train import load_model, pick_device, predict_proba, read_history
 
     run = Path(run_dir)
-    dataset = fdata.load(run_data_path(run, data))
+    name = split_name(split)
+    suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
+    destination = evaluation_folder(out, create=False) if out else run / "eval" / (split + suffix)
+    data_path = run_data_path(run, data)
     target = pick_device(device)
     model, checkpoint = load_model(run, which=which, device=target)
+    dataset = fdata.load(data_path)
+    fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run))
     cfg = checkpoint["config"]
-    if checkpoint["data_sha256"] != dataset.sha256:
-        raise FerkitError(f"the data file differs from the one this run was trained on (sha256 "
-                          f"{dataset.sha256[:12]}... vs {checkpoint['data_sha256'][:12]}...)")
-    name = split_name(split)
     rows = dataset.indices(name)
     mode = cfg.get("tta", "flip") if tta else "none"
     if cfg.get("channels_last", True):
@@ -116,15 +139,15 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     history = read_history(history_path) if history_path.exists() else None
     info = {"name": checkpoint["model_name"], "run": str(run), "split": name, "tta": mode,
             "checkpoint": which, "epoch": checkpoint["epoch"]}
-    suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
-    destination = Path(out) if out else run / "eval" / (split + suffix)
     return write_evaluation(destination, dataset, rows, probs, info, history, checkpoint["epoch"],
                             augmented=cfg.get("augment", True))
 
 
 def is_evaluation_folder(path: str | os.PathLike) -> bool:
-    """Whether `path` holds an earlier evaluation (metrics.json and predictions.csv) rather than a run."""
-    return (Path(path) / "predictions.csv").is_file() and (Path(path) / "metrics.json").is_file()
+    """Whether `path` holds an earlier evaluation (metrics.json and predictions.csv) rather than a run;
+    a run folder is a run, whatever else it holds."""
+    return ((Path(path) / "predictions.csv").is_file() and (Path(path) / "metrics.json").is_file()
+            and not is_run_folder(path))
 
 
 def saved_probabilities(folder: Path, dataset: fdata.Dataset, rows: np.ndarray, split: str) -> tuple[np.ndarray, dict]:
@@ -136,9 +159,8 @@ def saved_probabilities(folder: Path, dataset: fdata.Dataset, rows: np.ndarray, 
         frame = pd.read_csv(table)
     except (OSError, ValueError) as exc:
         raise FerkitError(f"{folder}: unreadable evaluation ({exc}); run `ferkit evaluate` again") from None
-    if metrics.get("data_sha256") != dataset.sha256:
-        raise FerkitError(f"{folder}: these predictions were made on another data file; an ensemble needs "
-                          f"predictions on the same data")
+    fdata.require_recorded(dataset, metrics, f"the predictions in {folder} were made on",
+                           todo="an ensemble needs predictions on the same data")
     if metrics.get("split") != split:
         raise FerkitError(f"{folder}: these predictions are on {metrics.get('split')}, the ensemble is on {split}; "
                           f"pick folders of one split, and --split to match")
@@ -148,8 +170,10 @@ def saved_probabilities(folder: Path, dataset: fdata.Dataset, rows: np.ndarray, 
     if frame[dataset.origin_column].tolist() != dataset.origins(rows):
         raise FerkitError(f"{table}: its rows are not the {split} faces of this data file in their order")
     probs = frame[list(EMOTIONS)].to_numpy(dtype=float)
-    if not np.isfinite(probs).all() or (probs < 0).any():
-        raise FerkitError(f"{table}: the probability columns hold values that are not probabilities")
+    # saved to 6 decimals, so a row sums to 1 within 7 * 5e-7
+    if not np.isfinite(probs).all() or (probs < 0).any() or (np.abs(probs.sum(1) - 1) > 1e-4).any():
+        raise FerkitError(f"{table}: the probability columns hold rows that are not probabilities (each row must "
+                          f"be 7 values from 0 to 1 that sum to 1)")
     return probs, metrics
 
 
@@ -179,10 +203,16 @@ def ensemble(members: Sequence[str | os.PathLike], out: str | os.PathLike, split
 
     if len(members) < 1:
         raise FerkitError("ensemble needs at least one member: a run folder or an evaluation folder")
-    for member in members:  # a mistyped folder is named before the data is loaded
+    resolved = [Path(member).resolve() for member in members]
+    for i, member in enumerate(members):  # a mistyped folder is named before the data is loaded
         if not Path(member).is_dir():
             raise FerkitError(f"{member}: no such folder; a member is a run folder (`ferkit train DATA --out RUN`) "
                               f"or an evaluation folder (`ferkit evaluate RUN --tta` writes RUN/eval/test-tta)")
+        if resolved[i] in resolved[:i]:
+            first = members[resolved.index(resolved[i])]
+            again = "" if str(first) == str(member) else f" (again as {member})"
+            raise FerkitError(f"{first} is listed twice{again}; each member counts once in the average")
+    output = evaluation_folder(out, create=False)
     dataset = fdata.load(_ensemble_data_path(Path(members[0]), data))
     target = pick_device(device)
     name = split_name(split)
@@ -192,19 +222,20 @@ def ensemble(members: Sequence[str | os.PathLike], out: str | os.PathLike, split
     for member in members:
         if is_evaluation_folder(member):
             probs, saved = saved_probabilities(Path(member), dataset, rows, name)
-            mode = saved.get("tta", "none")
+            mode, source = saved.get("tta", "none"), "saved predictions"
         else:
             model, checkpoint = load_model(member, device=target)
-            if checkpoint["data_sha256"] != dataset.sha256:
-                raise FerkitError(f"{member} was trained on another data file; an ensemble needs runs on the same data")
+            fdata.require_recorded(dataset, checkpoint, f"the run {member} was trained on",
+                                   recorded_data_path(Path(member)), todo="an ensemble needs runs on the same data")
+            source = "its best checkpoint"
             cfg = checkpoint["config"]
             mode = cfg.get("tta", "flip") if tta else "none"
             model = model.to(memory_format=torch.channels_last)
             probs = predict_proba(model, dataset.images[rows], target, cfg.get("eval_batch_size", 512), tta=mode)
         scores = compute_metrics(dataset.labels[rows], probs.argmax(1))
-        summaries.append({"run": str(member), "tta": mode, "accuracy": scores["accuracy"],
+        summaries.append({"run": str(member), "source": source, "tta": mode, "accuracy": scores["accuracy"],
                           "macro_f1": scores["macro_f1"]})
         total += probs
     info = {"name": f"ensemble of {len(members)}", "split": name,
             "tta": ", ".join(sorted({summary["tta"] for summary in summaries})), "members": summaries}
-    return write_evaluation(Path(out), dataset, rows, total / len(members), info)
+    return write_evaluation(output, dataset, rows, total / len(members), info)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, write_json
+from ferkit.fileio import atomic_path, output_file, write_json
 from ferkit.models import preprocess
 
 
@@ -33,10 +33,10 @@ def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLi
     """
     from ferkit.train import load_model
 
+    target = output_file(onnx_path, "--onnx")
     model, checkpoint = load_model(run_or_checkpoint)
     wrapped = Probabilities(model).eval()
     example = torch.zeros(1, 1, 48, 48)
-    target = Path(onnx_path)
     try:
         with atomic_path(target) as tmp:
             torch.onnx.export(wrapped, (example,), str(tmp), input_names=["pixels"], output_names=["probabilities"],

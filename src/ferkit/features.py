@@ -29,8 +29,8 @@ from torch import nn
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.evaluate import run_data_path
-from ferkit.fileio import write_json, write_text
+from ferkit.evaluate import recorded_data_path, run_data_path
+from ferkit.fileio import output_folder, write_json, write_text
 from ferkit.models import has_conv_layers, preprocess
 from ferkit.visualize import plt, save
 
@@ -537,6 +537,8 @@ def features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: st
 
     Example: ``ferkit features runs/cnn --data icml_face_data.csv --n 4 --out runs/cnn/features``
     """
+    if threads < 0:
+        raise FerkitError(f"--threads {threads}: use a positive number of threads, or 0 for torch's choice")
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -555,19 +557,17 @@ def _features(run_dir, data, out, n, seed, top_k, channels_per_class, faces_per_
     if n < 1:
         raise FerkitError("--n must be at least 1")
     run = Path(run_dir)
+    out = output_folder(out, create=False)  # refused before the work, made when there is something to write
     target = pick_device(device)
     model, checkpoint = load_model(run, device=target)
     require_cnn(model, checkpoint.get("model_name"))
     model = model.to(memory_format=torch.channels_last)  # about 1.7x faster convolutions on a CPU
     dataset = fdata.load(run_data_path(run, data))
-    if checkpoint.get("data_sha256") and checkpoint["data_sha256"] != dataset.sha256:
-        raise FerkitError(f"the data file differs from the one this run was trained on (sha256 "
-                          f"{dataset.sha256[:12]}... vs {checkpoint['data_sha256'][:12]}...)")
+    fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run))
     rows = dataset.indices(SPLIT)
     if len(rows) == 0:
         raise FerkitError(f"{dataset.source} has no {SPLIT} rows: features are drawn on {SPLIT}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     seconds: dict[str, float] = {}
 
     def origin(i: int) -> dict[str, Any]:

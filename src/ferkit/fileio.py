@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from ferkit.errors import FerkitError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -34,6 +36,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def output_folder(path: str | os.PathLike, option: str = "--out", create: bool = True) -> Path:
+    """Create the folder a command writes into, or stop saying why it cannot be. With create=False,
+    only check, so that a command can refuse a bad --out before its work without leaving a folder
+    behind when something else stops it."""
+    path = Path(path)
+    if problem := _folder_problem(path):
+        raise FerkitError(f"{option} {path}: {problem}; name another folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FerkitError(f"{option} {path}: cannot create this folder ({exc.strerror})") from None
+    return path
+
+
+def output_file(path: str | os.PathLike, option: str, create_folder: bool = True) -> Path:
+    """Check, before any work, that a command can write the file `path`; create its folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise FerkitError(f"{option} {path}: is a folder; name the file to write")
+    if problem := _folder_problem(path.parent):
+        raise FerkitError(f"{option} {path}: its folder {path.parent} {problem}; name another file")
+    output_folder(path.parent, option, create_folder)
+    return path
+
+
+def _folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be (made into) a folder this process writes in; None when it can."""
+    existing = next(p for p in (path, *path.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        return "is a file, not a folder" if existing == path else f"lies inside the file {existing}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written in (no permission for {existing})"
+    return None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -496,23 +496,22 @@ def _parse_answer(body: Any) -> tuple[int, int, float]:
 
 def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int | None = None,
                 seed: int | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> LabelServer:
-    """Open (or resume) the labelling session and bind its server; call ``serve_forever()`` on it."""
-    session = LabelSession.open(data, labels_csv, n=n, seed=seed)
-    lock = _lock_exclusively(sidecar_path(labels_csv))
+    """Bind the server, then open (or resume) the labelling session; call ``serve_forever()`` on it.
+    Binding first means that a port or host that cannot be used leaves no session files behind."""
+    if not 0 <= port <= 65535:
+        raise FerkitError(f"--port {port}: use a port from 1 to 65535, or 0 to pick a free one")
     try:
-        session.reload()  # what another server wrote before it let go of the lock
         server = LabelServer((host, port), _Handler)
     except OSError as exc:
-        if lock is not None:
-            lock.close()
         raise FerkitError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
-                          "(0 picks a free one)") from None
+                          "(0 picks a free one), or another --host") from None
+    try:
+        server.session = LabelSession.open(data, labels_csv, n=n, seed=seed)
+        server._lock_file = _lock_exclusively(sidecar_path(labels_csv))
+        server.session.reload()  # what another server wrote before it let go of the lock
     except BaseException:
-        if lock is not None:
-            lock.close()
+        server.server_close()  # also releases the lock
         raise
-    server.session = session
-    server._lock_file = lock
     return server
 
 

@@ -22,6 +22,24 @@ def _stage_banner(number: int, total: int, name: str) -> None:
     print(f"\n[{number}/{total}] {name}", flush=True)
 
 
+# Where a run executes, not what it computes: a study may resume with other values of these.
+_PLACE_KEYS = ("device", "threads")
+
+
+def _require_same_config(run: Path, cfg: configs.TrainConfig, option: str) -> None:
+    """Stop when a run the study already started used other settings than this command asks for:
+    resuming it would quietly ignore them."""
+    saved_path = run / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved, wanted = configs.load(saved_path).to_dict(), cfg.to_dict()
+    changed = [f"{key} {saved[key]} (now {wanted[key]})" for key in saved
+               if saved[key] != wanted[key] and key not in _PLACE_KEYS]
+    if changed:
+        raise FerkitError(f"{run} was started with other settings: {'; '.join(changed)}. Resume it with the "
+                          f"{option} and --profile options it was started with, or choose another --out")
+
+
 def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | None = None,
               cnn_overrides: list[str] | None = None, mlp_overrides: list[str] | None = None,
               progress: bool = True) -> dict[str, Any]:
@@ -34,19 +52,27 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
     from ferkit.train import pick_device, train
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     record_path = out / "pipeline.json"
     dataset = load(data)
-    chosen = profile or ("gpu" if pick_device("auto").type == "cuda" else "cpu")
+    record = read_json(record_path) if record_path.exists() else {
+        "data": str(Path(data).resolve()), **dataset.checksums(), "stages": {}}
+    if not dataset.is_recorded_as(record):
+        raise FerkitError(f"{out} holds a study of other data ({record.get('data')}); choose another --out, or "
+                          f"resume it with that file")
+    # a resumed study keeps its profile unless one is named, also on a machine that would pick another
+    chosen = profile or record.get("profile") or ("gpu" if pick_device("auto").type == "cuda" else "cpu")
+    record["profile"] = chosen
     cnn_cfg = configs.resolve(profile=chosen, overrides=cnn_overrides)
     # Augmentation costs the MLP 7 points on PublicTest (40.9% vs 48.0%, cpu profile): it has no
     # translation invariance to gain from shifted faces, so its baseline trains without it.
     mlp_cfg = configs.resolve(profile=chosen, overrides=["model=mlp", "augment=false", *(mlp_overrides or [])])
-    record = read_json(record_path) if record_path.exists() else {
-        "data": str(data), "data_sha256": dataset.sha256, "profile": chosen, "stages": {}}
-    if record["data_sha256"] != dataset.sha256:
-        raise FerkitError(f"{out} holds a study of another data file (sha256 {record['data_sha256'][:12]}...); "
-                          "choose another --out")
+    for cfg, model, option in ((cnn_cfg, "cnn", "--set"), (mlp_cfg, "mlp", "--mlp-set")):
+        if cfg.model != model:  # the study compares a CNN with an MLP: each stage trains its own
+            raise FerkitError(f"{option} model={cfg.model}: this stage of the study trains the {model}; leave "
+                              f"`model` out of {option}")
+    for folder, cfg, option in ((out / "cnn", cnn_cfg, "--set"), (out / "mlp", mlp_cfg, "--mlp-set")):
+        _require_same_config(folder, cfg, option)
+    out.mkdir(parents=True, exist_ok=True)
 
     def train_stage(folder: Path, cfg: configs.TrainConfig) -> Callable[[], Any]:
         def run() -> Any:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ferkit.data import EMOTIONS, IMAGE_SIZE
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path
+from ferkit.fileio import atomic_path, output_file, output_folder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -90,6 +90,10 @@ def predict(model_or_run: str | os.PathLike, inputs: Iterable[str | os.PathLike]
     from ferkit.train import load_model, predict_proba
 
     cv2 = _cv2()
+    if out:  # checked before the photos are read; made only when there is something to write
+        output_file(out, "--out", create_folder=False)
+    if annotate:
+        output_folder(annotate, "--annotate", create=False)
     model, checkpoint = load_model(model_or_run)
     model = model.to(memory_format=torch.channels_last)
     files, messages = find_images(inputs)
@@ -107,7 +111,9 @@ def predict(model_or_run: str | os.PathLike, inputs: Iterable[str | os.PathLike]
         if detect:
             faces = detect_faces(gray, detector)
             if not faces:
-                messages.append(f"{path}: no face found")
+                small = " (a crop this small is maybe a face already: --no-detect classifies it whole)" \
+                    if max(gray.shape) <= 4 * IMAGE_SIZE else ""
+                messages.append(f"{path}: no face found{small}")
                 continue
         else:
             faces = [Face((0, 0, gray.shape[1], gray.shape[0]), to_face(gray))]
@@ -138,7 +144,7 @@ def predict(model_or_run: str | os.PathLike, inputs: Iterable[str | os.PathLike]
 
 def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.DataFrame, folder: Path) -> None:
     cv2 = _cv2()
-    folder.mkdir(parents=True, exist_ok=True)
+    output_folder(folder, "--annotate")
     used: set[str] = set()
     for path, (image, row_numbers) in annotations.items():
         canvas = image.copy()

@@ -38,7 +38,7 @@ import yaml
 
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, read_json, write_text
+from ferkit.fileio import atomic_path, output_folder, read_json, write_text
 
 MAIN_PAGES = 3  # the main part ends on this page at the latest
 EXTRA_PAGES = 1.5  # the extras take at most this many further pages
@@ -196,9 +196,11 @@ def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
             raise FerkitError(f"{path}/eval/{name} evaluates the epoch-{metrics['epoch']} checkpoint but the run's "
                               f"best epoch is {best} (the run went on after the evaluation); run "
                               f"`ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
-        sha = info.get("data", {}).get("sha256")
-        if sha and metrics.get("data_sha256") not in (None, sha):
-            raise FerkitError(f"{path}/eval/{name} was computed on another data file than the run was trained on; "
+        data = info.get("data", {})
+        # another file with the same faces (a re-saved or compressed copy) is the same data
+        same_faces = data.get("faces_sha256") and metrics.get("data_faces_sha256") == data["faces_sha256"]
+        if data.get("sha256") and metrics.get("data_sha256") not in (None, data["sha256"]) and not same_faces:
+            raise FerkitError(f"{path}/eval/{name} was computed on other data than the run was trained on; "
                               f"run `ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
     return run
 
@@ -354,7 +356,16 @@ def _pts(x: float) -> str:
 
 
 def _signed_pts(x: float) -> str:
-    return f"{x * 100:+.1f}"
+    """A signed difference in points; one that rounds to zero gets no sign ("+0.0" would claim a direction)."""
+    text = f"{x * 100:+.1f}"
+    return "0.0" if float(text) == 0 else text
+
+
+def _relative(x: float, other: str) -> str:
+    """The difference `x` of two fractions in words: "1.2 points above OTHER", "level with OTHER"."""
+    if _signed_pts(x) == "0.0":
+        return f"level with {other}"
+    return f"{_pts(x)} points {'above' if x > 0 else 'below'} {other}"
 
 
 def _int(x: Any) -> str:
@@ -427,7 +438,9 @@ def _data_section(run: Run) -> list[Any]:
         f"Splits: Training for training ({_int(data.get('train_images', 0))} faces used), PublicTest for validation "
         f"and model selection ({_int(data.get('val_images', 0))} used), PrivateTest for the test, touched only by "
         f"`ferkit evaluate`." + (f" This run used {' and '.join(limits)}." if limits else "")))
-    weights = run.info.get("class_weights")
+    mode, power = cfg.get("imbalance", "none"), cfg.get("imbalance_power", 0.5)
+    # run.json records the weights whatever the mode; only these two modes use them
+    weights = run.info.get("class_weights") if mode in ("weighted_loss", "sampler") else None
     rows = []
     for split in ("Training", "PublicTest", "PrivateTest"):
         if split in counts:
@@ -438,9 +451,9 @@ def _data_section(run: Run) -> list[Any]:
     if weights:
         rows.append(["class weight"] + [f"{w:.2f}" for w in weights] + [""])
     blocks.append(Table(["split"] + list(EMOTIONS) + ["total"], rows,
-                        "Faces per class and split in the whole file, and the class weights of this run's "
-                        "training subset.", widths=[0.15] + [0.093] * 7 + [0.0995]))
-    mode, power = cfg.get("imbalance", "none"), cfg.get("imbalance_power", 0.5)
+                        "Faces per class and split in the whole file" +
+                        (", and the class weights of this run's training subset." if weights else "."),
+                        widths=[0.15] + [0.093] * 7 + [0.0995]))
     if train and sum(train):
         rare = int(np.argmin(train))
         rarity = (f"{EMOTIONS[rare]} is the rarest class ({train[rare] / sum(train):.1%} of training, "
@@ -452,10 +465,14 @@ def _data_section(run: Run) -> list[Any]:
                          "mean 1 over the training faces (the weights above)",
         "sampler": f"training batches are drawn with replacement, each face with probability proportional to its "
                    f"class weight (largest class / class size)^{power:g} (the weights above)",
-        "none": "nothing compensates for it (`imbalance: none`)",
-    }.get(mode, f"`imbalance: {mode}`")
-    blocks.append(Para(f"**Imbalance.** {rarity}Handled with `imbalance: {mode}`: {handling}. Macro F1, the mean of "
-                       "the per-class F1 scores, is reported beside accuracy because it weighs every class alike."))
+    }.get(mode)
+    if mode == "none":
+        imbalance = ("Nothing compensates for the imbalance (`imbalance: none`): every training face is drawn once "
+                     "per epoch and weighs the same in the loss.")
+    else:
+        imbalance = f"Handled with `imbalance: {mode}`" + (f": {handling}." if handling else ".")
+    blocks.append(Para(f"**Imbalance.** {rarity}{imbalance} Macro F1, the mean of the per-class F1 scores, is "
+                       "reported beside accuracy because it weighs every class alike."))
     if cfg.get("augment", True):
         parts = []
         if cfg.get("flip", True):
@@ -666,11 +683,11 @@ def _challenges(run: Run) -> list[str]:
         elif f1_rare == 0:
             text += ": the model never gets it right; the imbalance is not overcome."
         elif f1_rare >= f1_others - 0.03:
-            text += ": on a par with the others, so the rebalancing works."
+            text += ": on a par with the others" + (" without any rebalancing." if mode == "none" else
+                                                     ", so the rebalancing works.")
         else:
             text += f": {_pts(f1_others - f1_rare)} F1 points behind."
-        items.append(text + f" Macro F1 is {_pts(metrics['accuracy'] - metrics['macro_f1'])} points "
-                            f"{'below' if metrics['macro_f1'] <= metrics['accuracy'] else 'above'} accuracy.")
+        items.append(text + f" Macro F1 is {_relative(metrics['macro_f1'] - metrics['accuracy'], 'accuracy')}.")
         ranked = sorted(EMOTIONS, key=lambda c: per_class[c]["f1"])
         weakest, strongest = ranked[0], ranked[-1]
     else:
@@ -773,19 +790,27 @@ def confusion_figure(matrix: Sequence[Sequence[int]], path: Path, title: str) ->
     return save(fig, path, dpi=200)
 
 
+def _replica_folder(run_path: Path) -> Path:
+    """A new folder beside the run to train its replica in: `ferkit train` refuses one that holds a run."""
+    named = run_path if run_path.name not in ("", "..") else run_path.resolve()
+    return named.with_name(f"{named.name}-replica")
+
+
 def _replication_section(run: Run, report_command: str) -> list[Any]:
     info, cfg = run.info, run.config
     env = info.get("environment", {})
     data = info.get("data", {})
     recorded = _command(env.get("command"))
-    lines = []
+    replica = _replica_folder(run.path)
+    lines = [f"# training into a new folder, {replica}: ferkit train refuses {run.path}, which holds the run"]
     if recorded and recorded.startswith("ferkit train"):
-        lines += ["# training, as recorded in run.json", recorded]
-    lines += ["# training, every key from the saved config (equivalent)",
-              f"ferkit train {data.get('path', 'DATA')} --out {run.path} --config {run.path}/config.yaml"]
-    lines += ["# evaluation"] + [f"ferkit evaluate {run.path}{' --tta' if name == 'test-tta' else ''}"
-                                 for name in ("test-tta", "test") if name in run.evals]
-    lines += ["# this report", report_command]
+        lines += ["# as recorded in run.json, but for --out",
+                  re.sub(r"(?<!\S)(--out[= ])\S+", lambda m: f"{m.group(1)}{replica}", recorded, count=1)]
+    lines += ["# with every key from the saved config (equivalent)",
+              f"ferkit train {data.get('path', 'DATA')} --out {replica} --config {run.path}/config.yaml"]
+    lines += ["# evaluation of the replica"] + [f"ferkit evaluate {replica}{' --tta' if name == 'test-tta' else ''}"
+                                               for name in ("test-tta", "test") if name in run.evals]
+    lines += ["# this report, from the files of the original run", report_command]
     versions = env.get("versions", {})
     commit = env.get("git_commit")
     dirty = " (the working tree had uncommitted changes: the commit alone does not hold the exact code)" \
@@ -800,16 +825,53 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
              ", ".join(f"{k} {v}" for k, v in versions.items() if k != "ferkit") +
              f". Data: `{Path(str(data.get('path', '?'))).name}`, sha256 `{data.get('sha256', '?')}`. Device: "
              f"{info.get('device', '?')}; results match to the last digit only with the same hardware and library "
-             "versions." + ("" if recorded and recorded.startswith("ferkit train") else
-                            f" (run.json records the training as started by `{recorded}`, not the ferkit command.)")),
+             "versions." + (f" (run.json records the training as started by `{recorded}`, not the ferkit command.)"
+                            if recorded and not recorded.startswith("ferkit train") else "")),
         Details("config.yaml", [Code((run.path / "config.yaml").read_text(encoding="utf-8").rstrip())]),
     ]
     return blocks
 
 
-def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
+def _model_name(run: Run) -> str | None:
+    return (run.info.get("model") or {}).get("name") or run.metrics.get("name")
+
+
+def _data_checksums(run: Run, metrics: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The file and faces checksums of an evaluation's data. `ferkit evaluate` refuses other data
+    than the run's, so run.json stands in where an older metrics.json lacks them."""
+    data = run.info.get("data", {})
+    return (metrics.get("data_sha256") or data.get("sha256"),
+            metrics.get("data_faces_sha256") or data.get("faces_sha256"))
+
+
+def _compared_evaluations(cnn: Run, mlp: Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The CNN's and the MLP's test metrics for the CNN vs MLP section (the MLP's in the CNN's TTA mode
+    where it has it). A FerkitError unless RUN_DIR is no MLP, --mlp is one, and both were evaluated
+    on the same test faces (the same file, or the same faces in another file): on other faces the
+    comparison would say nothing."""
+    if _model_name(cnn) == "mlp":
+        raise FerkitError(f"{cnn.path} is a run of the `mlp` model: the CNN vs MLP comparison of --mlp needs a "
+                          f"CNN run as RUN_DIR; pass the CNN run first and {mlp.path} as --mlp")
+    model = _model_name(mlp)
+    if model != "mlp":
+        raise FerkitError(f"--mlp {mlp.path}: a run of the `{model}` model, not of `mlp`; pass a run trained with "
+                          f"`ferkit train DATA --model mlp --out RUN_DIR` (and evaluated), or leave out --mlp")
     name = cnn.preferred if cnn.preferred in mlp.evals else mlp.preferred
     a, b = cnn.metrics, mlp.evals[name]
+    (file_a, faces_a), (file_b, faces_b) = _data_checksums(cnn, a), _data_checksums(mlp, b)
+    differences = [f"{key} {a.get(key)} vs {b.get(key)}" for key in ("split", "n") if a.get(key) != b.get(key)]
+    if not ((file_a and file_a == file_b) or (faces_a and faces_a == faces_b)):
+        paths = [run.info.get("data", {}).get("path", "?") for run in (cnn, mlp)]
+        differences.insert(0, f"data {paths[0]} (sha256 {str(file_a)[:12]}) vs {paths[1]} (sha256 {str(file_b)[:12]})")
+    if differences:
+        raise FerkitError(f"--mlp {mlp.path}: {mlp.path}/eval/{name} is not on the test faces of {cnn.path}/eval/"
+                          f"{cnn.preferred} ({'; '.join(differences)}), so the two cannot be compared; pass an "
+                          f"MLP run trained and evaluated on {cnn.info.get('data', {}).get('path', 'the same data')}")
+    return a, b
+
+
+def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
+    a, b = _compared_evaluations(cnn, mlp)
 
     def mode(m: dict) -> str:
         return f"TTA {m.get('tta')}" if m.get("tta") not in (None, "none") else "no TTA"
@@ -831,22 +893,26 @@ def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
         if c in pa and c in pb:
             class_rows.append([c, _f4(pa[c]["f1"]), _f4(pb[c]["f1"]), _signed_pts(pa[c]["f1"] - pb[c]["f1"])])
             gains[c] = pa[c]["f1"] - pb[c]["f1"]
-    diff = a["accuracy"] - b["accuracy"]
-    text = (f"The MLP run `{mlp.path}` sees the same pixels without convolutions. The CNN is "
-            f"{_pts(diff)} accuracy points {'above' if diff >= 0 else 'below'} it and "
-            f"{_pts(a['macro_f1'] - b['macro_f1'])} macro-F1 points "
-            f"{'above' if a['macro_f1'] >= b['macro_f1'] else 'below'}")
+    theirs = "the MLP's"
+    text = (f"The MLP run `{mlp.path}` sees the same pixels without convolutions. The CNN's test accuracy is "
+            f"{_relative(a['accuracy'] - b['accuracy'], theirs)} and its macro F1 "
+            f"{_relative(a['macro_f1'] - b['macro_f1'], theirs)}")
     if mlp_params:
         ratio = cnn_params / mlp_params
         text += f", with {ratio:.2f}× the MLP's parameters" if ratio >= 1 else \
             f", with {1 / ratio:.1f}× fewer parameters"
     if gains:
         top = max(gains, key=gains.get)
-        text += f"; the largest per-class F1 gain is on {top} ({_signed_pts(gains[top])} points)"
-    same_data = cnn.info.get("data", {}).get("sha256") == mlp.info.get("data", {}).get("sha256")
-    text += "." + ("" if same_data else " **Caution: the two runs were trained on different data files.**")
+        # a "largest gain" that rounds to 0.0 or less would name a class the CNN does not win
+        text += f"; the largest per-class F1 gain is on {top} ({_signed_pts(gains[top])} points)" \
+            if _signed_pts(gains[top]).startswith("+") else "; no class has a higher F1 with the CNN"
+    trained = [run.info.get("data", {}).get("train_images") for run in (cnn, mlp)]
+    if None not in trained and trained[0] != trained[1]:
+        text += f". The CNN was trained on {_int(trained[0])} faces, the MLP on {_int(trained[1])}"
+    text += "."
+    faces = f"the same {_int(a['n'])} {a.get('split', 'PrivateTest')} faces"
     return [Heading(f"{number}  CNN vs MLP baseline", 1), Para(text),
-            SideBySide([Table(["", cnn_label, mlp_label], rows, "The CNN and the MLP on the same test split.",
+            SideBySide([Table(["", cnn_label, mlp_label], rows, f"The CNN and the MLP on {faces}.",
                               widths=[0.3, 0.35, 0.35])],
                        [Table(["class", "F1 CNN", "F1 MLP", "CNN - MLP (points)"], class_rows,
                               "Per-class F1 of the two models.", widths=[0.25, 0.22, 0.22, 0.31])], split=0.55)]
@@ -1491,6 +1557,8 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
     """
     run = read_run(run_dir)
     mlp_run = read_run(mlp, "--mlp") if mlp is not None else None
+    if mlp_run is not None:
+        _compared_evaluations(run, mlp_run)  # stop before anything is written
     features_dir = read_extra(features, "--features", "features.json", f"ferkit features {run_dir}") \
         if features is not None else None
     compare_dir = read_extra(compare, "--compare", "comparison.json", f"ferkit compare {run_dir} LABELS.csv") \
@@ -1498,7 +1566,7 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
     command = f"ferkit report {run_dir}" + "".join(f" {flag} {value}" for flag, value in
                                                    (("--mlp", mlp), ("--features", features), ("--compare", compare))
                                                    if value is not None) + f" --out {out}"
-    target = Path(out)
+    target = output_folder(out)
     doc = build_document(run, target / "figures", mlp_run, features_dir, compare_dir, command)
     pdf, layout = layout_pdf(doc)
 

@@ -31,7 +31,7 @@ from ferkit import data as fdata
 from ferkit.augment import augment_batch, mix
 from ferkit.config import TrainConfig
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, environment, read_json, write_json, write_text
+from ferkit.fileio import atomic_path, environment, output_folder, read_json, write_json, write_text
 from ferkit.models import count_parameters, get_model, preprocess
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds",
@@ -46,7 +46,8 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise FerkitError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU; use --set device=cpu")
+        raise FerkitError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU; use the CPU (--device cpu, or "
+                          "--set device=cpu when training)")
     device = torch.device(name)
     if device.type == "cuda":  # every batch has the same shape: let cuDNN time its kernels once and keep the fastest
         torch.backends.cudnn.benchmark = True
@@ -74,11 +75,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
     if not path.exists():
-        raise FerkitError(f"{path}: no checkpoint here; train one with `ferkit train DATA --out RUN_DIR`")
+        there = sorted(p.stem for p in path.parent.glob("*.pt"))
+        hint = f"this run has {', '.join(there)} (--checkpoint NAME)" if there else \
+            "train one with `ferkit train DATA --out RUN_DIR`"
+        raise FerkitError(f"{path}: no checkpoint here; {hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged or foreign file: say so instead of a traceback
-        raise FerkitError(f"{path}: not a ferkit checkpoint ({exc})") from None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged or foreign file: say so instead of a traceback
+        checkpoint = None
+    if not isinstance(checkpoint, dict) or not {"model_name", "model_kwargs", "model"} <= checkpoint.keys():
+        raise FerkitError(f"{path}: not a ferkit checkpoint; give a run folder or a .pt file from its checkpoints/ "
+                          f"folder (a damaged one must be trained again)")
+    return checkpoint
 
 
 def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
@@ -210,6 +218,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     Example: ``ferkit train icml_face_data.csv --model cnn --out runs/cnn --set epochs=30``
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FerkitError(f"--out {out}: is a file, not a folder; name a folder for the run")
     last_path = out / "checkpoints" / "last.pt"
     if resume:
         if not last_path.exists():
@@ -223,9 +233,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         state = None
 
     dataset = fdata.load(data_path)
-    if state is not None and state["data_sha256"] != dataset.sha256:
-        raise FerkitError(f"{data_path} is not the file this run was trained on (sha256 {dataset.sha256[:12]}... "
-                          f"vs {state['data_sha256'][:12]}...); resume with the same data file")
+    if state is not None:
+        fdata.require_recorded(dataset, state, f"the run {out} was trained on",
+                               read_json(out / "run.json")["data"]["path"], todo="resume with that file")
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -266,14 +276,16 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     steps_per_epoch = n // cfg.batch_size if n >= cfg.batch_size else 1
     total_steps = steps_per_epoch * cfg.epochs
 
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     if state is None:
         configs.save(cfg, out / "config.yaml")
         history: list[dict[str, Any]] = []
         best_score, best_epoch, bad_epochs, start_epoch, train_seconds = -1.0, 0, 0, 1, 0.0
         run_info = {
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "data": {"path": str(data_path), "sha256": dataset.sha256, "layout": dataset.kind,
+            # absolute: evaluate, features and report find the file from any working folder
+            "data": {"path": str(Path(data_path).resolve()), "sha256": dataset.sha256,
+                     "faces_sha256": dataset.faces_sha256, "layout": dataset.kind,
                      "counts": dataset.counts(), "train_images": int(n), "val_images": int(len(val_idx))},
             "model": {"name": cfg.model, "kwargs": cfg.model_kwargs(), "parameters": count_parameters(model)},
             "class_weights": weights.tolist(),
@@ -349,6 +361,11 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             "seconds": round(seconds, 3),
             "images_per_second": round(seen / seconds, 1),
         }
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+            # nothing of this epoch is saved: last.pt keeps the previous one, which --resume would only repeat
+            raise FerkitError(f"training diverged in epoch {epoch}: the training loss is {row['train_loss']}, the "
+                              f"validation loss {row['val_loss']}; start again with a lower learning rate "
+                              f"(now --set lr={cfg.lr}) in a new --out folder")
         history.append(row)
         score = row[cfg.select_by]
         improved = score > best_score
@@ -360,7 +377,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         payload = {
             "model_name": cfg.model, "model_kwargs": cfg.model_kwargs(), "model": evaluated.state_dict(),
             "config": cfg.to_dict(), "classes": list(fdata.EMOTIONS), "epoch": epoch, "metrics": row,
-            "data_sha256": dataset.sha256, "ferkit_version": _version(),
+            **dataset.checksums(), "ferkit_version": _version(),
         }
         if improved:
             save_checkpoint(out / "checkpoints" / "best.pt", payload)
@@ -388,7 +405,10 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "epochs_run": len(history), "best_epoch": best_epoch, "best_" + cfg.select_by: best_score,
         "stopped_early": stopped_early, "train_seconds": round(train_seconds, 1),
-        "train_images_per_second": round(np.mean([r["images_per_second"] for r in history]), 1) if history else None,
+        # all the images over all the time (validation included), not a mean of the epochs' rates,
+        # which a slow first epoch would distort
+        "train_images_per_second": round(len(history) * steps_per_epoch * min(cfg.batch_size, n) / train_seconds, 1)
+                                   if history else None,
     })
     write_json(out / "run.json", run_info)
     return run_info
