@@ -212,6 +212,8 @@ def test_compare_end_to_end(study, tmp_path, capsys):
     assert difference == pytest.approx(np.mean(human_right) - np.mean(cnn_right))
 
     assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(result))
+    from ferkit.train import checkpoint_sha256  # what lets `report --compare` tell whose model this is
+    assert result["model"]["checkpoint_sha256"] == checkpoint_sha256(study["run"])
     for name in ("confusion_matrices.png", "disagreements.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 300

@@ -98,6 +98,8 @@ def test_writes_every_figure_and_the_numbers(world):
     assert sorted(result["figures"]) == sorted(FIGURES)
     test_rows = np.flatnonzero(world["splits"] == 2)
     assert result["faces"] == len(test_rows) and result["split"] == "PrivateTest"
+    from ferkit.train import checkpoint_sha256  # what lets `report --features` tell whose model this is
+    assert result["checkpoint_sha256"] == checkpoint_sha256(world["run"]) and len(result["data_faces_sha256"]) == 64
     assert result["row_key"] == "line"
     assert result["layer"]["shape"] == [8, 24, 24]  # widths 4,8: one pool, 8 channels at 24x24
     # the embedding covers every PrivateTest face, by its CSV line, with finite coordinates

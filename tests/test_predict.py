@@ -106,9 +106,24 @@ def test_onnx_export_matches_pytorch(tiny_run, tiny_csv, tmp_path):
 
 def test_predict_cli_reports_bad_inputs(tiny_run, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    assert main(["predict", str(tiny_run), str(tmp_path / "bad.png"), str(tmp_path / "missing.jpg")]) == 2
+    assert main(["predict", str(tiny_run), str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err
-    assert "not a readable image" in err and "no such file" in err and "Traceback" not in err
+    assert "bad.png: not a readable image, skipped" in err and "no face was classified" in err
+    assert main(["predict", str(tiny_run), str(tmp_path / "bad.png"), str(tmp_path / "missing.jpg")]) == 2
+    err = capsys.readouterr().err  # a mistyped name stops it before any work
+    assert "missing.jpg: no such file or folder (nothing was classified)" in err and "bad.png" not in err
+    assert "Traceback" not in err
+
+
+def test_predict_takes_one_path_as_one_input(tiny_run, tiny_csv, tmp_path):
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    face = tmp_path / "face.png"
+    Image.fromarray(load(tiny_csv).images[0]).save(face)
+    table, messages = predict(tiny_run, str(face), detect=False, progress=False)  # a str, not a list
+    assert len(table) == 1 and messages == []
 
 
 @pytest.mark.slow

@@ -288,6 +288,103 @@ def test_rare_class_credits_rebalancing_only_when_there_is_some(mode):
     assert ("the rebalancing works" in text) is (mode != "none")
 
 
+def test_sampler_weight_is_relative_to_the_largest_class():
+    weights = [1.0, 1.705, 1.0, 0.5, 0.9, 1.2, 1.0]  # Happy, the largest class, has the smallest weight
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
+    info = {"data": {"counts": {"Training": [40, 5, 40, 70, 50, 30, 45]}}, "class_weights": weights}
+    run = freport.Run(Path("run"), {"imbalance": "sampler"}, info, [], {"test": {"accuracy": 0.5, "macro_f1": 0.5,
+                                                                              "per_class": per_class}}, {})
+    text = next(item for item in freport._challenges(run) if item.startswith("**The rare class**"))
+    assert "the sampler draws each Disgust face 3.41× as often as each Happy face" in text
+
+
+def _history(train_acc: float, val_acc: float, val_macro_f1: float) -> list[dict[str, float]]:
+    return [{"epoch": e, "train_acc": train_acc, "val_acc": val_acc, "val_loss": 1.9, "val_macro_f1": val_macro_f1}
+            for e in (1, 2)]
+
+
+@pytest.mark.parametrize("history, learned", [
+    (_history(0.24, 0.25, 0.057), False),  # one class for every face: Happy, a quarter of PublicTest
+    (_history(0.30, 0.25, 0.16), False),  # accuracy no better than always answering Happy
+    (_history(0.30, 0.33, 0.10), False),  # macro F1 where one-class answers stay
+    (_history(0.30, 0.33, 0.20), True),
+])
+def test_a_model_that_did_not_learn_gets_no_regularisation_advice(history, learned):
+    info = {"finished": True, "best_epoch": 2,
+            "data": {"counts": {"PublicTest": [10, 2, 10, 25, 20, 13, 20]}}}  # Happy: 25 of 100
+    cfg = {"augment": True, "weight_decay": 5e-4, "epochs": 2}
+    run = freport.Run(Path("run"), cfg, info, history, {"test": {}}, {})
+    items = freport._challenges(run)
+    remark = next(item for item in items if "over-fitting" in item.lower() or "did not learn" in item)
+    assert remark.startswith("**The model did not learn**") is not learned
+    if not learned:
+        assert "slack" not in remark and "is ample" not in remark
+        assert "always answering Happy" in remark or "below 1/7" in remark
+    else:
+        assert remark.startswith("**No over-fitting**")
+
+
+@pytest.mark.parametrize("resumes, times", [(1, "once"), (2, "twice"), (3, "3 times")])
+@pytest.mark.parametrize("command, how", [
+    ("/venv/bin/ferkit train faces.csv --out runs/cnn", "with `ferkit train --resume`"),
+    ("/venv/bin/ferkit run faces.csv --out study", "by running its `ferkit run` study again"),
+])
+def test_resumes_are_told_as_run_json_records_them(resumes, times, command, how):
+    info = {"resumed": ["2024-05-01T10:00:00+00:00"] * resumes, "environment": {"command": command}}
+    run = freport.Run(Path("run"), {}, info, [], {"test": {}}, {})
+    text = next(item for item in freport._challenges(run) if "checkpoints/last.pt" in item)
+    assert text.startswith("**Resumed**: run.json records that the run was continued from checkpoints/last.pt "
+                           f"{times} ({how})")
+    assert "(s)" not in text and "Interruptions" not in text
+
+
+@pytest.mark.parametrize("started, finished, train_seconds, wall", [
+    ("2024-05-01T10:00:00+00:00", "2024-05-01T10:00:16+00:00", 16.1, "about the same wall-clock"),  # whole seconds
+    ("2024-05-01T10:00:00+00:00", "2024-05-01T10:00:17+00:00", 16.1, "about the same wall-clock"),
+    ("2024-05-01T10:00:00+00:00", "2024-05-01T10:00:40+00:00", 16.1, "40.0 s wall-clock"),
+    ("2024-05-01T10:00:00.000+00:00", "2024-05-01T10:00:16.050+00:00", 16.1, "about the same wall-clock"),
+    ("2024-05-01T10:00:00.000+00:00", "2024-05-01T10:00:17.400+00:00", 16.1, "17.4 s wall-clock"),
+])
+def test_wall_clock_is_never_shorter_than_the_training(tmp_path, started, finished, train_seconds, wall):
+    from ferkit.config import TrainConfig
+
+    info = {"best_epoch": 1, "started": started, "finished": finished, "train_seconds": train_seconds}
+    run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), epochs=1), info, [], {"test": {}}, {})
+    procedure = next(b.text for b in freport._training_section(run)
+                     if isinstance(b, freport.Para) and b.text.startswith("**Procedure.**"))
+    assert f"in 16.1 s of training ({wall} from start to finish, evaluation excluded)" in procedure
+
+
+def test_short_durations_do_not_read_as_zero():
+    assert [freport._duration(x) for x in (0.001, 0.03, 0.5, 16.14, 150)] == \
+        ["< 0.01 s", "0.03 s", "0.50 s", "16.1 s", "2.5 min"]
+
+
+def test_training_time_comes_from_the_history_to_the_millisecond():
+    f1 = {c: 0.5 for c in EMOTIONS}
+    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    mlp.info["train_seconds"] = 0.0  # run.json rounds to 0.1 s
+    mlp.history = [{"epoch": 1, "seconds": 0.014}, {"epoch": 2, "seconds": 0.016}]
+    table = next(b for b in freport._mlp_section(cnn, mlp, 2000, 6) if isinstance(b, freport.SideBySide)).left[0]
+    assert next(row for row in table.rows if row[0] == "training time")[1:] == ["1.0 s", "0.03 s"]
+
+
+@pytest.mark.parametrize("folder, name", [
+    ("study/cnn", "the cnn run study/cnn"),  # a `ferkit run` study's folder: the study tells it apart
+    ("runs/baseline", "the cnn run baseline"),
+])
+def test_title_does_not_repeat_the_model_name(tmp_path, folder, name):
+    run = freport.Run(tmp_path / folder, {}, {"model": {"name": "cnn"}}, [], {"test": {}}, {})
+    assert freport._title(run) == f"Facial-expression recognition on FER2013: {name}"
+
+
+def test_title_of_a_relative_run_folder_named_after_its_model(tmp_path, monkeypatch):
+    (tmp_path / "study").mkdir()
+    monkeypatch.chdir(tmp_path / "study")
+    run = freport.Run(Path("cnn"), {}, {"model": {"name": "cnn"}}, [], {"test": {}}, {})
+    assert freport._title(run).endswith(": the cnn run study/cnn")
+
+
 def test_signed_differences_that_round_to_zero_have_no_sign():
     assert [freport._signed_pts(x) for x in (0.0004, -0.0004, -0.0, 0.012, -0.012)] == \
         ["0.0", "0.0", "0.0", "+1.2", "-1.2"]
@@ -356,6 +453,31 @@ def test_empty_compare_folder(world, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FerkitError, match=r"comparison.json.*ferkit compare"):
         freport.build_report(world["cnn"], tmp_path / "out", compare=tmp_path / "empty")
+
+
+@pytest.mark.parametrize("option, json_name, record, why", [
+    ("--features", "features.json", {"checkpoint_sha256": "0" * 64}, "another checkpoint file"),
+    ("--features", "features.json", {"checkpoint_epoch": 99}, "the checkpoint of epoch 99, the run's best is epoch"),
+    ("--compare", "comparison.json", {"model": {"epoch": 99}}, "the checkpoint of epoch 99"),
+    ("--compare", "comparison.json", {"data": {"sha256": "f" * 64, "faces_sha256": "e" * 64}}, "other data"),
+])
+def test_extras_of_another_model_are_refused(world, tmp_path, option, json_name, record, why):
+    extra = make_extra(tmp_path / "extra", json_name, record, 1)
+    keyword = {"--features": "features", "--compare": "compare"}[option]
+    with pytest.raises(FerkitError, match=f"{option} .*extra: made from another model than the best checkpoint of "
+                                          f".*cnn \\({why}"):
+        freport.build_report(world["cnn"], tmp_path / "out", **{keyword: extra})
+    assert not (tmp_path / "out").exists()
+
+
+def test_extras_of_this_model_are_accepted(world, tmp_path):
+    from ferkit.train import checkpoint_sha256
+
+    info = json.loads((world["cnn"] / "run.json").read_text())
+    extra = make_extra(tmp_path / "extra", "features.json", {
+        "checkpoint_sha256": checkpoint_sha256(world["cnn"]), "checkpoint_epoch": info["best_epoch"],
+        "data_sha256": "0" * 64, "data_faces_sha256": info["data"]["faces_sha256"]}, 1)  # a copy of the data
+    assert freport.build_report(world["cnn"], tmp_path / "out", features=extra)["pages"] >= 1
 
 
 def test_not_a_run(tmp_path):
@@ -468,6 +590,33 @@ def test_replication_retargets_the_recorded_training(tmp_path, recorded):
     assert all(re.search(rf"--out[= ]{re.escape(str(tmp_path / 'runs' / 'cnn-replica'))}( |$)", t) for t in trains)
     assert "--set epochs=2" in trains[0] and f"--config {run_path}/config.yaml" in trains[1]
     assert f"ferkit evaluate {tmp_path / 'runs' / 'cnn-replica'}" in code
+
+
+@pytest.mark.parametrize("recorded, profile", [("/venv/bin/ferkit run faces.csv --out runs/study", " --profile cpu"),
+                                               ("/venv/bin/ferkit run faces.csv --out runs/study --profile gpu", "")])
+def test_replication_names_the_study_that_trained_the_run(tmp_path, recorded, profile):
+    run_path = tmp_path / "runs" / "study" / "cnn"
+    run_path.mkdir(parents=True)
+    (run_path / "config.yaml").write_text("epochs: 2\n")
+    info = {"environment": {"command": recorded}, "data": {"path": "faces.csv"}}
+    run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
+    blocks = freport._replication_section(run, "ferkit report x --out y")
+    code = next(b.text for b in blocks if isinstance(b, freport.Code))
+    text = " ".join(b.text for b in blocks if isinstance(b, freport.Para))
+    study = recorded.split("/bin/")[1].replace("runs/study", str(tmp_path / "runs" / "study-replica"))
+    assert f"\n{study}{profile}\n" in code
+    assert f"{tmp_path / 'runs' / 'study-replica' / 'cnn'} replicates this run" in code
+    assert "not by a ferkit command" not in text and "not the ferkit command" not in text
+    assert f"trained by the `ferkit run` study `{recorded.split('/bin/')[1]}`" in text
+
+
+def test_replication_names_a_training_started_outside_ferkit(tmp_path):
+    (tmp_path / "config.yaml").write_text("epochs: 2\n")
+    info = {"environment": {"command": "/venv/bin/pytest tests -q"}, "data": {"path": "faces.csv"}}
+    run = freport.Run(tmp_path, {"seed": 0}, info, [], {"test": {}}, {})
+    text = " ".join(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                    if isinstance(b, freport.Para))
+    assert "started by `/venv/bin/pytest tests -q`, not by a ferkit command" in text
 
 
 # ---------------------------------------------------------------------------------------------

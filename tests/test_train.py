@@ -150,6 +150,81 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tiny_csv, traine
         train.train(tiny_csv, run, tiny_config(epochs=1), progress=False)
     with pytest.raises(FerkitError, match="nothing to resume"):
         train.train(tiny_csv, tmp_path / "empty", resume=True, progress=False)
+    mine = tmp_path / "mine"  # somebody's folder: a run would write its history.csv over theirs
+    mine.mkdir()
+    (mine / "history.csv").write_text("my notes")
+    (mine / "thesis.tex").write_text("my thesis")
+    with pytest.raises(FerkitError, match=r"--out .*mine: holds other files \(thesis.tex\); a run needs a new"):
+        train.train(tiny_csv, mine, tiny_config(epochs=1), progress=False)
+    assert (mine / "history.csv").read_text() == "my notes"
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(trained_run, tiny_csv, capsys):
+    run, info = trained_run
+    before = (run / "run.json").read_text()
+    assert main(["train", str(tiny_csv), "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "the run had finished already; nothing more to train" in out
+    assert f"best epoch {info['best_epoch']} of {info['epochs_run']}" in out
+    assert (run / "run.json").read_text() == before  # no "resumed" entry, no new "finished" time
+
+
+def test_resume_removes_what_a_kill_left_half_written(tiny_csv, tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    cfg = tiny_config(epochs=2, train_limit=64)
+    original = train.save_checkpoint
+
+    def killed_after_the_first_epoch(path, payload):
+        original(path, payload)
+        if payload["epoch"] == 1 and path.name == "last.pt":
+            (path.parent / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill -9 leaves it
+            (run / ".history.csv.def456.tmp").write_text("epoch")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", killed_after_the_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_csv, run, cfg, progress=False)
+    monkeypatch.setattr(train, "save_checkpoint", original)
+    train.train(tiny_csv, run, resume=True, progress=False)
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_checkpoint_names_and_run_folders_as_a_user_types_them(trained_run, tiny_csv, tmp_path):
+    run, _ = trained_run
+    by_name = evaluate(run, which="last", out=tmp_path / "a")
+    for typed in ("last.pt", "checkpoints/last.pt"):
+        assert evaluate(run, which=typed, out=tmp_path / "b")["accuracy"] == by_name["accuracy"]
+    with pytest.raises(FerkitError, match="tiny.csv: is a file, not a run folder"):
+        evaluate(tiny_csv)
+
+
+def test_no_output_lands_in_a_run_folder_or_its_own_files(trained_run, tiny_csv, tmp_path, capsys):
+    run, _ = trained_run
+    evaluate(run, split="test", tta=True)
+    own = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    commands = [
+        ["evaluate", str(run), "--out", str(run / "eval" / "test-tta")],
+        ["ensemble", str(run), "--out", str(run / "checkpoints")],
+        ["ensemble", str(run), "--out", str(run)],
+        ["data", str(tiny_csv), "--out", str(run)],
+        ["features", str(run), "--out", str(run)],
+        ["report", str(run), "--out", str(run)],
+        ["run", str(tiny_csv), "--out", str(run)],
+        ["predict", str(run), str(tiny_csv), "--no-detect", "--out", str(run / "eval" / "test" / "faces.csv")],
+        ["evaluate", str(run), "--out", ""],
+        ["data", str(tiny_csv), "--out", ""],
+    ]
+    for command in commands:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and ("is a training run's folder" in err or "where the run keeps its own" in err
+                                           or "--out is empty" in err), (command, err)
+    assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == own
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main(["run", str(tiny_csv), "--out", str(tmp_path / "mine")]) == 2
+    assert "holds other files (notes.txt); a study needs a new or empty folder" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--out", str(run / "report")]) == 0  # a folder of its own inside the run
 
 
 def test_early_stopping_fires(tiny_csv, tmp_path):
@@ -282,9 +357,9 @@ def test_a_run_folder_is_never_taken_for_saved_predictions(trained_run, tmp_path
     evaluate(run, split="test")
     for out in (run, tmp_path / "file"):
         (tmp_path / "file").touch()
-        with pytest.raises(FerkitError, match=r"is a run folder|is a file, not a folder"):
+        with pytest.raises(FerkitError, match=r"is a training run's folder|is a file, not a folder"):
             ensemble([run], out)
-        with pytest.raises(FerkitError, match=r"is a run folder|is a file, not a folder"):
+        with pytest.raises(FerkitError, match=r"is a training run's folder|is a file, not a folder"):
             evaluate(run, out=out)
     copy = tmp_path / "copy"  # evaluation files that landed in a run folder some other way
     shutil.copytree(run, copy)
@@ -322,9 +397,10 @@ def test_registry_and_config_reject_unknown_names():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("lr=-1", "'lr': -1.0 must not be negative"),
+    ("lr=-1", "'lr': -1.0 must be in \\[0, 100\\]"),
     ("lr=nan", "'lr': 'nan' is not a valid finite number"),
     ("weight_decay=inf", "not a valid finite number"),
+    ("weight_decay=1e39", "'weight_decay': 1e\\+39 must be in \\[0, 1\\]"),
     ("dropout=1.5", "'dropout': 1.5 must be in \\[0, 1\\)"),
     ("label_smoothing=2", "'label_smoothing': 2.0 must be in"),
     ("erase_prob=2", "'erase_prob': 2.0 must be in \\[0, 1\\]"),
@@ -337,6 +413,11 @@ def test_registry_and_config_reject_unknown_names():
     ("mixup=-1", "'mixup': -1.0 must not be negative"),
     ("warmup_epochs=-1", "'warmup_epochs': -1.0 must not be negative"),
     ("patience=0", "'patience': 0 must be at least 1"),
+    ("seed=1e30", "'seed': .* must be in \\[0, 2\\*\\*32\\)"),
+    ("seed=-1", "'seed': -1 must be in"),
+    ("lr=1e300", "'lr': 1e\\+300 must be in \\[0, 100\\]"),
+    ("imbalance_power=1e9", "'imbalance_power': .* must be in \\[0, 10\\]"),
+    ("snapshot_minutes=-1", "'snapshot_minutes': -1 must hold minutes that are not negative \\(the default is empty\\)"),
 ])
 def test_config_rejects_values_out_of_range(override, message):
     with pytest.raises(FerkitError, match=message):
@@ -416,10 +497,12 @@ def test_gpu_profile_runs_on_cpu_with_tiny_settings(tiny_csv, tmp_path):
     assert metrics["tta"] == "crops" and (tmp_path / "gpu" / "eval" / "test-tta-at_0min" / "metrics.json").exists()
 
 
-def test_training_that_diverges_stops_and_says_what_to_change(tiny_csv, tmp_path):
-    with pytest.raises(FerkitError, match=r"training diverged in epoch 1: the training loss is nan.*lower learning "
-                                          r"rate \(now --set lr=1000000.0\)"):
-        train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2, lr=1e6), progress=False)
+def test_training_that_diverges_stops_and_says_what_to_change(tiny_csv, tmp_path, monkeypatch):
+    # a NaN in the batches is what a diverging run produces, and it does so whatever the data
+    monkeypatch.setattr(train, "augment_batch", lambda x, cfg, generator: x * float("nan"))
+    with pytest.raises(FerkitError, match=r"training diverged in epoch 1: the training loss is nan, the validation "
+                                          r"loss nan; start again with a lower learning rate \(now --set lr=0.05\)"):
+        train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2), progress=False)
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing of the diverged epoch is kept
 
 

@@ -172,7 +172,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
     import torch
 
     from ferkit.label import read_labels
-    from ferkit.train import load_model, pick_device, predict_proba
+    from ferkit.train import checkpoint_sha256, load_model, pick_device, predict_proba
 
     if resamples < 1:
         raise FerkitError(f"--bootstrap {resamples}: use at least 1 resample")
@@ -217,10 +217,10 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
         "sample_n": sample_n,
         "complete": n == sample_n,
         "labels": str(labels_path),
-        "data": {"path": dataset.source, "sha256": dataset.sha256},
+        "data": {"path": dataset.source, "sha256": dataset.sha256, "faces_sha256": dataset.faces_sha256},
         "sample": {"split": labels.meta.get("split"), "seed": labels.meta.get("seed"), "n": sample_n},
         "model": {"run": str(run), "name": checkpoint.get("model_name"), "epoch": checkpoint.get("epoch"),
-                  "tta": mode},
+                  "checkpoint_sha256": checkpoint_sha256(run), "tta": mode},
         "classes": list(EMOTIONS),
         "macro_f1_classes": [EMOTIONS[i] for i in np.unique(y_true)],
         "human": _scores(y_true, human, boot["human"]),

@@ -118,8 +118,12 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "threads": (lambda v: v >= 0, "must not be negative (0 = torch's choice)"),
     **dict.fromkeys(("dropout", "label_smoothing", "momentum", "max_scale", "ema"), _FRACTION),
     "erase_prob": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    **dict.fromkeys(("lr", "weight_decay", "warmup_epochs", "imbalance_power", "max_shift", "max_rotate", "mixup",
-                     "cutmix"), _NOT_NEGATIVE),
+    **dict.fromkeys(("warmup_epochs", "max_shift", "max_rotate", "mixup", "cutmix"), _NOT_NEGATIVE),
+    # upper bounds far beyond any useful value, where float32 or the sampler would overflow
+    "lr": (lambda v: 0 <= v <= 100, "must be in [0, 100]"),
+    "imbalance_power": (lambda v: 0 <= v <= 10, "must be in [0, 10]"),
+    "weight_decay": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "seed": (lambda v: 0 <= v < 2**32, "must be in [0, 2**32)"),
 }
 
 
@@ -212,7 +216,9 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
 
 def _shown_default(key: str) -> str:
     value = getattr(TrainConfig, key)
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "empty"
+    return str(value)
 
 
 def save(config: TrainConfig, path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ from sklearn.metrics import (accuracy_score, classification_report, confusion_ma
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, output_folder, read_json, write_json, write_text
+from ferkit.fileio import atomic_path, is_run_folder, output_folder, read_json, write_json, write_text
 
 SPLIT_NAMES = {"test": "PrivateTest", "val": "PublicTest"}
 
@@ -65,19 +65,6 @@ def recorded_data_path(run_dir: Path) -> str | None:
         return None
 
 
-def is_run_folder(path: str | os.PathLike) -> bool:
-    """Whether `path` holds a training run (its run.json or checkpoints)."""
-    return (Path(path) / "run.json").is_file() or (Path(path) / "checkpoints").is_dir()
-
-
-def evaluation_folder(path: str | os.PathLike, create: bool = True) -> Path:
-    """Create (or with create=False only check) the folder evaluation files go to, refusing a run
-    folder: files written there would make the run look like saved predictions to `ensemble`."""
-    if is_run_folder(path):
-        raise FerkitError(f"--out {path}: is a run folder; its evaluations belong in {Path(path) / 'eval'}, and other "
-                          f"files in a folder of their own")
-    return output_folder(path, create=create)
-
 
 def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,
                      info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None,
@@ -86,7 +73,7 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
     given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches)."""
     from ferkit.visualize import confusion_matrices, learning_curves
 
-    evaluation_folder(out)
+    out.mkdir(parents=True, exist_ok=True)  # callers check a --out of the user's (fileio.output_folder)
     y_true = dataset.labels[rows]
     y_pred = probs.argmax(1)
     metrics = dict(info, **compute_metrics(y_true, y_pred), **dataset.checksums())
@@ -117,12 +104,13 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     """
     import torch
 
-    from ferkit.train import load_model, pick_device, predict_proba, read_history
+    from ferkit.train import checkpoint_name, load_model, pick_device, predict_proba, read_history
 
     run = Path(run_dir)
+    which = checkpoint_name(which)
     name = split_name(split)
     suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
-    destination = evaluation_folder(out, create=False) if out else run / "eval" / (split + suffix)
+    destination = output_folder(out, create=False) if out is not None else run / "eval" / (split + suffix)
     data_path = run_data_path(run, data)
     target = pick_device(device)
     model, checkpoint = load_model(run, which=which, device=target)
@@ -212,7 +200,7 @@ def ensemble(members: Sequence[str | os.PathLike], out: str | os.PathLike, split
             first = members[resolved.index(resolved[i])]
             again = "" if str(first) == str(member) else f" (again as {member})"
             raise FerkitError(f"{first} is listed twice{again}; each member counts once in the average")
-    output = evaluation_folder(out, create=False)
+    output = output_folder(out, create=False)
     dataset = fdata.load(_ensemble_data_path(Path(members[0]), data))
     target = pick_device(device)
     name = split_name(split)

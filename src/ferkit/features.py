@@ -551,7 +551,7 @@ def features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: st
 
 def _features(run_dir, data, out, n, seed, top_k, channels_per_class, faces_per_channel, embedding, device,
               batch_size) -> dict[str, Any]:
-    from ferkit.train import load_model, pick_device
+    from ferkit.train import checkpoint_sha256, load_model, pick_device
 
     started = time.perf_counter()
     if n < 1:
@@ -676,7 +676,8 @@ def _features(run_dir, data, out, n, seed, top_k, channels_per_class, faces_per_
     channels = stats["channels"]
     result = {
         "run": str(run), "model": checkpoint.get("model_name"), "checkpoint_epoch": checkpoint.get("epoch"),
-        "data": dataset.source, "data_sha256": dataset.sha256, "split": SPLIT, "faces": len(rows),
+        "checkpoint_sha256": checkpoint_sha256(run),
+        "data": dataset.source, **dataset.checksums(), "split": SPLIT, "faces": len(rows),
         "accuracy": accuracy, "seed": seed, "n": n,
         "row_key": dataset.origin_column,
         "layer": {"name": "forward_features (last convolutional block)", "shape": layer_shape},

@@ -24,8 +24,11 @@ os.umask(_UMASK)
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file the user asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -38,12 +41,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+# Where a training run keeps its own files: no other command's output goes there (output_folder).
+RUN_OWN_FOLDERS = ("checkpoints", "eval")
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a training run: `ferkit train` writes run.json and config.yaml first."""
+    return (Path(path) / "run.json").is_file() and (Path(path) / "config.yaml").is_file()
+
+
+def run_folder_around(path: str | os.PathLike) -> Path | None:
+    """The training run folder that `path` is or lies inside, if any."""
+    absolute = Path(os.path.abspath(path))
+    return next((folder for folder in (absolute, *absolute.parents) if is_run_folder(folder)), None)
+
+
 def output_folder(path: str | os.PathLike, option: str = "--out", create: bool = True) -> Path:
-    """Create the folder a command writes into, or stop saying why it cannot be. With create=False,
-    only check, so that a command can refuse a bad --out before its work without leaving a folder
-    behind when something else stops it."""
-    path = Path(path)
-    if problem := _folder_problem(path):
+    """Create the folder a command writes into, or stop saying why it cannot be: a path that is no
+    folder, a run folder itself or its checkpoints/ or eval/ (whose files would then pass for the
+    run's: `ferkit report` and `ferkit ensemble` read them). With create=False only check, so that
+    a command refuses a bad --out before its work without leaving a folder behind."""
+    path = check_folder_path(path, option)
+    if _inside_run(path) == ():
+        raise FerkitError(f"{option} {path}: is a training run's folder; name a folder of its own (one inside the "
+                          f"run, such as {path / 'report'}, is fine)")
+    if problem := _run_own_problem(path):
         raise FerkitError(f"{option} {path}: {problem}; name another folder")
     if create:
         try:
@@ -53,15 +75,55 @@ def output_folder(path: str | os.PathLike, option: str = "--out", create: bool =
     return path
 
 
+def check_folder_path(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Stop unless `path` names a folder this process can make or write in; create nothing."""
+    if not os.fspath(path).strip():
+        raise FerkitError(f"{option} is empty; name a folder")
+    path = Path(path)
+    if problem := _folder_problem(path):
+        raise FerkitError(f"{option} {path}: {problem}; name another folder")
+    return path
+
+
 def output_file(path: str | os.PathLike, option: str, create_folder: bool = True) -> Path:
     """Check, before any work, that a command can write the file `path`; create its folder."""
+    if not os.fspath(path).strip():
+        raise FerkitError(f"{option} is empty; name a file")
     path = Path(path)
     if path.is_dir():
         raise FerkitError(f"{option} {path}: is a folder; name the file to write")
-    if problem := _folder_problem(path.parent):
+    if problem := _folder_problem(path.parent) or _run_own_problem(path.parent):
         raise FerkitError(f"{option} {path}: its folder {path.parent} {problem}; name another file")
-    output_folder(path.parent, option, create_folder)
+    if create_folder:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FerkitError(f"{option} {path}: cannot create its folder ({exc.strerror})") from None
     return path
+
+
+def require_only(folder: Path, entries: set[str], what: str) -> None:
+    """Stop when `folder` holds anything but `entries` (dotfiles aside): `what` would write over files
+    of the same names, and nothing of the user's may be lost."""
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in entries and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+    if foreign:
+        raise FerkitError(f"--out {folder}: holds other files ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); {what}")
+
+
+def _inside_run(path: Path) -> tuple[str, ...] | None:
+    """Where `path` lies inside the training run folder around it (() for the run folder itself);
+    None outside any run."""
+    run = run_folder_around(path)
+    return None if run is None else Path(os.path.abspath(path)).relative_to(run).parts
+
+
+def _run_own_problem(path: Path) -> str | None:
+    inside = _inside_run(path)
+    if inside and inside[0] in RUN_OWN_FOLDERS:
+        return f"lies inside a training run's {inside[0]}/ folder, where the run keeps its own files"
+    return None
 
 
 def _folder_problem(path: Path) -> str | None:

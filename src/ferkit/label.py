@@ -36,7 +36,7 @@ import numpy as np
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import read_json, write_json, write_text
+from ferkit.fileio import output_file, read_json, write_json, write_text
 
 SPLIT = "PrivateTest"
 SIDECAR_FORMAT = "ferkit-labels"
@@ -187,6 +187,7 @@ def export_with_truth(data: str | os.PathLike, labels_csv: str | os.PathLike, ou
     """
     if Path(out).resolve() in (Path(labels_csv).resolve(), sidecar_path(labels_csv).resolve()):
         raise FerkitError(f"--export-with-truth {out}: choose a file other than the labels and their sidecar")
+    output_file(out, "--export-with-truth", create_folder=False)
     dataset = fdata.load(data)
     labels = read_labels(labels_csv, dataset)
     buffer = io.StringIO()
@@ -235,10 +236,8 @@ class LabelSession:
     def open(cls, data: str | os.PathLike, labels_csv: str | os.PathLike, n: int | None = None,
              seed: int | None = None) -> "LabelSession":
         """Start a new sample in `labels_csv`, or resume the one recorded beside it."""
-        labels_csv = Path(labels_csv)
+        labels_csv = output_file(labels_csv, "--out", create_folder=False)
         side = sidecar_path(labels_csv)
-        if labels_csv.is_dir():
-            raise FerkitError(f"--out {labels_csv}: is a folder; name the CSV file for the answers")
         dataset = fdata.load(data)
         if side.exists():
             meta = _read_meta(labels_csv)

@@ -15,13 +15,15 @@ from typing import Any, Callable
 from ferkit import config as configs
 from ferkit.data import load
 from ferkit.errors import FerkitError
-from ferkit.fileio import read_json, write_json
+from ferkit.fileio import output_folder, read_json, require_only, write_json
 
 
 def _stage_banner(number: int, total: int, name: str) -> None:
     print(f"\n[{number}/{total}] {name}", flush=True)
 
 
+# What a study folder holds (see the module docstring)
+_STUDY_ENTRIES = {"pipeline.json", "data", "cnn", "mlp", "features", "report"}
 # Where a run executes, not what it computes: a study may resume with other values of these.
 _PLACE_KEYS = ("device", "threads")
 
@@ -51,7 +53,8 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
     from ferkit.data import summarize
     from ferkit.train import pick_device, train
 
-    out = Path(out)
+    out = output_folder(out, create=False)
+    require_only(out, _STUDY_ENTRIES, "a study needs a new or empty folder, or the folder of a study to resume")
     record_path = out / "pipeline.json"
     dataset = load(data)
     record = read_json(record_path) if record_path.exists() else {
@@ -72,7 +75,7 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
                               f"`model` out of {option}")
     for folder, cfg, option in ((out / "cnn", cnn_cfg, "--set"), (out / "mlp", mlp_cfg, "--mlp-set")):
         _require_same_config(folder, cfg, option)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
 
     def train_stage(folder: Path, cfg: configs.TrainConfig) -> Callable[[], Any]:
         def run() -> Any:

@@ -77,28 +77,35 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
     return files, problems
 
 
-def predict(model_or_run: str | os.PathLike, inputs: Iterable[str | os.PathLike], out: str | os.PathLike | None = None,
-            annotate: str | os.PathLike | None = None, detect: bool = True, tta: bool = False,
-            progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterable[str | os.PathLike],
+            out: str | os.PathLike | None = None, annotate: str | os.PathLike | None = None, detect: bool = True,
+            tta: bool = False, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Classify every face in the given photos (or, with detect=False, each image as one face).
 
-    Returns the table (one row per face) and the messages about skipped files.
-    Example: ``ferkit predict runs/study/cnn photos/ --out faces.csv --annotate annotated/``
+    `inputs` is one path or several. Returns the table (one row per face) and the messages about
+    skipped files (unreadable, or without a face); a missing input stops it before any work.
+    Example: ``predict("runs/study/cnn", "photos/", out="faces.csv")``, which is
+    ``ferkit predict runs/study/cnn photos/ --out faces.csv``
     """
     import torch
 
     from ferkit.train import load_model, predict_proba
 
     cv2 = _cv2()
-    if out:  # checked before the photos are read; made only when there is something to write
+    if out is not None:  # checked before the photos are read; made only when there is something to write
         output_file(out, "--out", create_folder=False)
-    if annotate:
+    if annotate is not None:
         output_folder(annotate, "--annotate", create=False)
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of its characters
+        inputs = [inputs]
+    files, missing = find_images(inputs)
+    if missing:
+        raise FerkitError("; ".join(missing) + " (nothing was classified)")
+    if not files:
+        raise FerkitError("no input images given (a folder is searched for .jpg, .png, ... files)")
     model, checkpoint = load_model(model_or_run)
     model = model.to(memory_format=torch.channels_last)
-    files, messages = find_images(inputs)
-    if not files and not messages:
-        raise FerkitError("no input images given")
+    messages: list[str] = []
     detector = face_detector() if detect else None
     rows, crops = [], []
     annotations: dict[Path, tuple[np.ndarray, list[int]]] = {}
@@ -122,7 +129,7 @@ def predict(model_or_run: str | os.PathLike, inputs: Iterable[str | os.PathLike]
             x, y, w, h = face.box
             rows.append({"file": str(path), "face": number, "x": x, "y": y, "width": w, "height": h})
             crops.append(face.crop)
-        if annotate:
+        if annotate is not None:
             annotations[path] = (image, list(range(first_row, len(rows))))
     table = pd.DataFrame(rows, columns=["file", "face", "x", "y", "width", "height"])
     if crops:
@@ -134,10 +141,10 @@ def predict(model_or_run: str | os.PathLike, inputs: Iterable[str | os.PathLike]
     else:
         for name in (*EMOTIONS, "emotion"):
             table[name] = []
-    if out:
+    if out is not None:
         with atomic_path(out) as tmp:
             table.to_csv(tmp, index=False)
-    if annotate:
+    if annotate is not None:
         _annotate(annotations, table, Path(annotate))
     return table, messages
 

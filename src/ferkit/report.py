@@ -154,9 +154,11 @@ class Run:
 
     @property
     def train_seconds(self) -> float:
-        if self.info.get("train_seconds") is not None:
-            return float(self.info["train_seconds"])
-        return float(sum(r["seconds"] for r in self.history))
+        # the history keeps each epoch's time to the millisecond, run.json the total to 0.1 s only
+        # (a 0.03 s run records 0.0)
+        if self.history:
+            return float(sum(r["seconds"] for r in self.history))
+        return float(self.info.get("train_seconds") or 0.0)
 
 
 def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
@@ -230,6 +232,35 @@ def read_extra(folder: str | os.PathLike, option: str, json_name: str, command: 
         raise FerkitError(f"{option} {path}: holds neither {json_name} nor PNG figures; make it with "
                           f"`{command} --out {path}`")
     return Extra(path, data if isinstance(data, dict) else ({"value": data} if data is not None else None), figures)
+
+
+def require_extra_of(run: Run, extra: Extra, option: str, command: str) -> None:
+    """Stop when the features or comparison in `extra` were made from another model than the run's
+    best checkpoint: the report would show them as this model's. Their JSON records the checkpoint's
+    sha256 (older ones only its epoch and the data), which is compared when both sides have it."""
+    from ferkit.train import checkpoint_sha256
+
+    record = extra.data or {}
+    model = record.get("model") if isinstance(record.get("model"), dict) else {}  # comparison.json's layout
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    recorded_checkpoint = record.get("checkpoint_sha256") or model.get("checkpoint_sha256")
+    recorded_epoch = record.get("checkpoint_epoch") or model.get("epoch")
+    recorded_data = {"data_sha256": record.get("data_sha256") or data.get("sha256"),
+                     "data_faces_sha256": record.get("data_faces_sha256") or data.get("faces_sha256")}
+    run_data = run.info.get("data", {})
+    problems = []
+    checkpoint = checkpoint_sha256(run.path)
+    if recorded_checkpoint and checkpoint and recorded_checkpoint != checkpoint:
+        problems.append("another checkpoint file")
+    if recorded_epoch is not None and run.best_epoch is not None and int(recorded_epoch) != run.best_epoch:
+        problems.append(f"the checkpoint of epoch {recorded_epoch}, the run's best is epoch {run.best_epoch}")
+    if recorded_data["data_sha256"] and run_data.get("sha256") and recorded_data["data_sha256"] != run_data["sha256"] \
+            and not (recorded_data["data_faces_sha256"]
+                     and recorded_data["data_faces_sha256"] == run_data.get("faces_sha256")):
+        problems.append("other data")
+    if problems:
+        raise FerkitError(f"{option} {extra.path}: made from another model than the best checkpoint of {run.path} "
+                          f"({'; '.join(problems)}); make it again with `{command} --out {extra.path}`")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,6 +406,10 @@ def _int(x: Any) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if 0 < seconds < 0.005:
+        return "< 0.01 s"  # a time that was spent must not read as zero
+    if seconds < 1:
+        return f"{seconds:.2f} s"
     if seconds < 120:
         return f"{seconds:.1f} s"
     minutes = seconds / 60
@@ -393,6 +428,10 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
 def _command(recorded: str | None) -> str | None:
     """The recorded argv with the path of the ferkit script shortened to `ferkit`."""
     if not recorded:
@@ -404,13 +443,22 @@ def _command(recorded: str | None) -> str | None:
     return recorded
 
 
+def _is_study(recorded: str | None) -> bool:
+    """Whether the recorded command is a `ferkit run` study, which trains its runs in STUDY/cnn and STUDY/mlp."""
+    return bool(recorded) and recorded.split()[:2] == ["ferkit", "run"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The text, written from what the run recorded
 
 
 def _title(run: Run) -> str:
-    return f"Facial-expression recognition on FER2013: the {run.info.get('model', {}).get('name', 'model')} " \
-           f"run {run.path.name}"
+    model = run.info.get("model", {}).get("name", "model")
+    folder = Path(os.path.abspath(run.path))  # "." or "runs/cnn/" have a name here too
+    name = folder.name
+    if name == model:  # `ferkit run` names a study's runs after their model: the study tells them apart
+        name = f"{folder.parent.name}/{name}" if folder.parent.name else ""
+    return f"Facial-expression recognition on FER2013: the {model} run" + (f" {name}" if name else "")
 
 
 def _summary(run: Run) -> Para:
@@ -564,13 +612,7 @@ def _training_section(run: Run) -> list[Any]:
     loss = f"cross-entropy with label smoothing {cfg.get('label_smoothing', 0):g}" + \
            (" and the class weights of Table 1" if cfg.get("imbalance") == "weighted_loss" else "")
     epochs_run = info.get("epochs_run", len(history))
-    wall = ""
-    if info.get("started") and info.get("finished"):
-        try:
-            span = datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])
-            wall = f" ({_duration(span.total_seconds())} wall-clock from start to finish, evaluation excluded)"
-        except ValueError:
-            pass
+    wall = _wall_clock(info, run.train_seconds)
     speed = info.get("train_images_per_second")
     amp = " with bfloat16 autocast" if cfg.get("amp") and "cuda" in str(info.get("device")) else ""
     average = (f" Weights: an exponential moving average of the trained weights, decay {cfg['ema']:g} per step "
@@ -597,6 +639,43 @@ def _training_section(run: Run) -> list[Any]:
                                      f"and validation (PublicTest); the dashed line marks the best epoch "
                                      f"({run.best_epoch}).", "learning_curves.png", max_height=0.3))
     return blocks
+
+
+def _wall_clock(info: dict[str, Any], train_seconds: float) -> str:
+    """The remark on run.json's span from start to finish that follows the training time, or "" when
+    the timestamps are missing or unreadable."""
+    started, finished = info.get("started"), info.get("finished")
+    if not (isinstance(started, str) and isinstance(finished, str)):
+        return ""
+    try:
+        span = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    except (TypeError, ValueError):  # unreadable, or one with a time zone and one without
+        return ""
+    # Timestamps cut to whole seconds (older runs) may each be up to 1 s early, so a span less than
+    # 1 s above the training time cannot be told from it; never print a wall-clock below it.
+    slack = 0.0 if "." in started and "." in finished else 1.0
+    if span < train_seconds + slack or _duration(span) == _duration(train_seconds):
+        return " (about the same wall-clock from start to finish, evaluation excluded)"
+    return f" ({_duration(span)} wall-clock from start to finish, evaluation excluded)"
+
+
+def _not_learned(run: Run, at_best: dict[str, float]) -> str | None:
+    """Why the model at its best epoch is no better than one answer for every face, or None when it
+    learned. The rule: validation accuracy not above the largest class's share of PublicTest (what
+    always answering that class scores), or validation macro F1 below 1/7, where every one-class
+    answer stays (its one F1 below 1, the six others 0)."""
+    reasons = []
+    validation = run.info.get("data", {}).get("counts", {}).get("PublicTest")
+    if validation and sum(validation) and at_best.get("val_acc") is not None:
+        largest = int(np.argmax(validation))
+        share = validation[largest] / sum(validation)  # of the whole split, also under `val_limit`
+        if at_best["val_acc"] <= share:
+            reasons.append(f"validation accuracy {_f4(at_best['val_acc'])} is not above the {_f4(share)} that "
+                           f"always answering {EMOTIONS[largest]}, the largest class of PublicTest, scores")
+    if at_best.get("val_macro_f1") is not None and at_best["val_macro_f1"] < 1 / len(EMOTIONS):
+        reasons.append(f"validation macro F1 {_f4(at_best['val_macro_f1'])} is below 1/{len(EMOTIONS)} "
+                       f"({1 / len(EMOTIONS):.4f}), where any answer of one class for every face stays")
+    return ", and ".join(reasons) or None
 
 
 def _challenges(run: Run) -> list[str]:
@@ -626,7 +705,13 @@ def _challenges(run: Run) -> list[str]:
         gaps = (f"train accuracy minus validation accuracy is {_signed_pts(gap_best)} points at the best epoch "
                 f"({best}) and {_signed_pts(gap_end)} at the last ({last['epoch']})")
         rising = loss_min["epoch"] < last["epoch"] and last["val_loss"] > loss_min["val_loss"] * 1.02
-        if gap_end > 0.03:
+        not_learned = _not_learned(run, at_best)
+        if not_learned:
+            text = (f"**The model did not learn**: at the best epoch ({best}) {not_learned}; training accuracy is "
+                    f"{_f4(at_best['train_acc'])}. At the level of a constant answer, the gap between training and "
+                    f"validation accuracy ({_signed_pts(gap_end)} points at the end) says nothing about over-fitting "
+                    "or regularisation; the learning rate, the model's size and the number of epochs come first.")
+        elif gap_end > 0.03:
             text = f"**Over-fitting**: {gaps}" + (", growing after the best epoch" if gap_end > gap_best + 0.01 else "")
             if rising:
                 text += f"; the validation loss is lowest at epoch {loss_min['epoch']} ({loss_min['val_loss']:.3f}) " \
@@ -672,8 +757,11 @@ def _challenges(run: Run) -> list[str]:
         mode = cfg.get("imbalance", "none")
         how = {"weighted_loss": f"its loss weight is {weight:.2f} (mean 1)" if weight is not None
                else "a weighted loss",
-               "sampler": f"it is drawn {weight:.2f}× as often per face by the sampler" if weight is not None
-               else "a weighted sampler", "none": "nothing compensates for its rarity"}.get(mode, mode)
+               "sampler": f"the sampler draws each {rare} face {weight / min(weights):.2f}× as often as each "
+                          f"{EMOTIONS[int(np.argmin(weights))]} face (the smallest weight: the largest class "
+                          "among the faces trained on)"
+               if weight is not None else "a weighted sampler",
+               "none": "nothing compensates for its rarity"}.get(mode, mode)
         text = (f"**The rare class**: {rare} has {_int(min(train_counts))} training faces "
                 f"({min(train_counts) / max(1, sum(train_counts)):.1%}); {how}. On the test set its F1 is "
                 f"{_f4(f1_rare)} and recall {_f4(recall_rare)}, against a mean F1 of {_f4(f1_others)} and recall "
@@ -715,10 +803,13 @@ def _challenges(run: Run) -> list[str]:
         items.append(f"**Test-time augmentation** ({tta.get('tta')}) changes accuracy by "
                      f"{_signed_pts(tta['accuracy'] - plain['accuracy'])} points and macro F1 by "
                      f"{_signed_pts(tta['macro_f1'] - plain['macro_f1'])} points.")
-    if info.get("resumed"):
-        items.append(f"**Interruptions**: the run was resumed {len(info['resumed'])} time(s) from checkpoints/last.pt; "
-                     "every epoch draws its randomness from (seed, epoch) alone, so it ends where an uninterrupted "
-                     "run would.")
+    resumes = len(info.get("resumed") or [])
+    if resumes:
+        study = _is_study(_command(info.get("environment", {}).get("command")))
+        how = "by running its `ferkit run` study again" if study else "with `ferkit train --resume`"
+        items.append(f"**Resumed**: run.json records that the run was continued from checkpoints/last.pt "
+                     f"{_times(resumes)} ({how}); every epoch draws its randomness from (seed, epoch) alone, so it "
+                     "ends where a run without a break would.")
     return items
 
 
@@ -810,6 +901,16 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
               f"ferkit train {data.get('path', 'DATA')} --out {replica} --config {run.path}/config.yaml"]
     lines += ["# evaluation of the replica"] + [f"ferkit evaluate {replica}{' --tta' if name == 'test-tta' else ''}"
                                                for name in ("test-tta", "test") if name in run.evals]
+    if _is_study(recorded):
+        study_replica = _replica_folder(run.path.parent)
+        study_command = re.sub(r"(?<!\S)(--out[= ])\S+", lambda m: f"{m.group(1)}{study_replica}", recorded, count=1)
+        # without --profile, `ferkit run` picks one by the machine it runs on
+        pinned = " --profile" not in f" {recorded}" and cfg.get("profile")
+        if pinned:
+            study_command += f" --profile {cfg['profile']}"
+        lines += [f"# or the whole study that trained it, as recorded in run.json but for --out"
+                  f"{' and --profile' if pinned else ''}: {study_replica / run.path.name} replicates this run",
+                  study_command]
     lines += ["# this report, from the files of the original run", report_command]
     versions = env.get("versions", {})
     commit = env.get("git_commit")
@@ -825,11 +926,19 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
              ", ".join(f"{k} {v}" for k, v in versions.items() if k != "ferkit") +
              f". Data: `{Path(str(data.get('path', '?'))).name}`, sha256 `{data.get('sha256', '?')}`. Device: "
              f"{info.get('device', '?')}; results match to the last digit only with the same hardware and library "
-             "versions." + (f" (run.json records the training as started by `{recorded}`, not the ferkit command.)"
-                            if recorded and not recorded.startswith("ferkit train") else "")),
+             "versions." + _trained_by(recorded)),
         Details("config.yaml", [Code((run.path / "config.yaml").read_text(encoding="utf-8").rstrip())]),
     ]
     return blocks
+
+
+def _trained_by(recorded: str | None) -> str:
+    """A remark on the recorded command when it was not `ferkit train`."""
+    if _is_study(recorded):
+        return f" This run was trained by the `ferkit run` study `{recorded}` (as run.json records)."
+    if recorded and not recorded.startswith("ferkit train"):
+        return f" (run.json records the training as started by `{recorded}`, not by a ferkit command.)"
+    return ""
 
 
 def _model_name(run: Run) -> str | None:
@@ -1563,6 +1672,10 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
         if features is not None else None
     compare_dir = read_extra(compare, "--compare", "comparison.json", f"ferkit compare {run_dir} LABELS.csv") \
         if compare is not None else None
+    for extra, option, made_by in ((features_dir, "--features", f"ferkit features {run_dir}"),
+                                   (compare_dir, "--compare", f"ferkit compare {run_dir} LABELS.csv")):
+        if extra is not None:
+            require_extra_of(run, extra, option, made_by)
     command = f"ferkit report {run_dir}" + "".join(f" {flag} {value}" for flag, value in
                                                    (("--mlp", mlp), ("--features", features), ("--compare", compare))
                                                    if value is not None) + f" --out {out}"

@@ -31,9 +31,12 @@ from ferkit import data as fdata
 from ferkit.augment import augment_batch, mix
 from ferkit.config import TrainConfig
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, environment, output_folder, read_json, write_json, write_text
+from ferkit.fileio import (atomic_path, check_folder_path, environment, read_json, require_only, sha256_file,
+                           write_json, write_text)
 from ferkit.models import count_parameters, get_model, preprocess
 
+# What a run folder holds; any other entry means the folder belongs to something else.
+RUN_FOLDER_ENTRIES = {"config.yaml", "run.json", "history.csv", "checkpoints", "learning_curves.png", "eval"}
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds",
                   "images_per_second")
 
@@ -66,6 +69,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 def require_run_folder(path: str | os.PathLike, where: str | None = None) -> None:
     """Stop, saying what to run, when `path` (called `where` in the message) is no folder."""
+    if Path(path).is_file():
+        raise FerkitError(f"{where or path}: is a file, not a run folder; give the folder that `ferkit train --out` "
+                          f"wrote")
     if not Path(path).is_dir():
         raise FerkitError(f"{where or path}: no such run folder; train one with `ferkit train DATA --out {path}`")
 
@@ -89,12 +95,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+def checkpoint_sha256(run: str | os.PathLike, which: str = "best") -> str | None:
+    """The checksum of a run folder's checkpoint file, None without one: `features` and `compare`
+    record it, so that `report` can tell whether their files describe this run's model."""
+    path = Path(run) / "checkpoints" / f"{checkpoint_name(which)}.pt"
+    return sha256_file(path) if path.is_file() else None
+
+
+def checkpoint_name(which: str) -> str:
+    """A checkpoint's name (best, last, at_4min) from what a user may type: also "last.pt" or
+    "checkpoints/last.pt"."""
+    return Path(which).name.removesuffix(".pt")
+
+
 def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
                device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model of a run folder (its `which` checkpoint) or of a checkpoint file."""
     path = Path(run_or_checkpoint)
     if path.is_dir():
-        path = path / "checkpoints" / f"{which}.pt"
+        path = path / "checkpoints" / f"{checkpoint_name(which)}.pt"
     checkpoint = load_checkpoint(path)
     model = get_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
     model.load_state_dict(checkpoint["model"])
@@ -211,25 +230,32 @@ def epoch_order(sample_weight: torch.Tensor | None, n: int, generator: torch.Gen
 # The training run
 
 
-def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainConfig | None = None,
+def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainConfig | dict[str, Any] | None = None,
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train `cfg.model` on Training, validate on PublicTest, write the run into `out_dir`.
+    """Train `cfg.model` on Training, validate on PublicTest, write the run into `out_dir`; return
+    what run.json records. `cfg` is a TrainConfig (`ferkit.config.resolve`), a dict of config keys
+    over the defaults (the cpu profile), or None for the defaults.
 
-    Example: ``ferkit train icml_face_data.csv --model cnn --out runs/cnn --set epochs=30``
+    Example: ``train("icml_face_data.csv", "runs/cnn", {"epochs": 30})``, which is
+    ``ferkit train icml_face_data.csv --out runs/cnn --profile cpu --set epochs=30``
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FerkitError(f"--out {out}: is a file, not a folder; name a folder for the run")
+    out = check_folder_path(out_dir)
     last_path = out / "checkpoints" / "last.pt"
     if resume:
         if not last_path.exists():
             raise FerkitError(f"{out}: nothing to resume (no checkpoints/last.pt); start it without --resume")
+        recorded = read_json(out / "run.json")
+        if "finished" in recorded:  # nothing left to train: the record stays as it is
+            return recorded
+        for stale in (*out.glob(".*.tmp"), *(out / "checkpoints").glob(".*.tmp")):
+            stale.unlink(missing_ok=True)  # a kill in the middle of an atomic write leaves its temporary file
         cfg = configs.load(out / "config.yaml")
         state = load_checkpoint(last_path)
     else:
         if last_path.exists():
             raise FerkitError(f"{out} already holds a run: continue it with --resume, or choose another --out")
-        cfg = cfg or TrainConfig()
+        require_only(out, RUN_FOLDER_ENTRIES, "a run needs a new or empty folder")
+        cfg = configs.resolve(overrides=cfg) if isinstance(cfg, dict) else cfg or TrainConfig()
         state = None
 
     dataset = fdata.load(data_path)
@@ -276,13 +302,13 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     steps_per_epoch = n // cfg.batch_size if n >= cfg.batch_size else 1
     total_steps = steps_per_epoch * cfg.epochs
 
-    output_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
     if state is None:
         configs.save(cfg, out / "config.yaml")
         history: list[dict[str, Any]] = []
         best_score, best_epoch, bad_epochs, start_epoch, train_seconds = -1.0, 0, 0, 1, 0.0
         run_info = {
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             # absolute: evaluate, features and report find the file from any working folder
             "data": {"path": str(Path(data_path).resolve()), "sha256": dataset.sha256,
                      "faces_sha256": dataset.faces_sha256, "layout": dataset.kind,
@@ -302,7 +328,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
         run_info = read_json(out / "run.json")
-        run_info.setdefault("resumed", []).append(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        run_info.setdefault("resumed", []).append(datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
         write_json(out / "run.json", run_info)
 
     stopped_early = bool(state and state.get("stopped_early"))
@@ -362,6 +388,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             "images_per_second": round(seen / seconds, 1),
         }
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+            bar.close()
             # nothing of this epoch is saved: last.pt keeps the previous one, which --resume would only repeat
             raise FerkitError(f"training diverged in epoch {epoch}: the training loss is {row['train_loss']}, the "
                               f"validation loss {row['val_loss']}; start again with a lower learning rate "
@@ -402,7 +429,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
                     title=f"{cfg.model} ({cfg.profile} profile): best validation epoch {best_epoch}",
                     augmented=cfg.augment)
     run_info.update({
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "epochs_run": len(history), "best_epoch": best_epoch, "best_" + cfg.select_by: best_score,
         "stopped_early": stopped_early, "train_seconds": round(train_seconds, 1),
         # all the images over all the time (validation included), not a mean of the epochs' rates,
