@@ -284,6 +284,7 @@ def test_evaluate_and_ensemble_write_consistent_files(trained_run, tmp_path):
     run, _ = trained_run
     metrics = evaluate(run, split="test", tta=True)
     folder = run / "eval" / "test-tta"
+    assert metrics["folder"] == str(folder) and "folder" not in json.loads((folder / "metrics.json").read_text())
     predictions = pd.read_csv(folder / "predictions.csv")
     assert list(predictions.columns[:3]) == ["line", "true", "pred"] and len(predictions) == 60
     assert predictions["line"].min() >= 2  # 1-based CSV lines; the header is line 1

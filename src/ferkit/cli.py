@@ -112,7 +112,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _print_metrics(metrics: dict) -> None:
     print(f"{metrics['name']} on {metrics['split']} ({metrics['n']} faces, TTA {metrics['tta']}): "
           f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-          f"weighted F1 {metrics['weighted_f1']:.4f}")
+          f"weighted F1 {metrics['weighted_f1']:.4f}; files in {metrics['folder']}")
 
 
 def _cmd_label(args: argparse.Namespace) -> None:

@@ -70,7 +70,8 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
                      info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None,
                      augmented: bool = True) -> dict:
     """Write the evaluation files for predictions `probs` (N, 7) on dataset rows `rows`; `history`, if
-    given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches)."""
+    given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches).
+    Returns what metrics.json holds, plus `folder`: where the files went."""
     from ferkit.visualize import confusion_matrices, learning_curves
 
     out.mkdir(parents=True, exist_ok=True)  # callers check a --out of the user's (fileio.output_folder)
@@ -93,12 +94,13 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
     confusion_matrices(np.array(metrics["confusion_matrix"]), out / "confusion_matrix.png", title=title)
     if history:
         learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, augmented=augmented)
-    return metrics
+    return dict(metrics, folder=str(out))
 
 
 def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False, data: str | os.PathLike | None = None,
              out: str | os.PathLike | None = None, which: str = "best", device: str = "auto") -> dict[str, Any]:
     """Evaluate the run's `which` checkpoint; files go to RUN_DIR/eval/<split>[-tta] unless `out`.
+    Returns the metrics, with `folder` naming where the files went.
 
     Example: ``ferkit evaluate runs/cnn --split test --tta``
     """
