@@ -4,8 +4,8 @@
     python benchmarks/ablation.py DATA --out runs/ablation --only baseline,no_dropout --epochs 8
 
 Every variant changes one config key of a shared base and is trained from the same seed. The base is
-the cpu profile, shortened by default to a 0.30 M-parameter VGG and 8 epochs so that all variants fit
-in about 90 minutes on 2 cores, with the class-weighted loss and dropout 0.3 that were the defaults
+the cpu profile, shortened by default to a 0.30 M-parameter VGG and 8 epochs so that the first 15
+variants fit in about 110 minutes on a 2-core Xeon (an epoch takes 19 s on the faster 2-core EPYC), with the class-weighted loss and dropout 0.3 that were the defaults
 when they were measured. Each variant is its own run folder under --out; a finished one is read
 back, an interrupted one resumed, so the script can be stopped and started again.
 

@@ -253,9 +253,20 @@ def test_compare_refuses_no_answers_and_other_data(study, tmp_path, capsys):
     assert load(study["data"]).sha256 == json.loads(label.sidecar_path(study["labels"]).read_text())["data_sha256"]
 
 
-def test_compare_finds_the_labelled_data_without_data(study, tmp_path):
+def test_compare_finds_the_labelled_data_without_data(study, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the sidecar's path is absolute: found from any working folder
     result = cmp.compare(study["run"], study["labels"], tmp_path / "out", resamples=50)
     assert result["data"]["path"] == str(study["data"]) and result["n"] == 15
+
+
+def test_compare_accepts_a_copy_of_the_labelled_faces(study, tmp_path):
+    import gzip
+
+    packed = tmp_path / "fer.csv.gz"
+    packed.write_bytes(gzip.compress(study["data"].read_bytes()))
+    copy = cmp.compare(study["run"], study["labels"], tmp_path / "copy", data=packed, resamples=50)
+    original = cmp.compare(study["run"], study["labels"], tmp_path / "original", data=study["data"], resamples=50)
+    assert copy["human"] == original["human"] and copy["cnn"] == original["cnn"]
 
 
 def test_disagreement_figure_when_they_always_agree(tmp_path):

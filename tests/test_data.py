@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -275,6 +276,15 @@ def test_image_export_under_a_top_folder(tmp_path):
     assert_faces(load(dest, cache=False), faces)
 
 
+@pytest.mark.parametrize("kind", ["tar", "tar.xz", "zip"])
+def test_image_export_archived_from_inside_its_folder(tmp_path, kind):
+    faces = make_faces(n=8, seed=10)  # `tar -C images -cf images.tar .` names the entries ./train/...
+    dest = write_export(tmp_path / f"images.{kind}", faces, kind, prefix="./")
+    loaded = load(dest, cache=False)
+    assert_faces(loaded, faces)
+    assert all(not path.startswith("./") for path in loaded.paths) or kind == "zip"
+
+
 def test_image_export_sorts_by_numeric_id_not_name(tmp_path):
     faces = make_faces(n=5, seed=11)
     faces.splits[:] = 0
@@ -508,17 +518,21 @@ def test_cache_false_writes_nothing(tmp_path, _private_cache):
     assert not _private_cache.exists()
 
 
-@pytest.mark.parametrize("same_size", [False, True])
-def test_changed_file_is_parsed_again(tmp_path, same_size):
+@pytest.mark.parametrize("same_size, mtime_reset", [(False, False), (True, False), (True, True)])
+def test_changed_file_is_parsed_again(tmp_path, same_size, mtime_reset):
     faces = make_faces(seed=33)
     path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    before = path.stat()
     cache = tmp_path / "cache"
     load(path, cache_dir=cache)
     if same_size:  # one label changes: same size, new content
         faces.labels[3] = (faces.labels[3] + 1) % 7
     else:
         faces = make_faces(seed=34)
-    write_file(path, fer_csv(rows_of(faces)))
+    with open(path, "r+b") as f:  # in place: the same inode
+        f.write(fer_csv(rows_of(faces)))
+    if mtime_reset:  # as `touch -d` or a copy tool that keeps times would leave it
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     reloaded = load(path, cache_dir=cache)
     assert not reloaded.from_cache
     assert_faces(reloaded, faces)

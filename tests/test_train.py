@@ -292,7 +292,7 @@ def test_evaluate_and_ensemble_write_consistent_files(trained_run, tmp_path):
     assert metrics["split"] == "PrivateTest" and metrics["tta"] == "flip"
     for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png"):
         assert (folder / name).exists()
-    alone = ensemble([run], tmp_path / "ens")
+    alone = ensemble(str(run), tmp_path / "ens")  # one member may be given alone, not in a list
     plain = evaluate(run, split="test")
     assert alone["accuracy"] == pytest.approx(plain["accuracy"])
     assert alone["members"][0]["source"] == "its best checkpoint"

@@ -177,18 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
-    for name, handler, text in (("evaluate", _cmd_evaluate, "evaluate a run's best checkpoint"),
+    for name, handler, text in (("evaluate", _cmd_evaluate, "evaluate a run's checkpoint (the best by default)"),
                                 ("ensemble", _cmd_ensemble, "average the probabilities of several runs")):
         p = command(name, handler, text)
         if name == "evaluate":
-            p.add_argument("run_dir")
-            p.add_argument("--out", help="folder for the files (default RUN_DIR/eval/SPLIT[-tta])")
+            p.add_argument("run_dir", help="the run folder `ferkit train --out` wrote")
+            p.add_argument("--out", help="folder for the files (default RUN_DIR/eval/SPLIT[-tta][-CHECKPOINT])")
             p.add_argument("--checkpoint", default="best", help="best, last, or a snapshot such as at_4min")
         else:
             p.add_argument("members", nargs="+", metavar="MEMBER",
                            help="a run folder, or an evaluation folder such as RUN/eval/test-tta whose "
                                 "predictions.csv is averaged as saved")
-            p.add_argument("--out", required=True)
+            p.add_argument("--out", required=True, help="folder for the ensemble's evaluation files")
         p.add_argument("--split", choices=("test", "val"), default="test", help="test = PrivateTest, val = PublicTest")
         p.add_argument("--tta", action="store_true", help="test-time augmentation (the run's tta setting)")
         p.add_argument("--data", help="the dataset (default: the file the run was trained on)")
@@ -196,21 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("features", _cmd_features, "what a CNN run's last conv layer sees on PrivateTest: activation maps, "
                 "Grad-CAM, emotion-selective channels, a 2-D map of the penultimate features")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a CNN run folder")
     p.add_argument("--data", help="the dataset (default: the file the run was trained on)")
     p.add_argument("--out", required=True, help="folder for the figures, features.json and embedding.csv")
     p.add_argument("--n", type=int, default=4, help="faces per emotion, correctly and wrongly classified (default 4)")
     p.add_argument("--seed", type=int, default=0, help="which faces to show; the t-SNE seed")
     p.add_argument("--embedding", choices=("tsne", "pca"), default="tsne",
                    help="the 2-D map: PCA to 50 then t-SNE (default), or PCA only")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                   help="default cpu, unlike the other commands' auto: pass auto (or cuda) to use a GPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice; 1 is much "
                    "faster on a machine that other jobs keep busy)")
 
     p = command("run", _cmd_run, "the whole study: data, CNN, evaluation, MLP, features, report (resumable)")
     p.add_argument("data", help="the dataset file or folder")
     p.add_argument("--out", required=True, help="the study folder")
-    p.add_argument("--profile", choices=("cpu", "gpu"), help="default: gpu if CUDA is present, else cpu")
+    p.add_argument("--profile", choices=("cpu", "gpu"), help="default: a resumed study's own profile; for a new one, "
+                   "gpu if CUDA is present, else cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CNN config key")
     p.add_argument("--mlp-set", action="append", default=[], metavar="KEY=VALUE", help="override an MLP config key")
 
@@ -237,10 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "and exit (no server)")
 
     p = command("compare", _cmd_compare, "compare human labels with a run's CNN on the same faces")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the run folder of the CNN")
     p.add_argument("labels", help="the labels CSV written by `ferkit label`")
     p.add_argument("--out", required=True, help="folder for comparison.json and the figures")
-    p.add_argument("--data", help="the labelled dataset (default: the file recorded beside the labels)")
+    p.add_argument("--data", help="the labelled dataset (default: the file recorded beside the labels, else the "
+                   "run's data file)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for the CNN (the run's tta setting)")
     p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")

@@ -15,6 +15,7 @@ import hashlib
 import io
 import lzma
 import os
+import posixpath
 import re
 import shutil
 import tarfile
@@ -234,8 +235,9 @@ def _tar_entries(raw: bytes, path: Path) -> Iterator[tuple[str, bytes]]:
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
             for member in archive:
-                if member.isfile() and member.name.lower().endswith(_IMAGE_SUFFIXES) and not _is_junk(member.name):
-                    yield member.name, archive.extractfile(member).read()
+                name = posixpath.normpath(member.name)  # `tar -cf x.tar .` stores ./train/...
+                if member.isfile() and name.lower().endswith(_IMAGE_SUFFIXES) and not _is_junk(name):
+                    yield name, archive.extractfile(member).read()
     except (tarfile.TarError, EOFError) as exc:
         raise DataFormatError(str(path), [Problem(None, None, f"the tar archive is corrupt or truncated ({exc}); "
                                                               "download it again")]) from None
@@ -257,8 +259,9 @@ def _folder_checksum(root: Path) -> str:
 
 
 def _is_junk(name: str) -> bool:
+    """Hidden files and folders, and macOS resource forks; "." and ".." are path steps, not hidden."""
     parts = name.replace("\\", "/").split("/")
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return any((p.startswith(".") and p not in (".", "..")) or p == "__MACOSX" for p in parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,16 +592,18 @@ def _report_out_of_range(raw: bytes, ends: np.ndarray, r0: int, line_starts: np.
 
 
 def _stat_key(path: Path) -> str:
+    """A file's identity without reading it. The change time is in it because a program can set the
+    modification time back after a same-size edit, but not the change time."""
     path = path.resolve()
     if path.is_dir():
         digest = hashlib.sha256()
         for file in sorted(path.rglob("*")):
             if file.is_file():
                 st = file.stat()
-                digest.update(f"{file.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                digest.update(f"{file.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
         return f"dir:{path}:{digest.hexdigest()}"
     st = path.stat()
-    return f"file:{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    return f"file:{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
 class _Cache:

@@ -178,8 +178,8 @@ def _ensemble_data_path(member: Path, data: str | os.PathLike | None) -> str:
                       f"pass --data")
 
 
-def ensemble(members: Sequence[str | os.PathLike], out: str | os.PathLike, split: str = "test", tta: bool = False,
-             data: str | os.PathLike | None = None, device: str = "auto") -> dict[str, Any]:
+def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, split: str = "test",
+             tta: bool = False, data: str | os.PathLike | None = None, device: str = "auto") -> dict[str, Any]:
     """Average the probabilities of several members and evaluate the average. A member is a run folder
     (its best checkpoint predicts, with the run's TTA if `tta`) or an evaluation folder such as
     RUN/eval/test-tta, whose saved predictions.csv is averaged as it is: runs evaluated on another
@@ -191,6 +191,8 @@ def ensemble(members: Sequence[str | os.PathLike], out: str | os.PathLike, split
 
     from ferkit.train import load_model, pick_device, predict_proba
 
+    if isinstance(members, (str, os.PathLike)):  # one member, not an iterable of its characters
+        members = [members]
     if len(members) < 1:
         raise FerkitError("ensemble needs at least one member: a run folder or an evaluation folder")
     resolved = [Path(member).resolve() for member in members]

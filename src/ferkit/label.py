@@ -166,7 +166,7 @@ def read_labels(labels_csv: str | os.PathLike, dataset: fdata.Dataset) -> Labels
     if not labels_csv.exists():
         raise FerkitError(f"{labels_csv}: no such file; label faces with `ferkit label DATA --out {labels_csv}`")
     meta = _read_meta(labels_csv)
-    if meta["data_sha256"] != dataset.sha256:
+    if not dataset.is_recorded_as(meta):  # the labelled file, or a copy of its faces (compressed, re-saved)
         raise FerkitError(f"{labels_csv} labels faces of another data file ({meta.get('data')}, sha256 "
                           f"{meta['data_sha256'][:12]}...), not {dataset.source} (sha256 {dataset.sha256[:12]}...); "
                           "pass the file that was labelled")
@@ -241,7 +241,7 @@ class LabelSession:
         dataset = fdata.load(data)
         if side.exists():
             meta = _read_meta(labels_csv)
-            if meta["data_sha256"] != dataset.sha256:
+            if not dataset.is_recorded_as(meta):
                 raise FerkitError(f"{labels_csv} labels faces of another data file ({meta.get('data')}, sha256 "
                                   f"{meta['data_sha256'][:12]}...), not {data} (sha256 {dataset.sha256[:12]}...): "
                                   "resume with that file, or choose another --out")
@@ -258,8 +258,9 @@ class LabelSession:
             seed = DEFAULT_SEED if seed is None else seed
             rows = sample_rows(dataset, n, seed)
             meta = {
-                "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "data": str(data),
-                "data_sha256": dataset.sha256, "layout": dataset.kind, "split": SPLIT, "seed": int(seed), "n": int(n),
+                # absolute: compare finds the file from any working folder
+                "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "data": str(Path(data).resolve()),
+                **dataset.checksums(), "layout": dataset.kind, "split": SPLIT, "seed": int(seed), "n": int(n),
                 "origin_column": dataset.origin_column, "sample": dataset.origins(rows),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
