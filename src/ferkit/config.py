@@ -46,7 +46,7 @@ class TrainConfig:
     # On the cpu profile +2 to +5 points mid-run, nothing at the end of the cosine schedule
     # (benchmarks/RESULTS.md): it pays for runs cut short, so 0 (none) by default
     ema: float = 0.0
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # cosine only: onecycle ramps over its first 30% of steps, constant not at all
     patience: int = 12  # early stopping: epochs without a better validation score
     select_by: str = "val_acc"  # val_acc | val_macro_f1: what "best" means
     # class imbalance (Disgust is 1.5% of training)
