@@ -146,6 +146,12 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
     return dataset
 
 
+def same_data(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
+    """Whether two records of data (`data_sha256`, `data_faces_sha256`, as checkpoints and evaluations
+    keep them) name the same data: the same file, or the same faces in another file."""
+    return any(first.get(key) and first.get(key) == second.get(key) for key in ("data_sha256", "data_faces_sha256"))
+
+
 def require_recorded(dataset: Dataset, record: Mapping[str, Any], what: str, recorded_path: str | None = None,
                      todo: str = "pass that file with --data") -> None:
     """Stop unless `record` (a checkpoint, an evaluation's metrics) was made on `dataset`'s faces.

@@ -48,22 +48,20 @@ def run_data_path(run_dir: Path, data: str | os.PathLike | None = None) -> str:
     require_run_folder(run_dir)
     if data:
         return str(data)
-    try:
-        recorded = read_json(run_dir / "run.json")["data"]["path"]
-    except (OSError, KeyError, ValueError):
-        raise FerkitError(f"{run_dir}: no run.json with the data path; pass --data") from None
+    recorded = recorded_data_path(run_dir)
+    if recorded is None:
+        raise FerkitError(f"{run_dir}: no run.json with the data path; pass --data")
     if not Path(recorded).exists():
         raise FerkitError(f"{recorded} (the run's data file) is gone; pass --data PATH")
     return recorded
 
 
 def recorded_data_path(run_dir: Path) -> str | None:
-    """The data file run.json names, for messages; None when there is no readable run.json."""
+    """The data file run.json names; None when there is no readable run.json."""
     try:
         return str(read_json(run_dir / "run.json")["data"]["path"])
     except (OSError, KeyError, TypeError, ValueError):
         return None
-
 
 
 def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,

@@ -69,12 +69,11 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
     # Augmentation costs the MLP 7 points on PublicTest (40.9% vs 48.0%, cpu profile): it has no
     # translation invariance to gain from shifted faces, so its baseline trains without it.
     mlp_cfg = configs.resolve(profile=chosen, overrides=["model=mlp", "augment=false", *(mlp_overrides or [])])
-    for cfg, model, option in ((cnn_cfg, "cnn", "--set"), (mlp_cfg, "mlp", "--mlp-set")):
+    for model, cfg, option in (("cnn", cnn_cfg, "--set"), ("mlp", mlp_cfg, "--mlp-set")):
         if cfg.model != model:  # the study compares a CNN with an MLP: each stage trains its own
             raise FerkitError(f"{option} model={cfg.model}: this stage of the study trains the {model}; leave "
                               f"`model` out of {option}")
-    for folder, cfg, option in ((out / "cnn", cnn_cfg, "--set"), (out / "mlp", mlp_cfg, "--mlp-set")):
-        _require_same_config(folder, cfg, option)
+        _require_same_config(out / model, cfg, option)
     output_folder(out)
 
     def train_stage(folder: Path, cfg: configs.TrainConfig) -> Callable[[], Any]:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import yaml
 
-from ferkit.data import EMOTIONS
+from ferkit.data import EMOTIONS, same_data
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_path, output_folder, read_json, write_text
 
@@ -198,10 +198,9 @@ def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
             raise FerkitError(f"{path}/eval/{name} evaluates the epoch-{metrics['epoch']} checkpoint but the run's "
                               f"best epoch is {best} (the run went on after the evaluation); run "
                               f"`ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
-        data = info.get("data", {})
+        trained_on = _trained_data(run)
         # another file with the same faces (a re-saved or compressed copy) is the same data
-        same_faces = data.get("faces_sha256") and metrics.get("data_faces_sha256") == data["faces_sha256"]
-        if data.get("sha256") and metrics.get("data_sha256") not in (None, data["sha256"]) and not same_faces:
+        if trained_on["data_sha256"] and metrics.get("data_sha256") and not same_data(trained_on, metrics):
             raise FerkitError(f"{path}/eval/{name} was computed on other data than the run was trained on; "
                               f"run `ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
     return run
@@ -247,16 +246,14 @@ def require_extra_of(run: Run, extra: Extra, option: str, command: str) -> None:
     recorded_epoch = record.get("checkpoint_epoch") or model.get("epoch")
     recorded_data = {"data_sha256": record.get("data_sha256") or data.get("sha256"),
                      "data_faces_sha256": record.get("data_faces_sha256") or data.get("faces_sha256")}
-    run_data = run.info.get("data", {})
+    trained_on = _trained_data(run)
     problems = []
     checkpoint = checkpoint_sha256(run.path)
     if recorded_checkpoint and checkpoint and recorded_checkpoint != checkpoint:
         problems.append("another checkpoint file")
     if recorded_epoch is not None and run.best_epoch is not None and int(recorded_epoch) != run.best_epoch:
         problems.append(f"the checkpoint of epoch {recorded_epoch}, the run's best is epoch {run.best_epoch}")
-    if recorded_data["data_sha256"] and run_data.get("sha256") and recorded_data["data_sha256"] != run_data["sha256"] \
-            and not (recorded_data["data_faces_sha256"]
-                     and recorded_data["data_faces_sha256"] == run_data.get("faces_sha256")):
+    if recorded_data["data_sha256"] and trained_on["data_sha256"] and not same_data(recorded_data, trained_on):
         problems.append("other data")
     if problems:
         raise FerkitError(f"{option} {extra.path}: made from another model than the best checkpoint of {run.path} "
@@ -941,16 +938,21 @@ def _trained_by(recorded: str | None) -> str:
     return ""
 
 
+def _trained_data(run: Run) -> dict[str, str | None]:
+    """run.json's checksums of the data the run was trained on, under the keys evaluations use."""
+    data = run.info.get("data", {})
+    return {"data_sha256": data.get("sha256"), "data_faces_sha256": data.get("faces_sha256")}
+
+
 def _model_name(run: Run) -> str | None:
     return (run.info.get("model") or {}).get("name") or run.metrics.get("name")
 
 
-def _data_checksums(run: Run, metrics: dict[str, Any]) -> tuple[str | None, str | None]:
+def _evaluated_data(run: Run, metrics: dict[str, Any]) -> dict[str, str | None]:
     """The file and faces checksums of an evaluation's data. `ferkit evaluate` refuses other data
     than the run's, so run.json stands in where an older metrics.json lacks them."""
-    data = run.info.get("data", {})
-    return (metrics.get("data_sha256") or data.get("sha256"),
-            metrics.get("data_faces_sha256") or data.get("faces_sha256"))
+    trained_on = _trained_data(run)
+    return {key: metrics.get(key) or trained_on[key] for key in trained_on}
 
 
 def _compared_evaluations(cnn: Run, mlp: Run) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -967,11 +969,12 @@ def _compared_evaluations(cnn: Run, mlp: Run) -> tuple[dict[str, Any], dict[str,
                           f"`ferkit train DATA --model mlp --out RUN_DIR` (and evaluated), or leave out --mlp")
     name = cnn.preferred if cnn.preferred in mlp.evals else mlp.preferred
     a, b = cnn.metrics, mlp.evals[name]
-    (file_a, faces_a), (file_b, faces_b) = _data_checksums(cnn, a), _data_checksums(mlp, b)
+    data_a, data_b = _evaluated_data(cnn, a), _evaluated_data(mlp, b)
     differences = [f"{key} {a.get(key)} vs {b.get(key)}" for key in ("split", "n") if a.get(key) != b.get(key)]
-    if not ((file_a and file_a == file_b) or (faces_a and faces_a == faces_b)):
+    if not same_data(data_a, data_b):
         paths = [run.info.get("data", {}).get("path", "?") for run in (cnn, mlp)]
-        differences.insert(0, f"data {paths[0]} (sha256 {str(file_a)[:12]}) vs {paths[1]} (sha256 {str(file_b)[:12]})")
+        differences.insert(0, f"data {paths[0]} (sha256 {str(data_a['data_sha256'])[:12]}) vs {paths[1]} "
+                              f"(sha256 {str(data_b['data_sha256'])[:12]})")
     if differences:
         raise FerkitError(f"--mlp {mlp.path}: {mlp.path}/eval/{name} is not on the test faces of {cnn.path}/eval/"
                           f"{cnn.preferred} ({'; '.join(differences)}), so the two cannot be compared; pass an "

@@ -244,9 +244,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     if resume:
         if not last_path.exists():
             raise FerkitError(f"{out}: nothing to resume (no checkpoints/last.pt); start it without --resume")
-        recorded = read_json(out / "run.json")
-        if "finished" in recorded:  # nothing left to train: the record stays as it is
-            return recorded
+        run_info = read_json(out / "run.json")
+        if "finished" in run_info:  # nothing left to train: the record stays as it is
+            return run_info
         for stale in (*out.glob(".*.tmp"), *(out / "checkpoints").glob(".*.tmp")):
             stale.unlink(missing_ok=True)  # a kill in the middle of an atomic write leaves its temporary file
         cfg = configs.load(out / "config.yaml")
@@ -260,8 +260,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
 
     dataset = fdata.load(data_path)
     if state is not None:
-        fdata.require_recorded(dataset, state, f"the run {out} was trained on",
-                               read_json(out / "run.json")["data"]["path"], todo="resume with that file")
+        fdata.require_recorded(dataset, state, f"the run {out} was trained on", run_info["data"]["path"],
+                               todo="resume with that file")
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -327,7 +327,6 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         history = state["history"]
         best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
-        run_info = read_json(out / "run.json")
         run_info.setdefault("resumed", []).append(datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
         write_json(out / "run.json", run_info)
 
