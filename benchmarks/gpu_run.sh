@@ -78,7 +78,7 @@ for which in ("best", "last", "at_2min", "at_4min", "at_6min"):  # the headline 
         if not (run / "checkpoints" / f"{which}.pt").exists():
             continue
         for tta in (False, True):
-            m = evaluate(run, tta=tta, which=which)
+            m = evaluate(run, tta=tta, checkpoint=which)
             seconds = sum(row["seconds"] for row in histories[run][:m["epoch"]])
             print(f"{run.name:8s}  {which:10s}  {m['epoch']:5d}  {seconds:7.1f}  {m['tta']:5s}  "
                   f"{m['accuracy']:15.4f}  {m['macro_f1']:8.4f}  {m['weighted_f1']:11.4f}")

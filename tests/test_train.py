@@ -191,9 +191,9 @@ def test_resume_removes_what_a_kill_left_half_written(tiny_csv, tmp_path, monkey
 
 def test_checkpoint_names_and_run_folders_as_a_user_types_them(trained_run, tiny_csv, tmp_path):
     run, _ = trained_run
-    by_name = evaluate(run, which="last", out=tmp_path / "a")
+    by_name = evaluate(run, checkpoint="last", out=tmp_path / "a")
     for typed in ("last.pt", "checkpoints/last.pt"):
-        assert evaluate(run, which=typed, out=tmp_path / "b")["accuracy"] == by_name["accuracy"]
+        assert evaluate(run, checkpoint=typed, out=tmp_path / "b")["accuracy"] == by_name["accuracy"]
     with pytest.raises(FerkitError, match="tiny.csv: is a file, not a run folder"):
         evaluate(tiny_csv)
 
@@ -494,7 +494,7 @@ def test_gpu_profile_runs_on_cpu_with_tiny_settings(tiny_csv, tmp_path):
     info = train.train(tiny_csv, tmp_path / "gpu", cfg, progress=False)
     assert info["epochs_run"] == 2
     assert (tmp_path / "gpu" / "checkpoints" / "at_0min.pt").exists()
-    metrics = evaluate(tmp_path / "gpu", tta=True, which="at_0min")
+    metrics = evaluate(tmp_path / "gpu", tta=True, checkpoint="at_0min")
     assert metrics["tta"] == "crops" and (tmp_path / "gpu" / "eval" / "test-tta-at_0min" / "metrics.json").exists()
 
 
@@ -546,7 +546,7 @@ def test_a_run_finds_its_data_from_any_folder_and_accepts_a_copy(tiny_csv, tmp_p
 def test_checkpoint_mistakes_name_what_there_is(trained_run, tiny_csv, capsys):
     run, _ = trained_run
     with pytest.raises(FerkitError, match=r"foo.pt: no checkpoint here; this run has best, last \(--checkpoint NAME\)"):
-        evaluate(run, which="foo")
+        evaluate(run, checkpoint="foo")
     assert main(["predict", str(tiny_csv), str(tiny_csv)]) == 2
     err = capsys.readouterr().err
     assert "not a ferkit checkpoint; give a run folder or a .pt file" in err and "Traceback" not in err

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable
 
 from ferkit.errors import FerkitError
-from ferkit.fileio import read_json
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
@@ -30,9 +29,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
         if args.config or args.set or args.model or args.profile:
             raise FerkitError("--resume continues the run with its saved config.yaml; drop --model/--profile/"
                               "--config/--set")
-        run_json = Path(args.out) / "run.json"
-        if run_json.exists() and "finished" in read_json(run_json):
-            print(f"{args.out}: the run had finished already; nothing more to train")
         info = train(args.data, args.out, resume=True)
     else:
         cfg = config.resolve(profile=args.profile or _auto_profile(), config_file=args.config, overrides=args.set,
@@ -52,7 +48,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from ferkit.evaluate import evaluate
 
     metrics = evaluate(args.run_dir, split=args.split, tta=args.tta, data=args.data, out=args.out,
-                       which=args.checkpoint, device=args.device)
+                       checkpoint=args.checkpoint, device=args.device)
     _print_metrics(metrics)
 
 

@@ -96,8 +96,8 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
 
 
 def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False, data: str | os.PathLike | None = None,
-             out: str | os.PathLike | None = None, which: str = "best", device: str = "auto") -> dict[str, Any]:
-    """Evaluate the run's `which` checkpoint; files go to RUN_DIR/eval/<split>[-tta] unless `out`.
+             out: str | os.PathLike | None = None, checkpoint: str = "best", device: str = "auto") -> dict[str, Any]:
+    """Evaluate the run's `checkpoint` (best, last, at_<N>min); files go to RUN_DIR/eval/<split>[-tta] unless `out`.
     Returns the metrics, with `folder` naming where the files went.
 
     Example: ``ferkit evaluate runs/cnn --split test --tta``
@@ -107,16 +107,16 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     from ferkit.train import checkpoint_name, load_model, pick_device, predict_proba, read_history
 
     run = Path(run_dir)
-    which = checkpoint_name(which)
+    which = checkpoint_name(checkpoint)
     name = split_name(split)
     suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
     destination = output_folder(out, create=False) if out is not None else run / "eval" / (split + suffix)
     data_path = run_data_path(run, data)
     target = pick_device(device)
-    model, checkpoint = load_model(run, which=which, device=target)
+    model, saved = load_model(run, which=which, device=target)
     dataset = fdata.load(data_path)
-    fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run))
-    cfg = checkpoint["config"]
+    fdata.require_recorded(dataset, saved, f"the run {run} was trained on", recorded_data_path(run))
+    cfg = saved["config"]
     rows = dataset.indices(name)
     mode = cfg.get("tta", "flip") if tta else "none"
     if cfg.get("channels_last", True):
@@ -125,9 +125,9 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
                           channels_last=cfg.get("channels_last", True))
     history_path = run / "history.csv"
     history = read_history(history_path) if history_path.exists() else None
-    info = {"name": checkpoint["model_name"], "run": str(run), "split": name, "tta": mode,
-            "checkpoint": which, "epoch": checkpoint["epoch"]}
-    return write_evaluation(destination, dataset, rows, probs, info, history, checkpoint["epoch"],
+    info = {"name": saved["model_name"], "run": str(run), "split": name, "tta": mode,
+            "checkpoint": which, "epoch": saved["epoch"]}
+    return write_evaluation(destination, dataset, rows, probs, info, history, saved["epoch"],
                             augmented=cfg.get("augment", True))
 
 

@@ -160,16 +160,21 @@ class Labels:
         return len(self.index)
 
 
+def _require_labelled_data(dataset: fdata.Dataset, meta: dict[str, Any], labels_csv: Path, todo: str) -> None:
+    """Stop unless `dataset` is the labelled file, or a copy of its faces (compressed, re-saved)."""
+    if not dataset.is_recorded_as(meta):
+        raise FerkitError(f"{labels_csv} labels faces of another data file ({meta.get('data')}, sha256 "
+                          f"{str(meta.get('data_sha256'))[:12]}...), not {dataset.source} "
+                          f"(sha256 {dataset.sha256[:12]}...); {todo}")
+
+
 def read_labels(labels_csv: str | os.PathLike, dataset: fdata.Dataset) -> Labels:
     """Read labels.csv and its sidecar, check they belong to `dataset`, map the faces to its rows."""
     labels_csv = Path(labels_csv)
     if not labels_csv.exists():
         raise FerkitError(f"{labels_csv}: no such file; label faces with `ferkit label DATA --out {labels_csv}`")
     meta = _read_meta(labels_csv)
-    if not dataset.is_recorded_as(meta):  # the labelled file, or a copy of its faces (compressed, re-saved)
-        raise FerkitError(f"{labels_csv} labels faces of another data file ({meta.get('data')}, sha256 "
-                          f"{meta['data_sha256'][:12]}...), not {dataset.source} (sha256 {dataset.sha256[:12]}...); "
-                          "pass the file that was labelled")
+    _require_labelled_data(dataset, meta, labels_csv, "pass the file that was labelled")
     side = sidecar_path(labels_csv)
     sample = _rows_of_sample(meta, dataset, side)
     answers = _read_answers(labels_csv, meta["origin_column"], meta["sample"])
@@ -241,10 +246,7 @@ class LabelSession:
         dataset = fdata.load(data)
         if side.exists():
             meta = _read_meta(labels_csv)
-            if not dataset.is_recorded_as(meta):
-                raise FerkitError(f"{labels_csv} labels faces of another data file ({meta.get('data')}, sha256 "
-                                  f"{meta['data_sha256'][:12]}...), not {data} (sha256 {dataset.sha256[:12]}...): "
-                                  "resume with that file, or choose another --out")
+            _require_labelled_data(dataset, meta, labels_csv, "resume with that file, or choose another --out")
             for name, given in (("n", n), ("seed", seed)):
                 if given is not None and given != meta[name]:
                     raise FerkitError(f"{labels_csv} was started with --{name} {meta[name]}, not {given}: resume "

@@ -246,6 +246,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             raise FerkitError(f"{out}: nothing to resume (no checkpoints/last.pt); start it without --resume")
         run_info = read_json(out / "run.json")
         if "finished" in run_info:  # nothing left to train: the record stays as it is
+            if progress:
+                tqdm.write(f"{out}: the run had finished already; nothing more to train")
             return run_info
         for stale in (*out.glob(".*.tmp"), *(out / "checkpoints").glob(".*.tmp")):
             stale.unlink(missing_ok=True)  # a kill in the middle of an atomic write leaves its temporary file
