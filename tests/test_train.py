@@ -425,6 +425,39 @@ def test_config_rejects_values_out_of_range(override, message):
         config.resolve(overrides=[override])
 
 
+def test_config_rejects_an_unknown_model_and_a_residual_stage_of_even_depth():
+    with pytest.raises(FerkitError, match="'model': unknown model 'cnnn'; known models are cnn, mlp"):
+        config.resolve(model="cnnn")
+    with pytest.raises(FerkitError, match="odd depth .* not 2; use 1 or 3"):  # a stage would lose a conv
+        config.resolve(overrides=["residual=true"])
+    with pytest.raises(FerkitError, match="odd depth"):
+        get_model("cnn", residual=True, depth=4)
+    convs = lambda model: sum(isinstance(m, torch.nn.Conv2d) for m in model.features[0].modules())  # noqa: E731
+    for depth in (1, 3, 5):
+        for block in ("branch_relu", "resnet"):
+            assert convs(get_model("cnn", widths=[4], depth=depth, residual=True, residual_block=block)) == depth
+        assert convs(get_model("cnn", widths=[4], depth=depth)) == depth
+
+
+def test_registry_defaults_are_the_cpu_profiles_model_and_only_wrong_arguments_are_user_errors():
+    assert get_model("cnn").config == dict(config.TrainConfig().model_kwargs(), num_classes=7)
+    assert get_model("mlp").config == dict(config.TrainConfig(model="mlp").model_kwargs(), num_classes=7)
+    with pytest.raises(FerkitError, match="model 'cnn': got an unexpected keyword argument 'width'"):
+        get_model("cnn", width=8)
+    with pytest.raises(TypeError):  # a wrong value reaches the model: a bug in the caller, with its traceback
+        get_model("cnn", widths=5)
+
+
+def test_resume_takes_no_settings(trained_run, tiny_csv, capsys):
+    run, _ = trained_run
+    with pytest.raises(FerkitError, match="continues with its saved config.yaml"):
+        train.train(tiny_csv, run, tiny_config(epochs=9), resume=True, progress=False)
+    before = (run / "run.json").read_text()
+    assert main(["train", str(tiny_csv), "--out", str(run), "--resume", "--set", "epochs=9"]) == 2
+    assert "resume without settings (drop --model/--profile/--config/--set)" in capsys.readouterr().err
+    assert (run / "run.json").read_text() == before
+
+
 def test_config_file_values_keep_their_type(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: yes\n")  # YAML reads `yes` as true, which is no number of epochs
@@ -577,3 +610,22 @@ def test_bad_output_paths_stop_before_any_work(trained_run, tiny_csv, tmp_path, 
         assert "Traceback" not in err and ("is a file, not a folder" in err or "lies inside the file" in err
                                            or "is a folder; name the file" in err), (command, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"] and not any(a_folder.iterdir())
+
+
+def test_every_command_predicts_with_the_runs_own_settings(trained_run, tiny_csv):
+    """evaluate, ensemble, compare and predict share predict_as_trained: the run's TTA mode, batch size,
+    memory format and precision, with TrainConfig's defaults for keys an older checkpoint lacks."""
+    from ferkit.data import load
+
+    run, _ = trained_run
+    model, state = train.load_model(run)
+    images = load(tiny_csv).images[:40]
+    probs, mode = train.predict_as_trained(model, state, images, tta=True)
+    assert mode == state["config"]["tta"]
+    assert np.array_equal(probs, train.predict_proba(model, images, tta=mode))
+    older = dict(state, config={k: v for k, v in state["config"].items() if k not in ("tta", "eval_batch_size")})
+    assert train.predict_as_trained(model, older, images, tta=True)[1] == config.TrainConfig().tta
+    plain = dict(state, config=dict(state["config"], channels_last=False, tta="crops"))
+    probs, mode = train.predict_as_trained(model, plain, images, tta=True)
+    assert mode == "crops" and probs.shape == (40, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.allclose(probs, train.predict_proba(model, images, tta="crops", channels_last=False), atol=1e-6)

@@ -25,23 +25,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from ferkit import config
     from ferkit.train import train
 
-    if args.resume:
-        if args.config or args.set or args.model or args.profile:
-            raise FerkitError("--resume continues the run with its saved config.yaml; drop --model/--profile/"
-                              "--config/--set")
-        info = train(args.data, args.out, resume=True)
-    else:
-        cfg = config.resolve(profile=args.profile or _auto_profile(), config_file=args.config, overrides=args.set,
-                             model=args.model)
-        info = train(args.data, args.out, cfg)
+    settings = args.config or args.set or args.model or args.profile
+    # a resume without settings takes the run's own config.yaml; train() refuses one with settings
+    cfg = None if args.resume and not settings else config.resolve(
+        profile=args.profile or config.auto_profile(), config_file=args.config, overrides=args.set, model=args.model)
+    info = train(args.data, args.out, cfg, resume=args.resume)
     print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {info['train_seconds']:.0f} s of training; "
           f"run in {args.out}")
-
-
-def _auto_profile() -> str:
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -167,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", _cmd_train, "train a model on Training, validating on PublicTest every epoch")
     p.add_argument("data", help="the dataset file or folder")
     p.add_argument("--out", required=True, help="the run folder (config, checkpoints, history, figures)")
-    p.add_argument("--model", choices=None, help="cnn (default) or mlp")
+    p.add_argument("--model", help="cnn (default) or mlp")
     p.add_argument("--profile", choices=("cpu", "gpu"), help="model size and schedule (default: gpu if CUDA is present)")
     p.add_argument("--config", help="a YAML file of config keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")

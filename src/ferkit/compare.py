@@ -169,10 +169,8 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
 
     Example: ``ferkit compare runs/cnn labels.csv --data icml_face_data.csv --out runs/human-vs-cnn``
     """
-    import torch
-
     from ferkit.label import read_labels
-    from ferkit.train import checkpoint_sha256, load_model, pick_device, predict_proba
+    from ferkit.train import checkpoint_sha256, load_model, pick_device, predict_as_trained
 
     if resamples < 1:
         raise FerkitError(f"--bootstrap {resamples}: use at least 1 resample")
@@ -185,13 +183,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
     model, checkpoint = load_model(run, device=target)
     fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run),
                            todo="compare a run trained on the faces you labelled")
-    cfg = checkpoint.get("config", {})
-    channels_last = cfg.get("channels_last", True)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    mode = cfg.get("tta", "flip") if tta else "none"
-    probs = predict_proba(model, dataset.images[labels.rows], target, cfg.get("eval_batch_size", 512), tta=mode,
-                          channels_last=channels_last)
+    probs, mode = predict_as_trained(model, checkpoint, dataset.images[labels.rows], target, tta)
 
     y_true = dataset.labels[labels.rows].astype(np.int64)
     human = labels.human

@@ -23,7 +23,7 @@ class TrainConfig:
     model: str = "cnn"
     profile: str = "cpu"  # cpu | gpu: model size and schedule for the hardware
     widths: tuple[int, ...] = (16, 32, 96, 192)  # cnn: channels per stage (48, 24, 12, 6 px)
-    depth: int = 2  # cnn: 3x3 convs per stage
+    depth: int = 2  # cnn: 3x3 convs per stage (odd with `residual`: one sets the width, pairs get shortcuts)
     residual: bool = False  # cnn: identity shortcuts around pairs of convs
     # branch_relu | resnet: see models.ResidualStage; resnet removed the gpu network's slow start on
     # a CPU stand-in (benchmarks/RESULTS.md) and awaits a GPU run before the gpu profile takes it
@@ -99,7 +99,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 _CHOICES = {
-    "model": None, "profile": tuple(PROFILES), "optimizer": ("sgd", "adamw"),
+    "profile": tuple(PROFILES), "optimizer": ("sgd", "adamw"),
     "schedule": ("cosine", "onecycle", "constant"), "select_by": ("val_acc", "val_macro_f1"),
     "imbalance": ("sampler", "weighted_loss", "none"), "residual_block": RESIDUAL_BLOCKS, "tta": ("flip", "crops", "none"),
     "device": ("auto", "cpu", "cuda"),
@@ -200,7 +200,7 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
         for key, value in values.items():
             resolved[key] = _parse_value(key, value, known[key])
     for key, choices in _CHOICES.items():
-        if choices and resolved[key] not in choices:
+        if resolved[key] not in choices:
             raise FerkitError(f"config key {key!r}: {resolved[key]!r} is not one of {', '.join(choices)}")
     for key, (allowed, rule) in _RANGES.items():
         values = resolved[key] if isinstance(resolved[key], tuple) else (resolved[key],)
@@ -208,10 +208,29 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
             shown = ",".join(map(str, values)) if isinstance(resolved[key], tuple) else resolved[key]
             raise FerkitError(f"config key {key!r}: {shown} {rule} (the default is "
                               f"{_shown_default(key)})")
+    from ferkit.models import list_models  # models imports this module, so not at the top
+
+    if resolved["model"] not in list_models():
+        raise FerkitError(f"config key 'model': unknown model {resolved['model']!r}; known models are "
+                          f"{', '.join(list_models())}")
+    if resolved["model"] == "cnn" and resolved["residual"] and resolved["depth"] % 2 == 0:
+        raise FerkitError(f"config keys 'residual' and 'depth': {residual_depth_message(resolved['depth'])}")
     if not resolved["widths"]:
         raise FerkitError(f"config key 'widths' is empty: give the channels of each stage (the default is "
                           f"{_shown_default('widths')})")
     return TrainConfig(**resolved)
+
+
+def auto_profile() -> str:
+    """The profile for this machine: gpu when PyTorch sees a CUDA GPU, else cpu."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def residual_depth_message(depth: int) -> str:
+    return (f"a residual stage has an odd depth (one conv that sets the width, then pairs of convs around a "
+            f"shortcut), not {depth}; use {depth - 1} or {depth + 1} (the gpu profile uses 5)")
 
 
 def _shown_default(key: str) -> str:

@@ -97,14 +97,13 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
 
 def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False, data: str | os.PathLike | None = None,
              out: str | os.PathLike | None = None, checkpoint: str = "best", device: str = "auto") -> dict[str, Any]:
-    """Evaluate the run's `checkpoint` (best, last, at_<N>min); files go to RUN_DIR/eval/<split>[-tta] unless `out`.
+    """Evaluate the run's `checkpoint` (best, last, at_<N>min); files go to `out`, by default
+    RUN_DIR/eval/<split>[-tta][-<checkpoint>] (no checkpoint suffix for best).
     Returns the metrics, with `folder` naming where the files went.
 
     Example: ``ferkit evaluate runs/cnn --split test --tta``
     """
-    import torch
-
-    from ferkit.train import checkpoint_name, load_model, pick_device, predict_proba, read_history
+    from ferkit.train import checkpoint_name, load_model, pick_device, predict_as_trained, read_history
 
     run = Path(run_dir)
     which = checkpoint_name(checkpoint)
@@ -113,22 +112,17 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     destination = output_folder(out, create=False) if out is not None else run / "eval" / (split + suffix)
     data_path = run_data_path(run, data)
     target = pick_device(device)
-    model, saved = load_model(run, which=which, device=target)
+    model, state = load_model(run, which=which, device=target)
     dataset = fdata.load(data_path)
-    fdata.require_recorded(dataset, saved, f"the run {run} was trained on", recorded_data_path(run))
-    cfg = saved["config"]
+    fdata.require_recorded(dataset, state, f"the run {run} was trained on", recorded_data_path(run))
     rows = dataset.indices(name)
-    mode = cfg.get("tta", "flip") if tta else "none"
-    if cfg.get("channels_last", True):
-        model = model.to(memory_format=torch.channels_last)
-    probs = predict_proba(model, dataset.images[rows], target, cfg.get("eval_batch_size", 512), tta=mode,
-                          channels_last=cfg.get("channels_last", True))
+    probs, mode = predict_as_trained(model, state, dataset.images[rows], target, tta)
     history_path = run / "history.csv"
     history = read_history(history_path) if history_path.exists() else None
-    info = {"name": saved["model_name"], "run": str(run), "split": name, "tta": mode,
-            "checkpoint": which, "epoch": saved["epoch"]}
-    return write_evaluation(destination, dataset, rows, probs, info, history, saved["epoch"],
-                            augmented=cfg.get("augment", True))
+    info = {"name": state["model_name"], "run": str(run), "split": name, "tta": mode,
+            "checkpoint": which, "epoch": state["epoch"]}
+    return write_evaluation(destination, dataset, rows, probs, info, history, state["epoch"],
+                            augmented=state["config"].get("augment", True))
 
 
 def is_evaluation_folder(path: str | os.PathLike) -> bool:
@@ -185,9 +179,7 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
 
     Example: ``ferkit ensemble runs/cnn-s0 runs/cnn-s1 gpu/cnn-s2/eval/test-tta --out runs/ensemble --tta``
     """
-    import torch
-
-    from ferkit.train import load_model, pick_device, predict_proba
+    from ferkit.train import load_model, pick_device, predict_as_trained
 
     if isinstance(members, (str, os.PathLike)):  # one member, not an iterable of its characters
         members = [members]
@@ -211,17 +203,14 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     summaries = []
     for member in members:
         if is_evaluation_folder(member):
-            probs, saved = saved_probabilities(Path(member), dataset, rows, name)
-            mode, source = saved.get("tta", "none"), "saved predictions"
+            probs, recorded = saved_probabilities(Path(member), dataset, rows, name)
+            mode, source = recorded.get("tta", "none"), "saved predictions"
         else:
-            model, checkpoint = load_model(member, device=target)
-            fdata.require_recorded(dataset, checkpoint, f"the run {member} was trained on",
+            model, state = load_model(member, device=target)
+            fdata.require_recorded(dataset, state, f"the run {member} was trained on",
                                    recorded_data_path(Path(member)), todo="an ensemble needs runs on the same data")
             source = "its best checkpoint"
-            cfg = checkpoint["config"]
-            mode = cfg.get("tta", "flip") if tta else "none"
-            model = model.to(memory_format=torch.channels_last)
-            probs = predict_proba(model, dataset.images[rows], target, cfg.get("eval_batch_size", 512), tta=mode)
+            probs, mode = predict_as_trained(model, state, dataset.images[rows], target, tta)
         scores = compute_metrics(dataset.labels[rows], probs.argmax(1))
         summaries.append({"run": str(member), "source": source, "tta": mode, "accuracy": scores["accuracy"],
                           "macro_f1": scores["macro_f1"]})

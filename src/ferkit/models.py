@@ -7,18 +7,20 @@ Every model takes (B, 1, 48, 48) float images (normalised by `preprocess`) and e
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ferkit.config import RESIDUAL_BLOCKS
+from ferkit.config import RESIDUAL_BLOCKS, residual_depth_message
 from ferkit.errors import FerkitError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(name: str) -> Callable:
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
@@ -32,14 +34,16 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model(name: str, **kwargs) -> nn.Module:
+def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model `name`; unknown names list the known ones."""
     if name not in _REGISTRY:
         raise FerkitError(f"unknown model {name!r}: known models are {', '.join(list_models())}")
-    try:
-        return _REGISTRY[name](**kwargs)
+    builder = _REGISTRY[name]
+    try:  # only a wrong argument is the caller's mistake; any other TypeError is a bug, with its traceback
+        inspect.signature(builder).bind(**kwargs)
     except TypeError as exc:
         raise FerkitError(f"model {name!r}: {exc}") from None
+    return builder(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -86,8 +90,8 @@ class BasicBlock(nn.Module):
 
 
 class ResidualStage(nn.Module):
-    """`depth` 3x3 conv-BN-ReLU layers; with `residual`, pairs of them get an identity shortcut, in
-    one of two blocks: "branch_relu" adds two conv-BN-ReLU layers to its input (every block adds a
+    """`depth` 3x3 conv-BN-ReLU layers; with `residual`, the first sets the width and the other pairs
+    get an identity shortcut (so `depth` is odd), in one of two blocks: "branch_relu" adds two conv-BN-ReLU layers to its input (every block adds a
     non-negative signal, and the untrained deep network starts far from uniform predictions), or
     "resnet", a `BasicBlock`."""
 
@@ -96,6 +100,8 @@ class ResidualStage(nn.Module):
         super().__init__()
         if residual_block not in RESIDUAL_BLOCKS:
             raise FerkitError(f"unknown residual_block {residual_block!r}: use one of {', '.join(RESIDUAL_BLOCKS)}")
+        if residual and depth % 2 == 0:
+            raise FerkitError(residual_depth_message(depth))
         self.entry = _conv_bn(cin, cout, batch_norm)
         if not residual:
             self.blocks = nn.ModuleList(_conv_bn(cout, cout, batch_norm) for _ in range(depth - 1))
@@ -116,10 +122,11 @@ class ResidualStage(nn.Module):
 @register_model("cnn")
 class CNN(nn.Module):
     """VGG-style: stages of 3x3 conv-BN-ReLU, 2x2 max-pool between stages, then global average
-    and max pooling, dropout (when p > 0) and a linear classifier. Width and depth come from the profile."""
+    and max pooling, dropout (when p > 0) and a linear classifier. The defaults are the cpu profile's
+    (`TrainConfig`), which training always passes in full."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), depth: int = 2, residual: bool = False,
-                 dropout: float = 0.3, batch_norm: bool = True, num_classes: int = 7,
+    def __init__(self, widths: Sequence[int] = (16, 32, 96, 192), depth: int = 2, residual: bool = False,
+                 dropout: float = 0.0, batch_norm: bool = True, num_classes: int = 7,
                  residual_block: str = "branch_relu"):
         super().__init__()
         self.config = {"widths": list(widths), "depth": depth, "residual": residual, "dropout": dropout,
@@ -152,7 +159,7 @@ class CNN(nn.Module):
 class MLP(nn.Module):
     """Fully connected layers on the flattened 48x48 pixels: the baseline without convolutions."""
 
-    def __init__(self, hidden: tuple[int, ...] = (1024, 512), dropout: float = 0.3, batch_norm: bool = True,
+    def __init__(self, hidden: Sequence[int] = (1024, 512), dropout: float = 0.0, batch_norm: bool = True,
                  num_classes: int = 7):
         super().__init__()
         self.config = {"hidden": list(hidden), "dropout": dropout, "batch_norm": batch_norm, "num_classes": num_classes}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ferkit import config as configs
-from ferkit.data import load
+from ferkit.data import load, require_recorded
 from ferkit.errors import FerkitError
 from ferkit.fileio import output_folder, read_json, require_only, write_json
 
@@ -51,7 +51,7 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
     """
     from ferkit import evaluate as evaluation
     from ferkit.data import summarize
-    from ferkit.train import pick_device, train
+    from ferkit.train import train
 
     out = output_folder(out, create=False)
     require_only(out, _STUDY_ENTRIES, "a study needs a new or empty folder, or the folder of a study to resume")
@@ -59,11 +59,10 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
     dataset = load(data)
     record = read_json(record_path) if record_path.exists() else {
         "data": str(Path(data).resolve()), **dataset.checksums(), "stages": {}}
-    if not dataset.is_recorded_as(record):
-        raise FerkitError(f"{out} holds a study of other data ({record.get('data')}); choose another --out, or "
-                          f"resume it with that file")
+    require_recorded(dataset, record, f"the study {out} was run on", record.get("data"),
+                     todo="choose another --out, or resume it with that file")
     # a resumed study keeps its profile unless one is named, also on a machine that would pick another
-    chosen = profile or record.get("profile") or ("gpu" if pick_device("auto").type == "cuda" else "cpu")
+    chosen = profile or record.get("profile") or configs.auto_profile()
     record["profile"] = chosen
     cnn_cfg = configs.resolve(profile=chosen, overrides=cnn_overrides)
     # Augmentation costs the MLP 7 points on PublicTest (40.9% vs 48.0%, cpu profile): it has no

@@ -87,9 +87,7 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     Example: ``predict("runs/study/cnn", "photos/", out="faces.csv")``, which is
     ``ferkit predict runs/study/cnn photos/ --out faces.csv``
     """
-    import torch
-
-    from ferkit.train import load_model, predict_proba
+    from ferkit.train import load_model, predict_as_trained
 
     cv2 = _cv2()
     if out is not None:  # checked before the photos are read; made only when there is something to write
@@ -104,7 +102,6 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     if not files:
         raise FerkitError("no input images given (a folder is searched for .jpg, .png, ... files)")
     model, checkpoint = load_model(model_or_run)
-    model = model.to(memory_format=torch.channels_last)
     messages: list[str] = []
     detector = face_detector() if detect else None
     rows, crops = [], []
@@ -133,8 +130,7 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
             annotations[path] = (image, list(range(first_row, len(rows))))
     table = pd.DataFrame(rows, columns=["file", "face", "x", "y", "width", "height"])
     if crops:
-        mode = checkpoint["config"].get("tta", "flip") if tta else "none"
-        probs = predict_proba(model, np.stack(crops), batch_size=256, tta=mode)
+        probs, _ = predict_as_trained(model, checkpoint, np.stack(crops), tta=tta)
         for i, name in enumerate(EMOTIONS):
             table[name] = np.round(probs[:, i], 6)
         table["emotion"] = [EMOTIONS[i] for i in probs.argmax(1)]

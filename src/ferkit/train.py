@@ -126,8 +126,9 @@ def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
-                  batch_size: int = 512, tta: str = "none", channels_last: bool = True) -> np.ndarray:
-    """Class probabilities (N, 7) for uint8 images (N, 48, 48); `tta` averages flips and shifts."""
+                  batch_size: int = 512, tta: str = "none", channels_last: bool = True, amp: bool = True) -> np.ndarray:
+    """Class probabilities (N, 7) for uint8 images (N, 48, 48); `tta` averages flips and shifts; `amp`
+    runs the model in bfloat16 on CUDA, as training does."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -140,11 +141,24 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray | torch.Tensor, dev
         for view in views:
             if channels_last:
                 view = view.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
+            with _autocast(device, amp):
                 probs = probs + F.softmax(model(view).float(), dim=1)
         out.append((probs / len(views)).cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, len(fdata.EMOTIONS)), np.float32)
+
+
+def predict_as_trained(model: torch.nn.Module, checkpoint: dict[str, Any], images: np.ndarray,
+                       device: torch.device | str = "cpu", tta: bool = False) -> tuple[np.ndarray, str]:
+    """Class probabilities as the run's validation computed them: its batch size, memory format and
+    precision, and its `tta` mode when `tta`; returns them and the TTA mode used."""
+    cfg = {**TrainConfig().to_dict(), **checkpoint.get("config", {})}  # an older run may lack newer keys
+    mode = cfg["tta"] if tta else "none"
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    probs = predict_proba(model, images, device, cfg["eval_batch_size"], tta=mode, channels_last=cfg["channels_last"],
+                          amp=cfg["amp"])
+    return probs, mode
 
 
 def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
@@ -242,6 +256,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     out = check_folder_path(out_dir)
     last_path = out / "checkpoints" / "last.pt"
     if resume:
+        if cfg is not None:
+            raise FerkitError(f"{out}: a resumed run continues with its saved config.yaml; resume without settings "
+                              "(drop --model/--profile/--config/--set)")
         if not last_path.exists():
             raise FerkitError(f"{out}: nothing to resume (no checkpoints/last.pt); start it without --resume")
         run_info = read_json(out / "run.json")
@@ -372,7 +389,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             correct += (logits.argmax(1) == y).sum()
             seen += len(batch)
             bar.update(1)
-        val_probs = predict_proba(evaluated, val_images, device, cfg.eval_batch_size, channels_last=cfg.channels_last)
+        val_probs = predict_proba(evaluated, val_images, device, cfg.eval_batch_size, channels_last=cfg.channels_last,
+                                  amp=cfg.amp)
         val_pred = val_probs.argmax(1)
         seconds = time.perf_counter() - started
         train_seconds += seconds
