@@ -224,7 +224,7 @@ def test_lines_are_csv_line_numbers(tmp_path):
     text = "\n".join([ICML_HEADER, rows[0], "", rows[1], rows[2], "", "", rows[3]]) + "\n"
     dataset = load(write_file(tmp_path / "faces.csv", text.encode()), cache=False)
     assert_faces(dataset, faces, [2, 4, 5, 8])
-    assert dataset.origin(2) == "line 5"
+    assert dataset.origins([2]) == [5]
 
 
 def test_leading_zeros_and_spaces_around_fields(tmp_path):

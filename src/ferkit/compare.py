@@ -38,21 +38,15 @@ _K = len(EMOTIONS)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (as statsmodels' proportion_confint 'wilson')."""
-    from scipy.stats import norm
+    """Wilson score interval for a binomial proportion (scipy's, as statsmodels' proportion_confint 'wilson')."""
+    from scipy.stats import binomtest
 
     if n < 1:
         raise ValueError("the Wilson interval needs n >= 1")
     if not 0 <= successes <= n:
         raise ValueError(f"successes {successes} must be within 0..{n}")
-    z = float(norm.ppf(1 - (1 - confidence) / 2))
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends, where rounding would
-    high = 1.0 if successes == n else min(1.0, centre + half)  # leave 1 - 1e-16
-    return low, high
+    interval = binomtest(successes, n).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def _macro_f1_resampled(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -174,6 +168,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
 
     if resamples < 1:
         raise FerkitError(f"--bootstrap {resamples}: use at least 1 resample")
+    output_folder(out, create=False)  # a bad --out stops before the work below
     run, labels_path = Path(run_dir), Path(labels_csv)
     dataset = fdata.load(_resolve_data(labels_path, run, data))
     labels = read_labels(labels_path, dataset)
@@ -228,7 +223,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
         "files": ["comparison.json", "confusion_matrices.png", "disagreements.png", "faces.csv"],
     }
 
-    destination = output_folder(out)  # the work above takes seconds: a bad --out costs nothing
+    destination = output_folder(out)
     _write_faces_csv(destination / "faces.csv", labels, y_true, human, cnn, probs)
     titles = tuple(f"{name}: accuracy {result[key]['accuracy']:.3f}, macro F1 {result[key]['macro_f1']:.3f}"
                    for key, name in (("human", "human"), ("cnn", "CNN")))

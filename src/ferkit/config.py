@@ -94,8 +94,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {},
     "gpu": {
         "widths": (64, 128, 256, 512), "depth": 5, "residual": True, "dropout": 0.3, "epochs": 120,
-        "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 3.0, "patience": 30,
-        "erase_prob": 0.5, "tta": "crops", "eval_batch_size": 2048,
+        "batch_size": 256, "lr": 0.1, "warmup_epochs": 3.0, "patience": 30, "tta": "crops", "eval_batch_size": 2048,
     },
 }
 _CHOICES = {

@@ -1,6 +1,6 @@
 """FER2013 in every layout users have, validated, parsed fast and cached.
 
-`load(path)` reads Kaggle's `icml_face_data.csv` or `fer2013.csv` (plain, gzip, xz or zip; BOM or
+`load(path)` reads Kaggle's `icml_face_data.csv` or `fer2013.csv` (plain, gzip, xz, bz2 or zip; BOM or
 not; LF or CRLF; pixels quoted or not) and the image-folder export (`train/<emotion>/Training_<id>.jpg`,
 `test/<emotion>/PublicTest_<id>.jpg`, ...) as a folder or an archive. Every row is checked; a bad
 file raises `DataFormatError` naming the lines. The parsed arrays are cached under the file's
@@ -92,12 +92,6 @@ class Dataset:
             name: np.bincount(self.labels[self.splits == i], minlength=len(EMOTIONS)).tolist()
             for i, name in enumerate(SPLITS)
         }
-
-    def origin(self, index: int) -> str:
-        """Where row `index` came from, as a user would look it up."""
-        if self.paths is not None:
-            return self.paths[index]
-        return f"line {int(self.lines[index])}"
 
     @property
     def origin_column(self) -> str:
@@ -548,7 +542,7 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
 
 
 def _word_at(raw: bytes, offset: int) -> tuple[int, str]:
-    """The whitespace-delimited word around raw[offset], and where it starts."""
+    """The word around raw[offset] (up to whitespace, a comma or a quote), and where it starts."""
     stops = b' \t\r\n,"'
     left = offset
     while left > 0 and raw[left - 1] not in stops:
@@ -614,7 +608,8 @@ def _stat_key(path: Path) -> str:
 
 class _Cache:
     """Folders `<sha256>-v<version>/` of .npy arrays, plus `index.json` mapping a file's identity
-    (path, size, mtime) to its sha256 so that a cached load need not hash the file again."""
+    (`_stat_key`: path, size, modification and change times, inode) to its sha256, so that a cached
+    load need not hash the file again."""
 
     def __init__(self, root: Path):
         self.root = root

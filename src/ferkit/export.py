@@ -43,7 +43,7 @@ def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLi
                               dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
                               opset_version=opset, dynamo=False)
     except ImportError as exc:
-        raise FerkitError(f"ONNX export needs the onnx package ({exc}): pip install onnx onnxruntime") from None
+        raise FerkitError(f"ONNX export needs the onnx package ({exc}): pip install onnx") from None
     write_json(target.with_suffix(".json"), {
         "input": "pixels: float32 (batch, 1, 48, 48), grayscale 0-255",
         "output": "probabilities: float32 (batch, 7)",

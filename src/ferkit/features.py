@@ -314,10 +314,6 @@ def faces_figure(emotion: int, rows: list[dict[str, Any]], images: np.ndarray, m
         _face(axes[3, j], images[j], _normalised(cams_pred[j:j + 1])[0], gid=f"cam_pred:{j}")
         axes[3, j].set_title(f"{row['pred']}" + (" (= true)" if row["correct"] else "") + _zero_note(cams_pred[j]),
                              fontsize=7)
-    for r in range(4):
-        for j in range(len(rows), cols):
-            if rows:
-                axes[r, j].axis("off")
     _colorbar(fig, _unit_mappable(OVERLAY_CMAP), "map / its maximum on the face", (0.88, 0.08, 0.02, 0.6))
     fig.suptitle(f"{name}: what the last conv layer sees ({SPLIT})", fontsize=10)
     return save(fig, path)

@@ -2,7 +2,7 @@
 
 ``ferkit label DATA --n 100 --seed 0 --out labels.csv`` samples `n` PrivateTest faces with
 ``numpy.random.default_rng(seed)`` (the order is part of the sample), serves a page on 127.0.0.1
-that shows one face at a time (48x48, upscaled without smoothing) with seven emotion buttons (keys
+(`--host` to change it) that shows one face at a time (48x48, upscaled without smoothing) with seven emotion buttons (keys
 1-7), a way back to change an answer (Backspace, the left arrow or the Back button) and the
 progress. The page never learns the true label or any model's guess: the server does not hold them.
 

@@ -50,11 +50,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+PIXEL_CENTER, PIXEL_SCALE = 128.0, 64.0  # (x - center) / scale: about zero mean and unit spread on FER2013
+
+
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 48, 48) or (B, 1, H, W) -> float (B, 1, H, W) scaled to about zero mean, unit spread."""
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    return (images.float() - 128.0) / 64.0
+    return (images.float() - PIXEL_CENTER) / PIXEL_SCALE
 
 
 def _dropout(p: float) -> nn.Module:

@@ -166,4 +166,6 @@ def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.D
         target = folder / f"{name}.jpg"
         with atomic_path(target) as tmp:
             ok, encoded = cv2.imencode(".jpg", canvas)
+            if not ok:
+                raise FerkitError(f"{target}: OpenCV could not encode the annotated photo as JPEG")
             tmp.write_bytes(encoded.tobytes())

@@ -5,14 +5,16 @@
   MLP, activation figures, human vs CNN), each present only when its input is given, start on a new
   page and take at most 1.5 pages (two pages, the second at most half full). Zero-size markers in
   the flow record the page and height where each part ends; figures shrink step by step (100% to
-  60%) until both limits hold, then the extras' folders lose figures from the end (they stay in the
-  HTML and Markdown). If nothing fits, `build_report` raises rather than write a longer report.
+  60%) until both limits hold; failing that, the extras' folders lose figures from the end, the rest
+  shown at 80% (they stay in the HTML and Markdown). If nothing fits, `build_report` raises rather
+  than write a longer report.
 - ``report.html``: one self-contained file, images embedded as base64 data URIs.
 - ``report.md``: readable on a code-hosting site, its figures copied into ``figures/`` beside it.
 
 All three are rendered from one list of blocks (headings, paragraphs, tables, figures), so their
-numbers agree. The checkpoint is not needed: the layer table is computed with forward hooks on a
-freshly built model of the run's architecture (a (1, 1, 48, 48) input).
+numbers agree. No weights are loaded: the layer table is computed with forward hooks on a freshly
+built model of the run's architecture (a (1, 1, 48, 48) input); the checkpoint is only hashed, to
+check that the extras' folders were made from it.
 
 Example: ``ferkit report runs/cnn --mlp runs/mlp --features runs/cnn/features --out runs/cnn/report``
 """
@@ -44,6 +46,8 @@ MAIN_PAGES = 3  # the main part ends on this page at the latest
 EXTRA_PAGES = 1.5  # the extras take at most this many further pages
 EVAL_DIRS = ("test-tta", "test")  # preferred first
 _FIGURE_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)  # tried in turn until the page limits hold
+# once figures must be left out, those kept are shown larger than the smallest scale: fewer, but legible
+_DROP_SCALE = 0.8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +94,7 @@ class Figure:
 
 @dataclass
 class FigureGrid:
-    """Figures two to a row in the PDF and HTML (wide ones get a row of their own)."""
+    """Figures two to a row in the PDF (wide ones get a row of their own) and side by side in the HTML."""
 
     figures: list[Figure]
 
@@ -361,13 +365,9 @@ def _shape(shape: Sequence[int] | None) -> str:
 
 def _build_model(run: Run) -> Any:
     from ferkit.models import get_model
-    from ferkit.train import load_checkpoint
 
-    model_info = run.info.get("model") or {}
-    if model_info.get("name"):
-        return get_model(model_info["name"], **(model_info.get("kwargs") or {}))
-    checkpoint = load_checkpoint(run.path)  # an old run.json without the model: the checkpoint says
-    return get_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
+    model_info = run.info["model"]
+    return get_model(model_info["name"], **model_info["kwargs"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +470,8 @@ def _summary(run: Run) -> Para:
 
 
 def _data_section(run: Run) -> list[Any]:
+    from ferkit.models import PIXEL_CENTER, PIXEL_SCALE
+
     cfg, data = run.config, run.info.get("data", {})
     counts = data.get("counts", {})
     blocks: list[Any] = [Heading("1  Data")]
@@ -534,7 +536,8 @@ def _data_section(run: Run) -> list[Any]:
     tta_text = {"flip": "the face and its mirror image", "crops": "the face, its mirror and four 2-pixel shifts of "
                 "each", "none": "none"}.get(tta, tta)
     blocks.append(Para(
-        "**Preprocessing and augmentation.** Each 48×48 grey face (uint8) is scaled to (x - 128) / 64; there is no "
+        f"**Preprocessing and augmentation.** Each 48×48 grey face (uint8) is scaled to (x - {PIXEL_CENTER:g}) / "
+        f"{PIXEL_SCALE:g}; there is no "
         f"cropping or alignment. Training augmentation, on whole batches on the {run.info.get('device', 'device')}: "
         f"{augmentation}" + (f"; plus {' and '.join(mixing)}" if mixing else "") +
         f". Test-time augmentation (`tta: {tta}`) averages the probabilities of {tta_text}."))
@@ -571,10 +574,13 @@ def _architecture_section(run: Run) -> tuple[list[Any], int]:
 
 
 def _schedule_text(cfg: dict[str, Any]) -> str:
+    from ferkit.train import ONECYCLE_PEAK_AT, ONECYCLE_START
+
     lr, epochs = cfg.get("lr"), cfg.get("epochs")
     schedule = cfg.get("schedule", "cosine")
     if schedule == "onecycle":
-        return f"one-cycle: from 4% of the peak learning rate {lr:g} up to the peak at 30% of the steps, then " \
+        return f"one-cycle: from {ONECYCLE_START:.0%} of the peak learning rate {lr:g} up to the peak at " \
+               f"{ONECYCLE_PEAK_AT:.0%} of the steps, then " \
                f"cosine decay over the rest of {epochs} epochs"
     if schedule == "constant":
         return f"constant learning rate {lr:g}"
@@ -594,6 +600,8 @@ def _hardware(run: Run) -> str:
 
 
 def _training_section(run: Run) -> list[Any]:
+    from ferkit.train import EMA_RAMP, steps_per_epoch
+
     cfg, info, history = run.config, run.info, run.history
     items = [(k, _value(v)) for k, v in cfg.items()]
     per_row = 3
@@ -605,7 +613,7 @@ def _training_section(run: Run) -> list[Any]:
     optimizer = f"SGD with Nesterov momentum {cfg.get('momentum', 0):g}" if cfg.get("optimizer") == "sgd" else "AdamW"
     n_train = info.get("data", {}).get("train_images") or 0
     batch = cfg.get("batch_size", 1)
-    steps = n_train // batch if n_train >= batch else 1
+    steps = steps_per_epoch(n_train, batch)
     loss = f"cross-entropy with label smoothing {cfg.get('label_smoothing', 0):g}" + \
            (" and the class weights of Table 1" if cfg.get("imbalance") == "weighted_loss" else "")
     epochs_run = info.get("epochs_run", len(history))
@@ -613,7 +621,7 @@ def _training_section(run: Run) -> list[Any]:
     speed = info.get("train_images_per_second")
     amp = " with bfloat16 autocast" if cfg.get("amp") and "cuda" in str(info.get("device")) else ""
     average = (f" Weights: an exponential moving average of the trained weights, decay {cfg['ema']:g} per step "
-               f"(min(decay, (1 + step) / (10 + step)) over the first steps); the average is what is validated, "
+               f"(min(decay, (1 + step) / ({EMA_RAMP} + step)) over the first steps); the average is what is validated, "
                f"kept and evaluated, while the training columns of the history are the trained weights'."
                if cfg.get("ema") else "")
     blocks: list[Any] = [
@@ -1055,7 +1063,7 @@ _KNOWN_FAMILIES = {
 
 
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Scalar leaves of a JSON object (breadth first); short lists of numbers kept whole; lists of
+    """Scalar leaves of a JSON object (depth first); short lists of numbers kept whole; lists of
     objects, file names and long strings left out."""
     out: list[tuple[str, Any]] = []
     nested: list[tuple[str, Any]] = []
@@ -1469,7 +1477,8 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
 def layout_pdf(doc: Document) -> tuple[bytes, PdfLayout]:
     """The PDF within the page limits: figures shrink step by step (main part first, then extras);
     if the extras still overflow at the smallest size, figures of the extra folders are left out of
-    the PDF (they stay in HTML and Markdown), as few as will do. Raises if nothing fits."""
+    the PDF (they stay in HTML and Markdown), as few as will do, and the rest are shown at
+    `_DROP_SCALE`. Raises if nothing fits."""
     main_only = Document(doc.title, doc.main)
     for main_scale in _FIGURE_SCALES:
         _, layout = render_pdf(main_only, main_scale, draft=True)
@@ -1489,19 +1498,18 @@ def layout_pdf(doc: Document) -> tuple[bytes, PdfLayout]:
         if (result := fits(scale)) is not None:
             return _final(doc, result, main_scale, scale)
     # The fewest figures to leave out at a legible scale, by bisection (fewer figures, fewer pages).
-    smallest = 0.8
     low, high = 0, len(_grid_figures(doc.extras))
-    best = fits(smallest, high)
+    best = fits(_DROP_SCALE, high)
     if best is None:
         raise FerkitError(f"the extras of the report need more than {EXTRA_PAGES} pages even without their figures; "
                           "leave out --features or --compare")
     while high - low > 1:
         middle = (low + high) // 2
-        if (result := fits(smallest, middle)) is not None:
+        if (result := fits(_DROP_SCALE, middle)) is not None:
             high, best = middle, result
         else:
             low = middle
-    return _final(doc, best, main_scale, smallest)
+    return _final(doc, best, main_scale, _DROP_SCALE)
 
 
 def _final(doc: Document, draft: PdfLayout, main_scale: float, extra_scale: float = 1.0) -> tuple[bytes, PdfLayout]:

@@ -184,13 +184,24 @@ def _autocast(device: torch.device, enabled: bool = True):
 # The schedule is a pure function of the step
 
 
+ONECYCLE_PEAK_AT = 0.3  # one-cycle: the fraction of the steps at which the learning rate peaks
+ONECYCLE_START = 0.04  # one-cycle: the first step's learning rate, as a fraction of the peak
+EMA_RAMP = 10  # the weight average's decay starts at 1/EMA_RAMP and rises towards cfg.ema
+
+
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Full batches only (what is left of an epoch's order is not trained on: no tiny last batch for batch
+    norm, one shape for every step), and one step for a set smaller than a batch."""
+    return images // batch_size if images >= batch_size else 1
+
+
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "onecycle":
-        peak = max(1, int(0.3 * total_steps))
+        peak = max(1, int(ONECYCLE_PEAK_AT * total_steps))
         if step < peak:
-            return cfg.lr * (0.04 + 0.96 * step / peak)
+            return cfg.lr * (ONECYCLE_START + (1 - ONECYCLE_START) * step / peak)
         progress = (step - peak) / max(1, total_steps - peak)
         return cfg.lr * (0.5 * (1 + math.cos(math.pi * progress))) + 1e-5
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -202,7 +213,7 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
 
 def ema_decay(cfg: TrainConfig, step: int) -> float:
     """`cfg.ema`, lowered over the first steps so that the average does not hold on to the untrained start."""
-    return min(cfg.ema, (1 + step) / (10 + step))
+    return min(cfg.ema, (1 + step) / (EMA_RAMP + step))
 
 
 class WeightAverage:
@@ -318,8 +329,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
                      if cfg.imbalance == "sampler" else None)
 
     n = len(train_idx)
-    steps_per_epoch = n // cfg.batch_size if n >= cfg.batch_size else 1
-    total_steps = steps_per_epoch * cfg.epochs
+    epoch_steps = steps_per_epoch(n, cfg.batch_size)
+    total_steps = epoch_steps * cfg.epochs
 
     out.mkdir(parents=True, exist_ok=True)
     if state is None:
@@ -350,7 +361,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         write_json(out / "run.json", run_info)
 
     stopped_early = bool(state and state.get("stopped_early"))
-    bar = tqdm(total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, disable=not progress,
+    bar = tqdm(total=total_steps, initial=(start_epoch - 1) * epoch_steps, disable=not progress,
                desc=f"train {cfg.model}", unit="step", dynamic_ncols=True,
                smoothing=0)  # the average rate: validation pauses would make a smoothed ETA swing
     val_images = dataset.images[val_idx]
@@ -366,9 +377,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
-        for step in range(steps_per_epoch):
-            global_step = (epoch - 1) * steps_per_epoch + step
-            lr = learning_rate(cfg, global_step, total_steps, steps_per_epoch)
+        for step in range(epoch_steps):
+            global_step = (epoch - 1) * epoch_steps + step
+            lr = learning_rate(cfg, global_step, total_steps, epoch_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -453,7 +464,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         "stopped_early": stopped_early, "train_seconds": round(train_seconds, 1),
         # all the images over all the time (validation included), not a mean of the epochs' rates,
         # which a slow first epoch would distort
-        "train_images_per_second": round(len(history) * steps_per_epoch * min(cfg.batch_size, n) / train_seconds, 1)
+        "train_images_per_second": round(len(history) * epoch_steps * min(cfg.batch_size, n) / train_seconds, 1)
                                    if history else None,
     })
     write_json(out / "run.json", run_info)
