@@ -239,7 +239,7 @@ def test_compare_refuses_no_answers_and_other_data(study, tmp_path, capsys):
 
     other = tmp_path / "other.csv"
     write_csv(other, seed=9)
-    with pytest.raises(FerkitError, match="another data file"):
+    with pytest.raises(FerkitError, match="than the data whose faces .*labels.csv labels .*pass the file that was labelled"):
         cmp.compare(study["run"], study["labels"], tmp_path / "out", data=other)  # labels of fer.csv
     labels_other = tmp_path / "labels-other.csv"
     session = label.LabelSession.open(other, labels_other, n=3, seed=0)
@@ -257,6 +257,25 @@ def test_compare_finds_the_labelled_data_without_data(study, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # the sidecar's path is absolute: found from any working folder
     result = cmp.compare(study["run"], study["labels"], tmp_path / "out", resamples=50)
     assert result["data"]["path"] == str(study["data"]) and result["n"] == 15
+
+
+def test_compare_without_data_names_the_files_it_looked_for(study, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(study["run"], run)
+    labels_csv = tmp_path / "labels.csv"
+    shutil.copy(study["labels"], labels_csv)
+    shutil.copy(label.sidecar_path(study["labels"]), label.sidecar_path(labels_csv))
+    gone = str(tmp_path / "moved.csv")
+    for path, keys in ((label.sidecar_path(labels_csv), ("data",)), (run / "run.json", ("data", "path"))):
+        record = json.loads(path.read_text())
+        (record[keys[0]] if len(keys) == 2 else record)[keys[-1]] = gone
+        path.write_text(json.dumps(record))
+    with pytest.raises(FerkitError, match=f"labelled from \\({gone} and {gone} no longer exist\\); pass --data"):
+        cmp.compare(run, labels_csv, tmp_path / "out")
+    (run / "run.json").write_text(json.dumps(dict(json.loads((study["run"] / "run.json").read_text()))))
+    assert cmp.compare(run, labels_csv, tmp_path / "out", resamples=20)["n"] == 15  # the run's file, as recorded
 
 
 def test_compare_accepts_a_copy_of_the_labelled_faces(study, tmp_path):

@@ -186,7 +186,8 @@ def test_resume_restores_the_answers_and_refuses_another_sample(data, tmp_path):
         label.LabelSession.open(data, out, n=6, seed=2)
     other = tmp_path / "other.csv"
     write_csv(other, seed=1)
-    with pytest.raises(FerkitError, match="another data file"):
+    with pytest.raises(FerkitError, match=f"other faces, labels or splits than the data whose faces {out} labels "
+                                          f"\\({data.resolve()}, sha256 .*resume with that file, or choose another --out"):
         label.LabelSession.open(other, out)
 
     orphan = tmp_path / "orphan.csv"
@@ -207,7 +208,7 @@ def test_main_refuses_a_different_data_file_without_a_traceback(data, tmp_path, 
     write_csv(other, seed=5)
     assert cli.main(["label", str(other), "--out", str(out), "--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert "another data file" in err and "Traceback" not in err
+    assert "other faces, labels or splits than the data whose faces" in err and "Traceback" not in err
 
 
 def test_export_with_truth(data, tmp_path, capsys):

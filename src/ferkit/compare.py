@@ -140,20 +140,22 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, boot: dict[str, np.ndarray])
 
 
 def _resolve_data(labels_csv: Path, run: Path, data: str | os.PathLike | None) -> str:
+    """`data` if given, else the file the labels' sidecar names, else the run's data file."""
     if data:
         return str(data)
+    from ferkit.evaluate import recorded_data_path
     from ferkit.label import sidecar_path
 
-    for source, key in ((sidecar_path(labels_csv), ("data",)), (run / "run.json", ("data", "path"))):
-        try:
-            recorded = read_json(source)
-            for part in key:
-                recorded = recorded[part]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(recorded, str) and Path(recorded).exists():
-            return recorded
-    raise FerkitError("cannot find the data file the faces were labelled from; pass --data PATH")
+    try:
+        labelled = read_json(sidecar_path(labels_csv)).get("data")
+    except (OSError, ValueError, AttributeError):
+        labelled = None
+    recorded = [path for path in (labelled, recorded_data_path(run)) if isinstance(path, str)]
+    for path in recorded:
+        if Path(path).exists():
+            return path
+    gone = f" ({' and '.join(recorded)} no longer exist{'s' if len(recorded) == 1 else ''})" if recorded else ""
+    raise FerkitError(f"cannot find the data file the faces were labelled from{gone}; pass --data PATH")
 
 
 def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str | os.PathLike,

@@ -26,7 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class Dataset:
     def is_recorded_as(self, record: Mapping[str, Any]) -> bool:
         """Whether the data a run or an evaluation recorded (`data_sha256`, and `data_faces_sha256`
         where it was saved) is this one: the same file, or the same faces in another file."""
-        return record.get("data_sha256") == self.sha256 or record.get("data_faces_sha256") == self.faces_sha256
+        return same_data(self.checksums(), record)
 
     def indices(self, split: str) -> np.ndarray:
         """Row indices of one split ("Training", "PublicTest", "PrivateTest" or train/val/test)."""
@@ -124,7 +124,8 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
         return cached
 
     if path.is_dir():
-        dataset = _load_image_entries(_folder_entries(path), path, _folder_checksum(path))
+        entries = list(_folder_entries(path))  # read once: the checksum and the faces come from the same bytes
+        dataset = _load_image_entries(entries, path, _folder_checksum(entries))
     else:
         raw = _read_bytes(path)
         checksum = _sha256_bytes(raw)
@@ -182,8 +183,7 @@ def _read_bytes(path: Path) -> bytes:
 def _load_bytes(raw: bytes, path: Path, checksum: str) -> Dataset:
     """Dispatch on the file's magic bytes, not its name: users rename files."""
     if not raw:
-        raise DataFormatError(str(path), [Problem(None, None, "the file is empty: expected a FER2013 CSV "
-                                                               "with the header 'emotion, Usage, pixels'")])
+        raise DataFormatError(str(path), [_EMPTY_FILE])
     if raw[:2] == b"\x1f\x8b":
         return _load_bytes(_decompress(gzip.decompress, raw, path, "gzip"), path, checksum)
     if raw[:6] == b"\xfd7zXZ\x00":
@@ -250,10 +250,10 @@ def _folder_entries(root: Path) -> Iterator[tuple[str, bytes]]:
             yield rel, file.read_bytes()
 
 
-def _folder_checksum(root: Path) -> str:
+def _folder_checksum(entries: list[tuple[str, bytes]]) -> str:
     """sha256 over the sorted relative paths and contents of the folder's image files."""
     digest = hashlib.sha256()
-    for rel, content in _folder_entries(root):
+    for rel, content in entries:
         digest.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
     return digest.hexdigest()
 
@@ -270,17 +270,14 @@ def _is_junk(name: str) -> bool:
 _IMAGE_NAME = re.compile(r"^(Training|PublicTest|PrivateTest)_(\d+)\.\w+$")
 
 
-def _load_image_entries(entries, path: Path, checksum: str) -> Dataset:
+def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checksum: str) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
     folder_of = {name.lower(): i for i, name in enumerate(EMOTIONS)}
-    records, problems, total = [], [], 0
+    records, problems = [], _Problems()
 
     def complain(message: str) -> None:
-        nonlocal total
-        total += 1
-        if len(problems) < _MAX_PROBLEMS_KEPT:
-            problems.append(Problem(None, None, message))
+        problems.add(None, None, message)
 
     for name, content in entries:
         parts = name.replace("\\", "/").split("/")
@@ -303,11 +300,11 @@ def _load_image_entries(entries, path: Path, checksum: str) -> Dataset:
             continue
         split = SPLITS.index(match.group(1))
         records.append((split, int(match.group(2)), name, folder_of[parts[-2].lower()], pixels))
-    if not records and not problems:
+    if not records and not problems.total:
         complain("no face images found: expected train/<emotion>/Training_<id>.jpg and "
                  "test/<emotion>/PublicTest_<id>.jpg, PrivateTest_<id>.jpg")
-    if problems:
-        raise DataFormatError(str(path), problems, total)
+    if problems.total:
+        raise DataFormatError(str(path), problems.kept, problems.total)
     records.sort(key=lambda r: (r[0], r[1], r[3]))  # split, numeric id, label: the CSV's row order
     return Dataset(
         images=np.stack([r[4] for r in records]),
@@ -324,6 +321,7 @@ _HEADER_HELP = ("expected the columns emotion, Usage and pixels: 'emotion, Usage
                 "(icml_face_data.csv) or 'emotion,pixels,Usage' (fer2013.csv)")
 _LABELS = {str(i).encode(): i for i in range(len(EMOTIONS))}
 _USAGES = {name.encode(): i for i, name in enumerate(SPLITS)}
+_EMPTY_FILE = Problem(None, None, "the file is empty: expected a FER2013 CSV with the header 'emotion, Usage, pixels'")
 _ROWS_PER_CHUNK = 2048  # bounds the temporaries of the vectorised pass to ~16 MB of text
 
 
@@ -343,8 +341,7 @@ class _Problems:
 def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
     start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     if not raw[start:start + 65536].strip() and not raw[start:].strip():  # avoid copying a big file
-        raise DataFormatError(name, [Problem(None, None, "the file is empty: expected a FER2013 CSV with the "
-                                                         "header 'emotion, Usage, pixels'")])
+        raise DataFormatError(name, [_EMPTY_FILE])
     _reject_binary(raw, start, name)
 
     header_end = raw.find(b"\n", start)
@@ -371,7 +368,7 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
         if c2 < 0 or find(b",", c2 + 1, stop) >= 0:
             fields = raw.count(b",", pos, stop) + 1
             problems.add(line_no, None, f"has {fields} field{'s' if fields != 1 else ''}, expected 3 "
-                                        "(emotion, Usage, pixels)" + _truncation_hint(end, size))
+                                        "(emotion, Usage, pixels)" + _truncation_hint(end >= size))
             pos = nxt
             continue
         bounds = ((pos, c1), (c1 + 1, c2), (c2 + 1, stop))
@@ -460,8 +457,8 @@ def _show(text: bytes, limit: int = 40) -> str:
     return repr(shown if len(shown) <= limit else shown[:limit] + "...")
 
 
-def _truncation_hint(end: int, size: int) -> str:
-    return "; the file ends in the middle of this row: it looks truncated (download it again)" if end >= size else ""
+def _truncation_hint(at_end: bool) -> str:
+    return "; the file ends in the middle of this row: it looks truncated (download it again)" if at_end else ""
 
 
 def _pair_table() -> np.ndarray:
@@ -529,9 +526,7 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
                 continue
             at_end = i == n_rows - 1 and not ends_with_newline
             problems.add(int(rows_lines[i]), None,
-                         f"has {counts[row]} pixel values, expected {N_PIXELS} (48x48)"
-                         + ("; the file ends in the middle of this row: it looks truncated (download it again)"
-                            if at_end else ""))
+                         f"has {counts[row]} pixel values, expected {N_PIXELS} (48x48)" + _truncation_hint(at_end))
         has_tens = tens < 10
         digits_read = len(ends) + np.count_nonzero(has_tens) + np.count_nonzero(has_tens & (hundreds < 10))
         if values.max(initial=0) > 255 or digits_read != n_digits:  # a value over 255, or 4+ digits

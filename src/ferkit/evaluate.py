@@ -17,7 +17,7 @@ from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_path, is_run_folder, output_folder, read_json, write_json, write_text
 
-SPLIT_NAMES = {"test": "PrivateTest", "val": "PublicTest"}
+SPLIT_NAMES = {alias: fdata.SPLIT_ALIASES[alias] for alias in ("test", "val")}  # never evaluated on Training
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:

@@ -162,10 +162,7 @@ class Labels:
 
 def _require_labelled_data(dataset: fdata.Dataset, meta: dict[str, Any], labels_csv: Path, todo: str) -> None:
     """Stop unless `dataset` is the labelled file, or a copy of its faces (compressed, re-saved)."""
-    if not dataset.is_recorded_as(meta):
-        raise FerkitError(f"{labels_csv} labels faces of another data file ({meta.get('data')}, sha256 "
-                          f"{str(meta.get('data_sha256'))[:12]}...), not {dataset.source} "
-                          f"(sha256 {dataset.sha256[:12]}...); {todo}")
+    fdata.require_recorded(dataset, meta, f"whose faces {labels_csv} labels", meta.get("data"), todo=todo)
 
 
 def read_labels(labels_csv: str | os.PathLike, dataset: fdata.Dataset) -> Labels:

@@ -235,7 +235,7 @@ class WeightAverage:
             averaged.copy_(current)
 
 
-def class_weights(labels: np.ndarray, power: float, num_classes: int = 7) -> np.ndarray:
+def class_weights(labels: np.ndarray, power: float, num_classes: int = len(fdata.EMOTIONS)) -> np.ndarray:
     """(largest class / class size) ** power, scaled to mean 1 over the training images."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = (counts.max() / np.maximum(counts, 1)) ** power
@@ -412,7 +412,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             "val_loss": float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)),
                                          torch.from_numpy(val_labels))),
             "val_acc": float((val_pred == val_labels).mean()),
-            "val_macro_f1": float(f1_score(val_labels, val_pred, average="macro", labels=range(7), zero_division=0)),
+            "val_macro_f1": float(f1_score(val_labels, val_pred, average="macro", labels=range(len(fdata.EMOTIONS)),
+                                           zero_division=0)),
             "lr": lr,
             "seconds": round(seconds, 3),
             "images_per_second": round(seen / seconds, 1),
