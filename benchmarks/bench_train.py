@@ -18,13 +18,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ferkit import config
-from ferkit.augment import augment_batch
 from ferkit.errors import FerkitError
 from ferkit.models import count_parameters, get_model, preprocess
-from ferkit.train import WeightAverage, pick_device
+from ferkit.train import WeightAverage, pick_device, train_one_epoch
 
 
 def _sync(device: torch.device) -> None:
@@ -33,33 +31,26 @@ def _sync(device: torch.device) -> None:
 
 
 def train_throughput(cfg: config.TrainConfig, device: torch.device, steps: int, compile_model: bool) -> float:
+    """Training images/s of ferkit's own training step (`train_one_epoch`), on random faces."""
     model = get_model(cfg.model, **cfg.model_kwargs()).to(device).to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile_model else model
     average = WeightAverage(model) if cfg.ema else None  # training pays for the weight average too
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                                weight_decay=cfg.weight_decay)
     images = torch.randint(0, 256, (cfg.batch_size * 4, 1, 48, 48), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 7, (cfg.batch_size * 4,), device=device)
     generator = torch.Generator(device=device).manual_seed(0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    model.train()
 
-    def step(i: int) -> None:
-        batch = slice((i % 4) * cfg.batch_size, (i % 4 + 1) * cfg.batch_size)
-        x = augment_batch(preprocess(images[batch]), cfg, generator).contiguous(memory_format=torch.channels_last)
-        with autocast:
-            logits = forward(x)
-        loss = F.cross_entropy(logits.float(), labels[batch], label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if average is not None:
-            average.update(cfg.ema)
+    def run(count: int) -> None:
+        order = torch.arange(cfg.batch_size * 4, device=device).repeat(-(-count // 4))
+        train_one_epoch(forward, optimizer, images, labels, order, range(count), count, cfg, generator,
+                        average=average)
 
-    for i in range(5):  # warm-up (and compilation)
-        step(i)
+    run(5)  # warm-up (and compilation)
     _sync(device)
     started = time.perf_counter()
-    for i in range(steps):
-        step(i)
+    run(steps)
     _sync(device)
     return steps * cfg.batch_size / (time.perf_counter() - started)
 

@@ -17,7 +17,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -308,8 +308,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
                           f"(found {len(train_idx)} and {len(val_idx)})")
 
     model = get_model(cfg.model, **cfg.model_kwargs()).to(device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                                     weight_decay=cfg.weight_decay)
@@ -330,6 +329,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
 
     n = len(train_idx)
     epoch_steps = steps_per_epoch(n, cfg.batch_size)
+    epoch_images = epoch_steps * min(cfg.batch_size, n)
     total_steps = epoch_steps * cfg.epochs
 
     out.mkdir(parents=True, exist_ok=True)
@@ -374,50 +374,14 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)  # dropout draws from the global generator
         order = epoch_order(sample_weight, n, generator, device)
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        for step in range(epoch_steps):
-            global_step = (epoch - 1) * epoch_steps + step
-            lr = learning_rate(cfg, global_step, total_steps, epoch_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment_batch(preprocess(x_train[batch]), cfg, generator)
-            y = y_train[batch]
-            targets = F.one_hot(y, len(fdata.EMOTIONS)).float()
-            x, targets = mix(x, targets, cfg, generator)
-            x = x.contiguous(memory_format=memory_format)
-            with _autocast(device, cfg.amp):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float(), targets, weight=loss_weight, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if average is not None:
-                average.update(ema_decay(cfg, global_step))
-            loss_sum += loss.detach() * len(batch)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(batch)
-            bar.update(1)
-        val_probs = predict_proba(evaluated, val_images, device, cfg.eval_batch_size, channels_last=cfg.channels_last,
-                                  amp=cfg.amp)
-        val_pred = val_probs.argmax(1)
+        steps = range((epoch - 1) * epoch_steps, epoch * epoch_steps)
+        trained = train_one_epoch(forward, optimizer, x_train, y_train, order, steps, total_steps, cfg, generator,
+                                  loss_weight, average, on_step=lambda: bar.update(1))
+        validated = validate(evaluated, val_images, val_labels, device, cfg)
         seconds = time.perf_counter() - started
         train_seconds += seconds
-        row = {
-            "epoch": epoch,
-            "train_loss": float(loss_sum) / seen,
-            "train_acc": float(correct) / seen,
-            "val_loss": float(F.nll_loss(torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)),
-                                         torch.from_numpy(val_labels))),
-            "val_acc": float((val_pred == val_labels).mean()),
-            "val_macro_f1": float(f1_score(val_labels, val_pred, average="macro", labels=range(len(fdata.EMOTIONS)),
-                                           zero_division=0)),
-            "lr": lr,
-            "seconds": round(seconds, 3),
-            "images_per_second": round(seen / seconds, 1),
-        }
+        row = {"epoch": epoch, **trained, **validated, "lr": learning_rate(cfg, steps[-1], total_steps, epoch_steps),
+               "seconds": round(seconds, 3), "images_per_second": round(epoch_images / seconds, 1)}
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
             bar.close()
             # nothing of this epoch is saved: last.pt keeps the previous one, which --resume would only repeat
@@ -451,7 +415,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         if progress:
             tqdm.write(f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} macro-F1 {row['val_macro_f1']:.4f}  "
-                       f"lr {lr:.4g}  {seconds:.1f}s{'  *' if improved else ''}")
+                       f"lr {row['lr']:.4g}  {seconds:.1f}s{'  *' if improved else ''}")
     bar.close()
 
     from ferkit.visualize import learning_curves
@@ -465,11 +429,60 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         "stopped_early": stopped_early, "train_seconds": round(train_seconds, 1),
         # all the images over all the time (validation included), not a mean of the epochs' rates,
         # which a slow first epoch would distort
-        "train_images_per_second": round(len(history) * epoch_steps * min(cfg.batch_size, n) / train_seconds, 1)
+        "train_images_per_second": round(len(history) * epoch_images / train_seconds, 1)
                                    if history else None,
     })
     write_json(out / "run.json", run_info)
     return run_info
+
+
+def train_one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                    x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tensor, steps: range, total_steps: int,
+                    cfg: TrainConfig, generator: torch.Generator, loss_weight: torch.Tensor | None = None,
+                    average: WeightAverage | None = None, on_step: Callable[[], Any] | None = None) -> dict[str, float]:
+    """One pass over `order` (indices into x_train (N, 1, 48, 48) uint8 and y_train), a batch per step
+    of `steps` (the run's global step numbers, which set the learning rate); returns the training
+    loss and accuracy, as the network was while it trained."""
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    loss_sum = torch.zeros((), device=x_train.device)  # summed on the device: no sync per step
+    correct = torch.zeros((), device=x_train.device)
+    seen = 0
+    for k, global_step in enumerate(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, global_step, total_steps, len(steps))
+        batch = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        x = augment_batch(preprocess(x_train[batch]), cfg, generator)
+        y = y_train[batch]
+        targets = F.one_hot(y, len(fdata.EMOTIONS)).float()
+        x, targets = mix(x, targets, cfg, generator)
+        x = x.contiguous(memory_format=memory_format)
+        with _autocast(x.device, cfg.amp):
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), targets, weight=loss_weight, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if average is not None:
+            average.update(ema_decay(cfg, global_step))
+        loss_sum += loss.detach() * len(batch)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(batch)
+        if on_step is not None:
+            on_step()
+    return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+
+
+def validate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
+             cfg: TrainConfig) -> dict[str, float]:
+    """Loss, accuracy and macro F1 of `model` on the validation faces, without TTA."""
+    probs = predict_proba(model, images, device, cfg.eval_batch_size, channels_last=cfg.channels_last, amp=cfg.amp)
+    pred = probs.argmax(1)
+    return {
+        "val_loss": float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels))),
+        "val_acc": float((pred == labels).mean()),
+        "val_macro_f1": float(f1_score(labels, pred, average="macro", labels=range(len(fdata.EMOTIONS)),
+                                       zero_division=0)),
+    }
 
 
 def write_history(path: str | os.PathLike, history: list[dict[str, Any]]) -> None:
