@@ -684,3 +684,14 @@ def test_shared_image_export_equals_the_csv(shared_csv, shared_cache):
     np.testing.assert_array_equal(images.labels, shared_csv.labels)
     np.testing.assert_array_equal(images.splits, shared_csv.splits)
     np.testing.assert_array_equal(images.images, shared_csv.images)
+
+
+def test_faces_checksum_covers_images_labels_and_splits():
+    faces = make_faces(seed=40)
+    base = Dataset(images=faces.images, labels=faces.labels, splits=faces.splits, source="x", sha256="0")
+    for change in ("images", "labels", "splits"):
+        arrays = {"images": faces.images.copy(), "labels": faces.labels.copy(), "splits": faces.splits.copy()}
+        arrays[change][0] = (arrays[change][0] + 1) % (2 if change == "splits" else 7)
+        other = Dataset(**arrays, source="y", sha256="1")  # another file
+        assert other.faces_sha256 != base.faces_sha256, change
+        assert not other.is_recorded_as(base.checksums()), change

@@ -145,8 +145,9 @@ def test_chosen_faces_are_right_and_mixed(world):
         if 0 < n_right < PER_CLASS_TEST:
             assert {c["correct"] for c in mine} == {True, False}, name
         assert all(len(c["top_channels"]) == 6 for c in mine)
-        strengths = [t["mean_activation"] for c in mine for t in c["top_channels"][:2]]
-        assert all(s >= 0 for s in strengths)
+        for c in mine:  # the face's strongest channels, strongest first
+            strengths = [t["mean_activation"] for t in c["top_channels"]]
+            assert strengths == sorted(strengths, reverse=True), c
 
 
 def test_overlays_are_drawn_on_the_recorded_face(world):
@@ -201,7 +202,7 @@ def test_activation_maps_and_grad_cam_shapes(world):
     assert maps.shape == (5, 8, 24, 24) and (maps >= 0).all()  # after ReLU
     assert mean_activation_map(maps).shape == (5, 48, 48)
     cams = grad_cam(model, images, [0, 1, 2, 3, 4])
-    assert cams.shape == (5, 48, 48) and (cams >= 0).all()
+    assert cams.shape == (5, 48, 48)
     # one class for all faces equals that class per face; uint8 and preprocessed input agree
     from ferkit.models import preprocess
 

@@ -126,6 +126,26 @@ def test_predict_takes_one_path_as_one_input(tiny_run, tiny_csv, tmp_path):
     assert len(table) == 1 and messages == []
 
 
+def test_the_emotion_is_the_most_probable_one_and_tta_is_applied(tiny_run, tiny_csv, tmp_path):
+    import cv2
+
+    from ferkit.predict import predict
+
+    dataset = load(tiny_csv)
+    rows = dataset.indices("PrivateTest")[:6]
+    for k, row in enumerate(rows):
+        cv2.imwrite(str(tmp_path / f"face{k}.png"), dataset.images[row])
+    model, _ = train.load_model(tiny_run)
+    expected = {mode: train.predict_proba(model, dataset.images[rows], tta=mode) for mode in ("none", "flip")}
+    assert not np.allclose(expected["none"], expected["flip"], atol=1e-4)  # else TTA could not be told apart
+    for tta, mode in ((False, "none"), (True, "flip")):
+        table, _ = predict(tiny_run, tmp_path, detect=False, tta=tta, progress=False)
+        table = table.sort_values("file")
+        probs = table[list(EMOTIONS)].to_numpy()
+        np.testing.assert_allclose(probs, expected[mode], atol=1e-5)
+        assert list(table["emotion"]) == [EMOTIONS[i] for i in probs.argmax(1)]
+
+
 @pytest.mark.slow
 def test_run_end_to_end_and_resume(tiny_csv, tmp_path, capsys):
     out = tmp_path / "study"
@@ -136,6 +156,13 @@ def test_run_end_to_end_and_resume(tiny_csv, tmp_path, capsys):
     assert main(args) == 0
     record = json.loads((out / "pipeline.json").read_text())
     assert all(stage["done"] for stage in record["stages"].values()) and len(record["stages"]) == 7
+    cnn_tta = json.loads((out / "cnn" / "eval" / "test-tta" / "metrics.json").read_text())
+    mlp_test = json.loads((out / "mlp" / "eval" / "test" / "metrics.json").read_text())
+    assert record["results"] == {"cnn_test_accuracy_tta": cnn_tta["accuracy"], "cnn_test_macro_f1_tta": cnn_tta["macro_f1"],
+                                 "mlp_test_accuracy": mlp_test["accuracy"], "mlp_test_macro_f1": mlp_test["macro_f1"]}
+    assert cnn_tta["tta"] == "flip" and mlp_test["tta"] == "none"
+    # the MLP baseline trains without augmentation, the CNN with it
+    assert config.load(out / "cnn" / "config.yaml").augment and not config.load(out / "mlp" / "config.yaml").augment
     for path in ("data/summary.json", "cnn/eval/test-tta/metrics.json", "mlp/eval/test/metrics.json",
                  "features/features.json", "report/report.pdf"):
         assert (out / path).exists(), path

@@ -634,3 +634,11 @@ def test_cli_report(world, tmp_path, capsys):
 def test_cli_report_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
     assert "ferkit report: error:" in capsys.readouterr().err
+
+
+def test_classification_report_averages_equal_scikit_learns(world):
+    lines = (world["cnn"] / "eval" / "test-tta" / "classification_report.txt").read_text().splitlines()
+    for name in ("macro avg", "weighted avg"):
+        expected = next(line for line in lines if line.strip().startswith(name)).split()[2:5]  # precision, recall, F1
+        row = next(line for line in world["md"].splitlines() if line.startswith(f"| {name} "))
+        assert [cell.strip() for cell in row.strip().strip("|").split("|")][1:4] == expected, (name, row)

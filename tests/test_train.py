@@ -629,3 +629,175 @@ def test_every_command_predicts_with_the_runs_own_settings(trained_run, tiny_csv
     probs, mode = train.predict_as_trained(model, plain, images, tta=True)
     assert mode == "crops" and probs.shape == (40, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert np.allclose(probs, train.predict_proba(model, images, tta="crops", channels_last=False), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaps found by mutation testing: each of these fails on a one-line bug the tests above let through.
+
+
+def test_each_epoch_draws_its_own_order(tiny_csv, tmp_path, monkeypatch):
+    """Every epoch draws a new order (and augmentation) from (seed, epoch): a generator seeded the
+    same way each epoch would repeat epoch 1's batches, and still reproduce and resume exactly."""
+    orders = []
+    real = train.epoch_order
+
+    def recording(*args, **kwargs):
+        orders.append(real(*args, **kwargs).tolist())
+        return torch.tensor(orders[-1])
+
+    monkeypatch.setattr(train, "epoch_order", recording)
+    train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=3, train_limit=64, imbalance="none"), progress=False)
+    assert len(orders) == 3 and orders[0] != orders[1] and orders[1] != orders[2]
+    assert all(sorted(order) == list(range(64)) for order in orders)
+
+
+def test_resume_keeps_the_early_stopping_count(tiny_csv, tmp_path, monkeypatch):
+    """A run cut after an epoch without improvement stops, once resumed, where the uninterrupted run
+    stopped: the epochs without a better validation score are part of the saved state."""
+    # lr 0 and no batch norm: the model never changes, so only epoch 1 improves the score
+    cfg = tiny_config(epochs=8, patience=2, lr=0.0, batch_norm=False, train_limit=64)
+    whole = train.train(tiny_csv, tmp_path / "whole", cfg, progress=False)
+    assert whole["stopped_early"] and whole["epochs_run"] == 3
+    real_write = train.write_history
+
+    def interrupt_after_second_epoch(path, history):
+        real_write(path, history)
+        if len(history) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_history", interrupt_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_csv, tmp_path / "cut", cfg, progress=False)
+    monkeypatch.setattr(train, "write_history", real_write)
+    resumed = train.train(tiny_csv, tmp_path / "cut", resume=True, progress=False)
+    assert (resumed["epochs_run"], resumed["best_epoch"], resumed["stopped_early"]) == (3, 1, True)
+
+
+def test_weight_average_is_updated_during_training(tiny_csv, tmp_path):
+    """The saved average follows the trained weights: it is nearer to them than the initial weights
+    are (an average that is never updated stays at the initial weights)."""
+    cfg = tiny_config(epochs=2, train_limit=96, ema=0.9)
+    torch.manual_seed(cfg.seed)  # train() builds its model right after this same call
+    initial = get_model(cfg.model, **cfg.model_kwargs()).state_dict()
+    train.train(tiny_csv, tmp_path / "ema", cfg, progress=False)
+    last = torch.load(tmp_path / "ema" / "checkpoints" / "last.pt", weights_only=True)
+    averaged, trained = last["model"], last["trained_model"]
+    for key, value in trained.items():
+        if not value.is_floating_point():  # batch counters are copied
+            assert torch.equal(averaged[key], value), key
+        elif not torch.equal(initial[key], value):
+            assert (averaged[key] - value).norm() < 0.5 * (initial[key] - value).norm(), key
+
+
+def test_validation_scores_in_the_history_are_accuracy_and_macro_f1(tiny_csv, tmp_path):
+    from ferkit.data import load
+
+    run = tmp_path / "r"  # one short epoch: a model that is right on some faces only, so that
+    train.train(tiny_csv, run, tiny_config(epochs=1, train_limit=64), progress=False)  # macro != weighted F1
+    model, best = train.load_model(run)
+    dataset = load(tiny_csv)
+    val = dataset.indices("PublicTest")
+    truth, pred = dataset.labels[val], train.predict_proba(model, dataset.images[val]).argmax(1)
+    expected = f1_score(truth, pred, average="macro", labels=range(7), zero_division=0)
+    assert expected != pytest.approx(f1_score(truth, pred, average="weighted", labels=range(7), zero_division=0))
+    assert best["metrics"]["val_macro_f1"] == pytest.approx(expected, abs=1e-12)
+    assert best["metrics"]["val_acc"] == pytest.approx((pred == truth).mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("tta", ["flip", "crops"])
+def test_tta_averages_the_probabilities_of_the_mirrored_and_shifted_faces(tiny_csv, tta):
+    """`flip` is the mean of the face's and its left-right mirror's probabilities; `crops` adds the
+    four 4-pixel shifts of the edge-padded face and their mirrors."""
+    from ferkit.data import load
+
+    torch.manual_seed(0)
+    model = get_model("cnn", widths=[4, 8]).eval()
+    faces = load(tiny_csv).images[:6]
+    views = [faces, faces[:, :, ::-1]]
+    if tta == "crops":
+        padded = np.pad(faces, ((0, 0), (2, 2), (2, 2)), mode="edge")
+        for dy, dx in ((0, 0), (0, 4), (4, 0), (4, 4)):
+            shifted = padded[:, dy:dy + 48, dx:dx + 48]
+            views += [shifted, shifted[:, :, ::-1]]
+    expected = np.mean([train.predict_proba(model, np.ascontiguousarray(v)) for v in views], axis=0)
+    np.testing.assert_allclose(train.predict_proba(model, faces, tta=tta), expected, atol=1e-6)
+
+
+def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
+    cfg = tiny_config(lr=0.1, warmup_epochs=2, schedule="cosine")
+    lrs = [train.learning_rate(cfg, step, 100, 10) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.1 / 20) and lrs[9] == pytest.approx(0.05) and lrs[19] == pytest.approx(0.1)
+    assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))  # rises over the 20 warmup steps
+    assert all(a >= b for a, b in zip(lrs[20:], lrs[21:])) and lrs[-1] < 1e-3
+    assert lrs[60] == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 40 / 80)))
+
+
+def test_confusion_matrix_rows_are_the_true_class():
+    metrics = compute_metrics(np.array([0, 0, 0, 1]), np.array([1, 1, 0, 1]))
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix[0, 1] == 2 and matrix[1, 0] == 0 and matrix[0, 0] == 1 and matrix[1, 1] == 1
+    assert metrics["per_class"]["Angry"] == {"precision": 1.0, "recall": pytest.approx(1 / 3),
+                                             "f1": pytest.approx(0.5), "support": 3}
+    assert metrics["per_class"]["Disgust"]["support"] == 1 and metrics["per_class"]["Neutral"]["support"] == 0
+
+
+def test_evaluate_uses_the_checkpoint_and_split_it_is_asked_for(tiny_csv, tmp_path):
+    import pandas as pd
+
+    from ferkit.data import load
+
+    run = tmp_path / "r"  # lr 0 and no batch norm: only epoch 1 improves, so best is epoch 1 and last epoch 2
+    train.train(tiny_csv, run, tiny_config(epochs=2, lr=0.0, batch_norm=False, train_limit=64), progress=False)
+    assert evaluate(run, checkpoint="last", out=tmp_path / "last")["epoch"] == 2
+    assert evaluate(run, out=tmp_path / "best")["epoch"] == 1
+    dataset = load(tiny_csv)
+    for split, name in (("test", "PrivateTest"), ("val", "PublicTest")):
+        metrics = evaluate(run, split=split, out=tmp_path / split)
+        lines = pd.read_csv(tmp_path / split / "predictions.csv")["line"].tolist()
+        assert metrics["split"] == name and lines == dataset.origins(dataset.indices(name))
+    assert main(["evaluate", str(run), "--split", "val", "--tta"]) == 0
+    saved = json.loads((run / "eval" / "val-tta" / "metrics.json").read_text())
+    assert (saved["split"], saved["tta"]) == ("PublicTest", "flip")
+
+
+def test_saved_predictions_that_are_not_probabilities_are_refused(trained_run, tiny_csv, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from ferkit.data import EMOTIONS
+
+    run, _ = trained_run
+    evaluate(run, split="test", out=tmp_path / "saved")
+    table = pd.read_csv(tmp_path / "saved" / "predictions.csv")
+    table[list(EMOTIONS)] = table[list(EMOTIONS)] * 2  # rows that sum to 2
+    table.to_csv(tmp_path / "saved" / "predictions.csv", index=False)
+    with pytest.raises(FerkitError, match="rows that are not probabilities"):
+        ensemble([tmp_path / "saved"], tmp_path / "ens", data=tiny_csv)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("momentum=1.5", "'momentum': 1.5 must be in \\[0, 1\\)"),
+    ("max_scale=1", "'max_scale': 1.0 must be in \\[0, 1\\)"),
+])
+def test_config_rejects_more_values_out_of_range(override, message):
+    with pytest.raises(FerkitError, match=message):
+        config.resolve(overrides=[override])
+
+
+def test_config_reads_switches_and_the_profile_of_a_file(tmp_path):
+    for text, expected in (("false", False), ("no", False), ("0", False), ("off", False), ("true", True), ("1", True)):
+        assert config.resolve(overrides=[f"augment={text}"]).augment is expected, text
+    with pytest.raises(FerkitError, match="'augment': 'maybe' is not a valid true/false"):
+        config.resolve(overrides=["augment=maybe"])
+    path = tmp_path / "c.yaml"
+    path.write_text("profile: gpu\nepochs: 3\n")
+    cfg = config.resolve(config_file=path)
+    assert (cfg.profile, cfg.widths, cfg.epochs) == ("gpu", (64, 128, 256, 512), 3)
+
+
+def test_dropout_reaches_the_models():
+    for name in list_models():
+        rates = [m.p for m in get_model(name, dropout=0.3).modules() if isinstance(m, torch.nn.Dropout)]
+        assert rates and all(p == 0.3 for p in rates), name
+        assert not any(isinstance(m, torch.nn.Dropout) for m in get_model(name, dropout=0.0).modules())

@@ -264,20 +264,11 @@ def _write_faces_csv(path: Path, labels, y_true: np.ndarray, human: np.ndarray, 
 def confusion_figure(human: np.ndarray, cnn: np.ndarray, path: str | os.PathLike,
                      titles: tuple[str, str] = ("human", "CNN"), suptitle: str = "") -> Path:
     """The two confusion matrices (rows: truth) side by side, coloured by row share, on one scale."""
-    from ferkit.visualize import plt, save
+    from ferkit.visualize import confusion_panel, plt, save
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     for ax, matrix, title in zip(axes, (human, cnn), titles):
-        share = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
-        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for (r, c), count in np.ndenumerate(matrix):
-            if count:
-                ax.text(c, r, f"{count}\n{share[r, c]:.0%}", ha="center", va="center", fontsize=7,
-                        color="white" if share[r, c] > 0.6 else "black")
-        ax.set_xticks(range(_K), EMOTIONS, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(_K), [f"{name} ({int(matrix[i].sum())})" for i, name in enumerate(EMOTIONS)], fontsize=8)
-        ax.set_xlabel("answered")
-        ax.set_ylabel("true")
+        im = confusion_panel(ax, matrix, xlabel="answered", row_totals=True)
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=axes, fraction=0.025, pad=0.02, label="share of the true class")
     if suptitle:

@@ -866,19 +866,10 @@ def _test_section(run: Run, figures_dir: Path) -> list[Any]:
 
 def confusion_figure(matrix: Sequence[Sequence[int]], path: Path, title: str) -> Path:
     """A compact confusion matrix: colour = share of the true class, text = count and share."""
-    from ferkit.visualize import plt, save
+    from ferkit.visualize import confusion_panel, plt, save
 
-    counts = np.asarray(matrix)
-    share = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
     fig, ax = plt.subplots(figsize=(4.3, 3.9))
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for (r, c), v in np.ndenumerate(counts):
-        ax.text(c, r, f"{v}\n{share[r, c]:.0%}", ha="center", va="center", fontsize=7.5, linespacing=1.1,
-                color="white" if share[r, c] > 0.55 else "black")
-    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=40, ha="right", fontsize=8.5)
-    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS, fontsize=8.5)
-    ax.set_xlabel("predicted", fontsize=9)
-    ax.set_ylabel("true", fontsize=9)
+    im = confusion_panel(ax, matrix, fontsize=8.5)
     ax.set_title(title, fontsize=9.5)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     bar.ax.tick_params(labelsize=7.5)

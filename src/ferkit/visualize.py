@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -86,6 +86,25 @@ def confusion_matrices(matrix: np.ndarray, path: str | os.PathLike, title: str =
     if title:
         fig.suptitle(title, fontsize=11)
     return save(fig, path)
+
+
+def confusion_panel(ax: Any, counts: np.ndarray, xlabel: str = "predicted", row_totals: bool = False,
+                    fontsize: float = 8) -> Any:
+    """One confusion matrix (rows: truth) on `ax`, coloured by the share of the true class on a 0-1
+    scale, each non-empty cell showing its count and share; returns the image for a colour bar."""
+    counts = np.asarray(counts)
+    share = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (r, c), count in np.ndenumerate(counts):
+        if count:
+            ax.text(c, r, f"{count}\n{share[r, c]:.0%}", ha="center", va="center", fontsize=fontsize - 1,
+                    linespacing=1.1, color="white" if share[r, c] > 0.55 else "black")
+    rows = [f"{name} ({int(counts[i].sum())})" for i, name in enumerate(EMOTIONS)] if row_totals else EMOTIONS
+    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=40, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(len(EMOTIONS)), rows, fontsize=fontsize)
+    ax.set_xlabel(xlabel, fontsize=fontsize + 0.5)
+    ax.set_ylabel("true", fontsize=fontsize + 0.5)
+    return im
 
 
 def learning_curves(history: "list[dict]", path: str | os.PathLike, best_epoch: int | None = None,

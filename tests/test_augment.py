@@ -1,0 +1,51 @@
+"""Augmentation on whole batches: each random choice does what the config says."""
+
+from __future__ import annotations
+
+import torch
+
+from ferkit import config
+from ferkit.augment import augment_batch, mix, random_affine
+
+
+def _cfg(**overrides):
+    return config.resolve(overrides=overrides)
+
+
+def test_flip_mirrors_about_half_the_faces_and_only_when_asked():
+    x = torch.rand(64, 1, 48, 48)
+    still = dict(max_shift=0, max_rotate=0, max_scale=0)
+    out = random_affine(x, _cfg(flip=True, **still), torch.Generator().manual_seed(0))
+    same = torch.isclose(out, x, atol=1e-5).flatten(1).all(1)
+    mirrored = torch.isclose(out, x.flip(-1), atol=1e-5).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 16 <= int(mirrored.sum()) <= 48
+    out = random_affine(x, _cfg(flip=False, **still), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_augment_false_leaves_the_batch_alone():
+    x = torch.rand(8, 1, 48, 48)
+    assert torch.equal(augment_batch(x, _cfg(augment=False), torch.Generator().manual_seed(0)), x)
+    assert not torch.equal(augment_batch(x, _cfg(augment=True), torch.Generator().manual_seed(0)), x)
+
+
+def test_mixup_mixes_the_targets_as_it_mixes_the_faces():
+    labels = torch.arange(16) % 7
+    targets = torch.nn.functional.one_hot(labels, 7).float()
+    x = torch.zeros(16, 1, 48, 48)
+    x[:, 0, 0, :7] = targets  # each face carries its target: mixing is linear in both
+    for seed in range(3):
+        mixed_x, mixed_t = mix(x, targets, _cfg(mixup=0.4), torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(mixed_t, mixed_x[:, 0, 0, :7])
+        torch.testing.assert_close(mixed_t.sum(1), torch.ones(16))
+    assert not torch.equal(mixed_t, targets)
+
+
+def test_cutmix_targets_weigh_each_face_by_the_share_of_its_pixels():
+    b = 16
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, 48, 48).clone()  # face i is all i
+    targets = torch.eye(b)
+    for seed in range(4):
+        mixed_x, mixed_t = mix(x, targets, _cfg(cutmix=1.0), torch.Generator().manual_seed(seed))
+        share = torch.stack([(mixed_x == i).float().mean(dim=(1, 2, 3)) for i in range(b)], 1)  # (B, B)
+        torch.testing.assert_close(mixed_t, share)

@@ -1,0 +1,28 @@
+"""Atomic writes: a failure in the middle leaves the old file whole and no temporary file behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ferkit.fileio import atomic_path, write_text
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "a.txt").read_text() == "x"
