@@ -761,8 +761,6 @@ def test_evaluate_uses_the_checkpoint_and_split_it_is_asked_for(tiny_csv, tmp_pa
 
 
 def test_saved_predictions_that_are_not_probabilities_are_refused(trained_run, tiny_csv, tmp_path):
-    import shutil
-
     import pandas as pd
 
     from ferkit.data import EMOTIONS

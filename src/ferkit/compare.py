@@ -13,7 +13,6 @@ from a sample of 100 faces cannot be scored); each bootstrap resample is scored 
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import warnings
@@ -26,7 +25,7 @@ from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import recorded_data_path
-from ferkit.fileio import output_folder, read_json, write_json, write_text
+from ferkit.fileio import output_folder, read_json, write_csv, write_json
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
@@ -244,17 +243,11 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
 
 def _write_faces_csv(path: Path, labels, y_true: np.ndarray, human: np.ndarray, cnn: np.ndarray,
                      probs: np.ndarray) -> None:
-    import csv
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", labels.origin_column, "true", "human", "cnn", "human_correct", "cnn_correct",
-                     "cnn_confidence", "seconds"])
-    for k in range(len(y_true)):
-        writer.writerow([int(labels.index[k]), labels.origins[k], EMOTIONS[y_true[k]], EMOTIONS[human[k]],
-                         EMOTIONS[cnn[k]], int(human[k] == y_true[k]), int(cnn[k] == y_true[k]),
-                         f"{float(probs[k, cnn[k]]):.4f}", f"{float(labels.seconds[k]):.3f}"])
-    write_text(path, buffer.getvalue())
+    write_csv(path, ["index", labels.origin_column, "true", "human", "cnn", "human_correct", "cnn_correct",
+                     "cnn_confidence", "seconds"],
+              ([int(labels.index[k]), labels.origins[k], EMOTIONS[y_true[k]], EMOTIONS[human[k]], EMOTIONS[cnn[k]],
+                int(human[k] == y_true[k]), int(cnn[k] == y_true[k]), f"{float(probs[k, cnn[k]]):.4f}",
+                f"{float(labels.seconds[k]):.3f}"] for k in range(len(y_true))))
 
 
 # ---------------------------------------------------------------------------------------------

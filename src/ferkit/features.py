@@ -14,8 +14,6 @@ Example: ``ferkit features runs/cnn --data icml_face_data.csv --out runs/cnn/fea
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import recorded_data_path, run_data_path
-from ferkit.fileio import output_folder, write_json, write_text
+from ferkit.fileio import output_folder, write_csv, write_json
 from ferkit.models import has_conv_layers, preprocess
 from ferkit.visualize import plt, save
 
@@ -710,9 +708,6 @@ def _features(run_dir, data, out, n, seed, top_k, channels_per_class, faces_per_
 
 def _write_embedding_csv(path: Path, dataset: fdata.Dataset, rows: np.ndarray, labels: np.ndarray,
                          preds: np.ndarray, coords: np.ndarray) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([dataset.origin_column, "true", "pred", "true_name", "pred_name", "x", "y"])
-    for where, t, p, (x, y) in zip(dataset.origins(rows), labels, preds, coords):
-        writer.writerow([where, int(t), int(p), EMOTIONS[int(t)], EMOTIONS[int(p)], f"{x:.5g}", f"{y:.5g}"])
-    write_text(path, buffer.getvalue())
+    write_csv(path, [dataset.origin_column, "true", "pred", "true_name", "pred_name", "x", "y"],
+              ([where, int(t), int(p), EMOTIONS[int(t)], EMOTIONS[int(p)], f"{x:.5g}", f"{y:.5g}"]
+               for where, t, p, (x, y) in zip(dataset.origins(rows), labels, preds, coords)))

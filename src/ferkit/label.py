@@ -36,7 +36,7 @@ import numpy as np
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import output_file, read_json, write_json, write_text
+from ferkit.fileio import output_file, read_json, write_csv, write_json
 
 SPLIT = "PrivateTest"
 SIDECAR_FORMAT = "ferkit-labels"
@@ -192,15 +192,11 @@ def export_with_truth(data: str | os.PathLike, labels_csv: str | os.PathLike, ou
     output_file(out, "--export-with-truth", create_folder=False)
     dataset = fdata.load(data)
     labels = read_labels(labels_csv, dataset)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_columns(labels.origin_column) + ["true", "true_label", "correct"])
-    for k in range(len(labels)):
-        truth = int(dataset.labels[labels.rows[k]])
-        human = int(labels.human[k])
-        writer.writerow([int(labels.index[k]), labels.origins[k], SPLIT, EMOTIONS[human], human,
-                         _format_seconds(labels.seconds[k]), EMOTIONS[truth], truth, int(truth == human)])
-    write_text(out, buffer.getvalue())
+    truths = dataset.labels[labels.rows].astype(int)
+    write_csv(out, _columns(labels.origin_column) + ["true", "true_label", "correct"],
+              ([int(labels.index[k]), labels.origins[k], SPLIT, EMOTIONS[human], human,
+                _format_seconds(labels.seconds[k]), EMOTIONS[truth], truth, int(truth == human)]
+               for k, (human, truth) in enumerate(zip(labels.human.astype(int).tolist(), truths.tolist()))))
     return len(labels)
 
 
@@ -330,13 +326,9 @@ class LabelSession:
             return self._state()
 
     def _write(self, answers: dict[int, tuple[int, float]]) -> None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(_columns(self.origin_column))
-        for k in sorted(answers):
-            label, seconds = answers[k]
-            writer.writerow([k, self.origins[k], SPLIT, EMOTIONS[label], label, _format_seconds(seconds)])
-        write_text(self.labels_csv, buffer.getvalue())
+        write_csv(self.labels_csv, _columns(self.origin_column),
+                  ([k, self.origins[k], SPLIT, EMOTIONS[label], label, _format_seconds(seconds)]
+                   for k, (label, seconds) in sorted(answers.items())))
 
 
 # ---------------------------------------------------------------------------------------------

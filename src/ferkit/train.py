@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import io
 import math
 import os
 import time
@@ -32,7 +31,7 @@ from ferkit.augment import augment_batch, mix
 from ferkit.config import TrainConfig
 from ferkit.errors import FerkitError
 from ferkit.fileio import (atomic_path, check_folder_path, environment, read_json, require_only, sha256_file,
-                           write_json, write_text)
+                           write_csv, write_json)
 from ferkit.models import count_parameters, get_model, preprocess
 
 # What a run folder holds; any other entry means the folder belongs to something else.
@@ -486,11 +485,7 @@ def validate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, dev
 
 
 def write_history(path: str | os.PathLike, history: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(path, buffer.getvalue())
+    write_csv(path, HISTORY_FIELDS, ([row[field] for field in HISTORY_FIELDS] for row in history))
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
