@@ -190,6 +190,13 @@ def test_resume_restores_the_answers_and_refuses_another_sample(data, tmp_path):
                                           f"\\({data.resolve()}, sha256 .*resume with that file, or choose another --out"):
         label.LabelSession.open(other, out)
 
+    side = label.sidecar_path(out)
+    recorded = side.read_text()
+    side.write_text(json.dumps(dict(json.loads(recorded), version=label.SIDECAR_VERSION + 1)))
+    with pytest.raises(FerkitError, match="written by a newer ferkit .*upgrade ferkit"):
+        label.LabelSession.open(data, out)
+    side.write_text(recorded)
+
     orphan = tmp_path / "orphan.csv"
     orphan.write_text("index,line,usage,human,human_label,seconds\n")
     with pytest.raises(FerkitError, match="does not"):

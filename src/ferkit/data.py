@@ -26,7 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -197,7 +197,7 @@ def _load_bytes(raw: bytes, path: Path, checksum: str) -> Dataset:
     return _parse_csv(raw, str(path), checksum)
 
 
-def _decompress(fn, raw: bytes, path: Path, kind: str) -> bytes:
+def _decompress(fn: Callable[[bytes], bytes], raw: bytes, path: Path, kind: str) -> bytes:
     truncated = DataFormatError(str(path), [Problem(None, None, f"the {kind} stream ends too early: the file is "
                                                                 "truncated (an interrupted download?); download it again")])
     try:

@@ -544,8 +544,9 @@ def features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: st
         torch.set_num_threads(previous)
 
 
-def _features(run_dir, data, out, n, seed, top_k, channels_per_class, faces_per_channel, embedding, device,
-              batch_size) -> dict[str, Any]:
+def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: str | os.PathLike, n: int, seed: int,
+              top_k: int, channels_per_class: int, faces_per_channel: int, embedding: str, device: str,
+              batch_size: int) -> dict[str, Any]:
     from ferkit.train import checkpoint_sha256, load_model, pick_device
 
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -83,6 +83,9 @@ def _read_meta(labels_csv: Path) -> dict[str, Any]:
                           "seed, n): keep it beside the labels") from None
     except (OSError, ValueError) as exc:
         raise FerkitError(f"{side}: cannot read it as a ferkit labels sidecar ({exc})") from None
+    if isinstance(meta, dict) and isinstance(meta.get("version"), int) and meta["version"] > SIDECAR_VERSION:
+        raise FerkitError(f"{side}: written by a newer ferkit (sidecar version {meta['version']}, this one reads "
+                          f"{SIDECAR_VERSION}); upgrade ferkit")
     keys = ("data_sha256", "seed", "n", "sample", "origin_column")
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT or any(k not in meta for k in keys) \
             or not isinstance(meta["sample"], list) or len(meta["sample"]) != meta["n"]:
@@ -232,7 +235,7 @@ class LabelSession:
 
     @classmethod
     def open(cls, data: str | os.PathLike, labels_csv: str | os.PathLike, n: int | None = None,
-             seed: int | None = None) -> "LabelSession":
+             seed: int | None = None) -> LabelSession:
         """Start a new sample in `labels_csv`, or resume the one recorded beside it."""
         labels_csv = output_file(labels_csv, "--out", create_folder=False)
         side = sidecar_path(labels_csv)
@@ -498,7 +501,7 @@ def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int |
                           "(0 picks a free one), or another --host") from None
     try:
         server.session = LabelSession.open(data, labels_csv, n=n, seed=seed)
-        server._lock_file = _lock_exclusively(sidecar_path(labels_csv))
+        server._lock_file = _lock_exclusively(labels_csv)
         server.session.reload()  # what another server wrote before it let go of the lock
     except BaseException:
         server.server_close()  # also releases the lock
@@ -506,19 +509,19 @@ def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int |
     return server
 
 
-def _lock_exclusively(path: Path):
-    """Hold an exclusive lock on `path` while one server writes its labels (POSIX; elsewhere no lock).
-    The system drops it when the process ends, however it ends."""
+def _lock_exclusively(labels_csv: Path) -> IO[bytes] | None:
+    """Hold an exclusive lock on the sidecar of `labels_csv` while one server writes its labels (POSIX;
+    elsewhere no lock). The system drops it when the process ends, however it ends."""
     try:
         import fcntl
     except ImportError:
         return None
-    handle = open(path, "rb")
+    handle = open(sidecar_path(labels_csv), "rb")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise FerkitError(f"another `ferkit label` is already serving {str(path)[:-5]}: use its page, or stop it "
+        raise FerkitError(f"another `ferkit label` is already serving {labels_csv}: use its page, or stop it "
                           "first") from None
     return handle
 

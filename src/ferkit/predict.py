@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ def _cv2():
     return cv2
 
 
-def face_detector():
+def face_detector() -> Any:  # a cv2.CascadeClassifier
     """OpenCV's frontal-face Haar cascade, shipped inside the opencv-python-headless wheel."""
     cv2 = _cv2()
     detector = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
@@ -49,7 +49,7 @@ def to_face(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=interpolation)
 
 
-def detect_faces(gray: np.ndarray, detector, margin: float = 0.15, min_size: int = 24) -> list[Face]:
+def detect_faces(gray: np.ndarray, detector: Any, margin: float = 0.15, min_size: int = 24) -> list[Face]:
     """Faces in a grayscale photo, largest first; each box grown by `margin` on every side (FER2013
     crops show the whole face with a little around it), clipped to the photo."""
     boxes = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size))

@@ -33,7 +33,7 @@ import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import yaml
@@ -41,6 +41,9 @@ import yaml
 from ferkit.data import EMOTIONS, same_data
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_path, output_folder, read_json, write_text
+
+if TYPE_CHECKING:  # torch is imported only when the layer table is built
+    from torch import nn
 
 MAIN_PAGES = 3  # the main part ends on this page at the latest
 EXTRA_PAGES = 1.5  # the extras take at most this many further pages
@@ -268,7 +271,7 @@ def require_extra_of(run: Run, extra: Extra, option: str, command: str) -> None:
 # The layer table
 
 
-def layer_table(model: Any, input_shape: Sequence[int] = (1, 1, 48, 48)) -> list[dict[str, Any]]:
+def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 1, 48, 48)) -> list[dict[str, Any]]:
     """One row per call of a leaf module, in call order: name, type, detail, input and output shape,
     parameters (counted at a module's first call only). Recorded with forward hooks; identities
     (a switched-off dropout or batch norm) compute nothing and get no row."""

@@ -25,6 +25,7 @@ from sklearn.metrics import f1_score
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from ferkit import __version__
 from ferkit import config as configs
 from ferkit import data as fdata
 from ferkit.augment import augment_batch, mix
@@ -173,7 +174,7 @@ def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
     return views
 
 
-def _autocast(device: torch.device, enabled: bool = True):
+def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
@@ -398,7 +399,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         payload = {
             "model_name": cfg.model, "model_kwargs": cfg.model_kwargs(), "model": evaluated.state_dict(),
             "config": cfg.to_dict(), "classes": list(fdata.EMOTIONS), "epoch": epoch, "metrics": row,
-            **dataset.checksums(), "ferkit_version": _version(),
+            **dataset.checksums(), "ferkit_version": __version__,
         }
         if improved:
             save_checkpoint(out / "checkpoints" / "best.pt", payload)
@@ -491,9 +492,3 @@ def write_history(path: str | os.PathLike, history: list[dict[str, Any]]) -> Non
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
     with open(path, newline="", encoding="utf-8") as f:
         return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _version() -> str:
-    from ferkit import __version__
-
-    return __version__

@@ -107,7 +107,7 @@ def confusion_panel(ax: Any, counts: np.ndarray, xlabel: str = "predicted", row_
     return im
 
 
-def learning_curves(history: "list[dict]", path: str | os.PathLike, best_epoch: int | None = None,
+def learning_curves(history: list[dict[str, float]], path: str | os.PathLike, best_epoch: int | None = None,
                     title: str = "", augmented: bool = True) -> Path:
     """Loss and accuracy per epoch on training and validation, the best epoch marked; `augmented` says
     whether the training batches were augmented (the loss panel says so, as it explains the gap)."""
