@@ -15,7 +15,8 @@ from sklearn.metrics import (accuracy_score, classification_report, confusion_ma
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, is_run_folder, output_folder, read_json, write_json, write_text
+from ferkit.fileio import (atomic_path, is_run_folder, output_folder, read_json, require_run_folder,
+                           run_folder_around, write_json, write_text)
 
 SPLIT_NAMES = {alias: fdata.SPLIT_ALIASES[alias] for alias in ("test", "val")}  # never evaluated on Training
 
@@ -43,8 +44,6 @@ def split_name(split: str) -> str:
 
 def run_data_path(run_dir: Path, data: str | os.PathLike | None = None) -> str:
     """`data` if given, else the data file the run recorded in run.json (which must still exist)."""
-    from ferkit.train import require_run_folder
-
     require_run_folder(run_dir)
     if data:
         return str(data)
@@ -163,8 +162,7 @@ def _ensemble_data_path(member: Path, data: str | os.PathLike | None) -> str:
     """The data file for an ensemble whose first member is `member`: `data` if given, else the run's."""
     if data or not is_evaluation_folder(member):
         return run_data_path(member, data)
-    run = member.parent.parent  # `ferkit evaluate` writes to RUN/eval/SPLIT
-    if (run / "run.json").is_file():
+    if (run := run_folder_around(member)) is not None:  # `ferkit evaluate` writes to RUN/eval/SPLIT
         return run_data_path(run)
     raise FerkitError(f"{member}: no run folder around these predictions says which data file they are on; "
                       f"pass --data")

@@ -222,7 +222,7 @@ def embed_2d(features: np.ndarray, seed: int = 0, method: str = "tsne") -> tuple
         coords = reduced[:, :2] if dims >= 2 else np.column_stack([reduced[:, 0], np.zeros(n)])
         return coords, f"PCA of the standardised features (first two of {dims} components)"
     from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+    from threadpoolctl import threadpool_limits
 
     perplexity = float(min(30.0, (n - 1) / 3))
     # One thread: on a busy machine OpenMP's spin-waits are pathological (2 threads on 2 shared

@@ -52,6 +52,15 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "run.json").is_file() and (Path(path) / "config.yaml").is_file()
 
 
+def require_run_folder(path: str | os.PathLike, where: str | None = None) -> None:
+    """Stop, saying what to run, when `path` (called `where` in the message) is no folder."""
+    if Path(path).is_file():
+        raise FerkitError(f"{where or path}: is a file, not a run folder; give the folder that `ferkit train --out` "
+                          f"wrote")
+    if not Path(path).is_dir():
+        raise FerkitError(f"{where or path}: no such run folder; train one with `ferkit train DATA --out {path}`")
+
+
 def run_folder_around(path: str | os.PathLike) -> Path | None:
     """The training run folder that `path` is or lies inside, if any."""
     absolute = Path(os.path.abspath(path))

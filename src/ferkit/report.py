@@ -40,7 +40,7 @@ import yaml
 
 from ferkit.data import EMOTIONS, same_data
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, output_folder, read_json, write_text
+from ferkit.fileio import atomic_path, output_folder, read_json, require_run_folder, write_text
 
 if TYPE_CHECKING:  # torch is imported only when the layer table is built
     from torch import nn
@@ -170,7 +170,7 @@ class Run:
 
 def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
     """The files of a trained and evaluated run; a FerkitError names what to run when one is missing."""
-    from ferkit.train import read_history, require_run_folder
+    from ferkit.train import read_history
 
     path = Path(run_dir)
     where = f"{option} {path}" if option != "RUN_DIR" else str(path)

@@ -67,15 +67,6 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def require_run_folder(path: str | os.PathLike, where: str | None = None) -> None:
-    """Stop, saying what to run, when `path` (called `where` in the message) is no folder."""
-    if Path(path).is_file():
-        raise FerkitError(f"{where or path}: is a file, not a run folder; give the folder that `ferkit train --out` "
-                          f"wrote")
-    if not Path(path).is_dir():
-        raise FerkitError(f"{where or path}: no such run folder; train one with `ferkit train DATA --out {path}`")
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
