@@ -7,6 +7,7 @@ when they are absent.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
@@ -93,9 +94,11 @@ def fer_csv(rows: list[list[str]], layout: str = "icml", quoted: bool | None = N
 
 
 def write_file(path: Path, raw: bytes, compression: str | None = None) -> Path:
-    """Write `raw` as is, or gzip/xz-compressed, or as the single CSV inside a zip."""
+    """Write `raw` as is, or gzip/xz/bz2-compressed, or as the single CSV inside a zip."""
     if compression == "gzip":
         raw = gzip.compress(raw)
+    elif compression == "bz2":
+        raw = bz2.compress(raw)
     elif compression == "xz":
         raw = lzma.compress(raw, format=lzma.FORMAT_XZ)
     elif compression == "zip":
@@ -189,10 +192,10 @@ def test_csv_rows_exactly_as_kaggle_writes_them(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["icml", "fer2013"])
-@pytest.mark.parametrize("compression", ["gzip", "xz", "zip"])
+@pytest.mark.parametrize("compression", ["gzip", "xz", "bz2", "zip"])
 def test_csv_compressed(tmp_path, layout, compression):
     faces = make_faces(seed=3)
-    suffix = {"gzip": ".csv.gz", "xz": ".csv.xz", "zip": ".zip"}[compression]
+    suffix = {"gzip": ".csv.gz", "xz": ".csv.xz", "bz2": ".csv.bz2", "zip": ".zip"}[compression]
     path = write_file(tmp_path / f"faces{suffix}", fer_csv(rows_of(faces), layout=layout), compression)
     dataset = load(path, cache=False)
     assert_faces(dataset, faces, header_lines(len(faces)))

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("data", _cmd_data, "load and validate a dataset; write its summary, sample faces and class balance")
-    p.add_argument("path", help="icml_face_data.csv or fer2013.csv (plain, .gz, .xz, .zip) or the image-folder export")
+    p.add_argument("path", help="icml_face_data.csv or fer2013.csv (plain, .gz, .xz, .bz2, .zip) or the image-folder export")
     p.add_argument("--out", required=True, help="folder for summary.json, samples.png, class_balance.png")
     p.add_argument("--seed", type=int, default=0, help="which sample faces to show")
     p.add_argument("--no-cache", action="store_true", help="parse the file even if a cached copy exists")
