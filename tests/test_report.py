@@ -23,6 +23,7 @@ from ferkit import report as freport
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import evaluate
+from ferkit.models import compact_layers, layer_table
 from ferkit.train import train
 
 from conftest import write_fer_csv
@@ -176,12 +177,12 @@ def test_layer_table_counts_every_parameter(world):
     from ferkit.train import load_model
 
     model, _ = load_model(world["cnn"])
-    rows = freport.layer_table(model)
+    rows = layer_table(model)
     total = sum(p.numel() for p in model.parameters())
     assert sum(r["parameters"] for r in rows) == total
     assert rows[0]["type"] == "Conv2d" and rows[0]["output"] == (1, 4, 48, 48)
     assert rows[-1]["output"] == (1, len(EMOTIONS))
-    compact = freport.compact_layers(rows)
+    compact = compact_layers(rows)
     assert sum(b["parameters"] for b in compact) == total
     assert any("no module" in b["layer"] for b in compact)  # the global pooling of forward()
     assert f"{total:,}" in world["md"]
@@ -191,7 +192,7 @@ def test_compact_layers_collapse_repeats():
     from ferkit.models import get_model
 
     model = get_model("cnn", widths=[8, 16], depth=5, residual=True)
-    compact = freport.compact_layers(freport.layer_table(model))
+    compact = compact_layers(layer_table(model))
     assert [b["count"] for b in compact if b["count"] > 1] == [4, 4]
     assert sum(b["parameters"] for b in compact) == sum(p.numel() for p in model.parameters())
 
@@ -204,7 +205,7 @@ def test_compact_layers_collapse_repeats():
 def test_layer_table_lists_only_layers_that_compute(name, kwargs, dropout_rows):
     from ferkit.models import get_model
 
-    compact = freport.compact_layers(freport.layer_table(get_model(name, **kwargs)))
+    compact = compact_layers(layer_table(get_model(name, **kwargs)))
     layers = " | ".join(b["layer"] for b in compact)
     assert "Identity" not in layers
     assert all(row in layers for row in dropout_rows)

@@ -33,7 +33,7 @@ import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import yaml
@@ -41,9 +41,6 @@ import yaml
 from ferkit.data import EMOTIONS, same_data
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_path, output_folder, read_json, require_run_folder, write_text
-
-if TYPE_CHECKING:  # torch is imported only when the layer table is built
-    from torch import nn
 
 MAIN_PAGES = 3  # the main part ends on this page at the latest
 EXTRA_PAGES = 1.5  # the extras take at most this many further pages
@@ -267,101 +264,6 @@ def require_extra_of(run: Run, extra: Extra, option: str, command: str) -> None:
                           f"({'; '.join(problems)}); make it again with `{command} --out {extra.path}`")
 
 
-# ---------------------------------------------------------------------------------------------
-# The layer table
-
-
-def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 1, 48, 48)) -> list[dict[str, Any]]:
-    """One row per call of a leaf module, in call order: name, type, detail, input and output shape,
-    parameters (counted at a module's first call only). Recorded with forward hooks; identities
-    (a switched-off dropout or batch norm) compute nothing and get no row."""
-    import torch
-
-    rows: list[dict[str, Any]] = []
-    counted: set[int] = set()
-
-    def hook(name: str, module: torch.nn.Module, inputs: tuple, output: Any) -> None:
-        first = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
-        params = 0 if id(module) in counted else sum(p.numel() for p in module.parameters(recurse=False))
-        counted.add(id(module))
-        rows.append({"name": name, "type": type(module).__name__, "detail": _describe(module),
-                     "input": tuple(first.shape) if first is not None else None,
-                     "output": tuple(output.shape) if torch.is_tensor(output) else None,
-                     "parameters": int(params), "absorbable": _absorbable(module)})
-
-    handles = [module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o))
-               for name, module in model.named_modules()
-               if next(module.children(), None) is None and not isinstance(module, torch.nn.Identity)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(tuple(input_shape)))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return rows
-
-
-def _describe(module: Any) -> str:
-    from torch import nn
-
-    def pair(v: Any) -> str:
-        v = v if isinstance(v, tuple) else (v, v)
-        return f"{v[0]}×{v[1]}"
-
-    if isinstance(module, nn.Conv2d):
-        extra = f", stride {module.stride[0]}" if module.stride != (1, 1) else ""
-        return f"{module.in_channels}->{module.out_channels}, {pair(module.kernel_size)}{extra}"
-    if isinstance(module, nn.Linear):
-        return f"{module.in_features}->{module.out_features}"
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        return pair(module.kernel_size)
-    if isinstance(module, nn.modules.dropout._DropoutNd):
-        return f"p={module.p:g}"
-    return ""
-
-
-def _absorbable(module: Any) -> bool:
-    """Shape-keeping helpers that a compact table folds into the layer before them."""
-    from torch import nn
-
-    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)) or \
-        type(module).__module__ == "torch.nn.modules.activation"
-
-
-def compact_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fold BatchNorm/activation/dropout into the layer before them (same output shape), mark
-    shape changes made in forward() without a module (e.g. global pooling), and collapse runs of
-    identical blocks into one row "× k"."""
-    blocks: list[dict[str, Any]] = []
-    previous_output = None
-    for row in rows:
-        if previous_output is not None and row["input"] is not None and row["input"] != previous_output:
-            blocks.append({"name": "", "layer": "(function in forward(), no module)", "output": row["input"],
-                           "parameters": 0, "open": False, "count": 1})
-        label = row["type"] + (f" {row['detail']}" if row["detail"] else "")
-        last = blocks[-1] if blocks else None
-        if row["absorbable"] and last is not None and last["open"] and row["output"] == last["output"]:
-            last["layer"] += f" + {row['type']}" + (f" {row['detail']}" if row["type"].startswith("Dropout") else "")
-            last["parameters"] += row["parameters"]
-        else:
-            blocks.append({"name": row["name"], "layer": label, "output": row["output"],
-                           "parameters": row["parameters"], "open": not row["absorbable"], "count": 1})
-        previous_output = row["output"]
-    collapsed: list[dict[str, Any]] = []
-    for block in blocks:
-        last = collapsed[-1] if collapsed else None
-        if last is not None and last["layer"] == block["layer"] and last["output"] == block["output"] \
-                and last["unit"] == block["parameters"] and block["name"]:
-            last["count"] += 1
-            last["parameters"] += block["parameters"]
-        else:
-            collapsed.append(dict(block, unit=block["parameters"]))
-    return collapsed
-
-
 def _shape(shape: Sequence[int] | None) -> str:
     return "×".join(str(s) for s in shape) if shape else "-"
 
@@ -551,6 +453,8 @@ def _architecture_section(run: Run) -> tuple[list[Any], int]:
     from ferkit.models import count_parameters
 
     model = _build_model(run)
+    from ferkit.models import compact_layers, layer_table
+
     rows = layer_table(model)
     total = count_parameters(model)
     compact = compact_layers(rows)
