@@ -1,4 +1,5 @@
-"""The model registry and the two model families: a VGG-style CNN and an MLP on raw pixels.
+"""The model registry, the two model families (a VGG-style CNN and an MLP on raw pixels) and the
+layer table that describes an architecture.
 
 Every model takes (B, 1, 48, 48) float images (normalised by `preprocess`) and exposes
 `forward_features(x)` (the last convolutional block's maps, or the hidden vector of the MLP) and
