@@ -113,14 +113,14 @@ def output_file(path: str | os.PathLike, option: str, create_folder: bool = True
     return path
 
 
-def require_only(folder: Path, entries: set[str], what: str) -> None:
-    """Stop when `folder` holds anything but `entries` (dotfiles aside): `what` would write over files
-    of the same names, and nothing of the user's may be lost."""
+def require_only(folder: Path, entries: set[str], reason: str) -> None:
+    """Stop when `folder` holds anything but `entries` (dotfiles aside), giving `reason`: the command
+    would write over files of the same names, and nothing of the user's may be lost."""
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in entries and not p.name.startswith(".")) \
         if folder.is_dir() else []
     if foreign:
         raise FerkitError(f"--out {folder}: holds other files ({', '.join(foreign[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}); {what}")
+                          f"{', ...' if len(foreign) > 3 else ''}); {reason}")
 
 
 def _inside_run(path: Path) -> tuple[str, ...] | None:

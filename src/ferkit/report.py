@@ -1410,9 +1410,9 @@ def layout_pdf(doc: Document) -> tuple[bytes, PdfLayout]:
     return _final(doc, best, main_scale, _DROP_SCALE)
 
 
-def _final(doc: Document, draft: PdfLayout, main_scale: float, extra_scale: float = 1.0) -> tuple[bytes, PdfLayout]:
+def _final(doc: Document, chosen: PdfLayout, main_scale: float, extra_scale: float = 1.0) -> tuple[bytes, PdfLayout]:
     """Render with the images the layout the drafts chose, and check that it came out the same."""
-    pdf, layout = render_pdf(doc, main_scale, extra_scale, draft.dropped_figures)
+    pdf, layout = render_pdf(doc, main_scale, extra_scale, chosen.dropped_figures)
     if layout.main_pages > MAIN_PAGES or layout.extra_pages > EXTRA_PAGES:
         raise FerkitError(f"the report's PDF came out with a main part of {layout.main_pages} pages (limit "
                           f"{MAIN_PAGES}) and {layout.extra_pages:.2f} pages of extras (limit {EXTRA_PAGES})")
@@ -1577,19 +1577,18 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
     mlp_run = read_run(mlp, "--mlp") if mlp is not None else None
     if mlp_run is not None:
         _compared_evaluations(run, mlp_run)  # stop before anything is written
-    features_dir = read_extra(features, "--features", "features.json", f"ferkit features {run_dir}") \
-        if features is not None else None
-    compare_dir = read_extra(compare, "--compare", "comparison.json", f"ferkit compare {run_dir} LABELS.csv") \
-        if compare is not None else None
-    for extra, option, made_by in ((features_dir, "--features", f"ferkit features {run_dir}"),
-                                   (compare_dir, "--compare", f"ferkit compare {run_dir} LABELS.csv")):
-        if extra is not None:
-            require_extra_of(run, extra, option, made_by)
+    extras: dict[str, Extra | None] = {}
+    for option, folder, json_name, made_by in (
+            ("--features", features, "features.json", f"ferkit features {run_dir}"),
+            ("--compare", compare, "comparison.json", f"ferkit compare {run_dir} LABELS.csv")):
+        extras[option] = read_extra(folder, option, json_name, made_by) if folder is not None else None
+        if extras[option] is not None:
+            require_extra_of(run, extras[option], option, made_by)
     command = f"ferkit report {run_dir}" + "".join(f" {flag} {value}" for flag, value in
                                                    (("--mlp", mlp), ("--features", features), ("--compare", compare))
                                                    if value is not None) + f" --out {out}"
     target = output_folder(out)
-    doc = build_document(run, target / "figures", mlp_run, features_dir, compare_dir, command)
+    doc = build_document(run, target / "figures", mlp_run, extras["--features"], extras["--compare"], command)
     pdf, layout = layout_pdf(doc)
 
     markdown, files = render_markdown(doc)
