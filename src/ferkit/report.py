@@ -363,9 +363,18 @@ def _title(run: Run) -> str:
     return f"Facial-expression recognition on FER2013: the {model} run" + (f" {name}" if name else "")
 
 
+def _tta_label(metrics: dict[str, Any]) -> str:
+    return f"TTA {metrics.get('tta')}" if metrics.get("tta") not in (None, "none") else "no TTA"
+
+
+def _with_out(command: str, folder: Path | str) -> str:
+    """`command` with the folder of its (first) --out replaced."""
+    return re.sub(r"(?<!\S)(--out[= ])\S+", lambda m: f"{m.group(1)}{folder}", command, count=1)
+
+
 def _summary(run: Run) -> Para:
     m = run.metrics
-    tta = f"TTA {m.get('tta')}" if m.get("tta") not in (None, "none") else "no TTA"
+    tta = _tta_label(m)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from ferkit import __version__
 
@@ -728,7 +737,7 @@ def _challenges(run: Run) -> list[str]:
 def _test_section(run: Run, figures_dir: Path) -> list[Any]:
     blocks: list[Any] = [Heading("4  Test performance")]
     order = [name for name in ("test", "test-tta") if name in run.evals]
-    label = {name: ("TTA " + str(run.evals[name].get("tta"))) if name == "test-tta" else "no TTA" for name in order}
+    label = {name: _tta_label(run.evals[name]) for name in order}
     m = run.metrics
     rows = [[key_label] + [_f4(run.evals[name][key]) for name in order]
             for key, key_label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1"))]
@@ -799,14 +808,14 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
     lines = [f"# training into a new folder, {replica}: ferkit train refuses {run.path}, which holds the run"]
     if recorded and recorded.startswith("ferkit train"):
         lines += ["# as recorded in run.json, but for --out",
-                  re.sub(r"(?<!\S)(--out[= ])\S+", lambda m: f"{m.group(1)}{replica}", recorded, count=1)]
+                  _with_out(recorded, replica)]
     lines += ["# with every key from the saved config (equivalent)",
               f"ferkit train {data.get('path', 'DATA')} --out {replica} --config {run.path}/config.yaml"]
     lines += ["# evaluation of the replica"] + [f"ferkit evaluate {replica}{' --tta' if name == 'test-tta' else ''}"
                                                for name in ("test-tta", "test") if name in run.evals]
     if _is_study(recorded):
         study_replica = _replica_folder(run.path.parent)
-        study_command = re.sub(r"(?<!\S)(--out[= ])\S+", lambda m: f"{m.group(1)}{study_replica}", recorded, count=1)
+        study_command = _with_out(recorded, study_replica)
         # without --profile, `ferkit run` picks one by the machine it runs on
         pinned = " --profile" not in f" {recorded}" and cfg.get("profile")
         if pinned:
@@ -890,13 +899,9 @@ def _compared_evaluations(cnn: Run, mlp: Run) -> tuple[dict[str, Any], dict[str,
 
 def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
     a, b = _compared_evaluations(cnn, mlp)
-
-    def mode(m: dict) -> str:
-        return f"TTA {m.get('tta')}" if m.get("tta") not in (None, "none") else "no TTA"
-
     mlp_params = mlp.info.get("model", {}).get("parameters")
-    cnn_label = f"CNN ({cnn.info.get('model', {}).get('name')}, {mode(a)})"
-    mlp_label = f"MLP ({mlp.info.get('model', {}).get('name')}, {mode(b)})"
+    cnn_label = f"CNN ({cnn.info.get('model', {}).get('name')}, {_tta_label(a)})"
+    mlp_label = f"MLP ({mlp.info.get('model', {}).get('name')}, {_tta_label(b)})"
     rows = [["test accuracy", _f4(a["accuracy"]), _f4(b["accuracy"])],
             ["macro F1", _f4(a["macro_f1"]), _f4(b["macro_f1"])],
             ["weighted F1", _f4(a["weighted_f1"]), _f4(b["weighted_f1"])],
