@@ -600,138 +600,177 @@ def _not_learned(run: Run, at_best: dict[str, float]) -> str | None:
 
 
 def _challenges(run: Run) -> list[str]:
-    cfg, info, history, metrics = run.config, run.info, run.history, run.metrics
-    items: list[str] = []
-    best = run.best_epoch
-    select_by = cfg.get("select_by", "val_acc")
-    if not info.get("finished") and len(history) < int(cfg.get("epochs", 0)) and not info.get("stopped_early"):
-        items.append(f"**Training did not finish**: {len(history)} of {cfg.get('epochs')} epochs are recorded; "
-                     f"continue it with `ferkit train DATA --out {run.path} --resume`.")
-    if history:
-        by_epoch = {r["epoch"]: r for r in history}
-        at_best, last = by_epoch.get(best, history[-1]), history[-1]
-        gap_best, gap_end = at_best["train_acc"] - at_best["val_acc"], last["train_acc"] - last["val_acc"]
-        loss_min = min(history, key=lambda r: r["val_loss"])
-        regularisers = []
-        if cfg.get("augment", True):
-            regularisers.append("augmentation")
-        if cfg.get("dropout"):
-            regularisers.append(f"dropout {cfg['dropout']:g}")
-        if cfg.get("weight_decay"):
-            regularisers.append(f"weight decay {cfg['weight_decay']:g}")
-        if cfg.get("label_smoothing"):
-            regularisers.append(f"label smoothing {cfg['label_smoothing']:g}")
-        regularisers += [f"{k} {cfg[k]:g}" for k in ("mixup", "cutmix") if cfg.get(k, 0) > 0]
-        regularised = ", ".join(regularisers) or "no regulariser"
-        gaps = (f"train accuracy minus validation accuracy is {_signed_pts(gap_best)} points at the best epoch "
-                f"({best}) and {_signed_pts(gap_end)} at the last ({last['epoch']})")
-        rising = loss_min["epoch"] < last["epoch"] and last["val_loss"] > loss_min["val_loss"] * 1.02
-        not_learned = _not_learned(run, at_best)
-        if not_learned:
-            text = (f"**The model did not learn**: at the best epoch ({best}) {not_learned}; training accuracy is "
-                    f"{_f4(at_best['train_acc'])}. At the level of a constant answer, the gap between training and "
-                    f"validation accuracy ({_signed_pts(gap_end)} points at the end) says nothing about over-fitting "
-                    "or regularisation; the learning rate, the model's size and the number of epochs come first.")
-        elif gap_end > 0.03:
-            text = f"**Over-fitting**: {gaps}" + (", growing after the best epoch" if gap_end > gap_best + 0.01 else "")
-            if rising:
-                text += f"; the validation loss is lowest at epoch {loss_min['epoch']} ({loss_min['val_loss']:.3f}) " \
-                        f"and {last['val_loss']:.3f} at the end"
-            text += f". Countered by {regularised}, and by evaluating the best validation epoch's checkpoint " \
-                    f"(by `{select_by}`), not the last."
-        elif gap_end < -0.01:
-            measured = "a running mean over the epoch" + (" on augmented batches" if cfg.get("augment", True) else "") \
-                + (" with dropout on" if cfg.get("dropout") else "")
-            text = (f"**No over-fitting**: {gaps}; training accuracy is {measured}, so it trails "
-                    f"validation. The regularisation ({regularised}) is ample: a larger model or a longer "
-                    "schedule could use the slack.")
-        else:
-            text = (f"**Over-fitting held in check**: {gaps}, within 3 points, with {regularised}; the best "
-                    f"validation epoch's checkpoint (by `{select_by}`) is the one evaluated.")
-            if rising:
-                text += f" The validation loss is lowest at epoch {loss_min['epoch']} and rises after it."
-        items.append(text)
-        epochs_run = info.get("epochs_run", len(history))
-        score = at_best.get(select_by)
-        if info.get("stopped_early"):
-            items.append(f"**Early stopping fired** after epoch {epochs_run} of {cfg.get('epochs')}: "
-                         f"{cfg.get('patience')} epochs brought no better `{select_by}` than epoch {best}'s "
-                         f"{_f4(score)}, which saved {int(cfg.get('epochs', epochs_run)) - epochs_run} epochs.")
-        elif best == epochs_run:
-            items.append(f"**Early stopping did not fire** (patience {cfg.get('patience')}): all {epochs_run} epochs "
-                         f"ran and the last was the best (`{select_by}` {_f4(score)}); the model was still improving, "
-                         "so a longer schedule may help.")
-        else:
-            items.append(f"**Early stopping did not fire** (patience {cfg.get('patience')}): all {epochs_run} epochs "
-                         f"ran; the best `{select_by}` ({_f4(score)}) came at epoch {best}, whose checkpoint is the "
-                         f"one evaluated, {epochs_run - best} epoch(s) before the end.")
+    """The report's bullets on what made training hard and how it was met; each says something only
+    where the run's files show it."""
+    bullets = (_unfinished, _fit, _early_stopping, _rare_class, _confusions, _tta_effect, _resumed)
+    return [text for bullet in bullets if (text := bullet(run))]
+
+
+def _unfinished(run: Run) -> str | None:
+    cfg, info, history = run.config, run.info, run.history
+    if info.get("finished") or len(history) >= int(cfg.get("epochs", 0)) or info.get("stopped_early"):
+        return None
+    return (f"**Training did not finish**: {len(history)} of {cfg.get('epochs')} epochs are recorded; "
+            f"continue it with `ferkit train DATA --out {run.path} --resume`.")
+
+
+def _at_best(run: Run) -> dict[str, float]:
+    return {r["epoch"]: r for r in run.history}.get(run.best_epoch, run.history[-1])
+
+
+def _regularisers(cfg: dict[str, Any]) -> str:
+    regularisers = []
+    if cfg.get("augment", True):
+        regularisers.append("augmentation")
+    if cfg.get("dropout"):
+        regularisers.append(f"dropout {cfg['dropout']:g}")
+    if cfg.get("weight_decay"):
+        regularisers.append(f"weight decay {cfg['weight_decay']:g}")
+    if cfg.get("label_smoothing"):
+        regularisers.append(f"label smoothing {cfg['label_smoothing']:g}")
+    regularisers += [f"{k} {cfg[k]:g}" for k in ("mixup", "cutmix") if cfg.get(k, 0) > 0]
+    return ", ".join(regularisers) or "no regulariser"
+
+
+def _fit(run: Run) -> str | None:
+    """Over-fitting, or its absence, from the gap between training and validation accuracy."""
+    cfg, history = run.config, run.history
+    if not history:
+        return None
+    best, select_by = run.best_epoch, cfg.get("select_by", "val_acc")
+    at_best, last = _at_best(run), history[-1]
+    gap_best, gap_end = at_best["train_acc"] - at_best["val_acc"], last["train_acc"] - last["val_acc"]
+    loss_min = min(history, key=lambda r: r["val_loss"])
+    regularised = _regularisers(cfg)
+    gaps = (f"train accuracy minus validation accuracy is {_signed_pts(gap_best)} points at the best epoch "
+            f"({best}) and {_signed_pts(gap_end)} at the last ({last['epoch']})")
+    rising = loss_min["epoch"] < last["epoch"] and last["val_loss"] > loss_min["val_loss"] * 1.02
+    not_learned = _not_learned(run, at_best)
+    if not_learned:
+        return (f"**The model did not learn**: at the best epoch ({best}) {not_learned}; training accuracy is "
+                f"{_f4(at_best['train_acc'])}. At the level of a constant answer, the gap between training and "
+                f"validation accuracy ({_signed_pts(gap_end)} points at the end) says nothing about over-fitting "
+                "or regularisation; the learning rate, the model's size and the number of epochs come first.")
+    if gap_end > 0.03:
+        text = f"**Over-fitting**: {gaps}" + (", growing after the best epoch" if gap_end > gap_best + 0.01 else "")
+        if rising:
+            text += f"; the validation loss is lowest at epoch {loss_min['epoch']} ({loss_min['val_loss']:.3f}) " \
+                    f"and {last['val_loss']:.3f} at the end"
+        return text + f". Countered by {regularised}, and by evaluating the best validation epoch's checkpoint " \
+                      f"(by `{select_by}`), not the last."
+    if gap_end < -0.01:
+        measured = "a running mean over the epoch" + (" on augmented batches" if cfg.get("augment", True) else "") \
+            + (" with dropout on" if cfg.get("dropout") else "")
+        return (f"**No over-fitting**: {gaps}; training accuracy is {measured}, so it trails "
+                f"validation. The regularisation ({regularised}) is ample: a larger model or a longer "
+                "schedule could use the slack.")
+    text = (f"**Over-fitting held in check**: {gaps}, within 3 points, with {regularised}; the best "
+            f"validation epoch's checkpoint (by `{select_by}`) is the one evaluated.")
+    if rising:
+        text += f" The validation loss is lowest at epoch {loss_min['epoch']} and rises after it."
+    return text
+
+
+def _early_stopping(run: Run) -> str | None:
+    cfg, info, history = run.config, run.info, run.history
+    if not history:
+        return None
+    best, select_by = run.best_epoch, cfg.get("select_by", "val_acc")
+    epochs_run = info.get("epochs_run", len(history))
+    score = _at_best(run).get(select_by)
+    if info.get("stopped_early"):
+        return (f"**Early stopping fired** after epoch {epochs_run} of {cfg.get('epochs')}: "
+                f"{cfg.get('patience')} epochs brought no better `{select_by}` than epoch {best}'s "
+                f"{_f4(score)}, which saved {int(cfg.get('epochs', epochs_run)) - epochs_run} epochs.")
+    if best == epochs_run:
+        return (f"**Early stopping did not fire** (patience {cfg.get('patience')}): all {epochs_run} epochs "
+                f"ran and the last was the best (`{select_by}` {_f4(score)}); the model was still improving, "
+                "so a longer schedule may help.")
+    return (f"**Early stopping did not fire** (patience {cfg.get('patience')}): all {epochs_run} epochs "
+            f"ran; the best `{select_by}` ({_f4(score)}) came at epoch {best}, whose checkpoint is the "
+            f"one evaluated, {epochs_run - best} epoch(s) before the end.")
+
+
+def _rare_class(run: Run) -> str | None:
+    cfg, info, metrics = run.config, run.info, run.metrics
     per_class = metrics.get("per_class", {})
     train_counts = info.get("data", {}).get("counts", {}).get("Training")
-    if per_class and train_counts and len(train_counts) == len(EMOTIONS):
-        rare = EMOTIONS[int(np.argmin(train_counts))]
-        others = [c for c in EMOTIONS if c != rare]
-        f1_rare, recall_rare = per_class[rare]["f1"], per_class[rare]["recall"]
-        f1_others = float(np.mean([per_class[c]["f1"] for c in others]))
-        recall_others = float(np.mean([per_class[c]["recall"] for c in others]))
-        weights = info.get("class_weights") or []
-        weight = weights[EMOTIONS.index(rare)] if len(weights) == len(EMOTIONS) else None
-        mode = cfg.get("imbalance", "none")
-        how = {"weighted_loss": f"its loss weight is {weight:.2f} (mean 1)" if weight is not None
-               else "a weighted loss",
-               "sampler": f"the sampler draws each {rare} face {weight / min(weights):.2f}× as often as each "
-                          f"{EMOTIONS[int(np.argmin(weights))]} face (the smallest weight: the largest class "
-                          "among the faces trained on)"
-               if weight is not None else "a weighted sampler",
-               "none": "nothing compensates for its rarity"}.get(mode, mode)
-        text = (f"**The rare class**: {rare} has {_int(min(train_counts))} training faces "
-                f"({min(train_counts) / max(1, sum(train_counts)):.1%}); {how}. On the test set its F1 is "
-                f"{_f4(f1_rare)} and recall {_f4(recall_rare)}, against a mean F1 of {_f4(f1_others)} and recall "
-                f"{_f4(recall_others)} over the other six classes")
-        if per_class[rare]["support"] == 0:
-            text += "; the test set holds none of it, so these numbers say nothing."
-        elif f1_rare == 0:
-            text += ": the model never gets it right; the imbalance is not overcome."
-        elif f1_rare >= f1_others - 0.03:
-            text += ": on a par with the others" + (" without any rebalancing." if mode == "none" else
-                                                     ", so the rebalancing works.")
-        else:
-            text += f": {_pts(f1_others - f1_rare)} F1 points behind."
-        items.append(text + f" Macro F1 is {_relative(metrics['macro_f1'] - metrics['accuracy'], 'accuracy')}.")
-        ranked = sorted(EMOTIONS, key=lambda c: per_class[c]["f1"])
-        weakest, strongest = ranked[0], ranked[-1]
+    if not (per_class and train_counts and len(train_counts) == len(EMOTIONS)):
+        return None
+    rare = EMOTIONS[int(np.argmin(train_counts))]
+    others = [c for c in EMOTIONS if c != rare]
+    f1_rare, recall_rare = per_class[rare]["f1"], per_class[rare]["recall"]
+    f1_others = float(np.mean([per_class[c]["f1"] for c in others]))
+    recall_others = float(np.mean([per_class[c]["recall"] for c in others]))
+    weights = info.get("class_weights") or []
+    weight = weights[EMOTIONS.index(rare)] if len(weights) == len(EMOTIONS) else None
+    mode = cfg.get("imbalance", "none")
+    how = {"weighted_loss": f"its loss weight is {weight:.2f} (mean 1)" if weight is not None
+           else "a weighted loss",
+           "sampler": f"the sampler draws each {rare} face {weight / min(weights):.2f}× as often as each "
+                      f"{EMOTIONS[int(np.argmin(weights))]} face (the smallest weight: the largest class "
+                      "among the faces trained on)"
+           if weight is not None else "a weighted sampler",
+           "none": "nothing compensates for its rarity"}.get(mode, mode)
+    text = (f"**The rare class**: {rare} has {_int(min(train_counts))} training faces "
+            f"({min(train_counts) / max(1, sum(train_counts)):.1%}); {how}. On the test set its F1 is "
+            f"{_f4(f1_rare)} and recall {_f4(recall_rare)}, against a mean F1 of {_f4(f1_others)} and recall "
+            f"{_f4(recall_others)} over the other six classes")
+    if per_class[rare]["support"] == 0:
+        text += "; the test set holds none of it, so these numbers say nothing."
+    elif f1_rare == 0:
+        text += ": the model never gets it right; the imbalance is not overcome."
+    elif f1_rare >= f1_others - 0.03:
+        text += ": on a par with the others" + (" without any rebalancing." if mode == "none" else
+                                                 ", so the rebalancing works.")
     else:
-        weakest = strongest = None
+        text += f": {_pts(f1_others - f1_rare)} F1 points behind."
+    return text + f" Macro F1 is {_relative(metrics['macro_f1'] - metrics['accuracy'], 'accuracy')}."
+
+
+def _confusions(run: Run) -> str | None:
+    metrics = run.metrics
     matrix = np.asarray(metrics.get("confusion_matrix") or [])
-    if matrix.shape == (len(EMOTIONS), len(EMOTIONS)):
-        off = matrix.copy()
-        np.fill_diagonal(off, 0)
-        if off.sum() == 0:
-            items.append("**Confusions**: none; every test face is classified correctly.")
-        else:
-            i, j = np.unravel_index(int(np.argmax(off)), off.shape)
-            both = off + off.T
-            a, b = np.unravel_index(int(np.argmax(np.triu(both))), both.shape)
-            row = matrix[i].sum()
-            text = (f"**Confusions**: the most frequent error is a true {EMOTIONS[i]} face predicted as {EMOTIONS[j]} "
-                    f"({_int(off[i, j])} faces, {off[i, j] / max(1, row):.1%} of {EMOTIONS[i]}); the most confused "
-                    f"pair, both ways, is {EMOTIONS[a]}/{EMOTIONS[b]} ({_int(both[a, b])} faces).")
-            if weakest:
-                text += f" Weakest class by F1: {weakest} ({_f4(per_class[weakest]['f1'])}); strongest: " \
-                        f"{strongest} ({_f4(per_class[strongest]['f1'])})."
-            items.append(text)
-    if "test" in run.evals and "test-tta" in run.evals:
-        plain, tta = run.evals["test"], run.evals["test-tta"]
-        items.append(f"**Test-time augmentation** ({tta.get('tta')}) changes accuracy by "
-                     f"{_signed_pts(tta['accuracy'] - plain['accuracy'])} points and macro F1 by "
-                     f"{_signed_pts(tta['macro_f1'] - plain['macro_f1'])} points.")
-    resumes = len(info.get("resumed") or [])
-    if resumes:
-        study = _is_study(_command(info.get("environment", {}).get("command")))
-        how = "by running its `ferkit run` study again" if study else "with `ferkit train --resume`"
-        items.append(f"**Resumed**: run.json records that the run was continued from checkpoints/last.pt "
-                     f"{_times(resumes)} ({how}); every epoch draws its randomness from (seed, epoch) alone, so it "
-                     "ends where a run without a break would.")
-    return items
+    if matrix.shape != (len(EMOTIONS), len(EMOTIONS)):
+        return None
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    if off.sum() == 0:
+        return "**Confusions**: none; every test face is classified correctly."
+    i, j = np.unravel_index(int(np.argmax(off)), off.shape)
+    both = off + off.T
+    a, b = np.unravel_index(int(np.argmax(np.triu(both))), both.shape)
+    row = matrix[i].sum()
+    text = (f"**Confusions**: the most frequent error is a true {EMOTIONS[i]} face predicted as {EMOTIONS[j]} "
+            f"({_int(off[i, j])} faces, {off[i, j] / max(1, row):.1%} of {EMOTIONS[i]}); the most confused "
+            f"pair, both ways, is {EMOTIONS[a]}/{EMOTIONS[b]} ({_int(both[a, b])} faces).")
+    per_class = metrics.get("per_class", {})
+    train_counts = run.info.get("data", {}).get("counts", {}).get("Training")
+    if per_class and train_counts and len(train_counts) == len(EMOTIONS):  # as the rare-class bullet has them
+        ranked = sorted(EMOTIONS, key=lambda c: per_class[c]["f1"])
+        text += f" Weakest class by F1: {ranked[0]} ({_f4(per_class[ranked[0]]['f1'])}); strongest: " \
+                f"{ranked[-1]} ({_f4(per_class[ranked[-1]]['f1'])})."
+    return text
+
+
+def _tta_effect(run: Run) -> str | None:
+    if "test" not in run.evals or "test-tta" not in run.evals:
+        return None
+    plain, tta = run.evals["test"], run.evals["test-tta"]
+    return (f"**Test-time augmentation** ({tta.get('tta')}) changes accuracy by "
+            f"{_signed_pts(tta['accuracy'] - plain['accuracy'])} points and macro F1 by "
+            f"{_signed_pts(tta['macro_f1'] - plain['macro_f1'])} points.")
+
+
+def _resumed(run: Run) -> str | None:
+    resumes = len(run.info.get("resumed") or [])
+    if not resumes:
+        return None
+    study = _is_study(_command(run.info.get("environment", {}).get("command")))
+    how = "by running its `ferkit run` study again" if study else "with `ferkit train --resume`"
+    return (f"**Resumed**: run.json records that the run was continued from checkpoints/last.pt "
+            f"{_times(resumes)} ({how}); every epoch draws its randomness from (seed, epoch) alone, so it "
+            "ends where a run without a break would.")
 
 
 def _test_section(run: Run, figures_dir: Path) -> list[Any]:
