@@ -416,7 +416,8 @@ def _reject_binary(raw: bytes, start: int, name: str) -> None:
     column = bad - (head.rfind(b"\n", 0, bad) + 1) + 1
     raise DataFormatError(name, [Problem(line, column, f"byte 0x{head[bad]:02x} is binary data: this is not a text CSV. "
                                                        "Expected FER2013's icml_face_data.csv or fer2013.csv "
-                                                       "(plain, .gz, .xz or .zip) or the image-folder export")])
+                                                       "(plain, .gz, .xz, .bz2 or .zip) or the image-folder export "
+                                                       "(a folder, .zip or .tar[.gz|.xz])")])
 
 
 def _column_order(columns: list[bytes], header: bytes, name: str) -> tuple[int, int, int]:

@@ -1,4 +1,6 @@
-"""Atomic writes, checksums and the environment a run records: nothing half-written is ever left."""
+"""Atomic writes (text, JSON, CSV), checksums, the environment a run records, and the checks of run
+folders and of the folders commands write into: nothing half-written is ever left, and nothing of a
+run or of the user's is written over."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ progress. The page never learns the true label or any model's guess: the server 
 Every answer rewrites ``labels.csv`` at once (a temporary file, then an atomic rename, under a
 lock), so a closed tab, a killed server or a power cut loses at most the face on screen. The
 sample (data checksum, seed, n and the faces in order) lives in the sidecar ``labels.csv.json``;
-running the same command again resumes where it stopped, and a different data file, seed or n is
-refused. ``labels.csv`` columns: index, line (or path for image-folder data), usage, human,
+running the same command again resumes where it stopped; other data (other faces, labels or
+splits; a copy of the same faces in another file is fine), another seed or n is refused. ``labels.csv`` columns: index, line (or path for image-folder data), usage, human,
 human_label, seconds (how long the face was on screen before the answer that stands).
 """
 

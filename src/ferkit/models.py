@@ -126,9 +126,9 @@ class ResidualStage(nn.Module):
 @register_model("cnn")
 class CNN(nn.Module):
     """VGG-style: stages of 3x3 conv-BN-ReLU, 2x2 max-pool between stages, then global average
-    and max pooling, dropout (when p > 0) and a linear classifier. The defaults are the cpu profile's
-    (`TrainConfig`), which training always passes in full."""
+    and max pooling, dropout (when p > 0) and a linear classifier."""
 
+    # The defaults are the cpu profile's (`TrainConfig`); training always passes every argument.
     def __init__(self, widths: Sequence[int] = (16, 32, 96, 192), depth: int = 2, residual: bool = False,
                  dropout: float = 0.0, batch_norm: bool = True, num_classes: int = 7,
                  residual_block: str = "branch_relu"):

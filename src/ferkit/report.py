@@ -1032,7 +1032,8 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def _key_numbers(data: dict[str, Any]) -> list[tuple[str, Any]]:
     """The leaves of a JSON, the metric-like numbers first (accuracy, F1, kappa, ...), then other
-    numbers, then short strings, each group in file order."""
+    numbers, then short strings, each group in `_flatten`'s order (an object's own values before
+    those of the objects nested in it)."""
     leaves = [(k, v) for k, v in _flatten(data)
               if not isinstance(v, list) or any(word in k.lower() for word in _KEY_WORDS)]
 
@@ -1044,7 +1045,7 @@ def _key_numbers(data: dict[str, Any]) -> list[tuple[str, Any]]:
             return 2
         return 0 if any(word in key.lower() for word in _KEY_WORDS) else 1
 
-    return sorted(leaves, key=rank)  # sorted() is stable: file order within a group
+    return sorted(leaves, key=rank)  # sorted() is stable: _flatten's order within a group
 
 
 def _format_leaf(value: Any) -> str:

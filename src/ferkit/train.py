@@ -1,5 +1,6 @@
 """Training: the whole training split lives on the device as uint8; batches are slices of a seeded
-permutation, augmented on the device. Validation on PublicTest after every epoch picks the best
+order of the epoch (the class sampler's weighted draws with replacement by default, else a
+permutation), augmented on the device. Validation on PublicTest after every epoch picks the best
 checkpoint and stops early; PrivateTest is never touched here.
 
 A run folder holds config.yaml, run.json, history.csv, checkpoints/{last,best}.pt and
@@ -250,7 +251,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `cfg.model` on Training, validate on PublicTest, write the run into `out_dir`; return
     what run.json records. `cfg` is a TrainConfig (`ferkit.config.resolve`), a dict of config keys
-    over the defaults (the cpu profile), or None for the defaults.
+    over the defaults (the cpu profile), or None for the defaults. With `resume`, `cfg` must be None:
+    the run continues with its saved config.yaml.
 
     Example: ``train("icml_face_data.csv", "runs/cnn", {"epochs": 30})``, which is
     ``ferkit train icml_face_data.csv --out runs/cnn --profile cpu --set epochs=30``
@@ -300,11 +302,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
 
     model = get_model(cfg.model, **cfg.model_kwargs()).to(device)
     model = model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                                    weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     forward = torch.compile(model) if cfg.compile else model
     # what is validated and saved: the average of the weights when cfg.ema asks for one
     average = WeightAverage(model) if cfg.ema else None
@@ -425,6 +423,13 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     })
     write_json(out / "run.json", run_info)
     return run_info
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,

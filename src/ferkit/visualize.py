@@ -1,4 +1,5 @@
-"""Figures: sample faces, class balance, confusion matrices, learning curves. Each writes one PNG."""
+"""Figures: sample faces, class balance, confusion matrices, learning curves, each written as one PNG;
+`confusion_panel` draws one confusion matrix on an axis, for the compare and report figures."""
 
 from __future__ import annotations
 
