@@ -49,3 +49,47 @@ def test_cutmix_targets_weigh_each_face_by_the_share_of_its_pixels():
         mixed_x, mixed_t = mix(x, targets, _cfg(cutmix=1.0), torch.Generator().manual_seed(seed))
         share = torch.stack([(mixed_x == i).float().mean(dim=(1, 2, 3)) for i in range(b)], 1)  # (B, B)
         torch.testing.assert_close(mixed_t, share)
+
+
+def _only(**overrides):
+    """A config with every random change off except the ones named."""
+    off = dict(flip=False, max_shift=0, max_rotate=0, max_scale=0, erase_prob=0)
+    return _cfg(**{**off, **overrides})
+
+
+def test_each_geometric_change_is_applied_when_asked_and_only_then():
+    stripes = (torch.arange(48) // 4 % 2).float()
+    across = stripes.view(1, 1, 1, 48).expand(8, 1, 48, 48).contiguous()  # varies along x only
+    down = stripes.view(1, 1, 48, 1).expand(8, 1, 48, 48).contiguous()  # varies along y only
+    rng = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+
+    def moved(x, **overrides):  # images changed by more than interpolation noise
+        return int(((random_affine(x, _only(**overrides), rng()) - x).abs().amax(dim=(1, 2, 3)) > 0.05).sum())
+
+    for x in (across, down):
+        assert moved(x) == 0
+        assert moved(x, max_rotate=20) >= 6
+        assert moved(x, max_scale=0.3) >= 6
+    assert moved(across, max_shift=4) >= 6  # horizontal shifts
+    assert moved(down, max_shift=4) >= 6  # vertical shifts
+
+
+def test_random_erasing_follows_its_probability_and_size():
+    x = torch.ones(32, 1, 48, 48)
+    for prob, expected in ((1.0, 32), (0.0, 0)):
+        out = augment_batch(x, _only(erase_prob=prob), torch.Generator().manual_seed(0))
+        share = (out < 0.5).float().mean(dim=(1, 2, 3))  # the erased part of each face
+        assert int((share > 0).sum()) == expected, prob
+        assert bool((share <= 0.25).all())
+    out = augment_batch(x, _only(erase_prob=0.25), torch.Generator().manual_seed(0))
+    assert 2 <= int(((out < 0.5).flatten(1).any(1)).sum()) <= 16
+
+
+def test_augmentation_draws_only_from_the_generator_it_is_given():
+    x = torch.rand(8, 1, 48, 48)
+    cfg = _cfg()  # every augmentation of the default config
+    torch.manual_seed(1)
+    first = augment_batch(x, cfg, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)  # another global state: same result
+    torch.testing.assert_close(augment_batch(x, cfg, torch.Generator().manual_seed(5)), first)
+    assert not torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(6)), first)

@@ -62,6 +62,13 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("features")
     drawn: dict[str, dict[str, list[np.ndarray]]] = {}
     real_save = ffeatures.save
+    real_embed = ffeatures.embed_2d
+    embedded: dict[str, np.ndarray] = {}
+
+    def recording_embed(features, *args, **kwargs):
+        coords, method = real_embed(features, *args, **kwargs)
+        embedded.update(features=np.array(features), coords=np.array(coords))
+        return coords, method
 
     def recording_save(fig, path, *args, **kwargs):
         drawn[Path(path).name] = {ax.get_gid(): [np.asarray(im.get_array()) for im in ax.images]
@@ -71,6 +78,7 @@ def world(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FERKIT_CACHE", str(root / "cache"))
         mp.setattr(ffeatures, "save", recording_save)
+        mp.setattr(ffeatures, "embed_2d", recording_embed)
         csv_path = root / "faces.csv"
         images, labels, splits = make_csv(csv_path)
         run = root / "run"
@@ -84,7 +92,7 @@ def world(tmp_path_factory):
     model, _ = load_model(run)
     result = json.loads((out / "features.json").read_text(encoding="utf-8"))
     return {"root": root, "csv": csv_path, "images": images, "labels": labels, "splits": splits, "run": run,
-            "out": out, "result": result, "drawn": drawn, "model": model}
+            "out": out, "result": result, "drawn": drawn, "model": model, "embedded": embedded}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,3 +342,38 @@ def test_mlp_run_raises_the_clear_error(world, tmp_path, monkeypatch, capsys):
     for fn in (lambda: activation_maps(mlp, world["images"][:2]), lambda: grad_cam(mlp, world["images"][:2], 0)):
         with pytest.raises(FerkitError, match="no convolutional layers"):
             fn()
+
+
+def test_grad_cam_is_the_gradient_weighted_sum_of_the_maps():
+    """For QuadrantNet, d logit_0 / d A_0 is 1/9 on the 9 top-right cells of the 6x6 maps and 0
+    elsewhere, so channel 0 weighs 1/36 and channel 1 nothing: the map is ReLU(A_0 / 36), upsampled."""
+    from ferkit.features import upsample
+    from ferkit.models import preprocess
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(3, 48, 48)).astype(np.uint8)
+    model = QuadrantNet().eval()
+    with torch.no_grad():
+        maps = model.forward_features(preprocess(torch.from_numpy(x)))
+    np.testing.assert_allclose(grad_cam(model, x, 0), upsample(F.relu(maps[:, 0] / 36)), rtol=1e-5, atol=1e-7)
+
+
+def test_recorded_numbers_belong_to_their_faces(world):
+    """Each chosen face's probabilities are those of the face on its CSV line; the 2-D map is computed
+    from the penultimate features of the PrivateTest faces in file order, and each embedding.csv row
+    holds its own face's coordinates."""
+    from ferkit.features import scan
+
+    result, images, model = world["result"], world["images"], world["model"]
+    chosen = result["chosen"]
+    probs = predict_proba(model, images[[c["line"] - 2 for c in chosen]])
+    for c, p in zip(chosen, probs):
+        assert c["prob_true"] == pytest.approx(p[EMOTIONS.index(c["true"])], abs=1e-5)
+        assert c["prob_pred"] == pytest.approx(p.max(), abs=1e-5)
+    test_rows = np.flatnonzero(world["splits"] == 2)
+    embedded = world["embedded"]
+    np.testing.assert_allclose(embedded["features"], scan(model, images[test_rows])["penultimate"], atol=1e-4)
+    with open(world["out"] / "embedding.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    np.testing.assert_allclose([[float(r["x"]), float(r["y"])] for r in table], embedded["coords"],
+                               rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@ and `ferkit run` end to end on small generated data."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -174,3 +175,58 @@ def test_run_end_to_end_and_resume(tiny_csv, tmp_path, capsys):
     assert f"{out / 'cnn'} was started with other settings: epochs 2 (now 3)" in capsys.readouterr().err
     assert main(args + ["--set", "model=mlp"]) == 2
     assert "--set model=mlp: this stage of the study trains the cnn" in capsys.readouterr().err
+
+
+class BoxesDetector:
+    """Stands in for OpenCV's cascade: finds the boxes (x, y, width, height) it is given."""
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+
+    def detectMultiScale(self, gray, **kwargs):
+        return np.array(self.boxes)
+
+
+def test_detected_faces_are_cropped_with_the_margin_largest_first():
+    from ferkit.predict import detect_faces, to_face
+
+    ys, xs = np.mgrid[0:200, 0:300]
+    gray = ((xs * 7 + ys * 3) % 251).astype(np.uint8)  # every crop of it looks different
+    boxes = [(0, 0, 40, 40), (150, 50, 80, 100), (260, 170, 40, 30), (200, 120, 60, 50)]  # x, y, width, height
+    faces = detect_faces(gray, BoxesDetector(boxes), margin=0.15)
+    # grown by 15% of the width and height on every side, clipped to the photo; largest first
+    expected = [(138, 35, 104, 130), (191, 113, 78, 64), (0, 0, 46, 46), (254, 166, 46, 34)]
+    assert [f.box for f in faces] == expected
+    for face, (x, y, w, h) in zip(faces, expected):
+        assert face.crop.shape == (48, 48) and face.crop.dtype == np.uint8
+        np.testing.assert_array_equal(face.crop, to_face(gray[y:y + h, x:x + w]))
+
+
+def test_colour_photos_of_any_shape_and_suffix_are_read_as_training_faces(tiny_run, tmp_path, monkeypatch):
+    """Colour is turned grey as OpenCV's BGR order says, a crop keeps its width and height in the table,
+    an upper-case suffix counts, and each annotated photo gets its own faces' boxes."""
+    import cv2
+
+    from ferkit.predict import predict, to_face
+
+    rng = np.random.default_rng(0)
+    photos = {"A.PNG": (40, 60), "b.png": (70, 50)}  # name: (height, width)
+    expected = []
+    for name, (h, w) in photos.items():
+        bgr = np.zeros((h, w, 3), np.uint8)
+        bgr[..., 0] = rng.integers(200, 256, (h, w))  # blue
+        bgr[..., 1] = rng.integers(0, 256, (h, w))
+        bgr[..., 2] = rng.integers(0, 30, (h, w))  # little red
+        cv2.imwrite(str(tmp_path / name), bgr)
+        expected.append(to_face(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)))
+    drawn = []
+    real_rectangle = cv2.rectangle
+    monkeypatch.setattr(cv2, "rectangle", lambda img, p1, p2, *a, **k: drawn.append((p1, p2)) or
+                        real_rectangle(img, p1, p2, *a, **k))
+    table, messages = predict(tiny_run, tmp_path, detect=False, annotate=tmp_path / "boxes", progress=False)
+    assert messages == [] and [Path(p).name for p in table["file"]] == list(photos)
+    assert table[["x", "y", "width", "height"]].values.tolist() == [[0, 0, w, h] for h, w in photos.values()]
+    model, _ = train.load_model(tiny_run)
+    np.testing.assert_allclose(table[list(EMOTIONS)].to_numpy(), train.predict_proba(model, np.stack(expected)),
+                               atol=1e-5)
+    assert drawn == [((0, 0), (w, h)) for h, w in photos.values()]

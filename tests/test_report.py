@@ -643,3 +643,51 @@ def test_classification_report_averages_equal_scikit_learns(world):
         expected = next(line for line in lines if line.strip().startswith(name)).split()[2:5]  # precision, recall, F1
         row = next(line for line in world["md"].splitlines() if line.startswith(f"| {name} "))
         assert [cell.strip() for cell in row.strip().strip("|").split("|")][1:4] == expected, (name, row)
+
+
+def md_table(md: str, caption: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The header and the rows (by their first cell) of the Markdown table whose caption starts with `caption`."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("**Table") and f".** {caption}" in line)
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    rows = {}
+    for line in lines[start + 4:]:
+        if not line.startswith("|"):
+            break
+        rows[cells(line)[0]] = cells(line)[1:]
+    return cells(lines[start + 2]), rows
+
+
+def test_each_number_stands_where_its_label_says(world):
+    """Not only somewhere in the text: the summary, the test table, the TTA remark and the CNN vs MLP
+    tables each put every number under its own name and model."""
+    md = world["md"]
+    tta, plain, mlp = metrics(world["cnn"], "test-tta"), metrics(world["cnn"], "test"), metrics(world["mlp"], "test-tta")
+    f4 = "{:.4f}".format
+    assert (f"Test set (PrivateTest, {tta['n']} faces, TTA {tta['tta']}): **accuracy {f4(tta['accuracy'])}**, **macro F1 {f4(tta['macro_f1'])}**, "
+            f"weighted F1 {f4(tta['weighted_f1'])}.") in md
+    header, rows = md_table(md, "Test metrics")
+    assert header == ["metric", "no TTA", f"TTA {tta['tta']}"]
+    for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1")):
+        assert rows[label] == [f4(plain[key]), f4(tta[key])], label
+    signed = freport._signed_pts
+    assert (f"changes accuracy by {signed(tta['accuracy'] - plain['accuracy'])} points and macro F1 by "
+            f"{signed(tta['macro_f1'] - plain['macro_f1'])} points") in md
+    header, rows = md_table(md, "The CNN and the MLP")
+    assert header[1].startswith("CNN") and header[2].startswith("MLP")
+    for key, label in (("accuracy", "test accuracy"), ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1")):
+        assert rows[label] == [f4(tta[key]), f4(mlp[key])], label
+    _, rows = md_table(md, "Per-class F1 of the two models")
+    for name in EMOTIONS:
+        a, b = tta["per_class"][name]["f1"], mlp["per_class"][name]["f1"]
+        assert rows[name] == [f4(a), f4(b), signed(a - b)], name
+
+
+def test_tta_remark_gives_the_change_from_without_to_with_tta(world):
+    """The world's tiny CNN scores the same with and without TTA; edited numbers give the remark a direction."""
+    run = freport.read_run(world["cnn"])
+    plain = run.evals["test"]
+    run.evals["test-tta"] = {**run.evals["test-tta"], "accuracy": plain["accuracy"] + 0.05,
+                             "macro_f1": plain["macro_f1"] - 0.02}
+    assert any("changes accuracy by +5.0 points and macro F1 by -2.0 points" in item
+               for item in freport._challenges(run))

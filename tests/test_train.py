@@ -799,3 +799,11 @@ def test_dropout_reaches_the_models():
         rates = [m.p for m in get_model(name, dropout=0.3).modules() if isinstance(m, torch.nn.Dropout)]
         assert rates and all(p == 0.3 for p in rates), name
         assert not any(isinstance(m, torch.nn.Dropout) for m in get_model(name, dropout=0.0).modules())
+
+
+def test_config_layers_apply_in_the_documented_order(tmp_path):
+    """defaults < profile < YAML file < --set < explicit argument (such as train --model)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nlr: 0.2\nbatch_size: 64\nmodel: cnn\n")
+    cfg = config.resolve(profile="gpu", config_file=path, overrides=["epochs=5", "model=cnn"], model="mlp")
+    assert (cfg.dropout, cfg.batch_size, cfg.lr, cfg.epochs, cfg.model) == (0.3, 64, 0.2, 5, "mlp")

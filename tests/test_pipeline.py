@@ -1,0 +1,74 @@
+"""`ferkit run`'s bookkeeping, with every stage replaced by a stand-in that records its call (fast;
+test_predict.py's end-to-end test runs the real stages)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ferkit import config, data, evaluate, features, pipeline, report
+from ferkit import train as ftrain
+
+
+class Broken(Exception):
+    pass
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    calls: list[tuple[str, object]] = []
+
+    def fake_train(data_path, folder, cfg, resume=False, progress=True):
+        calls.append(("train", Path(folder).name, cfg))
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        config.save(cfg, Path(folder) / "config.yaml")
+
+    def fake_evaluate(run, data=None, tta=False, **kwargs):
+        calls.append(("evaluate", Path(run).name, tta))
+        folder = Path(run) / "eval" / ("test-tta" if tta else "test")
+        folder.mkdir(parents=True, exist_ok=True)
+        accuracy = 0.5 if Path(run).name == "cnn" else 0.25
+        (folder / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "macro_f1": accuracy - 0.1}))
+
+    state = {"features_fail": True}
+
+    def fake_features(*args, **kwargs):
+        calls.append(("features", None, None))
+        if state["features_fail"]:
+            raise Broken
+
+    monkeypatch.setattr(ftrain, "train", fake_train)
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(data, "summarize", lambda *a, **k: calls.append(("data", None, None)))
+    monkeypatch.setattr(features, "features", fake_features)
+    monkeypatch.setattr(report, "build_report", lambda *a, **k: calls.append(("report", None, None)))
+    return calls, state
+
+
+def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_settings(tiny_csv, tmp_path, monkeypatch,
+                                                                                  stand_ins):
+    calls, state = stand_ins
+    out = tmp_path / "study"
+    with pytest.raises(Broken):
+        pipeline.run_study(tiny_csv, out, profile="cpu", cnn_overrides=["widths=4,8", "epochs=2"],
+                           mlp_overrides=["hidden=32", "epochs=3"], progress=False)
+    record = json.loads((out / "pipeline.json").read_text())
+    assert list(record["stages"]) == ["data", "train_cnn", "evaluate_cnn", "train_mlp", "evaluate_mlp"]
+    trained = {folder: cfg for kind, folder, cfg in calls if kind == "train"}
+    assert (trained["cnn"].widths, trained["cnn"].epochs, trained["cnn"].augment) == ((4, 8), 2, True)
+    assert (trained["mlp"].model, trained["mlp"].hidden, trained["mlp"].epochs, trained["mlp"].augment) == \
+        ("mlp", (32,), 3, False)
+    assert [c[:2] for c in calls if c[0] == "evaluate"] == [("evaluate", "cnn"), ("evaluate", "cnn"), ("evaluate", "mlp")]
+    # the resume, on a machine that would pick the gpu profile, keeps the study's cpu profile and runs
+    # only the stages that did not finish
+    monkeypatch.setattr(config, "auto_profile", lambda: "gpu")
+    state["features_fail"] = False
+    calls.clear()
+    record = pipeline.run_study(tiny_csv, out, cnn_overrides=["widths=4,8", "epochs=2"],
+                                mlp_overrides=["hidden=32", "epochs=3"], progress=False)
+    assert [c[0] for c in calls] == ["features", "report"]
+    assert record["profile"] == "cpu" and all(s["done"] for s in record["stages"].values())
+    assert record["results"] == {"cnn_test_accuracy_tta": 0.5, "cnn_test_macro_f1_tta": 0.4,
+                                 "mlp_test_accuracy": 0.25, "mlp_test_macro_f1": 0.15}
