@@ -293,3 +293,49 @@ def test_disagreement_figure_when_they_always_agree(tmp_path):
                                    np.zeros(0, int), [], tmp_path / "d.png", total=12)
     with Image.open(path) as image:
         assert image.format == "PNG"
+
+
+def test_every_recorded_number_is_the_statistic_it_names(study, tmp_path, monkeypatch):
+    from ferkit.evaluate import evaluate
+
+    shown = {}
+    figure = cmp.disagreement_figure
+    monkeypatch.setattr(cmp, "disagreement_figure",
+                        lambda images, truth, human, cnn, index, path, **kw: shown.update(
+                            images=images, truth=truth, human=human, cnn=cnn, index=list(index))
+                        or figure(images, truth, human, cnn, index, path, **kw))
+    # the study's one-epoch CNN may answer one class only, where every kappa with it is 0: record the pairs
+    monkeypatch.setattr(cmp, "kappa", lambda a, b: sorted([np.asarray(a).tolist(), np.asarray(b).tolist()]))
+    result = cmp.compare(study["run"], study["labels"], tmp_path / "cmp", data=study["data"], tta=True,
+                         resamples=300, seed=5)
+    dataset = load(study["data"])
+    rows = label.read_labels(study["labels"], dataset).rows
+    y_true, human = dataset.labels[rows], study["human"]
+    evaluated = evaluate(study["run"], data=study["data"], tta=True, out=tmp_path / "eval", device="cpu")
+    assert result["model"]["tta"] == evaluated["tta"] != "none"  # --tta reaches the CNN
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as f:
+        by_line = {int(r["line"]): int(r["pred"]) for r in csv.DictReader(f)}
+    cnn = np.array([by_line[line] for line in study["lines"]])
+
+    boot = cmp.bootstrap(y_true, {"human": human, "cnn": cnn}, resamples=300, seed=5)
+    for who, answers in (("human", human), ("cnn", cnn)):
+        assert result[who]["macro_f1_ci95"] == pytest.approx(np.percentile(boot[who]["macro_f1"], [2.5, 97.5]))
+    for metric in ("accuracy", "macro_f1"):
+        diff = boot["human"][metric] - boot["cnn"][metric]
+        assert result["difference"][metric]["ci95"] == pytest.approx(np.percentile(diff, [2.5, 97.5]))
+    assert result["difference"]["macro_f1"]["human_minus_cnn"] == pytest.approx(
+        cmp.macro_f1(y_true, human) - cmp.macro_f1(y_true, cnn))
+    pairs = {"human_vs_truth": (human, y_true), "cnn_vs_truth": (cnn, y_true), "human_vs_cnn": (human, cnn)}
+    assert result["kappa"] == {key: sorted([a.tolist(), b.tolist()]) for key, (a, b) in pairs.items()}
+
+    with open(tmp_path / "cmp" / "faces.csv", newline="") as f:
+        faces = list(csv.DictReader(f))
+    seconds = [0.5 + k / 10 for k in range(15)]  # as the study fixture answered
+    assert [(int(r["human_correct"]), int(r["cnn_correct"]), float(r["seconds"])) for r in faces] == [
+        (int(h == t), int(c == t), pytest.approx(s)) for h, c, t, s in zip(human, cnn, y_true, seconds)]
+
+    apart = np.flatnonzero(human != cnn)  # the figure shows the faces where they disagree, in sample order
+    assert shown["index"] == apart.tolist()
+    assert np.array_equal(shown["images"], dataset.images[rows[apart]])
+    assert (shown["truth"].tolist(), shown["human"].tolist(), shown["cnn"].tolist()) == (
+        y_true[apart].tolist(), human[apart].tolist(), cnn[apart].tolist())

@@ -483,11 +483,35 @@ def test_several_problems_are_listed_and_counted(tmp_path):
 
 def test_problems_are_reported_in_line_order(tmp_path):
     rows = rows_of(make_faces(n=6, seed=25))
-    rows = _with_pixel(rows, 4, 5, "300")  # found by the pixel pass, after the row pass
-    rows[1][0] = "8"
+    rows = _with_pixel(rows, 1, 5, "300")  # found by the pixel pass, after the row pass found line 6
+    rows[4][0] = "8"
     with pytest.raises(DataFormatError) as info:
         load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
     assert [p.line for p in info.value.problems] == [3, 6]
+
+
+def test_problems_beyond_those_kept_are_still_counted(tmp_path):
+    from ferkit import data as fdata
+
+    rows = rows_of(make_faces(n=60, seed=26))
+    for row in rows:
+        row[0] = "9"
+    with pytest.raises(DataFormatError) as info:
+        load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
+    error = info.value
+    assert (error.total, len(error.problems)) == (60, fdata._MAX_PROBLEMS_KEPT)
+    lines = str(error).splitlines()
+    assert lines[0].endswith("(60 problems)") and lines[-1] == f"  ... and {60 - DataFormatError.shown} more"
+
+
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_a_short_last_row_is_called_truncated_only_when_the_file_ends_inside_it(tmp_path, trailing_newline):
+    rows = rows_of(make_faces(n=4, seed=27))
+    rows[-1][2] = rows[-1][2].rsplit(" ", 1)[0]
+    path = write_file(tmp_path / "bad.csv", fer_csv(rows, trailing_newline=trailing_newline))
+    with pytest.raises(DataFormatError, match="line 5: has 2303 pixel values") as info:
+        load(path, cache=False)
+    assert ("looks truncated" in str(info.value)) is not trailing_newline
 
 
 # ---------------------------------------------------------------------------------------------

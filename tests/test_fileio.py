@@ -26,3 +26,18 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     write_text(tmp_path / "a.txt", "x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "a.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("status, recorded", [("", "0123abc"), (" M src/ferkit/train.py\n", "0123abc-dirty")])
+def test_the_recorded_commit_says_when_the_checkout_had_changes(monkeypatch, status, recorded):
+    import subprocess
+    import types
+
+    from ferkit import fileio
+
+    def git(args, **kwargs):
+        out = "0123abc\n" if args[1] == "rev-parse" else status
+        return types.SimpleNamespace(returncode=0, stdout=out, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", git)
+    assert fileio.git_commit() == recorded

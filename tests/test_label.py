@@ -314,6 +314,7 @@ def test_the_server_never_sends_the_truth(tmp_path):
     ("POST", "api/answer", b'{"index": 0, "label": 1}', {}, 400, "seconds must be a number"),
     ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": -2}', {}, 400, "seconds"),
     ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1e400}', {}, 400, "seconds"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 604801}', {}, 400, "seconds 604801.0 must be between"),
     ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1, "truth": 3}', {}, 400, "unknown field"),
     ("POST", "api/answer", b"x" * 5000, {}, 413, "over"),
     ("GET", "api/answer", None, {}, 405, "POST"),
@@ -427,6 +428,58 @@ def test_a_port_or_host_that_cannot_be_used_leaves_no_files(data, tmp_path, port
     with pytest.raises(FerkitError, match=message):
         label.make_server(data, tmp_path / "c.csv", n=3, seed=0, host=host, port=port)
     assert not (tmp_path / "c.csv").exists() and not (tmp_path / "c.csv.json").exists()
+
+
+def test_a_labels_file_edited_by_hand_must_still_match_its_sample(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=4, seed=0)
+    session.answer(0, 1, 1.0)
+    session.answer(1, 2, 1.0)
+    good = out.read_text()
+    header, first, second = good.splitlines()
+    wrong_line = second.replace(f",{session.origins[1]},", f",{session.origins[2]},", 1)
+    for text, message in ((good + first + "\n", "line 4: face 0 is labelled twice"),
+                          (f"{header}\n{first}\n{wrong_line}\n",
+                           f"line 3: face 1 is line {session.origins[1]} of the sample, not {session.origins[2]}")):
+        out.write_text(text)
+        with pytest.raises(FerkitError, match=message):
+            label.LabelSession.open(data, out)
+        with pytest.raises(FerkitError, match=message):
+            label.read_labels(out, load(data))
+
+
+def test_an_answer_the_disk_refuses_is_not_kept(data, tmp_path, monkeypatch):
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=4, seed=0)
+    session.answer(0, 1, 1.0)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(label, "write_csv", full_disk)
+    with pytest.raises(OSError):
+        session.answer(1, 2, 1.0)
+    with pytest.raises(OSError):
+        session.answer(0, 6, 1.0)
+    # the page is told what the file holds: no answer that is not on disk
+    assert session.state()["answers"] == [1, None, None, None] and session.state()["next"] == 1
+    assert answers_in(out) == {0: 1}
+
+
+def test_a_server_reads_the_answers_given_before_it_got_the_lock(data, tmp_path, monkeypatch):
+    out = tmp_path / "labels.csv"
+    label.LabelSession.open(data, out, n=4, seed=0)
+    lock = label._lock_exclusively
+
+    def another_server_answers_meanwhile(labels_csv):
+        label.LabelSession.open(data, labels_csv).answer(0, 5, 2.0)  # the other server, just before it let go
+        return lock(labels_csv)
+
+    monkeypatch.setattr(label, "_lock_exclusively", another_server_answers_meanwhile)
+    with running(data, out) as server:
+        assert server.session.state()["answers"] == [5, None, None, None]
+        assert post_answer(server.url, 1, 3)[0] == 200
+    assert answers_in(out) == {0: 5, 1: 3}  # the answer of the other server is not written over
 
 
 # ---------------------------------------------------------------------------------------------

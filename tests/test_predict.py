@@ -230,3 +230,15 @@ def test_colour_photos_of_any_shape_and_suffix_are_read_as_training_faces(tiny_r
     np.testing.assert_allclose(table[list(EMOTIONS)].to_numpy(), train.predict_proba(model, np.stack(expected)),
                                atol=1e-5)
     assert drawn == [((0, 0), (w, h)) for h, w in photos.values()]
+
+
+def test_photos_of_the_same_name_get_an_annotated_copy_each(tiny_run, tmp_path):
+    import cv2
+
+    from ferkit.predict import predict
+
+    for folder, value in (("a", 40), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "face.png"), np.full((48, 48, 3), value, np.uint8))
+    predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "boxes", progress=False)
+    assert sorted(p.name for p in (tmp_path / "boxes").iterdir()) == ["face.jpg", "face_.jpg"]

@@ -691,3 +691,19 @@ def test_tta_remark_gives_the_change_from_without_to_with_tta(world):
                              "macro_f1": plain["macro_f1"] - 0.02}
     assert any("changes accuracy by +5.0 points and macro F1 by -2.0 points" in item
                for item in freport._challenges(run))
+
+
+def test_pdf_drops_the_last_figures_of_the_longest_grid_first_and_no_more_than_needed(tmp_path):
+    tall = tmp_path / "tall.png"
+    Image.fromarray(np.full((400, 300), 128, np.uint8)).save(tall)
+    long_grid = [freport.Figure(tall, f"long {k}", f"long{k}.png") for k in range(3)]
+    short_grid = [freport.Figure(tall, "short 0", "short0.png")]
+    order = freport._grid_figures([freport.FigureGrid(long_grid), freport.FigureGrid(short_grid)])
+    assert [f.caption for f in order] == ["long 2", "long 1", "long 0", "short 0"]
+
+    figures = [freport.Figure(tall, f"figure {k}", f"f{k}.png") for k in range(24)]
+    doc = freport.Document("t", [freport.Para("main")], [freport.FigureGrid(figures)])
+    _, layout = freport.layout_pdf(doc)
+    assert 0 < layout.dropped_figures < len(figures)
+    _, one_fewer = freport.render_pdf(doc, 1.0, freport._DROP_SCALE, layout.dropped_figures - 1, draft=True)
+    assert one_fewer.extra_pages > freport.EXTRA_PAGES  # dropping one figure fewer would not fit

@@ -807,3 +807,32 @@ def test_config_layers_apply_in_the_documented_order(tmp_path):
     path.write_text("epochs: 3\nlr: 0.2\nbatch_size: 64\nmodel: cnn\n")
     cfg = config.resolve(profile="gpu", config_file=path, overrides=["epochs=5", "model=cnn"], model="mlp")
     assert (cfg.dropout, cfg.batch_size, cfg.lr, cfg.epochs, cfg.model) == (0.3, 64, 0.2, 5, "mlp")
+
+
+def test_snapshots_and_times_follow_the_training_clock_across_a_resume(tiny_csv, tmp_path, monkeypatch):
+    import itertools
+    import types
+
+    calls = itertools.count()  # every epoch takes 45 s of training time: 45, 90, 135
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 45.0 * ((next(calls) + 1) // 2)))
+    run = tmp_path / "r"
+    original = train.save_checkpoint
+
+    def killed_after_the_second_epoch(path, payload):
+        original(path, payload)
+        if payload["epoch"] == 2 and path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", killed_after_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_csv, run, tiny_config(epochs=3, train_limit=64, snapshot_minutes="1,2"), progress=False)
+    monkeypatch.setattr(train, "save_checkpoint", original)
+    info = train.train(tiny_csv, run, resume=True, progress=False)
+    folder = run / "checkpoints"
+    assert sorted(p.name for p in folder.glob("at_*")) == ["at_1min.pt", "at_2min.pt"]
+    assert torch.load(folder / "at_1min.pt", weights_only=True)["epoch"] == 2  # 45 s <= 60 s < 90 s
+    assert torch.load(folder / "at_2min.pt", weights_only=True)["epoch"] == 3  # 90 s <= 120 s < 135 s
+    history = train.read_history(run / "history.csv")
+    assert [row["seconds"] for row in history] == [45.0, 45.0, 45.0]
+    assert info["train_seconds"] == 135.0
+    assert info["train_images_per_second"] == pytest.approx(history[0]["images_per_second"], rel=1e-3)
