@@ -93,3 +93,20 @@ def test_augmentation_draws_only_from_the_generator_it_is_given():
     torch.manual_seed(2)  # another global state: same result
     torch.testing.assert_close(augment_batch(x, cfg, torch.Generator().manual_seed(5)), first)
     assert not torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(6)), first)
+
+
+def test_with_mixup_and_cutmix_on_each_batch_gets_one_with_its_own_alpha(monkeypatch):
+    from ferkit import augment
+
+    alphas = []
+    monkeypatch.setattr(augment, "_beta", lambda alpha, generator: alphas.append(alpha) or 0.5)
+    b = 8
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, 48, 48).clone()  # face i is all i
+    kinds = []
+    for seed in range(20):
+        alphas.clear()
+        mixed_x, _ = mix(x, torch.eye(b), _cfg(mixup=0.2, cutmix=1.0), torch.Generator().manual_seed(seed))
+        blended = not torch.equal(mixed_x, mixed_x.round())  # mixup blends whole faces; cutmix pastes pixels
+        kinds.append("mixup" if blended else "cutmix")
+        assert alphas == [0.2 if blended else 1.0]
+    assert 4 <= kinds.count("mixup") <= 16

@@ -722,3 +722,34 @@ def test_faces_checksum_covers_images_labels_and_splits():
         other = Dataset(**arrays, source="y", sha256="1")  # another file
         assert other.faces_sha256 != base.faces_sha256, change
         assert not other.is_recorded_as(base.checksums()), change
+
+
+def test_summarize_shows_training_faces_chosen_by_the_seed(tmp_path, monkeypatch):
+    from ferkit import visualize
+
+    faces = make_faces(n=40, seed=42)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    calls = []
+    monkeypatch.setattr(visualize, "sample_grid", lambda images, labels, path, seed=0, **kw: calls.append(
+        (images, labels, seed)) or Path(path))
+    assert cli.main(["data", str(path), "--out", str(tmp_path / "out"), "--seed", "7"]) == 0
+    (images, labels, seed), = calls
+    train = faces.splits == SPLITS.index("Training")
+    assert 0 < train.sum() < len(faces.labels)
+    np.testing.assert_array_equal(images, faces.images[train])
+    np.testing.assert_array_equal(labels, faces.labels[train])
+    assert seed == 7
+
+
+@pytest.mark.parametrize("header, order", [('"emotion","Usage","pixels"', (0, 1, 2)),
+                                           ('" Emotion " , "PIXELS", usage', (0, 2, 1))])
+def test_every_field_quoted_or_padded_and_any_case_of_the_header(tmp_path, header, order):
+    faces = make_faces(n=12, seed=43)
+    lines = [header]
+    for emotion, usage, pixels in rows_of(faces):
+        fields = (f'"{emotion}"', f' "{usage}" ', f'"{pixels}"')
+        lines.append(",".join(fields[i] for i in order))
+    dataset = load(write_file(tmp_path / "faces.csv", ("\n".join(lines) + "\n").encode()), cache=False)
+    np.testing.assert_array_equal(dataset.images, faces.images)
+    np.testing.assert_array_equal(dataset.labels, faces.labels)
+    np.testing.assert_array_equal(dataset.splits, faces.splits)

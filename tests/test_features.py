@@ -377,3 +377,50 @@ def test_recorded_numbers_belong_to_their_faces(world):
         table = list(csv.DictReader(f))
     np.testing.assert_allclose([[float(r["x"]), float(r["y"])] for r in table], embedded["coords"],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_class_channel_stats_z_scores_and_the_first_class_to_pick_each_channel():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(7), [5, 30, 8, 12, 20, 9, 16])  # unbalanced: the overall mean is over faces
+    acts = rng.random((len(labels), 9))
+    acts[labels == 0, 6] += 2.0  # Angry's channel is 6: `channels` starts with it, not in channel order
+    acts[labels == 2, 4] += 2.0  # channel 4 serves Fear and Sad: Fear, the first, picks it
+    acts[labels == 4, 4] += 2.0
+    stats = class_channel_stats(acts, labels, per_class=2)
+    overall, spread = acts.mean(axis=0), acts.std(axis=0)
+    class_mean = np.array([acts[labels == k].mean(axis=0) for k in range(7)])
+    np.testing.assert_allclose(stats["overall_mean"], overall)
+    np.testing.assert_allclose(stats["overall_std"], spread)
+    np.testing.assert_allclose(stats["z"], (class_mean - overall) / spread)
+    assert stats["top"][0][0] == 6 and stats["top"][2][0] == 4 and stats["top"][4][0] == 4
+    assert stats["channels"][0] == 6 and stats["selected_for"][stats["channels"].index(4)] == 2
+    assert len(stats["channels"]) == len(stats["selected_for"])
+    for c, k in zip(stats["channels"], stats["selected_for"]):
+        assert c in stats["top"][k] and not any(c in stats["top"][j] for j in range(k))
+
+
+def test_channel_numbers_and_top_faces_are_those_of_the_scanned_faces(world):
+    result, labels = world["result"], world["labels"]
+    rows = np.flatnonzero(world["splits"] == 2)
+    scanned = ffeatures.scan(world["model"], world["images"][rows])
+    means = scanned["channel_means"].astype(np.float64)
+    preds, y = scanned["logits"].argmax(1), labels[rows]
+    class_mean = np.array([means[y == k].mean(axis=0) for k in range(7)])
+    overall, spread = means.mean(axis=0), means.std(axis=0)
+    cc = result["class_channels"]
+    assert cc["class_counts"] == np.bincount(y, minlength=7).tolist()
+    channels = cc["channels"]
+    close = dict(rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(cc["all_channels_mean_activation"], class_mean, **close)
+    np.testing.assert_allclose(cc["mean_activation"], class_mean[:, channels], **close)
+    np.testing.assert_allclose(cc["overall_mean"], overall[channels], **close)
+    np.testing.assert_allclose(cc["overall_std"], spread[channels], **close)
+    z = (class_mean - overall) / np.where(spread > 0, spread, np.inf)
+    np.testing.assert_allclose(cc["z"], z[:, channels], **close)
+    for entry in result["top_faces"]["channels"]:
+        c = entry["channel"]
+        best = np.argsort(-means[:, c], kind="stable")[:len(entry["faces"])]
+        np.testing.assert_allclose([f["activation"] for f in entry["faces"]], means[best, c], **close)
+        assert [f["line"] for f in entry["faces"]] == (rows[best] + 2).tolist()
+        assert [f["true"] for f in entry["faces"]] == [EMOTIONS[k] for k in y[best]]
+        assert [f["pred"] for f in entry["faces"]] == [EMOTIONS[k] for k in preds[best]]

@@ -707,3 +707,34 @@ def test_pdf_drops_the_last_figures_of_the_longest_grid_first_and_no_more_than_n
     assert 0 < layout.dropped_figures < len(figures)
     _, one_fewer = freport.render_pdf(doc, 1.0, freport._DROP_SCALE, layout.dropped_figures - 1, draft=True)
     assert one_fewer.extra_pages > freport.EXTRA_PAGES  # dropping one figure fewer would not fit
+
+
+def test_data_and_training_sections_quote_the_runs_own_numbers(tmp_path):
+    from ferkit.config import TrainConfig
+    from ferkit.models import count_parameters, get_model
+
+    counts = {"Training": [40, 5, 40, 80, 50, 30, 3], "PublicTest": [4, 1, 4, 8, 5, 3, 2],
+              "PrivateTest": [5, 1, 4, 7, 5, 3, 2]}
+    cfg = dict(TrainConfig().to_dict(), model="cnn", batch_size=16, eval_batch_size=64, lr=0.0125, epochs=20,
+               warmup_epochs=2.0, schedule="cosine", patience=5)
+    history = [{"epoch": e, "train_loss": 1.5, "train_acc": 0.5, "val_loss": 1.4, "val_acc": 0.55,
+                "val_macro_f1": 0.5, "lr": 0.01, "seconds": 10.0} for e in range(1, 8)]
+    kwargs = {"widths": (8, 16)}
+    info = {"data": {"counts": counts, "train_images": 200, "val_images": 27}, "epochs_run": 7, "best_epoch": 2,
+            "model": {"name": "cnn", "kwargs": kwargs}}
+    run = freport.Run(tmp_path, cfg, info, history, {"test": {}}, {})
+    blocks = freport._data_section(run)
+    text = " ".join(b.text for b in blocks if isinstance(b, freport.Para))
+    assert "(200 faces used), PublicTest for validation and model selection (27 used)" in text
+    assert "Neutral is the rarest class (1.2% of training, 27× fewer faces than Happy)" in text
+    table = next(b for b in blocks if isinstance(b, freport.Table))
+    share = next(row for row in table.rows if row[0] == "Training share")
+    assert share[1:-1] == [f"{c / 248:.1%}" for c in counts["Training"]]
+    procedure = next(b.text for b in freport._training_section(run)
+                     if isinstance(b, freport.Para) and b.text.startswith("**Procedure.**"))
+    assert "batch size 16 (12 steps per epoch over 200 faces)" in procedure
+    assert "to the peak learning rate 0.0125, then cosine decay to 0 at epoch 20" in procedure
+    assert "stop after 5 epochs without" in procedure and "Time: 7 epochs in" in procedure
+    total = count_parameters(get_model("cnn", **kwargs))
+    architecture = " ".join(b.text for b in freport._architecture_section(run)[0] if isinstance(b, freport.Para))
+    assert f"**{total:,} parameters** ({total * 4 / 2**20:.2f} MiB as float32)" in architecture

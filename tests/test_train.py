@@ -836,3 +836,106 @@ def test_snapshots_and_times_follow_the_training_clock_across_a_resume(tiny_csv,
     assert [row["seconds"] for row in history] == [45.0, 45.0, 45.0]
     assert info["train_seconds"] == 135.0
     assert info["train_images_per_second"] == pytest.approx(history[0]["images_per_second"], rel=1e-3)
+
+
+def test_class_weights_follow_the_power_and_average_one_over_the_training_images():
+    labels = np.array([0] * 900 + [1] * 100 + [3] * 300)
+    for power in (1.0, 0.5):
+        raw = np.array([1.0, 9.0, 9.0, 3.0, 9.0, 9.0, 9.0]) ** power  # absent classes count as size 1: 900/1
+        raw[[2, 4, 5, 6]] = 900.0 ** power
+        weights = train.class_weights(labels, power)
+        np.testing.assert_allclose(weights, raw / raw[labels].mean())
+        assert weights[labels].mean() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("imbalance", ["sampler", "weighted_loss", "none"])
+def test_class_weights_reach_the_sampler_or_the_loss_and_only_the_one_asked_for(tiny_csv, tmp_path, monkeypatch,
+                                                                                imbalance):
+    from ferkit.data import load
+
+    seen = {}
+    real_order = train.epoch_order
+
+    def spy_order(sample_weight, n, *args, **kwargs):
+        seen["sample_weight"] = None if sample_weight is None else sample_weight.cpu().numpy()
+        return real_order(sample_weight, n, *args, **kwargs)
+
+    def spy_epoch(*args, **kwargs):  # no training: only what it is given matters here
+        seen["loss_weight"] = args[9] if len(args) > 9 else kwargs.get("loss_weight")
+        return {"train_loss": 1.0, "train_acc": 0.0}
+
+    monkeypatch.setattr(train, "epoch_order", spy_order)
+    monkeypatch.setattr(train, "train_one_epoch", spy_epoch)
+    info = train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=1, imbalance=imbalance, imbalance_power=0.7,
+                                                           train_limit=100), progress=False)
+    dataset = load(tiny_csv)
+    y = dataset.labels[dataset.indices("Training")[:100]]
+    expected = train.class_weights(y, 0.7)
+    np.testing.assert_allclose(info["class_weights"], expected, rtol=1e-6)
+    if imbalance == "sampler":
+        np.testing.assert_allclose(seen["sample_weight"], expected[y], rtol=1e-6)
+    else:
+        assert seen["sample_weight"] is None
+    if imbalance == "weighted_loss":
+        np.testing.assert_allclose(seen["loss_weight"].cpu().numpy(), expected, rtol=1e-6)
+    else:
+        assert seen["loss_weight"] is None
+
+
+def test_evaluation_files_name_each_class_with_its_own_numbers(trained_run, tmp_path):
+    import pandas as pd
+
+    from ferkit.data import EMOTIONS, load
+
+    run, _ = trained_run
+    model, _ = train.load_model(run)
+    dataset = load(json.loads((run / "run.json").read_text())["data"]["path"])
+    rows = dataset.indices("PublicTest")
+    probs = train.predict_proba(model, dataset.images[rows])
+    metrics = evaluate(run, split="val", out=tmp_path / "e")
+    table = pd.read_csv(tmp_path / "e" / "predictions.csv")
+    assert list(table.columns) == ["line", "true", "pred", *EMOTIONS]
+    np.testing.assert_allclose(table[list(EMOTIONS)].to_numpy(), probs, atol=2e-6)
+    assert (table["pred"] == table[list(EMOTIONS)].to_numpy().argmax(1)).all()
+    report = {}
+    for line in (tmp_path / "e" / "classification_report.txt").read_text().splitlines():
+        words = line.split()
+        if words and words[0] in EMOTIONS:
+            report[words[0]] = [float(w) for w in words[1:]]
+    assert list(report) == list(EMOTIONS)
+    for name, (precision, recall, f1, support) in report.items():
+        expected = metrics["per_class"][name]
+        assert (precision, recall, f1) == pytest.approx((expected["precision"], expected["recall"], expected["f1"]),
+                                                        abs=6e-5)
+        assert support == expected["support"] == (dataset.labels[rows] == EMOTIONS.index(name)).sum()
+
+
+def test_learning_curves_of_an_evaluation_mark_the_best_epoch(tiny_csv, tmp_path, monkeypatch):
+    from ferkit import visualize
+
+    run = tmp_path / "r"
+    info = train.train(tiny_csv, run, tiny_config(epochs=8, patience=1, lr=0.0, train_limit=64), progress=False)
+    assert (info["best_epoch"], info["epochs_run"]) == (1, 2)
+    marks = []
+    real = visualize.learning_curves
+    monkeypatch.setattr(visualize, "learning_curves",
+                        lambda history, path, best_epoch=None, **kw: marks.append(best_epoch) or
+                        real(history, path, best_epoch=best_epoch, **kw))
+    evaluate(run, split="val")
+    assert marks == [1]
+
+
+def test_config_file_must_be_a_mapping_of_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    for text in ("- epochs\n- 3\n", "epochs 3\n"):  # a list; a line without the colon is one string
+        path.write_text(text)
+        with pytest.raises(FerkitError, match="c.yaml: expected a mapping of key: value"):
+            config.resolve(config_file=path)
+    path.write_text("epochs: [3\n")
+    with pytest.raises(FerkitError, match="c.yaml: cannot read the config file"):
+        config.resolve(config_file=path)
+    path.write_text("epochs:\n")  # a key left empty is a mistake, not the default
+    with pytest.raises(FerkitError, match="'epochs': None is not a valid whole number"):
+        config.resolve(config_file=path)
+    path.write_text("")
+    assert config.resolve(config_file=path) == config.resolve()
