@@ -862,7 +862,7 @@ def test_class_weights_reach_the_sampler_or_the_loss_and_only_the_one_asked_for(
 
     def spy_epoch(*args, **kwargs):  # no training: only what it is given matters here
         seen["loss_weight"] = args[9] if len(args) > 9 else kwargs.get("loss_weight")
-        return {"train_loss": 1.0, "train_acc": 0.0}
+        return {"train_loss": 1.0, "train_acc": 0.0, "lr": 0.0}
 
     monkeypatch.setattr(train, "epoch_order", spy_order)
     monkeypatch.setattr(train, "train_one_epoch", spy_epoch)

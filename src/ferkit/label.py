@@ -2,15 +2,16 @@
 
 ``ferkit label DATA --n 100 --seed 0 --out labels.csv`` samples `n` PrivateTest faces with
 ``numpy.random.default_rng(seed)`` (the order is part of the sample), serves a page on 127.0.0.1
-(`--host` to change it) that shows one face at a time (48x48, upscaled without smoothing) with seven emotion buttons (keys
-1-7), a way back to change an answer (Backspace, the left arrow or the Back button) and the
-progress. The page never learns the true label or any model's guess: the server does not hold them.
+(`--host` to change it) that shows one face at a time (48x48, upscaled without smoothing) with
+seven emotion buttons (keys 1-7), a way back to change an answer (Backspace, the left arrow or
+the Back button) and the progress. The page never learns the true label or any model's guess: the server does not hold them.
 
 Every answer rewrites ``labels.csv`` at once (a temporary file, then an atomic rename, under a
 lock), so a closed tab, a killed server or a power cut loses at most the face on screen. The
 sample (data checksum, seed, n and the faces in order) lives in the sidecar ``labels.csv.json``;
 running the same command again resumes where it stopped; other data (other faces, labels or
-splits; a copy of the same faces in another file is fine), another seed or n is refused. ``labels.csv`` columns: index, line (or path for image-folder data), usage, human,
+splits; a copy of the same faces in another file is fine), another seed or n is refused.
+``labels.csv`` columns: index, line (or path for image-folder data), usage, human,
 human_label, seconds (how long the face was on screen before the answer that stands).
 """
 

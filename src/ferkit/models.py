@@ -95,9 +95,9 @@ class BasicBlock(nn.Module):
 
 class ResidualStage(nn.Module):
     """`depth` 3x3 conv-BN-ReLU layers; with `residual`, the first sets the width and the other pairs
-    get an identity shortcut (so `depth` is odd), in one of two blocks: "branch_relu" adds two conv-BN-ReLU layers to its input (every block adds a
-    non-negative signal, and the untrained deep network starts far from uniform predictions), or
-    "resnet", a `BasicBlock`."""
+    get an identity shortcut (so `depth` is odd), in one of two blocks: "branch_relu" adds two
+    conv-BN-ReLU layers to its input (every block adds a non-negative signal, and the untrained deep
+    network starts far from uniform predictions), or "resnet", a `BasicBlock`."""
 
     def __init__(self, cin: int, cout: int, depth: int, residual: bool, batch_norm: bool = True,
                  residual_block: str = "branch_relu"):

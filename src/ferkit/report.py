@@ -691,12 +691,20 @@ def _early_stopping(run: Run) -> str | None:
             f"one evaluated, {epochs_run - best} epoch(s) before the end.")
 
 
+def _class_numbers(run: Run) -> tuple[dict[str, Any], list[int]] | None:
+    """The test set's per-class scores and the training faces per class, when the run records both."""
+    per_class = run.metrics.get("per_class", {})
+    train_counts = run.info.get("data", {}).get("counts", {}).get("Training")
+    if per_class and train_counts and len(train_counts) == len(EMOTIONS):
+        return per_class, train_counts
+    return None
+
+
 def _rare_class(run: Run) -> str | None:
     cfg, info, metrics = run.config, run.info, run.metrics
-    per_class = metrics.get("per_class", {})
-    train_counts = info.get("data", {}).get("counts", {}).get("Training")
-    if not (per_class and train_counts and len(train_counts) == len(EMOTIONS)):
+    if (numbers := _class_numbers(run)) is None:
         return None
+    per_class, train_counts = numbers
     rare = EMOTIONS[int(np.argmin(train_counts))]
     others = [c for c in EMOTIONS if c != rare]
     f1_rare, recall_rare = per_class[rare]["f1"], per_class[rare]["recall"]
@@ -744,9 +752,8 @@ def _confusions(run: Run) -> str | None:
     text = (f"**Confusions**: the most frequent error is a true {EMOTIONS[i]} face predicted as {EMOTIONS[j]} "
             f"({_int(off[i, j])} faces, {off[i, j] / max(1, row):.1%} of {EMOTIONS[i]}); the most confused "
             f"pair, both ways, is {EMOTIONS[a]}/{EMOTIONS[b]} ({_int(both[a, b])} faces).")
-    per_class = metrics.get("per_class", {})
-    train_counts = run.info.get("data", {}).get("counts", {}).get("Training")
-    if per_class and train_counts and len(train_counts) == len(EMOTIONS):  # as the rare-class bullet has them
+    if (numbers := _class_numbers(run)) is not None:
+        per_class = numbers[0]
         ranked = sorted(EMOTIONS, key=lambda c: per_class[c]["f1"])
         text += f" Weakest class by F1: {ranked[0]} ({_f4(per_class[ranked[0]]['f1'])}); strongest: " \
                 f"{ranked[-1]} ({_f4(per_class[ranked[-1]]['f1'])})."

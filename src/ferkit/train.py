@@ -369,8 +369,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         validated = validate(evaluated, val_images, val_labels, device, cfg)
         seconds = time.perf_counter() - started
         train_seconds += seconds
-        row = {"epoch": epoch, **trained, **validated, "lr": learning_rate(cfg, steps[-1], total_steps, epoch_steps),
-               "seconds": round(seconds, 3), "images_per_second": round(epoch_images / seconds, 1)}
+        row = {"epoch": epoch, **trained, **validated, "seconds": round(seconds, 3),
+               "images_per_second": round(epoch_images / seconds, 1)}
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
             bar.close()
             # nothing of this epoch is saved: last.pt keeps the previous one, which --resume would only repeat
@@ -438,14 +438,15 @@ def train_one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
                     average: WeightAverage | None = None, on_step: Callable[[], Any] | None = None) -> dict[str, float]:
     """One pass over `order` (indices into x_train (N, 1, 48, 48) uint8 and y_train), a batch per step
     of `steps` (the run's global step numbers, which set the learning rate); returns the training
-    loss and accuracy, as the network was while it trained."""
+    loss and accuracy, as the network was while it trained, and the last step's learning rate."""
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     loss_sum = torch.zeros((), device=x_train.device)  # summed on the device: no sync per step
     correct = torch.zeros((), device=x_train.device)
-    seen = 0
+    seen, lr = 0, cfg.lr
     for k, global_step in enumerate(steps):
+        lr = learning_rate(cfg, global_step, total_steps, len(steps))
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, global_step, total_steps, len(steps))
+            group["lr"] = lr
         batch = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
         x = augment_batch(preprocess(x_train[batch]), cfg, generator)
         y = y_train[batch]
@@ -465,7 +466,7 @@ def train_one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: 
         seen += len(batch)
         if on_step is not None:
             on_step()
-    return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen}
+    return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen, "lr": lr}
 
 
 def validate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
