@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a CNN run folder")
     p.add_argument("--data", help="the dataset (default: the file the run was trained on)")
     p.add_argument("--out", required=True, help="folder for the figures, features.json and embedding.csv")
-    p.add_argument("--n", type=int, default=4, help="faces per emotion, correctly and wrongly classified (default 4)")
+    p.add_argument("--n", type=int, default=4, help="faces per emotion, correctly and wrongly classified (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="which faces to show; the t-SNE seed")
     p.add_argument("--embedding", choices=("tsne", "pca"), default="tsne",
                    help="the 2-D map: PCA to 50 then t-SNE (default), or PCA only")
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="how many faces to label (default 100; resuming: the recorded n)")
     p.add_argument("--seed", type=int, help="which faces, in which order (default 0; resuming: the recorded seed)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
-    p.add_argument("--port", type=int, default=8765, help="port to listen on (0 picks a free one; default 8765)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (0 picks a free one; default %(default)s)")
     p.add_argument("--export-with-truth", metavar="CSV", help="write the answers joined with the true labels to CSV "
                    "and exit (no server)")
 
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the labelled dataset (default: the file recorded beside the labels, else the "
                    "run's data file)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for the CNN (the run's tta setting)")
-    p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
