@@ -176,7 +176,7 @@ def test_csv_layouts_quoted_and_unquoted(tmp_path, layout, quoted):
     path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces), layout=layout, quoted=quoted))
     dataset = load(path, cache=False)
     assert_faces(dataset, faces, header_lines(len(faces)))
-    assert dataset.kind == "csv" and not dataset.from_cache
+    assert dataset.layout == "csv" and not dataset.from_cache
     assert dataset.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -265,7 +265,7 @@ def test_image_export_matches_csv(tmp_path, kind):
     write_export(dest, faces, kind)
     from_images = load(dest, cache=False)
     from_csv = load(write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces))), cache=False)
-    assert from_images.kind == "images"
+    assert from_images.layout == "images"
     assert_faces(from_images, faces)
     # the same arrays as the CSV of the same faces, in the same order (split, then numeric id)
     for name in ("images", "labels", "splits"):
@@ -604,6 +604,12 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     reloaded = load(path, cache_dir=cache)
     assert not reloaded.from_cache
     assert_faces(reloaded, faces)
+    meta = json.loads((entry / "meta.json").read_text())
+    del meta["layout"]  # a key missing from meta.json is damage too
+    (entry / "meta.json").write_text(json.dumps(meta))
+    reloaded = load(path, cache_dir=cache)
+    assert not reloaded.from_cache
+    assert_faces(reloaded, faces)
     assert load(path, cache_dir=cache).from_cache
 
 
@@ -707,7 +713,7 @@ def test_shared_image_export_equals_the_csv(shared_csv, shared_cache):
     if not SHARED_IMAGES.exists():
         pytest.skip(f"{SHARED_IMAGES} is absent")
     images = load(SHARED_IMAGES, cache_dir=shared_cache)
-    assert images.kind == "images"
+    assert images.layout == "images"
     np.testing.assert_array_equal(images.labels, shared_csv.labels)
     np.testing.assert_array_equal(images.splits, shared_csv.splits)
     np.testing.assert_array_equal(images.images, shared_csv.images)

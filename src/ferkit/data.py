@@ -38,7 +38,7 @@ SPLITS = ("Training", "PublicTest", "PrivateTest")
 SPLIT_ALIASES = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 IMAGE_SIZE = 48
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json says "layout" (was "kind")
 _MAX_PROBLEMS_KEPT = 50
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -56,7 +56,7 @@ class Dataset:
     paths: list[str] | None = None  # image-folder layout: each face's path inside the export
     load_seconds: float = 0.0
     from_cache: bool = False
-    kind: str = field(default="csv")  # "csv" or "images"
+    layout: str = field(default="csv")  # "csv" or "images"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -310,7 +310,7 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
         images=np.stack([r[4] for r in records]),
         labels=np.array([r[3] for r in records], dtype=np.int64),
         splits=np.array([r[0] for r in records], dtype=np.int8),
-        source=str(path), sha256=checksum, paths=[r[2] for r in records], kind="images",
+        source=str(path), sha256=checksum, paths=[r[2] for r in records], layout="images",
     )
 
 
@@ -400,7 +400,7 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
     if not labels:
         raise DataFormatError(name, [Problem(None, None, "the file has a header but no rows of faces")])
     return Dataset(images=images, labels=np.array(labels, dtype=np.int64), splits=np.array(splits, dtype=np.int8),
-                   source=name, sha256=checksum, lines=np.array(rows_lines, dtype=np.int64), kind="csv")
+                   source=name, sha256=checksum, lines=np.array(rows_lines, dtype=np.int64), layout="csv")
 
 
 def _reject_binary(raw: bytes, start: int, name: str) -> None:
@@ -628,11 +628,11 @@ class _Cache:
         try:
             meta = read_json(folder / "meta.json")
             arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in meta["arrays"]}
+            return Dataset(images=arrays["images"], labels=arrays["labels"], splits=arrays["splits"],
+                           source=meta["source"], sha256=checksum, lines=arrays.get("lines"), paths=meta.get("paths"),
+                           layout=meta["layout"], from_cache=True)
         except (OSError, ValueError, KeyError):
             return None  # missing or damaged: parse the file again
-        return Dataset(images=arrays["images"], labels=arrays["labels"], splits=arrays["splits"],
-                       source=meta["source"], sha256=checksum, lines=arrays.get("lines"), paths=meta.get("paths"),
-                       kind=meta["kind"], from_cache=True)
 
     def remember(self, stat_key: str, checksum: str) -> None:
         try:
@@ -646,7 +646,7 @@ class _Cache:
         arrays = {"images": dataset.images, "labels": dataset.labels, "splits": dataset.splits}
         if dataset.lines is not None:
             arrays["lines"] = dataset.lines
-        meta = {"source": dataset.source, "kind": dataset.kind, "arrays": list(arrays), "paths": dataset.paths}
+        meta = {"source": dataset.source, "layout": dataset.layout, "arrays": list(arrays), "paths": dataset.paths}
         folder = self._folder(dataset.sha256)
         tmp = None
         try:
@@ -683,7 +683,7 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
     summary = {
         "source": str(path),
         "sha256": dataset.sha256,
-        "layout": dataset.kind,
+        "layout": dataset.layout,
         "rows": len(dataset),
         "classes": list(EMOTIONS),
         "counts": counts,

@@ -259,7 +259,7 @@ class LabelSession:
             meta = {
                 # absolute: compare finds the file from any working folder
                 "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "data": str(Path(data).resolve()),
-                **dataset.checksums(), "layout": dataset.kind, "split": SPLIT, "seed": int(seed), "n": int(n),
+                **dataset.checksums(), "layout": dataset.layout, "split": SPLIT, "seed": int(seed), "n": int(n),
                 "origin_column": dataset.origin_column, "sample": dataset.origins(rows),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }

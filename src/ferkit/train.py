@@ -330,7 +330,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             # absolute: evaluate, features and report find the file from any working folder
             "data": {"path": str(Path(data_path).resolve()), "sha256": dataset.sha256,
-                     "faces_sha256": dataset.faces_sha256, "layout": dataset.kind,
+                     "faces_sha256": dataset.faces_sha256, "layout": dataset.layout,
                      "counts": dataset.counts(), "train_images": int(n), "val_images": int(len(val_idx))},
             "model": {"name": cfg.model, "kwargs": cfg.model_kwargs(), "parameters": count_parameters(model)},
             "class_weights": weights.tolist(),
