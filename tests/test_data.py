@@ -25,7 +25,7 @@ from PIL import Image
 
 from ferkit import cli
 from ferkit.data import EMOTIONS, N_PIXELS, SPLITS, Dataset, counts_table, load, summarize
-from ferkit.errors import DataFormatError
+from ferkit.errors import DataFormatError, FerkitError
 
 FOLDERS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
@@ -314,6 +314,121 @@ def test_image_export_rejects_a_wrong_size_and_a_misplaced_file(tmp_path):
     assert "train/joy/Training_78.png: expected <train|test>/<emotion>/" in message
 
 
+def _export_problem(root: Path) -> str:
+    with pytest.raises(DataFormatError) as info:
+        load(root, cache=False)
+    return str(info.value)
+
+
+def test_image_export_refuses_copies_and_faces_in_the_wrong_split_folder(tmp_path):
+    faces = make_faces(n=6, seed=13)
+    root = write_export(tmp_path / "images", faces, "folder")
+    first = root / export_entries(faces)[0][0]  # a PublicTest face? no: the first row is Training
+    other = FOLDERS[(faces.labels[0] + 1) % 7]
+    (root / "train" / other).mkdir(exist_ok=True)
+    (root / "train" / other / first.name).write_bytes(first.read_bytes())  # the same file in two emotions
+    assert f"train/{other}/{first.name}: a second copy of train/{FOLDERS[faces.labels[0]]}/{first.name}; keep one" \
+        in _export_problem(root)
+    (root / "train" / other / first.name).unlink()
+    Image.fromarray(faces.images[0]).save(first.with_suffix(".bmp"))  # the same face, another format
+    assert f"{first.with_suffix('.png').relative_to(root)}: a second copy of" in _export_problem(root)
+    first.with_suffix(".bmp").unlink()
+    (root / "test" / FOLDERS[faces.labels[0]]).mkdir(parents=True, exist_ok=True)
+    first.rename(root / "test" / FOLDERS[faces.labels[0]] / first.name)
+    assert "a Training face in the test/ folder" in _export_problem(root)
+
+
+def test_image_export_keeps_one_id_on_different_faces_of_different_emotions(tmp_path):
+    faces = make_faces(n=4, seed=14)  # FER2013's own export does this twice in Training
+    faces.splits[:] = 0
+    faces.ids[1] = faces.ids[0]
+    faces.labels[1] = (faces.labels[0] + 1) % 7
+    order = np.lexsort((faces.labels, faces.ids))  # the loader's order: split, id, label
+    faces = Faces(faces.images[order], faces.labels[order], faces.splits[order], faces.ids[order])
+    assert_faces(load(write_export(tmp_path / "images", faces, "folder"), cache=False), faces)
+
+
+def test_image_export_reads_any_image_named_as_a_face_and_refuses_wide_pixels(tmp_path):
+    faces = make_faces(n=4, seed=15)
+    root = write_export(tmp_path / "images", faces, "folder")
+    first = root / export_entries(faces)[0][0]
+    first.unlink()
+    Image.fromarray(faces.images[0]).save(first.with_suffix(".tif"))  # was skipped without a word
+    assert_faces(load(root, cache=False), faces)
+    first.with_suffix(".tif").unlink()
+    Image.fromarray(faces.images[0].astype(np.uint16) * 257).save(first)  # 16-bit: convert("L") clips
+    assert f"{first.relative_to(root)}: 16-bit pixels (Pillow mode I;16)" in _export_problem(root)
+
+
+def test_image_folder_follows_linked_folders_and_names_broken_links(tmp_path):
+    faces = make_faces(n=6, seed=16)
+    elsewhere = write_export(tmp_path / "elsewhere", faces, "folder")
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "train").symlink_to(elsewhere / "train")  # a linked folder: rglob skipped it
+    (root / "test").symlink_to(elsewhere / "test")
+    (root / "test" / "loop").symlink_to(root)  # a link back up is not followed
+    assert_faces(load(root, cache=False), faces)
+    broken = root / "train" / FOLDERS[0] / "Training_4999999.png"
+    broken.parent.mkdir(exist_ok=True)
+    broken.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(FerkitError, match="Training_4999999.png: cannot read this image"):
+        load(root, cache=False)
+
+
+def test_a_linked_image_in_a_tar_is_read(tmp_path):
+    faces = make_faces(n=4, seed=17)
+    faces.splits[:] = 0
+    dest = write_export(tmp_path / "images.tar", faces, "tar")
+    name, _ = export_entries(faces)[0]
+    with tarfile.open(dest, "a") as archive:  # a hard link under another face's name
+        info = tarfile.TarInfo(name.rsplit("_", 1)[0] + "_99999.png")
+        info.type, info.linkname = tarfile.LNKTYPE, name
+        archive.addfile(info)
+    loaded = load(dest, cache=False)
+    assert len(loaded) == 5 and loaded.paths[-1].endswith("_99999.png")
+    np.testing.assert_array_equal(loaded.images[-1], faces.images[0])
+
+
+def test_a_tar_cut_between_two_members_is_called_truncated(tmp_path):
+    faces = make_faces(n=6, seed=18)
+    whole = write_export(tmp_path / "images.tar", faces, "tar").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(whole)) as archive:
+        members = archive.getmembers()
+        cut = members[3].offset  # where the fourth member's header starts: tarfile sees an end there
+    path = tmp_path / "cut.tar"
+    path.write_bytes(whole[:cut])
+    with pytest.raises(DataFormatError, match="the tar archive is truncated: it ends without the end-of-archive marker"):
+        load(path, cache=False)
+
+
+@pytest.mark.parametrize("flaw", ["encrypted", "deflate64"])
+def test_an_unreadable_zip_member_is_a_data_error(tmp_path, flaw):
+    raw = bytearray(_zip_of([("icml_face_data.csv", fer_csv(rows_of(make_faces(n=3, seed=19))))]))
+    central = raw.rfind(b"PK\x01\x02")
+    if flaw == "encrypted":  # bit 0 of the flags, in the local and the central header
+        raw[6] |= 1
+        raw[central + 8] |= 1
+    else:  # compression method 9, which zipfile cannot read
+        raw[8:10] = raw[central + 10:central + 12] = (9).to_bytes(2, "little")
+    path = tmp_path / "data.zip"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataFormatError, match="cannot read the zip archive .*extract it with an unzip tool"):
+        load(path, cache=False)
+
+
+def test_a_pipe_or_a_folder_of_data_files_is_refused_with_advice(tmp_path):
+    fifo = tmp_path / "data.csv"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    with pytest.raises(FerkitError, match="not a regular file"):
+        load(fifo)
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    write_file(folder / "icml_face_data.csv", fer_csv(rows_of(make_faces(n=3, seed=19))))
+    with pytest.raises(FerkitError, match="holds no face images but icml_face_data.csv: give that file instead"):
+        load(folder)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: every case through load() and through the `ferkit data` command
 
@@ -391,6 +506,23 @@ def _truncated_stream(compression):
     return make
 
 
+def _tab_case(tmp_path):
+    rows = rows_of(make_faces(n=4, seed=20))
+    column = _pixel_column(rows, 1, 100) - 1  # the space before pixel 101
+    tokens = rows[1][2].split(" ")
+    rows[1][2] = " ".join(tokens[:100]) + "\t" + " ".join(tokens[100:])
+    return (write_file(tmp_path / "bad.csv", fer_csv(rows)), 3,
+            f"line 3, column {column}: after pixel 100 of 2304, a tab: separate the pixel values with single spaces")
+
+
+def _zip_of(members: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members:
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
 def _garbage(tmp_path):
     raw = np.random.default_rng(23).bytes(5000)
     assert raw[:2] != b"\x1f\x8b" and raw[:4] != b"PK\x03\x04"  # not a compressed file by chance
@@ -423,6 +555,26 @@ BAD_INPUTS = {
     "truncated_xz": _truncated_stream("xz"),
     "binary_garbage": _garbage,
     "four_fields": _rows_case(_set(1, 2, "1 2,3"), 3, "line 3: has 4 fields, expected 3 (emotion, Usage, pixels)"),
+    "pixel_5000_digits": _bad_pixel_case("9" * 5000, "999999999999... (5,000 characters) is outside 0-255"),
+    "pixel_0300": _bad_pixel_case("0300", "0300 is outside 0-255"),
+    "pixel_tab": _tab_case,
+    "label_03": _rows_case(_set(2, 0, "03"), 4, "line 4, column 1: emotion '03' has a leading zero: write 3"),
+    "label_5000_digits": _rows_case(_set(2, 0, "9" * 5000), 4, "line 4, column 1: emotion 9999999999", "(5,000 "
+                                    "characters) is outside 0-6"),
+    "utf16": _rows_case(lambda rows: fer_csv(rows).decode().encode("utf-16"), None, "the file is UTF-16 text: save "
+                        "it as UTF-8"),
+    "latin1": _rows_case(lambda rows: fer_csv(rows).replace(b"Training", b"Tr\xe4ining", 1), 2,
+                         f"line 2, column {len(rows_of(make_faces(n=4, seed=21))[0][0]) + 4}: byte 0xe4 is not "
+                         "UTF-8 text", "save it as UTF-8"),
+    "cr_line_ends": _rows_case(lambda rows: fer_csv(rows, newline="\r"), 1, "line 1: the lines end in a carriage "
+                               "return alone", "save the file with LF or CRLF line ends"),
+    "empty_zip": _rows_case(lambda rows: _zip_of([]), None, "the zip archive is empty", name="bad.zip"),
+    "zip_two_csvs": _rows_case(lambda rows: _zip_of([("a.csv", fer_csv(rows)), ("b.csv", fer_csv(rows))]), None,
+                               "the zip archive holds a.csv and b.csv: ferkit cannot tell which is the data",
+                               name="bad.zip"),
+    "zip_csv_and_images": _rows_case(lambda rows: _zip_of([("fer.csv", fer_csv(rows))]
+                                                          + export_entries(make_faces(n=3, seed=21))), None,
+                                     "the zip archive holds 3 face images and fer.csv", name="bad.zip"),
 }
 
 
@@ -502,6 +654,32 @@ def test_problems_beyond_those_kept_are_still_counted(tmp_path):
     assert (error.total, len(error.problems)) == (60, fdata._MAX_PROBLEMS_KEPT)
     lines = str(error).splitlines()
     assert lines[0].endswith("(60 problems)") and lines[-1] == f"  ... and {60 - DataFormatError.shown} more"
+
+
+def test_the_problems_kept_are_the_first_in_the_file_whichever_pass_found_them(tmp_path):
+    from ferkit import data as fdata
+
+    rows = rows_of(make_faces(n=70, seed=28))
+    rows = _with_pixel(rows, 1, 5, "300")  # line 3, found by the pixel pass, after 60 from the row pass
+    for row in rows[10:]:
+        row[1] = "Train"
+    with pytest.raises(DataFormatError) as info:
+        load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
+    lines = [p.line for p in info.value.problems]
+    assert info.value.total == 61 and lines == [3] + list(range(12, 12 + fdata._MAX_PROBLEMS_KEPT - 1))
+
+
+@pytest.mark.parametrize("flaw", ["tabs", "16-bit values"])
+def test_a_row_full_of_bad_pixels_is_one_problem(tmp_path, flaw):
+    rows = rows_of(make_faces(n=5, seed=29))
+    for row in rows:
+        row[2] = row[2].replace(" ", "\t") if flaw == "tabs" else " ".join(str(int(v) * 257 + 256)
+                                                                            for v in row[2].split())
+    with pytest.raises(DataFormatError) as info:
+        load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
+    assert info.value.total == 5 and [p.line for p in info.value.problems] == [2, 3, 4, 5, 6]
+    assert ("after pixel 1 of 2304, a tab" if flaw == "tabs" else "is outside 0-255 (pixel 1 of 2304)") \
+        in info.value.problems[0].message
 
 
 @pytest.mark.parametrize("trailing_newline", [True, False])
@@ -611,6 +789,19 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     assert not reloaded.from_cache
     assert_faces(reloaded, faces)
     assert load(path, cache_dir=cache).from_cache
+
+
+@pytest.mark.parametrize("damage", ["index", "meta"])
+def test_cache_files_of_the_wrong_shape_are_a_cache_miss(tmp_path, damage):
+    faces = make_faces(seed=38)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    cache = tmp_path / "cache"
+    load(path, cache_dir=cache)
+    (entry,) = cache_entries(cache)
+    (cache / "index.json" if damage == "index" else entry / "meta.json").write_text("[1]")
+    reloaded = load(path, cache_dir=cache)
+    assert reloaded.from_cache is (damage == "index")  # without the index the file is hashed, its entry found
+    assert_faces(reloaded, faces)
 
 
 def test_unusable_cache_folder_only_costs_speed(tmp_path, monkeypatch, capsys):

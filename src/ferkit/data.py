@@ -41,6 +41,7 @@ N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 CACHE_VERSION = 2  # 2: meta.json says "layout" (was "kind")
 _MAX_PROBLEMS_KEPT = 50
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_DATA_SUFFIXES = (".csv", ".gz", ".xz", ".bz2", ".zip", ".tar")  # what a folder without faces may hold instead
 
 
 @dataclass
@@ -115,6 +116,8 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
     if not path.exists():
         raise FerkitError(f"{path}: no such file or folder. Download icml_face_data.csv from Kaggle's "
                           "'Challenges in Representation Learning: Facial Expression Recognition Challenge'.")
+    if not path.is_dir() and not path.is_file():
+        raise FerkitError(f"{path}: not a regular file (a pipe or a device?); save the data to a file and give its path")
     started = time.perf_counter()
     store = _Cache(Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
     stat_key = _stat_key(path)
@@ -124,7 +127,11 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
         return cached
 
     if path.is_dir():
-        entries = list(_folder_entries(path))  # read once: the checksum and the faces come from the same bytes
+        files = _folder_files(path)
+        entries = list(_folder_entries(files))  # read once: the checksum and the faces come from the same bytes
+        if not entries and (inside := [rel for rel, _ in files if rel.lower().endswith(_DATA_SUFFIXES)]):
+            raise FerkitError(f"{path}: this folder holds no face images but {', '.join(inside[:3])}"
+                              f"{' ...' if len(inside) > 3 else ''}: give that file instead of the folder")
         dataset = _load_image_entries(entries, path, _folder_checksum(entries))
     else:
         raw = _read_bytes(path)
@@ -192,6 +199,8 @@ def _load_bytes(raw: bytes, path: Path, checksum: str) -> Dataset:
         return _load_bytes(_decompress(bz2.decompress, raw, path, "bz2"), path, checksum)
     if raw[:4] == b"PK\x03\x04":
         return _load_zip(raw, path, checksum)
+    if raw[:4] == b"PK\x05\x06":
+        raise DataFormatError(str(path), [Problem(None, None, "the zip archive is empty; download the data again")])
     if len(raw) > 262 and raw[257:262] == b"ustar":
         return _load_image_entries(_tar_entries(raw, path), path, checksum)
     return _parse_csv(raw, str(path), checksum)
@@ -219,35 +228,80 @@ def _load_zip(raw: bytes, path: Path, checksum: str) -> Dataset:
         raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt or truncated ({exc}); "
                                                               "download it again")]) from None
     csvs = [n for n in names if n.lower().endswith(".csv")]
-    images = [n for n in names if n.lower().endswith(_IMAGE_SUFFIXES)]
+    images = [n for n in names if _is_face_file(n)]
+    if csvs and images or len(csvs) > 1:
+        held = ([f"{len(images)} face images"] if images else []) + csvs[:3] + (["more"] if len(csvs) > 3 else [])
+        raise DataFormatError(str(path), [Problem(None, None, f"the zip archive holds {', '.join(held[:-1])} and "
+                                                              f"{held[-1]}: ferkit cannot tell which is the data; "
+                                                              "extract the one you mean and give it")])
     try:
-        if len(csvs) == 1 and not images:
+        if csvs:
             return _parse_csv(archive.read(csvs[0]), f"{path}!{csvs[0]}", checksum)
         if images:
             return _load_image_entries(((n, archive.read(n)) for n in images), path, checksum)
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt ({exc}); download it again")]) from None
+    except (RuntimeError, NotImplementedError) as exc:  # encrypted, or a compression method Python lacks
+        raise DataFormatError(str(path), [Problem(None, None, f"cannot read the zip archive ({exc}); extract it with "
+                                                              "an unzip tool and give the extracted file or folder")]) from None
     raise DataFormatError(str(path), [Problem(None, None, "the zip archive holds neither one FER2013 CSV nor the image "
                                                           f"folders train/ and test/ (it holds {len(names)} files)")])
 
 
 def _tar_entries(raw: bytes, path: Path) -> Iterator[tuple[str, bytes]]:
+    def corrupt(why: str) -> DataFormatError:
+        return DataFormatError(str(path), [Problem(None, None, f"the tar archive is {why}; download it again")])
+
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
             for member in archive:
                 name = posixpath.normpath(member.name)  # `tar -cf x.tar .` stores ./train/...
-                if member.isfile() and name.lower().endswith(_IMAGE_SUFFIXES) and not _is_junk(name):
-                    yield name, archive.extractfile(member).read()
+                if (member.isfile() or member.islnk() or member.issym()) and _is_face_file(name):
+                    try:
+                        yield name, archive.extractfile(member).read()
+                    except KeyError:  # how tarfile says a link's target is missing
+                        raise DataFormatError(str(path), [Problem(None, None, f"{name} links to {member.linkname}, "
+                                                                              "which is not in the archive")]) from None
+            end = archive.offset
     except (tarfile.TarError, EOFError) as exc:
-        raise DataFormatError(str(path), [Problem(None, None, f"the tar archive is corrupt or truncated ({exc}); "
-                                                              "download it again")]) from None
+        raise corrupt(f"corrupt or truncated ({exc})") from None
+    # tarfile takes a file cut between two members for the end of the archive; a whole one ends in a zero block
+    if raw[end:end + 512] != bytes(512):
+        raise corrupt("truncated: it ends without the end-of-archive marker (an interrupted download?)")
 
 
-def _folder_entries(root: Path) -> Iterator[tuple[str, bytes]]:
-    for file in sorted(root.rglob("*")):
-        rel = file.relative_to(root).as_posix()
-        if file.is_file() and rel.lower().endswith(_IMAGE_SUFFIXES) and not _is_junk(rel):
-            yield rel, file.read_bytes()
+def _folder_files(root: Path) -> list[tuple[str, Path]]:
+    """Every file under `root` as (relative path, path), in path order. Linked folders are followed
+    (a link back to a folder above is not), and a broken link is listed so that reading it fails loudly."""
+    files = []
+
+    def visit(folder: Path, rel: str, above: frozenset[tuple[int, int]]) -> None:
+        info = folder.stat()
+        here = (info.st_dev, info.st_ino)
+        if here in above:
+            return
+        try:
+            children = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise FerkitError(f"{folder}: cannot read this folder ({exc.strerror})") from None
+        for child in children:
+            child_rel = f"{rel}/{child.name}" if rel else child.name
+            if child.is_dir():
+                visit(Path(child.path), child_rel, above | {here})
+            elif child.is_file() or child.is_symlink():
+                files.append((child_rel, Path(child.path)))
+
+    visit(root, "", frozenset())
+    return sorted(files, key=lambda item: item[0].split("/"))  # the order Path sorting gave: checksums stay
+
+
+def _folder_entries(files: list[tuple[str, Path]]) -> Iterator[tuple[str, bytes]]:
+    for rel, file in files:
+        if _is_face_file(rel):
+            try:
+                yield rel, file.read_bytes()
+            except OSError as exc:
+                raise FerkitError(f"{file}: cannot read this image ({exc.strerror})") from None
 
 
 def _folder_checksum(entries: list[tuple[str, bytes]]) -> str:
@@ -256,6 +310,13 @@ def _folder_checksum(entries: list[tuple[str, bytes]]) -> str:
     for rel, content in entries:
         digest.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
     return digest.hexdigest()
+
+
+def _is_face_file(name: str) -> bool:
+    """An image file by its suffix, or a face of the export by its name (Training_1.gif too: it must
+    be read or refused, not skipped); hidden files and macOS resource forks are not."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return (base.lower().endswith(_IMAGE_SUFFIXES) or _IMAGE_NAME.match(base) is not None) and not _is_junk(name)
 
 
 def _is_junk(name: str) -> bool:
@@ -268,13 +329,14 @@ def _is_junk(name: str) -> bool:
 # Image-folder export: <anything>/<train|test>/<emotion>/<Split>_<id>.jpg
 
 _IMAGE_NAME = re.compile(r"^(Training|PublicTest|PrivateTest)_(\d+)\.\w+$")
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow's modes of 16- and 32-bit pixels
 
 
 def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checksum: str) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
     folder_of = {name.lower(): i for i, name in enumerate(EMOTIONS)}
-    records, problems = [], _Problems()
+    records, problems, first_seen = [], _Problems(), {}
 
     def complain(message: str) -> None:
         problems.add(None, None, message)
@@ -286,8 +348,26 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
             complain(f"{name}: expected <train|test>/<emotion>/<Training|PublicTest|PrivateTest>_<id>.jpg "
                      f"with emotion one of {', '.join(e.lower() for e in EMOTIONS)}")
             continue
+        split_folder = parts[-3].lower() if len(parts) >= 3 else None
+        if split_folder in ("train", "test") and (split_folder == "train") != (match.group(1) == "Training"):
+            complain(f"{name}: a {match.group(1)} face in the {parts[-3]}/ folder; the export keeps Training faces "
+                     "in train/ and PublicTest and PrivateTest faces in test/")
+            continue
+        # The export reuses an id for different faces in different emotion folders (two in FER2013's
+        # Training): a copy is the same id in the same emotion, or the same id and the same bytes
+        face = match.group(1), int(match.group(2)), folder_of[parts[-2].lower()]
+        same_bytes = (*face[:2], hashlib.sha256(content).digest())
+        if (other := first_seen.get(face) or first_seen.get(same_bytes)) is not None:
+            complain(f"{name}: a second copy of {other}; keep one")
+            continue
+        first_seen[face] = first_seen[same_bytes] = name
         try:
             with Image.open(io.BytesIO(content)) as image:
+                if image.mode in _WIDE_MODES:
+                    bits = 16 if image.mode.startswith("I;16") else 32
+                    complain(f"{name}: {bits}-bit pixels (Pillow mode {image.mode}); FER2013 faces are 8-bit "
+                             "grayscale: save it as 8-bit")
+                    continue
                 pixels = np.asarray(image.convert("L"))
         except UnidentifiedImageError:  # its message names an in-memory buffer, which tells the user nothing
             complain(f"{name}: not an image file (its bytes are no JPEG, PNG or BMP)")
@@ -298,8 +378,7 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
         if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
             complain(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]}, expected 48x48")
             continue
-        split = SPLITS.index(match.group(1))
-        records.append((split, int(match.group(2)), name, folder_of[parts[-2].lower()], pixels))
+        records.append((SPLITS.index(face[0]), face[1], name, face[2], pixels))
     if not records and not problems.total:
         complain("no face images found: expected train/<emotion>/Training_<id>.jpg and "
                  "test/<emotion>/PublicTest_<id>.jpg, PrivateTest_<id>.jpg")
@@ -326,16 +405,32 @@ _ROWS_PER_CHUNK = 2048  # bounds the temporaries of the vectorised pass to ~16 M
 
 
 class _Problems:
-    """Collects problems, keeping the first few in detail and counting them all."""
+    """Collects problems, keeping the first few by their place in the file and counting them all.
+    The passes over a file find problems out of line order, so the kept ones are sorted."""
 
     def __init__(self) -> None:
-        self.kept: list[Problem] = []
+        self._kept: list[Problem] = []
+        self._last_kept_line = 0  # once enough are kept, a problem on a later line will not be
         self.total = 0
 
     def add(self, line: int | None, column: int | None, message: str) -> None:
         self.total += 1
-        if len(self.kept) < _MAX_PROBLEMS_KEPT:
-            self.kept.append(Problem(line, column, message))
+        self._kept.append(Problem(line, column, message))
+        if len(self._kept) in (_MAX_PROBLEMS_KEPT, 2 * _MAX_PROBLEMS_KEPT):
+            self._kept = self.kept
+            self._last_kept_line = self._kept[-1].line or 0
+
+    def count(self) -> None:
+        """One more problem that `would_keep` said not to describe."""
+        self.total += 1
+
+    def would_keep(self, line: int) -> bool:
+        """Whether a problem on `line` could be among the kept ones; if not, `count()` spares its message."""
+        return len(self._kept) < _MAX_PROBLEMS_KEPT or line <= self._last_kept_line
+
+    @property
+    def kept(self) -> list[Problem]:
+        return sorted(self._kept, key=lambda p: (p.line or 0, p.column or 0))[:_MAX_PROBLEMS_KEPT]
 
 
 def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
@@ -345,6 +440,9 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
     _reject_binary(raw, start, name)
 
     header_end = raw.find(b"\n", start)
+    if header_end < 0 and b"\r" in raw[start:start + 65536].rstrip(b"\r"):
+        raise DataFormatError(name, [Problem(1, None, "the lines end in a carriage return alone (\\r, as old Mac "
+                                                      "programs wrote them): save the file with LF or CRLF line ends")])
     header_end = len(raw) if header_end < 0 else header_end
     columns = [c.strip().strip(b'"').strip().lower() for c in raw[start:header_end].rstrip(b"\r").split(b",")]
     order = _column_order(columns, raw[start:header_end], name)
@@ -395,7 +493,6 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
     images = _parse_pixels(raw, np.array(line_starts), np.array(pix_starts), np.array(pix_ends),
                            np.array(rows_lines), problems, ends_with_newline=raw.endswith(b"\n"))
     if problems.total:
-        problems.kept.sort(key=lambda p: (p.line or 0, p.column or 0))
         raise DataFormatError(name, problems.kept, problems.total)
     if not labels:
         raise DataFormatError(name, [Problem(None, None, "the file has a header but no rows of faces")])
@@ -405,19 +502,22 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
 
 def _reject_binary(raw: bytes, start: int, name: str) -> None:
     head = raw[start:start + 65536]
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 64 and head[1::2].count(0) > len(head) // 4):
+        raise DataFormatError(name, [Problem(None, None, "the file is UTF-16 text: save it as UTF-8 (or plain ASCII), "
+                                                         "as Kaggle's file is")])
     bad = next((i for i, b in enumerate(head) if b < 9 or 13 < b < 32 or b == 127), None)
+    what = "is binary data: this is not a text CSV. Expected FER2013's icml_face_data.csv or fer2013.csv (plain, " \
+           ".gz, .xz, .bz2 or .zip) or the image-folder export (a folder, .zip or .tar[.gz|.xz])"
     if bad is None:
         try:
             head.decode("utf-8")
             return
         except UnicodeDecodeError as exc:
             bad = exc.start
+            what = "is not UTF-8 text (the file was saved in another encoding?): save it as UTF-8"
     line = head.count(b"\n", 0, bad) + 1
     column = bad - (head.rfind(b"\n", 0, bad) + 1) + 1
-    raise DataFormatError(name, [Problem(line, column, f"byte 0x{head[bad]:02x} is binary data: this is not a text CSV. "
-                                                       "Expected FER2013's icml_face_data.csv or fer2013.csv "
-                                                       "(plain, .gz, .xz, .bz2 or .zip) or the image-folder export "
-                                                       "(a folder, .zip or .tar[.gz|.xz])")])
+    raise DataFormatError(name, [Problem(line, column, f"byte 0x{head[bad]:02x} {what}")])
 
 
 def _column_order(columns: list[bytes], header: bytes, name: str) -> tuple[int, int, int]:
@@ -448,14 +548,19 @@ def _strip_field(raw: bytes, a: int, b: int) -> tuple[int, int]:
 def _bad_label(text: bytes) -> str:
     value = text.strip().strip(b'"')
     kinds = ", ".join(f"{i} {e}" for i, e in enumerate(EMOTIONS))
-    if value.lstrip(b"-").isdigit():
-        return f"emotion {value.decode()} is outside 0-6 ({kinds})"
+    number = re.fullmatch(rb"(-?)0*(\d+)", value)
+    if number and not number[1] and number[2] in _LABELS:
+        return f"emotion {_show(value)} has a leading zero: write {number[2].decode()} ({kinds})"
+    if number:
+        return f"emotion {_show(value, quote=False)} is outside 0-6 ({kinds})"
     return f"emotion {_show(text)} is not an integer 0-6 ({kinds})"
 
 
-def _show(text: bytes, limit: int = 40) -> str:
+def _show(text: bytes, limit: int = 40, quote: bool = True) -> str:
+    """Text from the file for a message: quoted, and cut short (a bad field may be megabytes long)."""
     shown = text.decode("utf-8", "replace")
-    return repr(shown if len(shown) <= limit else shown[:limit] + "...")
+    shown = shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown):,} characters)"
+    return repr(shown) if quote else shown
 
 
 def _truncation_hint(at_end: bool) -> str:
@@ -507,9 +612,8 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
             work[gap_start:gap_end] = 240
         np.less(work, 10, out=is_digit)
         np.equal(work, 240, out=flags)
-        n_digits = np.count_nonzero(is_digit)
         bad_rows = set()  # rows already reported for a bad character: their pixel count means nothing
-        if n_digits + np.count_nonzero(flags) != size:
+        if np.count_nonzero(is_digit) + np.count_nonzero(flags) != size:
             bad_rows = _report_bad_characters(raw, np.flatnonzero(~is_digit & (work != 240)) + base, r0,
                                               line_starts, pix_starts, rows_lines, problems)
         last_digit = flags
@@ -528,29 +632,39 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
             at_end = i == n_rows - 1 and not ends_with_newline
             problems.add(int(rows_lines[i]), None,
                          f"has {counts[row]} pixel values, expected {N_PIXELS} (48x48)" + _truncation_hint(at_end))
-        has_tens = tens < 10
-        digits_read = len(ends) + np.count_nonzero(has_tens) + np.count_nonzero(has_tens & (hundreds < 10))
-        if values.max(initial=0) > 255 or digits_read != n_digits:  # a value over 255, or 4+ digits
-            _report_out_of_range(raw, ends + base + _PAD, r0, line_starts, pix_starts, rows_lines, problems)
+        over = values > 255
+        suspect = over | ((tens < 10) & (hundreds < 10) & (work[ends] < 10))  # or 4+ digits: "0042" is fine
+        if suspect.any():
+            _report_out_of_range(raw, ends[suspect] + base + _PAD, over[suspect], r0, line_starts, pix_starts,
+                                 rows_lines, problems)
         if (counts == N_PIXELS).all():
             images[r0:r1] = values.reshape(r1 - r0, IMAGE_SIZE, IMAGE_SIZE)
     return images
 
 
-def _word_at(raw: bytes, offset: int) -> tuple[int, str]:
+_WORD_STOPS = b' \t\r\n,"'
+_STOP_ADVICE = {  # a byte that ends a word but may not stand in the pixels: what it is, what to do
+    9: "a tab: separate the pixel values with single spaces",
+    13: "a carriage return (\\r) inside the line: end the lines with LF or CRLF",
+    34: "a quote (\"): quote the whole pixels field, at both ends, or not at all",
+}
+
+
+def _word_at(raw: bytes, offset: int) -> tuple[int, bytes]:
     """The word around raw[offset] (up to whitespace, a comma or a quote), and where it starts."""
-    stops = b' \t\r\n,"'
     left = offset
-    while left > 0 and raw[left - 1] not in stops:
+    while left > 0 and raw[left - 1] not in _WORD_STOPS:
         left -= 1
     right = offset
-    while right < len(raw) and raw[right] not in stops:
+    while right < len(raw) and raw[right] not in _WORD_STOPS:
         right += 1
-    return left, raw[left:right].decode("utf-8", "replace")
+    return left, raw[left:right]
 
 
-def _row_of(offset: int, r0: int, line_starts: np.ndarray) -> int:
-    return r0 + int(np.searchsorted(line_starts[r0:r0 + _ROWS_PER_CHUNK], offset, side="right")) - 1
+def _first_per_row(offsets: np.ndarray, r0: int, line_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of sorted raw `offsets` within the chunk from row r0, and where each row's offsets begin."""
+    rows = r0 + np.searchsorted(line_starts[r0:r0 + _ROWS_PER_CHUNK], offsets, side="right") - 1
+    return rows, np.flatnonzero(np.diff(rows, prepend=-1))
 
 
 def _pixel_number(raw: bytes, pixels_start: int, word_start: int) -> str:
@@ -561,26 +675,47 @@ def _pixel_number(raw: bytes, pixels_start: int, word_start: int) -> str:
 
 def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts: np.ndarray, pix_starts: np.ndarray,
                            rows_lines: np.ndarray, problems: _Problems) -> set[int]:
-    seen_rows = set()
-    for offset in offsets.tolist():
-        i = _row_of(offset, r0, line_starts)
-        if i in seen_rows:
-            continue  # one message per row is enough
-        seen_rows.add(i)
+    """One problem per row (the first bad byte): a file of tab-separated pixels has millions."""
+    rows, firsts = _first_per_row(offsets, r0, line_starts)
+    for i, offset in zip(rows[firsts].tolist(), offsets[firsts].tolist()):
+        line = int(rows_lines[i])
+        if not problems.would_keep(line):
+            problems.count()
+            continue
+        byte = raw[offset]
+        if byte in _STOP_ADVICE:  # name the byte, not the number beside it
+            before = len(raw[int(pix_starts[i]):offset].split())
+            where = f"before pixel 1" if before == 0 else f"after pixel {before} of {N_PIXELS}"
+            problems.add(line, offset - int(line_starts[i]) + 1, f"{where}, {_STOP_ADVICE[byte]}")
+            continue
         left, word = _word_at(raw, offset)
-        problems.add(int(rows_lines[i]), int(left - line_starts[i] + 1),
-                     f"pixel value {word!r} is not an integer 0-255 ({_pixel_number(raw, int(pix_starts[i]), left)})")
-    return seen_rows
+        problems.add(line, left - int(line_starts[i]) + 1,
+                     f"pixel value {_show(word)} is not an integer 0-255 ({_pixel_number(raw, int(pix_starts[i]), left)})")
+    return set(rows[firsts].tolist())
 
 
-def _report_out_of_range(raw: bytes, ends: np.ndarray, r0: int, line_starts: np.ndarray, pix_starts: np.ndarray,
-                         rows_lines: np.ndarray, problems: _Problems) -> None:
-    for offset in ends.tolist():
-        left, word = _word_at(raw, offset)
-        if word.isdigit() and int(word) > 255:  # only the offenders: leading zeros ("007") are fine
-            i = _row_of(offset, r0, line_starts)
-            problems.add(int(rows_lines[i]), int(left - line_starts[i] + 1),
-                         f"pixel value {word} is outside 0-255 ({_pixel_number(raw, int(pix_starts[i]), left)})")
+def _report_out_of_range(raw: bytes, ends: np.ndarray, over: np.ndarray, r0: int, line_starts: np.ndarray,
+                         pix_starts: np.ndarray, rows_lines: np.ndarray, problems: _Problems) -> None:
+    """One problem per row, at its first value over 255. `ends` are the last digits of the numbers
+    that may be (`over`: their last three digits alone are; the others have 4+ digits)."""
+    def too_big(j: int) -> bool:  # a number (not "3.500", reported as a bad character) and no leading zeros alone
+        word = _word_at(raw, int(ends[j]))[1]
+        digits = word.lstrip(b"0")
+        return word.isdigit() and (bool(over[j]) or len(digits) > 3 or int(digits or b"0") > 255)
+
+    rows, firsts = _first_per_row(ends, r0, line_starts)
+    for k, start in enumerate(firsts.tolist()):
+        stop = int(firsts[k + 1]) if k + 1 < len(firsts) else len(ends)
+        first = next((j for j in range(start, stop) if too_big(j)), None)
+        if first is None:
+            continue  # only leading zeros
+        i, line = int(rows[first]), int(rows_lines[rows[first]])
+        if not problems.would_keep(line):
+            problems.count()
+            continue
+        left, word = _word_at(raw, int(ends[first]))
+        problems.add(line, left - int(line_starts[i]) + 1, f"pixel value {_show(word, 12, quote=False)} is outside "
+                                                           f"0-255 ({_pixel_number(raw, int(pix_starts[i]), left)})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,10 +728,12 @@ def _stat_key(path: Path) -> str:
     path = path.resolve()
     if path.is_dir():
         digest = hashlib.sha256()
-        for file in sorted(path.rglob("*")):
-            if file.is_file():
+        for rel, file in _folder_files(path):
+            try:
                 st = file.stat()
-                digest.update(f"{file.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
+            except OSError:
+                continue  # a broken link: the load that follows names it
+            digest.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
         return f"dir:{path}:{digest.hexdigest()}"
     st = path.stat()
     return f"file:{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
@@ -612,9 +749,10 @@ class _Cache:
 
     def _index(self) -> dict[str, str]:
         try:
-            return read_json(self.root / "index.json")
+            index = read_json(self.root / "index.json")
         except (OSError, ValueError):
             return {}
+        return index if isinstance(index, dict) else {}
 
     def _folder(self, checksum: str) -> Path:
         return self.root / f"{checksum}-v{CACHE_VERSION}"
@@ -631,7 +769,7 @@ class _Cache:
             return Dataset(images=arrays["images"], labels=arrays["labels"], splits=arrays["splits"],
                            source=meta["source"], sha256=checksum, lines=arrays.get("lines"), paths=meta.get("paths"),
                            layout=meta["layout"], from_cache=True)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None  # missing or damaged: parse the file again
 
     def remember(self, stat_key: str, checksum: str) -> None:
