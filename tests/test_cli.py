@@ -57,3 +57,36 @@ def test_every_option_reaches_the_function(argv, module, function, expected, che
         cli.main(argv)
     assert {key: seen["kwargs"].get(key) for key in expected} == expected
     assert check is None or check(seen["args"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Mistakes stopped before any work, with one message and no traceback
+
+
+@pytest.mark.parametrize("argv", [["predict", "R", ""], ["data", "", "--out", "O"], ["train", "D", "--out", "R",
+                                                                                      "--config", ""],
+                                  ["run", "D", "--out", "S", "--set", ""]])
+def test_an_empty_argument_is_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # "" is Path("."): predict would classify the whole folder
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert "empty (an unset shell variable?)" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from ferkit import __version__
+
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"ferkit {__version__}"
+
+
+@pytest.mark.parametrize("argv", [["data", "D.csv", "--out", "O", "--seed", "-3"],
+                                  ["features", "R", "--out", "O", "--seed", "-1"],
+                                  ["compare", "R", "L.csv", "--out", "O", "--seed", "-1"]])
+def test_a_negative_seed_is_refused(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--seed {argv[-1]} must be in [0, 2**32)" in err and "Traceback" not in err
+    assert not (tmp_path / "O").exists()

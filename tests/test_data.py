@@ -417,6 +417,17 @@ def test_an_unreadable_zip_member_is_a_data_error(tmp_path, flaw):
         load(path, cache=False)
 
 
+def test_no_output_goes_inside_an_image_folder_dataset(tmp_path, capsys):
+    """Its figures would be read as faces by the next load, which would then refuse the folder."""
+    root = write_export(tmp_path / "images", make_faces(n=6, seed=19), "folder")
+    for argv in (["data", str(root), "--out", str(root)], ["data", str(root), "--out", str(root / "summary")],
+                 ["train", str(root), "--out", str(root / "run")], ["run", str(root), "--out", str(root / "study")]):
+        assert cli.main(argv) == 2
+        assert f"--out {argv[3]}: is inside the image folder {root}" in capsys.readouterr().err
+    assert sorted(p.name for p in root.iterdir()) == ["test", "train"]
+    assert len(load(root, cache=False)) == 6
+
+
 def test_a_pipe_or_a_folder_of_data_files_is_refused_with_advice(tmp_path):
     fifo = tmp_path / "data.csv"
     os.mkfifo(fifo)  # reading it would wait for a writer forever

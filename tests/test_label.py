@@ -208,6 +208,13 @@ def test_resume_restores_the_answers_and_refuses_another_sample(data, tmp_path):
         label.LabelSession.open(data, out)
 
 
+def test_a_negative_seed_is_refused_before_the_server_starts(data, tmp_path, capsys):
+    assert cli.main(["label", str(data), "--out", str(tmp_path / "labels.csv"), "--seed", "-1", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed -1 must be in [0, 2**32)" in err and "Traceback" not in err
+    assert not (tmp_path / "labels.csv").exists()
+
+
 def test_main_refuses_a_different_data_file_without_a_traceback(data, tmp_path, capsys):
     out = tmp_path / "labels.csv"
     label.LabelSession.open(data, out, n=4, seed=0)

@@ -110,6 +110,8 @@ def test_predict_cli_reports_bad_inputs(tiny_run, tmp_path, capsys):
     assert main(["predict", str(tiny_run), str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err
     assert "bad.png: not a readable image, skipped" in err and "no face was classified" in err
+    assert main(["predict", str(tiny_run), str(tmp_path / "bad.png"), "--out", str(tmp_path / "f.csv")]) == 2
+    assert "0 face(s)" not in capsys.readouterr().out and not (tmp_path / "f.csv").exists()  # nothing written
     assert main(["predict", str(tiny_run), str(tmp_path / "bad.png"), str(tmp_path / "missing.jpg")]) == 2
     err = capsys.readouterr().err  # a mistyped name stops it before any work
     assert "missing.jpg: no such file or folder (nothing was classified)" in err and "bad.png" not in err
@@ -212,18 +214,19 @@ def test_colour_photos_of_any_shape_and_suffix_are_read_as_training_faces(tiny_r
     rng = np.random.default_rng(0)
     photos = {"A.PNG": (40, 60), "b.png": (70, 50)}  # name: (height, width)
     expected = []
+    (tmp_path / "photos").mkdir()
     for name, (h, w) in photos.items():
         bgr = np.zeros((h, w, 3), np.uint8)
         bgr[..., 0] = rng.integers(200, 256, (h, w))  # blue
         bgr[..., 1] = rng.integers(0, 256, (h, w))
         bgr[..., 2] = rng.integers(0, 30, (h, w))  # little red
-        cv2.imwrite(str(tmp_path / name), bgr)
+        cv2.imwrite(str(tmp_path / "photos" / name), bgr)
         expected.append(to_face(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)))
     drawn = []
     real_rectangle = cv2.rectangle
     monkeypatch.setattr(cv2, "rectangle", lambda img, p1, p2, *a, **k: drawn.append((p1, p2)) or
                         real_rectangle(img, p1, p2, *a, **k))
-    table, messages = predict(tiny_run, tmp_path, detect=False, annotate=tmp_path / "boxes", progress=False)
+    table, messages = predict(tiny_run, tmp_path / "photos", detect=False, annotate=tmp_path / "boxes", progress=False)
     assert messages == [] and [Path(p).name for p in table["file"]] == list(photos)
     assert table[["x", "y", "width", "height"]].values.tolist() == [[0, 0, w, h] for h, w in photos.values()]
     model, _ = train.load_model(tiny_run)
@@ -242,3 +245,25 @@ def test_photos_of_the_same_name_get_an_annotated_copy_each(tiny_run, tmp_path):
         cv2.imwrite(str(tmp_path / folder / "face.png"), np.full((48, 48, 3), value, np.uint8))
     predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "boxes", progress=False)
     assert sorted(p.name for p in (tmp_path / "boxes").iterdir()) == ["face.jpg", "face_.jpg"]
+
+
+def test_annotated_copies_never_replace_or_join_the_photos(tiny_run, tiny_csv, tmp_path, capsys):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(load(tiny_csv).images[0]).save(photos / "face.jpg")
+    original = (photos / "face.jpg").read_bytes()
+    for annotate, given in ((photos, photos), (photos / "boxes", photos), (photos, photos / "face.jpg")):
+        assert main(["predict", str(tiny_run), str(given), "--no-detect", "--annotate", str(annotate)]) == 2
+        err = capsys.readouterr().err
+        assert f"--annotate {annotate}: this folder" in err and "pick" in err
+    assert (photos / "face.jpg").read_bytes() == original and not (photos / "boxes").exists()
+    assert main(["predict", str(tiny_run), str(photos), "--no-detect", "--annotate", str(tmp_path / "boxes")]) == 0
+    assert (tmp_path / "boxes" / "face.jpg").exists()
+
+
+def test_export_refuses_a_json_name_its_sidecar_would_take(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.json")]) == 2
+    assert "the model's .json sidecar takes this name; name the model .onnx" in capsys.readouterr().err
+    assert not (tmp_path / "model.json").exists()

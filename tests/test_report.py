@@ -450,6 +450,18 @@ def test_missing_features_folder(world, tmp_path):
         freport.build_report(world["cnn"], tmp_path / "out", features=tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("option", ["features", "compare"])
+def test_a_folder_of_figures_without_its_json_is_refused(world, tmp_path, option):
+    """Another run's folder or an interrupted command's figures would be filed under this run."""
+    folder = make_extra(tmp_path / "figures", "notes.json", {}, 2)
+    json_name = {"features": "features.json", "compare": "comparison.json"}[option]
+    with pytest.raises(FerkitError, match=f"--{option} .*figures: holds no {json_name}, so it is not"):
+        freport.build_report(world["cnn"], tmp_path / "out", **{option: folder})
+    (folder / json_name).write_text("[1, 2]")
+    with pytest.raises(FerkitError, match=f"{json_name}: not what `ferkit {option}"):
+        freport.build_report(world["cnn"], tmp_path / "out", **{option: folder})
+
+
 def test_empty_compare_folder(world, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FerkitError, match=r"comparison.json.*ferkit compare"):

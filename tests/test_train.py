@@ -9,7 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from ferkit import config, train
+from ferkit import config, pipeline, train
+from ferkit import data as fdata
 from ferkit.cli import main
 from ferkit.errors import FerkitError
 from ferkit.evaluate import compute_metrics, ensemble, evaluate
@@ -211,14 +212,14 @@ def test_no_output_lands_in_a_run_folder_or_its_own_files(trained_run, tiny_csv,
         ["report", str(run), "--out", str(run)],
         ["run", str(tiny_csv), "--out", str(run)],
         ["predict", str(run), str(tiny_csv), "--no-detect", "--out", str(run / "eval" / "test" / "faces.csv")],
-        ["evaluate", str(run), "--out", ""],
-        ["data", str(tiny_csv), "--out", ""],
     ]
     for command in commands:
         assert main(command) == 2, command
         err = capsys.readouterr().err
         assert "Traceback" not in err and ("is a training run's folder" in err or "where the run keeps its own" in err
-                                           or "--out is empty" in err), (command, err)
+                                           ), (command, err)
+    with pytest.raises(FerkitError, match="--out is empty"):  # the command line refuses "" before this
+        evaluate(run, out="")
     assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == own
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
@@ -506,7 +507,12 @@ def test_cli_names_resume_after_ctrl_c(tiny_csv, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(train, "train", interrupted)
     assert main(["train", str(tiny_csv), "--out", str(run)]) == 130  # in the first epoch: nothing saved yet
-    assert "interrupted; run the same command again\n" in capsys.readouterr().err
+    assert "interrupted; the same command starts it again\n" in capsys.readouterr().err
+    for command, module, function, text in (("run", pipeline, "run_study", "the same command resumes the study"),
+                                            ("data", fdata, "summarize", "the same command starts it again")):
+        monkeypatch.setattr(module, function, interrupted)
+        assert main([command, str(tiny_csv), "--out", str(tmp_path / command)]) == 130
+        assert f"ferkit {command}: interrupted; {text}\n" in capsys.readouterr().err
 
     def interrupted_later(*args, **kwargs):
         (run / "checkpoints").mkdir(parents=True)

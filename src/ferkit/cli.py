@@ -84,8 +84,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         print(f"{len(table)} face(s) written to {args.out}")
     else:
         print(table.to_csv(index=False), end="")
-    if table.empty and messages:
-        raise FerkitError("no face was classified")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -139,9 +137,31 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {result['pdf']} ({result['main_pages']} pages{extras}), {result['html']}, {result['md']}")
 
 
+def _not_empty(text: str) -> str:
+    if not text:  # Path("") is the current folder: `predict RUN "$PHOTO"` would classify everything in it
+        raise argparse.ArgumentTypeError("empty (an unset shell variable?)")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every text argument (paths, KEY=VALUE) must be non-empty."""
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("action") in (None, "append") and "type" not in kwargs and "choices" not in kwargs:
+            kwargs["type"] = _not_empty
+        return super().add_argument(*args, **kwargs)
+
+
+# Ctrl-C in these keeps what was done, and the same command goes on from there
+_RESUMABLE = {"run": "resumes the study", "label": "resumes the labelling"}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ferkit import __version__
+
     parser = argparse.ArgumentParser(prog="ferkit", description="Facial-expression recognition on FER2013.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -258,8 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # train refuses a second start in a run folder that has a checkpoint: name the flag that continues it
         resumable = args.command == "train" and (Path(args.out) / "checkpoints" / "last.pt").exists()
-        again = (f"`ferkit train {shlex.quote(args.data)} --out {shlex.quote(args.out)} --resume` continues it"
-                 if resumable else "run the same command again" + (" to resume" if args.command != "train" else ""))
+        if resumable:
+            again = f"`ferkit train {shlex.quote(args.data)} --out {shlex.quote(args.out)} --resume` continues it"
+        elif args.command in _RESUMABLE:
+            again = f"the same command {_RESUMABLE[args.command]}"
+        else:
+            again = "the same command starts it again"
         print(f"\nferkit {args.command}: interrupted; {again}", file=sys.stderr)
         return 130
     return 0

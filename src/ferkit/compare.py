@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ferkit import data as fdata
+from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import recorded_data_path
@@ -169,6 +170,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
 
     if resamples < 1:
         raise FerkitError(f"--bootstrap {resamples}: use at least 1 resample")
+    check_seed(seed)
     output_folder(out, create=False)  # a bad --out stops before the work below
     run, labels_path = Path(run_dir), Path(labels_csv)
     dataset = fdata.load(_resolve_data(labels_path, run, data))

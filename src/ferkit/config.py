@@ -126,6 +126,13 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """Stop unless `seed` is one that NumPy and torch take, as the training config's `seed` must be."""
+    test, rule = _RANGES["seed"]
+    if not test(seed):
+        raise FerkitError(f"{flag} {seed} {rule}")
+
+
 def _parse_value(name: str, text: Any, default: Any) -> Any:
     """Convert a --set string (or a YAML value) to the type of the field's default."""
     try:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ferkit.errors import DataFormatError, FerkitError, Problem
-from ferkit.fileio import output_folder, read_json, write_json
+from ferkit.fileio import output_folder, read_json, require_outside, write_json
 
 EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 SPLITS = ("Training", "PublicTest", "PrivateTest")
@@ -814,7 +814,10 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
     Example: ``ferkit data icml_face_data.csv --out runs/data``
     """
     from ferkit import visualize
+    from ferkit.config import check_seed
 
+    check_seed(seed)
+    require_outside(path, out_dir)
     dataset = load(path, cache=cache)
     out = output_folder(out_dir)
     counts = dataset.counts()

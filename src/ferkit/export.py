@@ -33,6 +33,8 @@ def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLi
     """
     from ferkit.train import load_model
 
+    if Path(onnx_path).suffix.lower() == ".json":
+        raise FerkitError(f"--onnx {onnx_path}: the model's .json sidecar takes this name; name the model .onnx")
     target = output_file(onnx_path, "--onnx")
     model, checkpoint = load_model(run_or_checkpoint)
     wrapped = Probabilities(model).eval()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferkit import data as fdata
+from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import recorded_data_path, run_data_path
@@ -552,6 +553,7 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
     started = time.perf_counter()
     if n < 1:
         raise FerkitError("--n must be at least 1")
+    check_seed(seed)
     run = Path(run_dir)
     out = output_folder(out, create=False)  # refused before the work, made when there is something to write
     target = pick_device(device)

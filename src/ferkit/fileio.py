@@ -69,6 +69,15 @@ def run_folder_around(path: str | os.PathLike) -> Path | None:
     return next((folder for folder in (absolute, *absolute.parents) if is_run_folder(folder)), None)
 
 
+def require_outside(data: str | os.PathLike, path: str | os.PathLike, option: str = "--out") -> None:
+    """Stop when `path` lies in the image-folder dataset `data`: the figures written there would be
+    read as faces by the next load, which then refuses the folder."""
+    folder, target = Path(os.path.abspath(data)), Path(os.path.abspath(path))
+    if folder.is_dir() and (target == folder or folder in target.parents):
+        raise FerkitError(f"{option} {path}: is inside the image folder {data}, where every image must be a face; "
+                          "write outside it")
+
+
 def output_folder(path: str | os.PathLike, option: str = "--out", create: bool = True) -> Path:
     """Create the folder a command writes into, or stop saying why it cannot be: a path that is no
     folder, a run folder itself or its checkpoints/ or eval/ (whose files would then pass for the

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ferkit import data as fdata
+from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.fileio import output_file, read_json, write_csv, write_json
@@ -255,6 +256,7 @@ class LabelSession:
                                   "n) does not: move the file away or choose another --out")
             n = DEFAULT_N if n is None else n
             seed = DEFAULT_SEED if seed is None else seed
+            check_seed(seed)
             rows = sample_rows(dataset, n, seed)
             meta = {
                 # absolute: compare finds the file from any working folder

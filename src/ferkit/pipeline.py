@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ferkit import config as configs
 from ferkit.data import load, require_recorded
 from ferkit.errors import FerkitError
-from ferkit.fileio import output_folder, read_json, require_only, write_json
+from ferkit.fileio import output_folder, read_json, require_only, require_outside, write_json
 
 
 def _stage_banner(number: int, total: int, name: str) -> None:
@@ -54,6 +54,7 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
     from ferkit.train import train
 
     out = output_folder(out, create=False)
+    require_outside(data, out)
     require_only(out, _STUDY_ENTRIES, "a study needs a new or empty folder, or the folder of a study to resume")
     record_path = out / "pipeline.json"
     dataset = load(data)

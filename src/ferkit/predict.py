@@ -83,7 +83,8 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     """Classify every face in the given photos (or, with detect=False, each image as one face).
 
     `inputs` is one path or several. Returns the table (one row per face) and the messages about
-    skipped files (unreadable, or without a face); a missing input stops it before any work.
+    skipped files (unreadable, or without a face); a missing input stops it before any work, and
+    photos without a single face stop it before it writes anything.
     Example: ``predict("runs/study/cnn", "photos/", out="faces.csv")``, which is
     ``ferkit predict runs/study/cnn photos/ --out faces.csv``
     """
@@ -101,6 +102,8 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
         raise FerkitError("; ".join(missing) + " (nothing was classified)")
     if not files:
         raise FerkitError("no input images given (a folder is searched for .jpg, .png, ... files)")
+    if annotate is not None:
+        _require_apart(Path(annotate), inputs, files)
     model, checkpoint = load_model(model_or_run)
     messages: list[str] = []
     detector = face_detector() if detect else None
@@ -128,21 +131,33 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
             crops.append(face.crop)
         if annotate is not None:
             annotations[path] = (image, list(range(first_row, len(rows))))
+    if not crops:
+        raise FerkitError("no face was classified, so nothing was written:\n  " + "\n  ".join(messages))
     table = pd.DataFrame(rows, columns=["file", "face", "x", "y", "width", "height"])
-    if crops:
-        probs, _ = predict_as_trained(model, checkpoint, np.stack(crops), tta=tta)
-        for i, name in enumerate(EMOTIONS):
-            table[name] = np.round(probs[:, i], 6)
-        table["emotion"] = [EMOTIONS[i] for i in probs.argmax(1)]
-    else:
-        for name in (*EMOTIONS, "emotion"):
-            table[name] = []
+    probs, _ = predict_as_trained(model, checkpoint, np.stack(crops), tta=tta)
+    for i, name in enumerate(EMOTIONS):
+        table[name] = np.round(probs[:, i], 6)
+    table["emotion"] = [EMOTIONS[i] for i in probs.argmax(1)]
     if out is not None:
         with atomic_path(out) as tmp:
             table.to_csv(tmp, index=False)
     if annotate is not None:
         _annotate(annotations, table, Path(annotate))
     return table, messages
+
+
+def _require_apart(folder: Path, inputs: Iterable[str | os.PathLike], files: list[Path]) -> None:
+    """Stop unless the annotated copies can neither replace a photo nor be read as photos next time."""
+    target = folder.resolve()
+    for item in inputs:
+        path = Path(item).resolve()
+        if path.is_dir() and (path == target or path in target.parents):
+            raise FerkitError(f"--annotate {folder}: this folder is in the photos' folder {item}, so the annotated "
+                              "copies would be read as photos next time, or replace photos of the same name; "
+                              "pick a folder outside it")
+    if any(file.resolve().parent == target for file in files):
+        raise FerkitError(f"--annotate {folder}: this folder holds photos given to classify, which the annotated "
+                          "copies would replace; pick another folder")
 
 
 def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.DataFrame, folder: Path) -> None:

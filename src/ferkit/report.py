@@ -215,7 +215,7 @@ class Extra:
     """A folder written by `ferkit features` or `ferkit compare`: its JSON and its PNG figures."""
 
     path: Path
-    data: dict[str, Any] | None
+    data: dict[str, Any]
     figures: list[Path]
 
 
@@ -223,18 +223,20 @@ def read_extra(folder: str | os.PathLike, option: str, json_name: str, command: 
     path = Path(folder)
     if not path.is_dir():
         raise FerkitError(f"{option} {path}: no such folder; make it with `{command} --out {path}`")
-    data = None
-    if (path / json_name).is_file():
-        try:
-            data = read_json(path / json_name)
-        except (OSError, ValueError) as exc:
-            raise FerkitError(f"{path / json_name}: unreadable ({exc}); run `{command} --out {path}` again") from None
+    # Without its JSON a folder's figures could be anyone's (another run's, an interrupted command's),
+    # and the report would file them under this run
+    if not (path / json_name).is_file():
+        raise FerkitError(f"{option} {path}: holds no {json_name}, so it is not (or not yet) the output of `{command}`; "
+                          f"make it with `{command} --out {path}`")
+    try:
+        data = read_json(path / json_name)
+    except (OSError, ValueError) as exc:
+        raise FerkitError(f"{path / json_name}: unreadable ({exc}); run `{command} --out {path}` again") from None
+    if not isinstance(data, dict):
+        raise FerkitError(f"{path / json_name}: not what `{command}` writes; run it again with --out {path}")
     figures = sorted(p for p in path.rglob("*.png")
                      if not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if data is None and not figures:
-        raise FerkitError(f"{option} {path}: holds neither {json_name} nor PNG figures; make it with "
-                          f"`{command} --out {path}`")
-    return Extra(path, data if isinstance(data, dict) else ({"value": data} if data is not None else None), figures)
+    return Extra(path, data, figures)
 
 
 def require_extra_of(run: Run, extra: Extra, option: str, command: str) -> None:
@@ -243,7 +245,7 @@ def require_extra_of(run: Run, extra: Extra, option: str, command: str) -> None:
     sha256 (older ones only its epoch and the data), which is compared when both sides have it."""
     from ferkit.train import checkpoint_sha256
 
-    record = extra.data or {}
+    record = extra.data
     model = record.get("model") if isinstance(record.get("model"), dict) else {}  # comparison.json's layout
     data = record.get("data") if isinstance(record.get("data"), dict) else {}
     recorded_checkpoint = record.get("checkpoint_sha256") or model.get("checkpoint_sha256")
@@ -1127,11 +1129,10 @@ def _caption_for(path: Path, captions: dict[str, str]) -> str:
 def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name: str, prefix: str,
                    key_limit: int = 10) -> list[Any]:
     blocks: list[Any] = [Heading(f"{number}  {title}", 1)]
-    leaves = _key_numbers(extra.data) if extra.data else []
+    leaves = _key_numbers(extra.data)
     shown = leaves[:key_limit]
-    blocks.append(Para(f"{intro} From `{extra.path}`: " +
-                       (f"{json_name} ({len(leaves)} values, {len(shown)} below)" if extra.data is not None
-                        else f"no {json_name}") + f", {len(extra.figures)} figure(s).", keep_with_next=True))
+    blocks.append(Para(f"{intro} From `{extra.path}`: {json_name} ({len(leaves)} values, {len(shown)} below), "
+                       f"{len(extra.figures)} figure(s).", keep_with_next=True))
     if shown:
         per_row = 2
         rows = []
@@ -1141,12 +1142,11 @@ def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name:
             rows.append([cell for pair in chunk for cell in pair])
         blocks.append(Table(["key", "value"] * per_row, rows, f"Key numbers from {json_name} (metrics first).",
                             widths=[0.32, 0.18, 0.32, 0.18], font=7, group=2))
-    if extra.data is not None:
-        text = json.dumps(extra.data, indent=1)
-        if len(text) > 50_000:
-            text = text[:50_000] + f"\n... (cut here: the whole file is {extra.path / json_name})"
-        blocks.append(Details(f"{json_name} in full", [Code(text)]))
-    captions = _captions(extra.data) if extra.data else {}
+    text = json.dumps(extra.data, indent=1)
+    if len(text) > 50_000:
+        text = text[:50_000] + f"\n... (cut here: the whole file is {extra.path / json_name})"
+    blocks.append(Details(f"{json_name} in full", [Code(text)]))
+    captions = _captions(extra.data)
     figures = []
     for path in _figure_order(extra.figures):
         relative = path.relative_to(extra.path)

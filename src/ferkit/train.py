@@ -32,8 +32,8 @@ from ferkit import data as fdata
 from ferkit.augment import augment_batch, mix
 from ferkit.config import TrainConfig
 from ferkit.errors import FerkitError
-from ferkit.fileio import (atomic_path, check_folder_path, environment, read_json, require_only, sha256_file,
-                           write_csv, write_json)
+from ferkit.fileio import (atomic_path, check_folder_path, environment, read_json, require_only, require_outside,
+                           sha256_file, write_csv, write_json)
 from ferkit.models import count_parameters, get_model, preprocess
 
 # What a run folder holds; any other entry means the folder belongs to something else.
@@ -258,6 +258,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     ``ferkit train icml_face_data.csv --out runs/cnn --profile cpu --set epochs=30``
     """
     out = check_folder_path(out_dir)
+    require_outside(data_path, out)
     last_path = out / "checkpoints" / "last.pt"
     if resume:
         if cfg is not None:
