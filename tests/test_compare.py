@@ -339,3 +339,20 @@ def test_every_recorded_number_is_the_statistic_it_names(study, tmp_path, monkey
     assert np.array_equal(shown["images"], dataset.images[rows[apart]])
     assert (shown["truth"].tolist(), shown["human"].tolist(), shown["cnn"].tolist()) == (
         y_true[apart].tolist(), human[apart].tolist(), cnn[apart].tolist())
+
+
+def test_an_mlp_run_is_named_mlp_not_cnn(study, tmp_path, capsys, monkeypatch):
+    from ferkit.cli import main
+    from ferkit.train import train
+
+    cfg = config.resolve(overrides={"model": "mlp", "hidden": "8", "epochs": 1, "train_limit": 64, "val_limit": 32,
+                                    "batch_size": 32, "device": "cpu"})
+    train(study["data"], tmp_path / "mlp", cfg, progress=False)
+    drawn = []
+    monkeypatch.setattr(cmp, "confusion_figure", lambda *a, titles, suptitle, **k: drawn.append((titles, suptitle)))
+    assert main(["compare", str(tmp_path / "mlp"), str(study["labels"]), "--out", str(tmp_path / "cmp"),
+                 "--data", str(study["data"]), "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "  MLP   accuracy" in out and "human-MLP" in out and "CNN" not in out
+    (panels, suptitle), = drawn
+    assert panels[1].startswith("MLP: accuracy") and suptitle.startswith("Human versus MLP on the same 15")

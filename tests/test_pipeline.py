@@ -72,3 +72,23 @@ def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_setting
     assert record["profile"] == "cpu" and all(s["done"] for s in record["stages"].values())
     assert record["results"] == {"cnn_test_accuracy_tta": 0.5, "cnn_test_macro_f1_tta": 0.4,
                                  "mlp_test_accuracy": 0.25, "mlp_test_macro_f1": 0.15}
+
+
+def test_mlp_settings_are_named_as_such_and_may_be_a_dict(tiny_csv, tmp_path, monkeypatch):
+    with pytest.raises(config.FerkitError, match="--mlp-set: unknown config key 'epoch'"):
+        pipeline.run_study(tiny_csv, tmp_path / "study", mlp_overrides=["epoch=2"])
+    seen = []
+    monkeypatch.setattr(pipeline, "_require_same_config", lambda folder, cfg, option: seen.append(cfg))
+    real_output_folder = pipeline.output_folder
+
+    def output_folder(path, create=True):
+        if create:
+            raise RuntimeError("stop")
+        return real_output_folder(path, create=False)
+
+    monkeypatch.setattr(pipeline, "output_folder", output_folder)
+    with pytest.raises(RuntimeError, match="stop"):  # stopped once both configs are resolved
+        pipeline.run_study(tiny_csv, tmp_path / "study", cnn_overrides={"epochs": 2},
+                           mlp_overrides={"hidden": (8, 4), "augment": True})
+    assert [(c.model, c.epochs) for c in seen] == [("cnn", 2), ("mlp", seen[1].epochs)]
+    assert seen[1].hidden == (8, 4) and seen[1].augment  # a user may turn the MLP's augmentation back on

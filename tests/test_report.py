@@ -738,7 +738,7 @@ def test_data_and_training_sections_quote_the_runs_own_numbers(tmp_path):
     blocks = freport._data_section(run)
     text = " ".join(b.text for b in blocks if isinstance(b, freport.Para))
     assert "(200 faces used), PublicTest for validation and model selection (27 used)" in text
-    assert "Neutral is the rarest class (1.2% of training, 27× fewer faces than Happy)" in text
+    assert "Neutral is the rarest class (1.2% of training, 26.7× fewer faces than Happy)" in text
     table = next(b for b in blocks if isinstance(b, freport.Table))
     share = next(row for row in table.rows if row[0] == "Training share")
     assert share[1:-1] == [f"{c / 248:.1%}" for c in counts["Training"]]

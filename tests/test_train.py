@@ -541,9 +541,12 @@ def test_training_that_diverges_stops_and_says_what_to_change(tiny_csv, tmp_path
     # a NaN in the batches is what a diverging run produces, and it does so whatever the data
     monkeypatch.setattr(train, "augment_batch", lambda x, cfg, generator: x * float("nan"))
     with pytest.raises(FerkitError, match=r"training diverged in epoch 1: the training loss is nan, the validation "
-                                          r"loss nan; start again with a lower learning rate \(now --set lr=0.05\)"):
+                                          r"loss nan; start again with a lower learning rate \(now --set lr=0.05\) "
+                                          r"\(the same --out will do: nothing was saved\)"):
         train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2), progress=False)
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing of the diverged epoch is kept
+    monkeypatch.undo()
+    train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=1), progress=False)  # as the message says
 
 
 def test_images_per_second_is_all_images_over_all_the_time(trained_run):
@@ -937,11 +940,46 @@ def test_config_file_must_be_a_mapping_of_values(tmp_path):
         path.write_text(text)
         with pytest.raises(FerkitError, match="c.yaml: expected a mapping of key: value"):
             config.resolve(config_file=path)
-    path.write_text("epochs: [3\n")
-    with pytest.raises(FerkitError, match="c.yaml: cannot read the config file"):
+    path.write_text("lr: 0.1\nepochs: [3\n")
+    with pytest.raises(FerkitError, match=r"c.yaml, line 3, column 1: not valid YAML \(expected ',' or ']'"):
         config.resolve(config_file=path)
-    path.write_text("epochs:\n")  # a key left empty is a mistake, not the default
-    with pytest.raises(FerkitError, match="'epochs': None is not a valid whole number"):
+    path.write_text("lr: 0.1\nepochs:\n")  # a key left empty is a mistake, not the default
+    with pytest.raises(FerkitError, match="c.yaml, line 2: config key 'epochs' has no value"):
+        config.resolve(config_file=path)
+    path.write_text("lr: 0.1\n\nepochs: two\n")
+    with pytest.raises(FerkitError, match="c.yaml, line 3: config key 'epochs': 'two' is not a valid whole number"):
+        config.resolve(config_file=path)
+    path.write_text("epochs: 2\nlr: 0.1\nepochs: 3\n")  # YAML itself would keep the 3 without a word
+    with pytest.raises(FerkitError, match="c.yaml, line 3: 'epochs' is set twice \\(also on line 1\\); keep one"):
         config.resolve(config_file=path)
     path.write_text("")
     assert config.resolve(config_file=path) == config.resolve()
+
+
+def test_override_mistakes_name_the_option_that_made_them():
+    with pytest.raises(FerkitError, match="--mlp-set: unknown config key 'epoch'"):
+        config.resolve(overrides=["epoch=2"], option="--mlp-set")
+    with pytest.raises(FerkitError, match="--mlp-set: config key 'epochs': 'x' is not a valid whole number"):
+        config.resolve(overrides=["epochs=x"], option="--mlp-set")
+    with pytest.raises(FerkitError, match="--mlp-set 'epochs': expected key=value, e.g. --mlp-set epochs=5"):
+        config.resolve(overrides=["epochs"], option="--mlp-set")
+
+
+def test_a_folder_that_is_no_run_and_a_run_without_its_records_get_advice(trained_run, tiny_csv, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for data in (None, tiny_csv):  # the advice must not depend on --data
+        with pytest.raises(FerkitError, match="empty: not a run folder \\(no run.json, no checkpoints/\\)"):
+            evaluate(empty, data=data)
+    run, _ = trained_run
+    bare = tmp_path / "bare"
+    (bare / "checkpoints").mkdir(parents=True)
+    (bare / "checkpoints" / "last.pt").write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    with pytest.raises(FerkitError, match="bare: cannot resume without the run's run.json and config.yaml"):
+        train.train(tiny_csv, bare, resume=True, progress=False)
+
+
+def test_too_few_rows_name_the_limits_that_cut_them(tiny_csv, tmp_path):
+    with pytest.raises(FerkitError, match="needs at least 2 Training and 1 PublicTest rows \\(found 1 and 3 with "
+                                          "train_limit=1 and val_limit=3\\)"):
+        train.train(tiny_csv, tmp_path / "r", {"train_limit": 1, "val_limit": 3}, progress=False)

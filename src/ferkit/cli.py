@@ -110,12 +110,13 @@ def _cmd_label(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from ferkit.compare import compare
+    from ferkit.compare import compare, model_label
 
     result = compare(args.run_dir, args.labels, args.out, data=args.data, device=args.device, tta=args.tta,
                      resamples=args.bootstrap, seed=args.seed)
+    network = model_label(result)
     print(f"{result['n']} faces ({result['sample_n']} in the sample); 95% intervals in brackets")
-    for key, name in (("human", "human"), ("cnn", "CNN")):
+    for key, name in (("human", "human"), ("cnn", network)):
         scores = result[key]
         acc_low, acc_high = scores["accuracy_ci95"]
         f1_low, f1_high = scores["macro_f1_ci95"]
@@ -123,8 +124,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
               f"macro F1 {scores['macro_f1']:.3f} [{f1_low:.3f}, {f1_high:.3f}]")
     kappas = {k: "n/a" if v is None else f"{v:.3f}" for k, v in result["kappa"].items()}
     test = result["mcnemar"]
-    print(f"  kappa human-truth {kappas['human_vs_truth']}, human-CNN {kappas['human_vs_cnn']}; McNemar exact "
-          f"p = {test['p_value']:.4g} (human right, CNN wrong: {test['human_correct_cnn_wrong']}; the reverse: "
+    print(f"  kappa human-truth {kappas['human_vs_truth']}, human-{network} {kappas['human_vs_cnn']}; McNemar exact "
+          f"p = {test['p_value']:.4g} (human right, {network} wrong: {test['human_correct_cnn_wrong']}; the reverse: "
           f"{test['human_wrong_cnn_correct']})")
     print(f"wrote {args.out}/comparison.json, confusion_matrices.png, disagreements.png, faces.csv")
 

@@ -228,19 +228,25 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
 
     destination = output_folder(out)
     _write_faces_csv(destination / "faces.csv", labels, y_true, human, cnn, probs)
+    network = model_label(result)  # the keys say cnn; the figures name what the run trained
     titles = tuple(f"{name}: accuracy {result[key]['accuracy']:.3f}, macro F1 {result[key]['macro_f1']:.3f}"
-                   for key, name in (("human", "human"), ("cnn", "CNN")))
+                   for key, name in (("human", "human"), ("cnn", network)))
     confusion_figure(np.array(result["human"]["confusion_matrix"]), np.array(result["cnn"]["confusion_matrix"]),
                      destination / "confusion_matrices.png", titles=titles,
-                     suptitle=f"Human versus CNN on the same {n} PrivateTest faces (rows: truth; cells: count and "
-                              "row share)")
+                     suptitle=f"Human versus {network} on the same {n} PrivateTest faces (rows: truth; cells: count "
+                              "and row share)")
     disagree = np.flatnonzero(human != cnn)
     disagreement_figure(dataset.images[labels.rows[disagree]], y_true[disagree], human[disagree], cnn[disagree],
                         [int(i) for i in labels.index[disagree]], destination / "disagreements.png", total=n,
-                        limit=max_faces_shown)
+                        limit=max_faces_shown, network=network)
     result["disagreements"] = int(len(disagree))
     write_json(destination / "comparison.json", result)
     return result
+
+
+def model_label(result: dict[str, Any]) -> str:
+    """How messages and figures name the compared network: CNN, or MLP for an MLP run."""
+    return str(result.get("model", {}).get("name") or "cnn").upper()
 
 
 def _write_faces_csv(path: Path, labels, y_true: np.ndarray, human: np.ndarray, cnn: np.ndarray,
@@ -273,8 +279,8 @@ def confusion_figure(human: np.ndarray, cnn: np.ndarray, path: str | os.PathLike
 
 def disagreement_figure(images: np.ndarray, truth: np.ndarray, human: np.ndarray, cnn: np.ndarray,
                         index: Sequence[int], path: str | os.PathLike, total: int, limit: int = 48,
-                        columns: int = 8) -> Path:
-    """The faces where human and CNN disagree, each with its truth, the human's and the CNN's answer."""
+                        columns: int = 8, network: str = "CNN") -> Path:
+    """The faces where human and `network` disagree, each with its truth, the human's and the network's answer."""
     from ferkit.visualize import plt, save
 
     count = len(truth)
@@ -282,7 +288,7 @@ def disagreement_figure(images: np.ndarray, truth: np.ndarray, human: np.ndarray
     if shown == 0:
         fig, ax = plt.subplots(figsize=(6, 1.2))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"the human and the CNN agree on all {total} faces", ha="center", va="center")
+        ax.text(0.5, 0.5, f"the human and the {network} agree on all {total} faces", ha="center", va="center")
         return save(fig, path)
     cols = min(columns, shown)
     rows = math.ceil(shown / cols)
@@ -297,8 +303,8 @@ def disagreement_figure(images: np.ndarray, truth: np.ndarray, human: np.ndarray
         mark = {True: "right", False: "wrong"}
         ax.set_title(f"#{index[k]} truth {EMOTIONS[truth[k]]}\n"
                      f"human {EMOTIONS[human[k]]} ({mark[bool(human[k] == truth[k])]})\n"
-                     f"CNN {EMOTIONS[cnn[k]]} ({mark[bool(cnn[k] == truth[k])]})", fontsize=6.5)
+                     f"{network} {EMOTIONS[cnn[k]]} ({mark[bool(cnn[k] == truth[k])]})", fontsize=6.5)
     more = f" (the first {shown} shown)" if shown < count else ""
-    fig.suptitle(f"The {count} of {total} faces where the human and the CNN disagree{more} "
+    fig.suptitle(f"The {count} of {total} faces where the human and the {network} disagree{more} "
                  "(#: the face's index in labels.csv)", fontsize=10)
     return save(fig, path)

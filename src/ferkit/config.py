@@ -157,6 +157,8 @@ def _parse_value(name: str, text: Any, default: Any) -> Any:
             return int(value) if isinstance(default, int) else value
         return str(text)
     except (TypeError, ValueError):
+        if text is None:  # `epochs:` with nothing after it in a YAML file
+            raise FerkitError(f"config key {name!r} has no value") from None
         kind = "true/false" if isinstance(default, bool) else "comma-separated integers" if isinstance(default, tuple) \
             else "whole number" if isinstance(default, int) else "finite number" if isinstance(default, float) \
             else "text"
@@ -164,36 +166,33 @@ def _parse_value(name: str, text: Any, default: Any) -> Any:
 
 
 def resolve(profile: str | None = None, config_file: str | os.PathLike | None = None,
-            overrides: list[str] | dict[str, Any] | None = None, **explicit: Any) -> TrainConfig:
-    """Build a TrainConfig from defaults, a profile, a YAML file and key=value overrides."""
+            overrides: list[str] | dict[str, Any] | None = None, option: str = "--set", **explicit: Any) -> TrainConfig:
+    """Build a TrainConfig from defaults, a profile, a YAML file and key=value overrides (`option`
+    names them in messages: --set, or --mlp-set for the study's MLP)."""
     defaults = TrainConfig()
     known = {f.name: getattr(defaults, f.name) for f in fields(TrainConfig)}
-    layers: list[tuple[str, dict[str, Any]]] = []
+    layers: list[tuple[dict[str, str], dict[str, Any]]] = []  # (where each key was set, values)
     if config_file:
-        try:
-            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise FerkitError(f"{config_file}: cannot read the config file ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise FerkitError(f"{config_file}: expected a mapping of key: value")
-        layers.append((str(config_file), loaded))
+        loaded, lines = _read_yaml(Path(config_file))
+        layers.append(({key: f"{config_file}, line {line}" for key, line in lines.items()}, loaded))
     if overrides:
         if isinstance(overrides, dict):
-            layers.append(("--set", dict(overrides)))
+            pairs = dict(overrides)
         else:
             pairs = {}
             for item in overrides:
                 if "=" not in item:
-                    raise FerkitError(f"--set {item!r}: expected key=value, e.g. --set epochs=5")
+                    raise FerkitError(f"{option} {item!r}: expected key=value, e.g. {option} epochs=5")
                 key, value = item.split("=", 1)
                 pairs[key.strip()] = value.strip()
-            layers.append(("--set", pairs))
-    layers.append(("argument", {k: v for k, v in explicit.items() if v is not None}))
+        layers.append((dict.fromkeys(pairs, option), pairs))
+    layers.append(({}, {k: v for k, v in explicit.items() if v is not None}))
 
-    for origin, values in layers:
+    for origins, values in layers:
         for key in values:
             if key not in known:
-                raise FerkitError(f"{origin}: unknown config key {key!r}; known keys: {', '.join(known)}")
+                raise FerkitError(f"{origins.get(key, 'argument')}: unknown config key {key!r}; known keys: "
+                                  f"{', '.join(known)}")
     # The profile is chosen first: later layers override what it sets.
     chosen = profile
     for _, values in layers:
@@ -202,9 +201,12 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     if chosen not in PROFILES:
         raise FerkitError(f"unknown profile {chosen!r}: use one of {', '.join(PROFILES)}")
     resolved = dict(known, **PROFILES[chosen], profile=chosen)
-    for _, values in layers:
+    for origins, values in layers:
         for key, value in values.items():
-            resolved[key] = _parse_value(key, value, known[key])
+            try:
+                resolved[key] = _parse_value(key, value, known[key])
+            except FerkitError as exc:
+                raise FerkitError(f"{origins[key]}: {exc}" if key in origins else str(exc)) from None
     for key, choices in _CHOICES.items():
         if resolved[key] not in choices:
             raise FerkitError(f"config key {key!r}: {resolved[key]!r} is not one of {', '.join(choices)}")
@@ -225,6 +227,32 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
         raise FerkitError(f"config key 'widths' is empty: give the channels of each stage (the default is "
                           f"{_shown_default('widths')})")
     return TrainConfig(**resolved)
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A YAML file of config keys, and the line of each key; a key given twice is refused (YAML
+    would silently keep the last)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        values = yaml.safe_load(text)
+    except OSError as exc:
+        raise FerkitError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise FerkitError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if node is None:
+        return {}, {}
+    if not isinstance(node, yaml.MappingNode):
+        raise FerkitError(f"{path}: expected a mapping of key: value")
+    lines: dict[str, int] = {}
+    for key_node, _ in node.value:
+        if key_node.value in lines:
+            raise FerkitError(f"{path}, line {key_node.start_mark.line + 1}: {key_node.value!r} is set twice (also "
+                              f"on line {lines[key_node.value]}); keep one")
+        lines[key_node.value] = key_node.start_mark.line + 1
+    return values, lines
 
 
 def auto_profile() -> str:
@@ -254,5 +282,4 @@ def save(config: TrainConfig, path: str | os.PathLike) -> None:
 
 def load(path: str | os.PathLike) -> TrainConfig:
     """Read a saved config.yaml back (all keys present)."""
-    values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    return resolve(overrides=values)
+    return resolve(config_file=path)

@@ -130,8 +130,9 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
         files = _folder_files(path)
         entries = list(_folder_entries(files))  # read once: the checksum and the faces come from the same bytes
         if not entries and (inside := [rel for rel, _ in files if rel.lower().endswith(_DATA_SUFFIXES)]):
+            which = "that file" if len(inside) == 1 else "one of them"
             raise FerkitError(f"{path}: this folder holds no face images but {', '.join(inside[:3])}"
-                              f"{' ...' if len(inside) > 3 else ''}: give that file instead of the folder")
+                              f"{' ...' if len(inside) > 3 else ''}: give {which} instead of the folder")
         dataset = _load_image_entries(entries, path, _folder_checksum(entries))
     else:
         raw = _read_bytes(path)

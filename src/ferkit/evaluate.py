@@ -109,6 +109,9 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     name = split_name(split)
     suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
     destination = output_folder(out, create=False) if out is not None else run / "eval" / (split + suffix)
+    if run.is_dir() and not (run / "run.json").exists() and not (run / "checkpoints").is_dir():
+        raise FerkitError(f"{run}: not a run folder (no run.json, no checkpoints/); give the folder that "
+                          "`ferkit train --out` wrote")
     data_path = run_data_path(run, data)
     target = pick_device(device)
     model, state = load_model(run, which=which, device=target)

@@ -420,7 +420,7 @@ def _data_section(run: Run) -> list[Any]:
     if train and sum(train):
         rare = int(np.argmin(train))
         rarity = (f"{EMOTIONS[rare]} is the rarest class ({train[rare] / sum(train):.1%} of training, "
-                  f"{max(train) / max(1, train[rare]):.0f}× fewer faces than {EMOTIONS[int(np.argmax(train))]}). ")
+                  f"{max(train) / max(1, train[rare]):.1f}× fewer faces than {EMOTIONS[int(np.argmax(train))]}). ")
     else:
         rarity = ""
     handling = {

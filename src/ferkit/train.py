@@ -266,6 +266,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
                               "(drop --model/--profile/--config/--set)")
         if not last_path.exists():
             raise FerkitError(f"{out}: nothing to resume (no checkpoints/last.pt); start it without --resume")
+        if not (out / "run.json").is_file() or not (out / "config.yaml").is_file():
+            raise FerkitError(f"{out}: cannot resume without the run's run.json and config.yaml, which `ferkit train` "
+                              "wrote first; restore them, or start a new run in another folder")
         run_info = read_json(out / "run.json")
         if "finished" in run_info:  # nothing left to train: the record stays as it is
             if progress:
@@ -298,8 +301,11 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     if cfg.val_limit:
         val_idx = val_idx[:cfg.val_limit]
     if len(train_idx) < 2 or len(val_idx) < 1:
-        raise FerkitError(f"{data_path}: training needs Training and PublicTest rows "
-                          f"(found {len(train_idx)} and {len(val_idx)})")
+        limits = [f"{key}={value}" for key, value in (("train_limit", cfg.train_limit), ("val_limit", cfg.val_limit))
+                  if value]
+        raise FerkitError(f"{data_path}: training needs at least 2 Training and 1 PublicTest rows (found "
+                          f"{len(train_idx)} and {len(val_idx)}" + (f" with {' and '.join(limits)}" if limits else "")
+                          + ")")
 
     model = get_model(cfg.model, **cfg.model_kwargs()).to(device)
     model = model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
@@ -375,9 +381,11 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
             bar.close()
             # nothing of this epoch is saved: last.pt keeps the previous one, which --resume would only repeat
+            where = "in a new --out folder (this one keeps the epochs before)" if last_path.exists() else \
+                "(the same --out will do: nothing was saved)"
             raise FerkitError(f"training diverged in epoch {epoch}: the training loss is {row['train_loss']}, the "
                               f"validation loss {row['val_loss']}; start again with a lower learning rate "
-                              f"(now --set lr={cfg.lr}) in a new --out folder")
+                              f"(now --set lr={cfg.lr}) {where}")
         history.append(row)
         score = row[cfg.select_by]
         improved = score > best_score
