@@ -369,11 +369,17 @@ def test_image_folder_follows_linked_folders_and_names_broken_links(tmp_path):
     (root / "test").symlink_to(elsewhere / "test")
     (root / "test" / "loop").symlink_to(root)  # a link back up is not followed
     assert_faces(load(root, cache=False), faces)
+    (root / "train" / "itself").symlink_to("itself")  # no face name: nothing to read
+    assert_faces(load(root), faces)  # and now cached
     broken = root / "train" / FOLDERS[0] / "Training_4999999.png"
     broken.parent.mkdir(exist_ok=True)
     broken.symlink_to(tmp_path / "gone.png")
-    with pytest.raises(FerkitError, match="Training_4999999.png: cannot read this image"):
-        load(root, cache=False)
+    with pytest.raises(FerkitError, match="Training_4999999.png: a link to nothing"):
+        load(root)  # the cache must not hide it
+    broken.unlink()
+    os.mkfifo(broken)  # reading it would wait forever
+    with pytest.raises(FerkitError, match="Training_4999999.png: not a regular file"):
+        load(root)
 
 
 def test_a_linked_image_in_a_tar_is_read(tmp_path):
@@ -388,6 +394,17 @@ def test_a_linked_image_in_a_tar_is_read(tmp_path):
     loaded = load(dest, cache=False)
     assert len(loaded) == 5 and loaded.paths[-1].endswith("_99999.png")
     np.testing.assert_array_equal(loaded.images[-1], faces.images[0])
+
+
+def test_a_face_named_tar_member_that_is_no_file_is_refused(tmp_path):
+    faces = make_faces(n=4, seed=17)
+    dest = write_export(tmp_path / "images.tar", faces, "tar")
+    with tarfile.open(dest, "a") as archive:
+        info = tarfile.TarInfo("train/angry/Training_77778.png")
+        info.type, info.linkname = tarfile.SYMTYPE, "../angry"  # a link to a folder
+        archive.addfile(info)
+    with pytest.raises(DataFormatError, match="Training_77778.png is no image file in the archive \\(it links to "):
+        load(dest, cache=False)
 
 
 def test_a_tar_cut_between_two_members_is_called_truncated(tmp_path):
@@ -424,6 +441,15 @@ def test_no_output_goes_inside_an_image_folder_dataset(tmp_path, capsys):
                  ["train", str(root), "--out", str(root / "run")], ["run", str(root), "--out", str(root / "study")]):
         assert cli.main(argv) == 2
         assert f"--out {argv[3]}: is inside the image folder {root}" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert cli.main(["train", str(root), "--out", str(run), "--set", "epochs=1", "--set", "widths=4,8"]) == 0
+    assert cli.main(["evaluate", str(run), "--out", str(root / "eval")]) == 2
+    assert "is inside the image folder" in capsys.readouterr().err
+    link = tmp_path / "link"
+    link.symlink_to(root)  # the same folder by another name
+    for argv in (["data", str(link), "--out", str(root / "o")], ["data", str(root), "--out", str(link / "o")]):
+        assert cli.main(argv) == 2
+        assert "is inside the image folder" in capsys.readouterr().err
     assert sorted(p.name for p in root.iterdir()) == ["test", "train"]
     assert len(load(root, cache=False)) == 6
 
@@ -678,6 +704,22 @@ def test_the_problems_kept_are_the_first_in_the_file_whichever_pass_found_them(t
         load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
     lines = [p.line for p in info.value.problems]
     assert info.value.total == 61 and lines == [3] + list(range(12, 12 + fdata._MAX_PROBLEMS_KEPT - 1))
+
+
+def test_pixels_padded_to_four_digits_load_as_their_values(tmp_path):
+    faces = make_faces(n=4, seed=30)
+    rows = rows_of(faces)
+    for row in rows:
+        row[2] = " ".join(f"{int(v):04d}" for v in row[2].split())
+    assert_faces(load(write_file(tmp_path / "padded.csv", fer_csv(rows)), cache=False), faces)
+
+
+def test_binary_with_many_zero_bytes_is_not_called_utf16(tmp_path):
+    path = tmp_path / "labels.csv"
+    np.save(path.with_suffix(".npy"), np.arange(600))  # int64: a zero in every other byte, and more
+    path.write_bytes(path.with_suffix(".npy").read_bytes())
+    with pytest.raises(DataFormatError, match="is binary data: this is not a text CSV"):
+        load(path, cache=False)
 
 
 @pytest.mark.parametrize("flaw", ["tabs", "16-bit values"])

@@ -952,11 +952,21 @@ def test_config_file_must_be_a_mapping_of_values(tmp_path):
     path.write_text("epochs: 2\nlr: 0.1\nepochs: 3\n")  # YAML itself would keep the 3 without a word
     with pytest.raises(FerkitError, match="c.yaml, line 3: 'epochs' is set twice \\(also on line 1\\); keep one"):
         config.resolve(config_file=path)
+    path.write_text("epochs: 3\nlr: -1\nschedule: cosine\n")
+    with pytest.raises(FerkitError, match=r"c.yaml, line 2: config key 'lr': -1.0 must be in \[0, 100\]"):
+        config.resolve(config_file=path)
+    path.write_bytes(b"epochs: 3\n# caf\xe9\n")
+    with pytest.raises(FerkitError, match="c.yaml: byte 16 is not UTF-8 text"):
+        config.resolve(config_file=path)
     path.write_text("")
     assert config.resolve(config_file=path) == config.resolve()
 
 
 def test_override_mistakes_name_the_option_that_made_them():
+    with pytest.raises(FerkitError, match=r"--mlp-set: config key 'lr': -1.0 must be in \[0, 100\]"):
+        config.resolve(overrides=["lr=-1"], option="--mlp-set")
+    with pytest.raises(FerkitError, match="--mlp-set: config key 'schedule': 'x' is not one of"):
+        config.resolve(overrides=["schedule=x"], option="--mlp-set")
     with pytest.raises(FerkitError, match="--mlp-set: unknown config key 'epoch'"):
         config.resolve(overrides=["epoch=2"], option="--mlp-set")
     with pytest.raises(FerkitError, match="--mlp-set: config key 'epochs': 'x' is not a valid whole number"):

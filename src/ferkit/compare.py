@@ -26,7 +26,7 @@ from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import recorded_data_path
-from ferkit.fileio import output_folder, read_json, write_csv, write_json
+from ferkit.fileio import output_folder, read_json, require_outside, write_csv, write_json
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
@@ -173,7 +173,9 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
     check_seed(seed)
     output_folder(out, create=False)  # a bad --out stops before the work below
     run, labels_path = Path(run_dir), Path(labels_csv)
-    dataset = fdata.load(_resolve_data(labels_path, run, data))
+    data_path = _resolve_data(labels_path, run, data)
+    require_outside(data_path, out)
+    dataset = fdata.load(data_path)
     labels = read_labels(labels_path, dataset)
     if len(labels) < 1:
         raise FerkitError(f"{labels_path} holds no answers yet: label some faces with `ferkit label` first")

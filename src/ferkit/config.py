@@ -201,20 +201,27 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     if chosen not in PROFILES:
         raise FerkitError(f"unknown profile {chosen!r}: use one of {', '.join(PROFILES)}")
     resolved = dict(known, **PROFILES[chosen], profile=chosen)
+    set_by: dict[str, str] = {}  # where the value each key ends with was given, for the messages
+
+    def where(key: str) -> str:
+        return f"{set_by[key]}: " if key in set_by else ""
+
     for origins, values in layers:
         for key, value in values.items():
+            if key in origins:
+                set_by[key] = origins[key]
             try:
                 resolved[key] = _parse_value(key, value, known[key])
             except FerkitError as exc:
-                raise FerkitError(f"{origins[key]}: {exc}" if key in origins else str(exc)) from None
+                raise FerkitError(f"{where(key)}{exc}") from None
     for key, choices in _CHOICES.items():
         if resolved[key] not in choices:
-            raise FerkitError(f"config key {key!r}: {resolved[key]!r} is not one of {', '.join(choices)}")
+            raise FerkitError(f"{where(key)}config key {key!r}: {resolved[key]!r} is not one of {', '.join(choices)}")
     for key, (allowed, rule) in _RANGES.items():
         values = resolved[key] if isinstance(resolved[key], tuple) else (resolved[key],)
         if not all(allowed(v) for v in values):
             shown = ",".join(map(str, values)) if isinstance(resolved[key], tuple) else resolved[key]
-            raise FerkitError(f"config key {key!r}: {shown} {rule} (the default is "
+            raise FerkitError(f"{where(key)}config key {key!r}: {shown} {rule} (the default is "
                               f"{_shown_default(key)})")
     from ferkit.models import list_models  # models imports this module, so not at the top
 
@@ -238,6 +245,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         values = yaml.safe_load(text)
     except OSError as exc:
         raise FerkitError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise FerkitError(f"{path}: byte {exc.start + 1} is not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""

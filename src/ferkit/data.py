@@ -257,12 +257,17 @@ def _tar_entries(raw: bytes, path: Path) -> Iterator[tuple[str, bytes]]:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
             for member in archive:
                 name = posixpath.normpath(member.name)  # `tar -cf x.tar .` stores ./train/...
-                if (member.isfile() or member.islnk() or member.issym()) and _is_face_file(name):
-                    try:
-                        yield name, archive.extractfile(member).read()
-                    except KeyError:  # how tarfile says a link's target is missing
-                        raise DataFormatError(str(path), [Problem(None, None, f"{name} links to {member.linkname}, "
-                                                                              "which is not in the archive")]) from None
+                if member.isdir() or not _is_face_file(name):
+                    continue
+                try:
+                    content = archive.extractfile(member)
+                except KeyError:  # how tarfile says a link's target is missing
+                    content = None
+                if content is None:  # a link to nothing or to a folder, a pipe, a device
+                    raise DataFormatError(str(path), [Problem(None, None, f"{name} is no image file in the archive"
+                                                                          + (f" (it links to {member.linkname})"
+                                                                             if member.linkname else ""))])
+                yield name, content.read()
             end = archive.offset
     except (tarfile.TarError, EOFError) as exc:
         raise corrupt(f"corrupt or truncated ({exc})") from None
@@ -271,26 +276,34 @@ def _tar_entries(raw: bytes, path: Path) -> Iterator[tuple[str, bytes]]:
         raise corrupt("truncated: it ends without the end-of-archive marker (an interrupted download?)")
 
 
+_SYSTEM_FOLDERS = ("lost+found",)  # at the root of a drive, unreadable, never a dataset's
+
+
 def _folder_files(root: Path) -> list[tuple[str, Path]]:
-    """Every file under `root` as (relative path, path), in path order. Linked folders are followed
-    (a link back to a folder above is not), and a broken link is listed so that reading it fails loudly."""
+    """Every entry under `root` but folders, as (relative path, path), in path order. Linked folders
+    are followed (a link back to a folder above is not); hidden and system folders are not entered;
+    a broken link, a pipe and the like are listed, so that a face among them is refused, not skipped."""
     files = []
 
     def visit(folder: Path, rel: str, above: frozenset[tuple[int, int]]) -> None:
-        info = folder.stat()
+        try:
+            info = folder.stat()
+            children = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise FerkitError(f"{root / rel}: cannot read this folder ({exc.strerror})") from None
         here = (info.st_dev, info.st_ino)
         if here in above:
             return
-        try:
-            children = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError as exc:
-            raise FerkitError(f"{folder}: cannot read this folder ({exc.strerror})") from None
         for child in children:
             child_rel = f"{rel}/{child.name}" if rel else child.name
-            if child.is_dir():
-                visit(Path(child.path), child_rel, above | {here})
-            elif child.is_file() or child.is_symlink():
+            try:
+                is_folder = child.is_dir()
+            except OSError:  # a link to itself
+                is_folder = False
+            if not is_folder:
                 files.append((child_rel, Path(child.path)))
+            elif not _is_junk(child.name) and child.name not in _SYSTEM_FOLDERS:
+                visit(Path(child.path), child_rel, above | {here})
 
     visit(root, "", frozenset())
     return sorted(files, key=lambda item: item[0].split("/"))  # the order Path sorting gave: checksums stay
@@ -299,6 +312,9 @@ def _folder_files(root: Path) -> list[tuple[str, Path]]:
 def _folder_entries(files: list[tuple[str, Path]]) -> Iterator[tuple[str, bytes]]:
     for rel, file in files:
         if _is_face_file(rel):
+            if not file.is_file():  # reading a pipe would wait forever
+                what = "a link to nothing" if file.is_symlink() else "not a regular file"
+                raise FerkitError(f"{file}: {what}; remove it or put the face image in its place")
             try:
                 yield rel, file.read_bytes()
             except OSError as exc:
@@ -503,7 +519,7 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
 
 def _reject_binary(raw: bytes, start: int, name: str) -> None:
     head = raw[start:start + 65536]
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) >= 64 and head[1::2].count(0) > len(head) // 4):
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or _looks_utf16(head):
         raise DataFormatError(name, [Problem(None, None, "the file is UTF-16 text: save it as UTF-8 (or plain ASCII), "
                                                          "as Kaggle's file is")])
     bad = next((i for i, b in enumerate(head) if b < 9 or 13 < b < 32 or b == 127), None)
@@ -519,6 +535,14 @@ def _reject_binary(raw: bytes, start: int, name: str) -> None:
     line = head.count(b"\n", 0, bad) + 1
     column = bad - (head.rfind(b"\n", 0, bad) + 1) + 1
     raise DataFormatError(name, [Problem(line, column, f"byte 0x{head[bad]:02x} {what}")])
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """UTF-16 text without a BOM: every other byte 0, the others printable ASCII (not any binary)."""
+    if len(head) < 64:
+        return False
+    text_bytes = set(range(32, 127)) | {9, 10, 13}
+    return any(not any(head[zeros::2]) and set(head[1 - zeros::2]) <= text_bytes for zeros in (0, 1))
 
 
 def _column_order(columns: list[bytes], header: bytes, name: str) -> tuple[int, int, int]:
@@ -634,7 +658,10 @@ def _parse_pixels(raw: bytes, line_starts: np.ndarray, pix_starts: np.ndarray, p
             problems.add(int(rows_lines[i]), None,
                          f"has {counts[row]} pixel values, expected {N_PIXELS} (48x48)" + _truncation_hint(at_end))
         over = values > 255
-        suspect = over | ((tens < 10) & (hundreds < 10) & (work[ends] < 10))  # or 4+ digits: "0042" is fine
+        four_or_more = (tens < 10) & (hundreds < 10) & (work[ends] < 10)
+        # exactly four digits, the first a 0 ("0042"): the three read are the value; only longer ones need a look
+        padded = four_or_more & (work[ends] == 0) & (work[np.maximum(ends - 1, 0)] >= 10)
+        suspect = over | (four_or_more & ~padded)
         if suspect.any():
             _report_out_of_range(raw, ends[suspect] + base + _PAD, over[suspect], r0, line_starts, pix_starts,
                                  rows_lines, problems)
@@ -729,11 +756,15 @@ def _stat_key(path: Path) -> str:
     path = path.resolve()
     if path.is_dir():
         digest = hashlib.sha256()
-        for rel, file in _folder_files(path):
+        try:
+            files = _folder_files(path)
+        except FerkitError:
+            return f"dir:{path}:unreadable:{time.time_ns()}"  # no cache hit: the load that follows says why
+        for rel, file in files:
             try:
                 st = file.stat()
-            except OSError:
-                continue  # a broken link: the load that follows names it
+            except OSError:  # a broken link: it changes the key too, and the load that follows names it
+                st = file.lstat()
             digest.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
         return f"dir:{path}:{digest.hexdigest()}"
     st = path.stat()

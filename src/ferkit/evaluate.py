@@ -15,7 +15,7 @@ from sklearn.metrics import (accuracy_score, classification_report, confusion_ma
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import (atomic_path, is_run_folder, output_folder, read_json, require_run_folder,
+from ferkit.fileio import (atomic_path, is_run_folder, output_folder, read_json, require_outside, require_run_folder,
                            run_folder_around, write_json, write_text)
 
 SPLIT_NAMES = {alias: fdata.SPLIT_ALIASES[alias] for alias in ("test", "val")}  # never evaluated on Training
@@ -113,6 +113,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
         raise FerkitError(f"{run}: not a run folder (no run.json, no checkpoints/); give the folder that "
                           "`ferkit train --out` wrote")
     data_path = run_data_path(run, data)
+    require_outside(data_path, destination)
     target = pick_device(device)
     model, state = load_model(run, which=which, device=target)
     dataset = fdata.load(data_path)
@@ -196,7 +197,9 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             again = "" if str(first) == str(member) else f" (again as {member})"
             raise FerkitError(f"{first} is listed twice{again}; each member counts once in the average")
     output = output_folder(out, create=False)
-    dataset = fdata.load(_ensemble_data_path(Path(members[0]), data))
+    data_path = _ensemble_data_path(Path(members[0]), data)
+    require_outside(data_path, output)
+    dataset = fdata.load(data_path)
     target = pick_device(device)
     name = split_name(split)
     rows = dataset.indices(name)

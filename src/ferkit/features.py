@@ -29,7 +29,7 @@ from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import recorded_data_path, run_data_path
-from ferkit.fileio import output_folder, write_csv, write_json
+from ferkit.fileio import output_folder, require_outside, write_csv, write_json
 from ferkit.models import has_conv_layers, preprocess
 from ferkit.visualize import plt, save
 
@@ -560,7 +560,9 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
     model, checkpoint = load_model(run, device=target)
     require_cnn(model, checkpoint.get("model_name"))
     model = model.to(memory_format=torch.channels_last)  # about 1.7x faster convolutions on a CPU
-    dataset = fdata.load(run_data_path(run, data))
+    data_path = run_data_path(run, data)
+    require_outside(data_path, out)
+    dataset = fdata.load(data_path)
     fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run))
     rows = dataset.indices(SPLIT)
     if len(rows) == 0:

@@ -72,7 +72,7 @@ def run_folder_around(path: str | os.PathLike) -> Path | None:
 def require_outside(data: str | os.PathLike, path: str | os.PathLike, option: str = "--out") -> None:
     """Stop when `path` lies in the image-folder dataset `data`: the figures written there would be
     read as faces by the next load, which then refuses the folder."""
-    folder, target = Path(os.path.abspath(data)), Path(os.path.abspath(path))
+    folder, target = Path(os.path.realpath(data)), Path(os.path.realpath(path))  # links lead there too
     if folder.is_dir() and (target == folder or folder in target.parents):
         raise FerkitError(f"{option} {path}: is inside the image folder {data}, where every image must be a face; "
                           "write outside it")

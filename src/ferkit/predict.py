@@ -149,15 +149,15 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
 def _require_apart(folder: Path, inputs: Iterable[str | os.PathLike], files: list[Path]) -> None:
     """Stop unless the annotated copies can neither replace a photo nor be read as photos next time."""
     target = folder.resolve()
-    for item in inputs:
+    for item in inputs:  # a folder given is searched recursively, so its subfolders are out too
         path = Path(item).resolve()
         if path.is_dir() and (path == target or path in target.parents):
-            raise FerkitError(f"--annotate {folder}: this folder is in the photos' folder {item}, so the annotated "
-                              "copies would be read as photos next time, or replace photos of the same name; "
-                              "pick a folder outside it")
+            raise FerkitError(f"--annotate {folder}: this folder is or lies in {item}, whose photos are classified; "
+                              "the annotated copies would replace photos of the same name, or be read as photos "
+                              "next time: pick a folder outside it")
     if any(file.resolve().parent == target for file in files):
         raise FerkitError(f"--annotate {folder}: this folder holds photos given to classify, which the annotated "
-                          "copies would replace; pick another folder")
+                          "copies would replace: pick another folder")
 
 
 def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.DataFrame, folder: Path) -> None:
