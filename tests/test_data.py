@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from ferkit import cli
-from ferkit.data import EMOTIONS, N_PIXELS, SPLITS, Dataset, counts_table, load, summarize
+from ferkit.data import EMOTIONS, FER2013_COUNTS, N_PIXELS, SPLITS, Dataset, counts_table, load, summarize
 from ferkit.errors import DataFormatError, FerkitError
 
 FOLDERS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -909,13 +909,27 @@ def test_cli_data_success(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["data", str(path), "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert captured.err == ""
+    sizes = ", ".join(str(int(np.sum(faces.splits == i))) for i in range(3))
+    assert captured.err == ("note: FER2013 has 28,709 Training, 3,589 PublicTest, 3,589 PrivateTest faces; this file "
+                            f"has {sizes}: a subset, or a file cut short?\n")
     assert f"{len(faces)} faces" in captured.out and "Neutral" in captured.out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rows"] == len(faces) and not summary["from_cache"]
+    assert summary["rows"] == len(faces) and not summary["from_cache"] and len(summary["notes"]) == 1
     assert cli.main(["data", str(path), "--out", str(out)]) == 0
     assert "(cache)" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["from_cache"] is True
+
+
+@pytest.mark.parametrize("ending, noted", [(b"", True), (b"\n", False), (b'"', False)])
+def test_a_file_that_may_have_lost_its_last_digits_is_noted(tmp_path, ending, noted):
+    rows = rows_of(make_faces(n=4, seed=42))
+    raw = fer_csv(rows, trailing_newline=False, quoted=ending == b'"') + ending.strip(b'"')
+    path = write_file(tmp_path / "faces.csv", raw)
+    for cached in (False, True):  # the cache keeps the note
+        dataset = load(path, cache_dir=tmp_path / "cache")
+        assert dataset.from_cache is cached
+        assert bool(dataset.notes) is noted
+        assert not noted or dataset.notes[0].endswith("the last face (line 5) may have lost pixel digits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -948,6 +962,7 @@ def test_shared_csv_has_the_official_counts(shared_csv):
     assert len(shared_csv) == 35887
     assert shared_csv.images.shape == (35887, 48, 48) and shared_csv.images.dtype == np.uint8
     assert shared_csv.counts() == OFFICIAL_COUNTS
+    assert [sum(c) for c in OFFICIAL_COUNTS.values()] == list(FER2013_COUNTS.values()) and shared_csv.notes == []
     np.testing.assert_array_equal(shared_csv.lines, np.arange(2, 35887 + 2))
     assert shared_csv.images.size == 35887 * N_PIXELS
 

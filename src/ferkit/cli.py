@@ -18,6 +18,8 @@ def _cmd_data(args: argparse.Namespace) -> None:
     print(f"{summary['source']}: {summary['rows']:,} faces, sha256 {summary['sha256'][:16]}..., "
           f"loaded in {summary['load_seconds']:.2f} s{' (cache)' if summary['from_cache'] else ''}")
     print(counts_table(summary["counts"]))
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {args.out}/summary.json, samples.png, class_balance.png")
 
 

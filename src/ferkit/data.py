@@ -38,7 +38,9 @@ SPLITS = ("Training", "PublicTest", "PrivateTest")
 SPLIT_ALIASES = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 IMAGE_SIZE = 48
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-CACHE_VERSION = 2  # 2: meta.json says "layout" (was "kind")
+CACHE_VERSION = 3  # 2: meta.json says "layout" (was "kind"); 3: and keeps the notes
+# The published split sizes: a file with others is a subset, or was cut short
+FER2013_COUNTS = {"Training": 28_709, "PublicTest": 3_589, "PrivateTest": 3_589}
 _MAX_PROBLEMS_KEPT = 50
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _DATA_SUFFIXES = (".csv", ".gz", ".xz", ".bz2", ".zip", ".tar")  # what a folder without faces may hold instead
@@ -58,6 +60,7 @@ class Dataset:
     load_seconds: float = 0.0
     from_cache: bool = False
     layout: str = field(default="csv")  # "csv" or "images"
+    notes: list[str] = field(default_factory=list)  # what a user should know that is no error
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -513,8 +516,13 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
         raise DataFormatError(name, problems.kept, problems.total)
     if not labels:
         raise DataFormatError(name, [Problem(None, None, "the file has a header but no rows of faces")])
+    notes = []
+    if raw[-1:].isdigit():  # no line break after the last number: it may have lost digits to a cut
+        notes.append(f"the file does not end with a line break, as FER2013's files do: if it was cut short (an "
+                     f"interrupted download), the last face (line {rows_lines[-1]}) may have lost pixel digits")
     return Dataset(images=images, labels=np.array(labels, dtype=np.int64), splits=np.array(splits, dtype=np.int8),
-                   source=name, sha256=checksum, lines=np.array(rows_lines, dtype=np.int64), layout="csv")
+                   source=name, sha256=checksum, lines=np.array(rows_lines, dtype=np.int64), layout="csv",
+                   notes=notes)
 
 
 def _reject_binary(raw: bytes, start: int, name: str) -> None:
@@ -800,7 +808,7 @@ class _Cache:
             arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in meta["arrays"]}
             return Dataset(images=arrays["images"], labels=arrays["labels"], splits=arrays["splits"],
                            source=meta["source"], sha256=checksum, lines=arrays.get("lines"), paths=meta.get("paths"),
-                           layout=meta["layout"], from_cache=True)
+                           layout=meta["layout"], notes=meta["notes"], from_cache=True)
         except (OSError, ValueError, KeyError, TypeError):
             return None  # missing or damaged: parse the file again
 
@@ -816,7 +824,8 @@ class _Cache:
         arrays = {"images": dataset.images, "labels": dataset.labels, "splits": dataset.splits}
         if dataset.lines is not None:
             arrays["lines"] = dataset.lines
-        meta = {"source": dataset.source, "layout": dataset.layout, "arrays": list(arrays), "paths": dataset.paths}
+        meta = {"source": dataset.source, "layout": dataset.layout, "arrays": list(arrays), "paths": dataset.paths,
+                "notes": dataset.notes}
         folder = self._folder(dataset.sha256)
         tmp = None
         try:
@@ -853,6 +862,12 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
     dataset = load(path, cache=cache)
     out = output_folder(out_dir)
     counts = dataset.counts()
+    sizes = [sum(counts[split]) for split in SPLITS]
+    notes = list(dataset.notes)
+    if sizes != list(FER2013_COUNTS.values()):
+        published = ", ".join(f"{n:,} {split}" for split, n in FER2013_COUNTS.items())
+        notes.append(f"FER2013 has {published} faces; this file has {', '.join(f'{n:,}' for n in sizes)}: a subset, "
+                     "or a file cut short?")
     summary = {
         "source": str(path),
         "sha256": dataset.sha256,
@@ -862,6 +877,7 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
         "counts": counts,
         "load_seconds": round(dataset.load_seconds, 4),
         "from_cache": dataset.from_cache,
+        "notes": notes,
     }
     write_json(out / "summary.json", summary)
     train = dataset.indices("Training")
