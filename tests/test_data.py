@@ -407,6 +407,17 @@ def test_a_face_named_tar_member_that_is_no_file_is_refused(tmp_path):
         load(dest, cache=False)
 
 
+def test_an_old_tar_without_the_ustar_mark_is_read(tmp_path):
+    faces = make_faces(n=4, seed=18)
+    raw = bytearray(write_export(tmp_path / "images.tar", faces, "tar").read_bytes())
+    raw[257:265] = bytes(8)  # `tar --format=v7` writes no magic and no version
+    raw[148:156] = b" " * 8
+    raw[148:156] = f"{sum(raw[:512]):06o}\0 ".encode()
+    path = tmp_path / "old.tar"
+    path.write_bytes(bytes(raw))
+    assert_faces(load(path, cache=False), faces)
+
+
 def test_a_tar_cut_between_two_members_is_called_truncated(tmp_path):
     faces = make_faces(n=6, seed=18)
     whole = write_export(tmp_path / "images.tar", faces, "tar").read_bytes()

@@ -205,9 +205,20 @@ def _load_bytes(raw: bytes, path: Path, checksum: str) -> Dataset:
         return _load_zip(raw, path, checksum)
     if raw[:4] == b"PK\x05\x06":
         raise DataFormatError(str(path), [Problem(None, None, "the zip archive is empty; download the data again")])
-    if len(raw) > 262 and raw[257:262] == b"ustar":
+    if len(raw) > 262 and raw[257:262] == b"ustar" or _is_old_tar(raw):
         return _load_image_entries(_tar_entries(raw, path), path, checksum)
     return _parse_csv(raw, str(path), checksum)
+
+
+def _is_old_tar(raw: bytes) -> bool:
+    """A tar without the ustar mark (`tar --format=v7`): its first header's checksum is right."""
+    if len(raw) < 512:
+        return False
+    try:
+        stored = int(raw[148:156].strip(b"\0 "), 8)
+    except ValueError:
+        return False
+    return stored == sum(raw[:148]) + 8 * 32 + sum(raw[156:512])  # the checksum field counts as spaces
 
 
 def _decompress(fn: Callable[[bytes], bytes], raw: bytes, path: Path, kind: str) -> bytes:
