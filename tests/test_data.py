@@ -690,6 +690,14 @@ def test_problems_are_reported_in_line_order(tmp_path):
     assert [p.line for p in info.value.problems] == [3, 6]
 
 
+def test_columns_count_characters_as_an_editor_does(tmp_path):
+    rows = rows_of(make_faces(n=4, seed=31))
+    rows[0][0], rows[0][1] = "é", "Trainingx"  # two bytes, one character, before the Usage field
+    with pytest.raises(DataFormatError) as info:
+        load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
+    assert [(p.line, p.column) for p in info.value.problems] == [(2, 1), (2, 3)]
+
+
 def test_problems_beyond_those_kept_are_still_counted(tmp_path):
     from ferkit import data as fdata
 

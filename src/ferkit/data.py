@@ -505,9 +505,9 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
         label = _LABELS.get(raw[la:lb].strip().strip(b'"'))
         usage = _USAGES.get(raw[ua:ub].strip().strip(b'"'))
         if label is None:
-            problems.add(line_no, la - pos + 1, _bad_label(raw[la:lb]))
+            problems.add(line_no, _column(raw, pos, la), _bad_label(raw[la:lb]))
         if usage is None:
-            problems.add(line_no, ua - pos + 1, f"unknown Usage {_show(raw[ua:ub])}: expected Training, "
+            problems.add(line_no, _column(raw, pos, ua), f"unknown Usage {_show(raw[ua:ub])}: expected Training, "
                                                 "PublicTest or PrivateTest")
         pa, pb = _strip_field(raw, pa, pb)
         if label is None or usage is None:
@@ -697,6 +697,12 @@ _STOP_ADVICE = {  # a byte that ends a word but may not stand in the pixels: wha
 }
 
 
+def _column(raw: bytes, line_start: int, offset: int) -> int:
+    """The 1-based column of raw[offset] as an editor counts it: characters, not bytes."""
+    before = raw[line_start:offset]
+    return len(before) + 1 if before.isascii() else len(before.decode("utf-8", "replace")) + 1
+
+
 def _word_at(raw: bytes, offset: int) -> tuple[int, bytes]:
     """The word around raw[offset] (up to whitespace, a comma or a quote), and where it starts."""
     left = offset
@@ -733,10 +739,10 @@ def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts
         if byte in _STOP_ADVICE:  # name the byte, not the number beside it
             before = len(raw[int(pix_starts[i]):offset].split())
             where = f"before pixel 1" if before == 0 else f"after pixel {before} of {N_PIXELS}"
-            problems.add(line, offset - int(line_starts[i]) + 1, f"{where}, {_STOP_ADVICE[byte]}")
+            problems.add(line, _column(raw, int(line_starts[i]), offset), f"{where}, {_STOP_ADVICE[byte]}")
             continue
         left, word = _word_at(raw, offset)
-        problems.add(line, left - int(line_starts[i]) + 1,
+        problems.add(line, _column(raw, int(line_starts[i]), left),
                      f"pixel value {_show(word)} is not an integer 0-255 ({_pixel_number(raw, int(pix_starts[i]), left)})")
     return set(rows[firsts].tolist())
 
@@ -761,8 +767,9 @@ def _report_out_of_range(raw: bytes, ends: np.ndarray, over: np.ndarray, r0: int
             problems.count()
             continue
         left, word = _word_at(raw, int(ends[first]))
-        problems.add(line, left - int(line_starts[i]) + 1, f"pixel value {_show(word, 12, quote=False)} is outside "
-                                                           f"0-255 ({_pixel_number(raw, int(pix_starts[i]), left)})")
+        problems.add(line, _column(raw, int(line_starts[i]), left),
+                     f"pixel value {_show(word, 12, quote=False)} is outside 0-255 "
+                     f"({_pixel_number(raw, int(pix_starts[i]), left)})")
 
 
 # ---------------------------------------------------------------------------------------------
