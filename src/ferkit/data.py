@@ -123,14 +123,14 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
         raise FerkitError(f"{path}: not a regular file (a pipe or a device?); save the data to a file and give its path")
     started = time.perf_counter()
     store = _Cache(Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
-    stat_key = _stat_key(path)
+    files = _folder_files(path) if path.is_dir() else None  # walked once: for the cache key and for the faces
+    stat_key = _stat_key(path, files) if store is not None else ""
     if store is not None and (cached := store.get(stat_key)) is not None:
         cached.source = str(path)
         cached.load_seconds = time.perf_counter() - started
         return cached
 
-    if path.is_dir():
-        files = _folder_files(path)
+    if files is not None:
         entries = list(_folder_entries(files))  # read once: the checksum and the faces come from the same bytes
         if not entries and (inside := [rel for rel, _ in files if rel.lower().endswith(_DATA_SUFFIXES)]):
             which = "that file" if len(inside) == 1 else "one of them"
@@ -552,7 +552,7 @@ def _reject_binary(raw: bytes, start: int, name: str) -> None:
             bad = exc.start
             what = "is not UTF-8 text (the file was saved in another encoding?): save it as UTF-8"
     line = head.count(b"\n", 0, bad) + 1
-    column = bad - (head.rfind(b"\n", 0, bad) + 1) + 1
+    column = _column(head, head.rfind(b"\n", 0, bad) + 1, bad)
     raise DataFormatError(name, [Problem(line, column, f"byte 0x{head[bad]:02x} {what}")])
 
 
@@ -745,7 +745,7 @@ def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts
         byte = raw[offset]
         if byte in _STOP_ADVICE:  # name the byte, not the number beside it
             before = len(raw[int(pix_starts[i]):offset].split())
-            where = f"before pixel 1" if before == 0 else f"after pixel {before} of {N_PIXELS}"
+            where = "before pixel 1" if before == 0 else f"after pixel {before} of {N_PIXELS}"
             problems.add(line, _column(raw, int(line_starts[i]), offset), f"{where}, {_STOP_ADVICE[byte]}")
             continue
         left, word = _word_at(raw, offset)
@@ -783,16 +783,13 @@ def _report_out_of_range(raw: bytes, ends: np.ndarray, over: np.ndarray, r0: int
 # Cache: parsed arrays keyed by the data file's sha256; a stat index avoids re-hashing
 
 
-def _stat_key(path: Path) -> str:
-    """A file's identity without reading it. The change time is in it because a program can set the
-    modification time back after a same-size edit, but not the change time."""
+def _stat_key(path: Path, files: list[tuple[str, Path]] | None) -> str:
+    """A file's or a folder's identity without reading it (`files`: the folder's `_folder_files`, None
+    for a file). The change time is in it because a program can set the modification time back after
+    a same-size edit, but not the change time."""
     path = path.resolve()
-    if path.is_dir():
+    if files is not None:
         digest = hashlib.sha256()
-        try:
-            files = _folder_files(path)
-        except FerkitError:
-            return f"dir:{path}:unreadable:{time.time_ns()}"  # no cache hit: the load that follows says why
         for rel, file in files:
             try:
                 st = file.stat()

@@ -73,7 +73,7 @@ def require_outside(data: str | os.PathLike, path: str | os.PathLike, option: st
     """Stop when `path` lies in the image-folder dataset `data`: the figures written there would be
     read as faces by the next load, which then refuses the folder."""
     folder, target = Path(os.path.realpath(data)), Path(os.path.realpath(path))  # links lead there too
-    if folder.is_dir() and (target == folder or folder in target.parents):
+    if folder.is_dir() and target.is_relative_to(folder):
         raise FerkitError(f"{option} {path}: is inside the image folder {data}, where every image must be a face; "
                           "write outside it")
 

@@ -151,7 +151,7 @@ def _require_apart(folder: Path, inputs: Iterable[str | os.PathLike], files: lis
     target = folder.resolve()
     for item in inputs:  # a folder given is searched recursively, so its subfolders are out too
         path = Path(item).resolve()
-        if path.is_dir() and (path == target or path in target.parents):
+        if path.is_dir() and target.is_relative_to(path):
             raise FerkitError(f"--annotate {folder}: this folder is or lies in {item}, whose photos are classified; "
                               "the annotated copies would replace photos of the same name, or be read as photos "
                               "next time: pick a folder outside it")

@@ -32,8 +32,8 @@ from ferkit import data as fdata
 from ferkit.augment import augment_batch, mix
 from ferkit.config import TrainConfig
 from ferkit.errors import FerkitError
-from ferkit.fileio import (atomic_path, check_folder_path, environment, read_json, require_only, require_outside,
-                           sha256_file, write_csv, write_json)
+from ferkit.fileio import (atomic_path, check_folder_path, environment, is_run_folder, read_json, require_only,
+                           require_outside, sha256_file, write_csv, write_json)
 from ferkit.models import count_parameters, get_model, preprocess
 
 # What a run folder holds; any other entry means the folder belongs to something else.
@@ -266,7 +266,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
                               "(drop --model/--profile/--config/--set)")
         if not last_path.exists():
             raise FerkitError(f"{out}: nothing to resume (no checkpoints/last.pt); start it without --resume")
-        if not (out / "run.json").is_file() or not (out / "config.yaml").is_file():
+        if not is_run_folder(out):
             raise FerkitError(f"{out}: cannot resume without the run's run.json and config.yaml, which `ferkit train` "
                               "wrote first; restore them, or start a new run in another folder")
         run_info = read_json(out / "run.json")
