@@ -15,6 +15,7 @@ from sklearn.metrics import cohen_kappa_score, f1_score
 from ferkit import cli, compare as cmp, config, label
 from ferkit.data import EMOTIONS, SPLITS, load
 from ferkit.errors import FerkitError
+from ferkit.evaluate import compute_metrics, macro_f1
 
 from conftest import write_fer_csv
 
@@ -54,7 +55,8 @@ def test_macro_f1_matches_sklearn_over_the_classes_present(seed):
     y_true = rng.choice([0, 2, 3, 5, 6], size=n)  # 1 and 4 absent from the truth
     y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, 7, size=n))
     expected = f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0)
-    assert cmp.macro_f1(y_true, y_pred) == pytest.approx(expected, abs=1e-12)
+    assert macro_f1(y_true, y_pred) == pytest.approx(expected, abs=1e-12)
+    assert compute_metrics(y_true, y_pred)["macro_f1"] == macro_f1(y_true, y_pred)
     idx = rng.integers(0, n, size=(6, n))
     batch = cmp._macro_f1_resampled(y_true, y_pred, idx)
     for row, value in zip(idx, batch):
@@ -63,10 +65,10 @@ def test_macro_f1_matches_sklearn_over_the_classes_present(seed):
 
 
 def test_macro_f1_edge_cases():
-    assert cmp.macro_f1([3, 3, 3], [3, 3, 3]) == 1.0
-    assert cmp.macro_f1([3], [4]) == 0.0
-    with pytest.raises(ValueError):
-        cmp.macro_f1([], [])
+    assert macro_f1(np.array([3, 3, 3]), np.array([3, 3, 3])) == 1.0
+    assert macro_f1(np.array([3]), np.array([4])) == 0.0
+    metrics = compute_metrics(np.array([3, 3, 0]), np.array([3, 3, 1]))
+    assert metrics["macro_f1"] == 0.5 and metrics["macro_f1_classes"] == ["Angry", "Happy"]
 
 
 def test_bootstrap_is_seeded_paired_and_brackets_the_estimate():
@@ -85,7 +87,7 @@ def test_bootstrap_is_seeded_paired_and_brackets_the_estimate():
     low, high = cmp.percentile_interval(first["good"]["accuracy"])
     assert low < np.mean(good == y_true) < high
     low, high = cmp.percentile_interval(first["good"]["macro_f1"])
-    assert low < cmp.macro_f1(y_true, good) < high
+    assert low < macro_f1(y_true, good) < high
     # paired: the same resamples for both, so one predictor copied gives identical draws
     twin = cmp.bootstrap(y_true, {"a": good, "b": good.copy()}, resamples=50, seed=1)
     assert np.array_equal(twin["a"]["macro_f1"], twin["b"]["macro_f1"])
@@ -324,7 +326,7 @@ def test_every_recorded_number_is_the_statistic_it_names(study, tmp_path, monkey
         diff = boot["human"][metric] - boot["cnn"][metric]
         assert result["difference"][metric]["ci95"] == pytest.approx(np.percentile(diff, [2.5, 97.5]))
     assert result["difference"]["macro_f1"]["human_minus_cnn"] == pytest.approx(
-        cmp.macro_f1(y_true, human) - cmp.macro_f1(y_true, cnn))
+        macro_f1(y_true, human) - macro_f1(y_true, cnn))
     pairs = {"human_vs_truth": (human, y_true), "cnn_vs_truth": (cnn, y_true), "human_vs_cnn": (human, cnn)}
     assert result["kappa"] == {key: sorted([a.tolist(), b.tolist()]) for key, (a, b) in pairs.items()}
 

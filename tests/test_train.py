@@ -594,6 +594,17 @@ def test_checkpoint_mistakes_name_what_there_is(trained_run, tiny_csv, capsys):
     assert "not a ferkit checkpoint; give a run folder or a .pt file" in err and "Traceback" not in err
 
 
+def test_an_unreadable_checkpoint_is_not_called_foreign(trained_run, monkeypatch):
+    run, _ = trained_run
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(train.torch, "load", refuse)
+    with pytest.raises(FerkitError, match=r"best.pt: cannot read the checkpoint \(Permission denied\)$"):
+        train.load_checkpoint(run)
+
+
 def test_bad_output_paths_stop_before_any_work(trained_run, tiny_csv, tmp_path, capsys):
     run, _ = trained_run
     evaluate(run, split="test", tta=True)  # what `report` needs
@@ -707,7 +718,7 @@ def test_validation_scores_in_the_history_are_accuracy_and_macro_f1(tiny_csv, tm
     dataset = load(tiny_csv)
     val = dataset.indices("PublicTest")
     truth, pred = dataset.labels[val], train.predict_proba(model, dataset.images[val]).argmax(1)
-    expected = f1_score(truth, pred, average="macro", labels=range(7), zero_division=0)
+    expected = f1_score(truth, pred, average="macro", labels=np.unique(truth), zero_division=0)
     assert expected != pytest.approx(f1_score(truth, pred, average="weighted", labels=range(7), zero_division=0))
     assert best["metrics"]["val_macro_f1"] == pytest.approx(expected, abs=1e-12)
     assert best["metrics"]["val_acc"] == pytest.approx((pred == truth).mean(), abs=1e-12)
@@ -979,7 +990,7 @@ def test_a_folder_that_is_no_run_and_a_run_without_its_records_get_advice(traine
     empty = tmp_path / "empty"
     empty.mkdir()
     for data in (None, tiny_csv):  # the advice must not depend on --data
-        with pytest.raises(FerkitError, match="empty: not a run folder \\(no run.json, no checkpoints/\\)"):
+        with pytest.raises(FerkitError, match="empty: not a trained ferkit run \\(no checkpoints/\\)"):
             evaluate(empty, data=data)
     run, _ = trained_run
     bare = tmp_path / "bare"

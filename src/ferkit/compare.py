@@ -25,7 +25,7 @@ from ferkit import data as fdata
 from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.evaluate import recorded_data_path
+from ferkit.evaluate import macro_f1, recorded_data_path
 from ferkit.fileio import output_folder, read_json, require_outside, write_csv, write_json
 
 CONFIDENCE = 0.95
@@ -60,14 +60,6 @@ def _macro_f1_resampled(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray)
     f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
     present = support > 0
     return (f1 * present).sum(axis=1) / present.sum(axis=1)
-
-
-def macro_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Macro F1 over the classes present in `y_true` (sklearn's f1_score(labels=unique(y_true)))."""
-    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
-    if not len(y_true):
-        raise ValueError("macro F1 of no faces")
-    return float(_macro_f1_resampled(y_true, y_pred, np.arange(len(y_true))[None])[0])
 
 
 def bootstrap(y_true: Sequence[int], predictions: dict[str, Sequence[int]], resamples: int = DEFAULT_RESAMPLES,
@@ -127,7 +119,7 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, boot: dict[str, np.ndarray])
         "accuracy": correct / len(y_true),
         "accuracy_ci95": list(wilson_interval(correct, len(y_true))),
         "accuracy_ci_method": "Wilson score",
-        "macro_f1": macro_f1(y_true, y_pred),
+        "macro_f1": full["macro_f1"],
         "macro_f1_ci95": list(percentile_interval(boot["macro_f1"])),
         "macro_f1_ci_method": "percentile bootstrap",
         "per_class": full["per_class"],

@@ -240,9 +240,12 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """A YAML file of config keys, and the line of each key; a key given twice is refused (YAML
     would silently keep the last)."""
     try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        values = yaml.safe_load(text)
+        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+        try:  # what yaml.safe_load does, keeping the node tree for the line of each key
+            node = loader.get_single_node()
+            values = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except OSError as exc:
         raise FerkitError(f"{path}: cannot read the config file ({exc.strerror})") from None
     except UnicodeDecodeError as exc:

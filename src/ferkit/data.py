@@ -451,13 +451,13 @@ class _Problems:
             self._kept = self.kept
             self._last_kept_line = self._kept[-1].line or 0
 
-    def count(self) -> None:
-        """One more problem that `would_keep` said not to describe."""
+    def counted_only(self, line: int) -> bool:
+        """True, with the problem counted, when a problem on `line` cannot be among the kept ones: the
+        caller then spares the work of describing it."""
+        if len(self._kept) < _MAX_PROBLEMS_KEPT or line <= self._last_kept_line:
+            return False
         self.total += 1
-
-    def would_keep(self, line: int) -> bool:
-        """Whether a problem on `line` could be among the kept ones; if not, `count()` spares its message."""
-        return len(self._kept) < _MAX_PROBLEMS_KEPT or line <= self._last_kept_line
+        return True
 
     @property
     def kept(self) -> list[Problem]:
@@ -739,8 +739,7 @@ def _report_bad_characters(raw: bytes, offsets: np.ndarray, r0: int, line_starts
     rows, firsts = _first_per_row(offsets, r0, line_starts)
     for i, offset in zip(rows[firsts].tolist(), offsets[firsts].tolist()):
         line = int(rows_lines[i])
-        if not problems.would_keep(line):
-            problems.count()
+        if problems.counted_only(line):
             continue
         byte = raw[offset]
         if byte in _STOP_ADVICE:  # name the byte, not the number beside it
@@ -770,8 +769,7 @@ def _report_out_of_range(raw: bytes, ends: np.ndarray, over: np.ndarray, r0: int
         if first is None:
             continue  # only leading zeros
         i, line = int(rows[first]), int(rows_lines[rows[first]])
-        if not problems.would_keep(line):
-            problems.count()
+        if problems.counted_only(line):
             continue
         left, word = _word_at(raw, int(ends[first]))
         problems.add(line, _column(raw, int(line_starts[i]), left),

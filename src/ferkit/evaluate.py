@@ -21,6 +21,13 @@ from ferkit.fileio import (atomic_path, is_run_folder, output_folder, read_json,
 SPLIT_NAMES = {alias: fdata.SPLIT_ALIASES[alias] for alias in ("test", "val")}  # never evaluated on Training
 
 
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 over the classes present in `y_true`: a class that a small subset lacks (say Disgust in
+    100 faces) has no F1 to average, and counting it as 0 would lower the score by a seventh. Every class
+    is present in the full PublicTest and PrivateTest, where this is sklearn's plain macro F1."""
+    return float(f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
+
+
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     """Accuracy, macro and weighted F1, per-class precision/recall/F1/support, confusion matrix."""
     labels = list(range(len(EMOTIONS)))
@@ -28,7 +35,8 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y_true, y_pred),
+        "macro_f1_classes": [EMOTIONS[i] for i in np.unique(y_true)],
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(EMOTIONS)},
@@ -109,9 +117,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     name = split_name(split)
     suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
     destination = output_folder(out, create=False) if out is not None else run / "eval" / (split + suffix)
-    if run.is_dir() and not (run / "run.json").exists() and not (run / "checkpoints").is_dir():
-        raise FerkitError(f"{run}: not a run folder (no run.json, no checkpoints/); give the folder that "
-                          "`ferkit train --out` wrote")
+    require_run_folder(run, needs=("checkpoints/",))
     data_path = run_data_path(run, data)
     require_outside(data_path, destination)
     target = pick_device(device)

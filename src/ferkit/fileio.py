@@ -54,13 +54,18 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "run.json").is_file() and (Path(path) / "config.yaml").is_file()
 
 
-def require_run_folder(path: str | os.PathLike, where: str | None = None) -> None:
-    """Stop, saying what to run, when `path` (called `where` in the message) is no folder."""
+def require_run_folder(path: str | os.PathLike, where: str | None = None, needs: tuple[str, ...] = ()) -> None:
+    """Stop, saying what to run, when `path` (called `where` in the message) is no folder or lacks one of
+    the files `needs` names (a trailing / for a folder)."""
+    where = where or str(path)
     if Path(path).is_file():
-        raise FerkitError(f"{where or path}: is a file, not a run folder; give the folder that `ferkit train --out` "
-                          f"wrote")
+        raise FerkitError(f"{where}: is a file, not a run folder; give the folder that `ferkit train --out` wrote")
     if not Path(path).is_dir():
-        raise FerkitError(f"{where or path}: no such run folder; train one with `ferkit train DATA --out {path}`")
+        raise FerkitError(f"{where}: no such run folder; train one with `ferkit train DATA --out {path}`")
+    missing = [name for name in needs if not (Path(path) / name).exists()]
+    if missing:
+        raise FerkitError(f"{where}: not a trained ferkit run (no {', no '.join(missing)}); give the folder that "
+                          f"`ferkit train DATA --out {path}` wrote")
 
 
 def run_folder_around(path: str | os.PathLike) -> Path | None:

@@ -171,11 +171,7 @@ def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
 
     path = Path(run_dir)
     where = f"{option} {path}" if option != "RUN_DIR" else str(path)
-    require_run_folder(path, where)
-    for name in ("run.json", "config.yaml"):
-        if not (path / name).is_file():
-            raise FerkitError(f"{where}: not a ferkit run folder (no {name}); train one with "
-                              f"`ferkit train DATA --out {path}`")
+    require_run_folder(path, where, needs=("run.json", "config.yaml"))
     try:
         info = read_json(path / "run.json")
         config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}

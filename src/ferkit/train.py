@@ -22,7 +22,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
@@ -32,6 +31,7 @@ from ferkit import data as fdata
 from ferkit.augment import augment_batch, mix
 from ferkit.config import TrainConfig
 from ferkit.errors import FerkitError
+from ferkit.evaluate import macro_f1
 from ferkit.fileio import (atomic_path, check_folder_path, environment, is_run_folder, read_json, require_only,
                            require_outside, sha256_file, write_csv, write_json)
 from ferkit.models import count_parameters, get_model, preprocess
@@ -79,7 +79,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FerkitError(f"{path}: no checkpoint here; {hint}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged or foreign file: say so instead of a traceback
+    except OSError as exc:
+        raise FerkitError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    except Exception:  # foreign or damaged bytes make torch raise anything from EOFError to KeyError
         checkpoint = None
     if not isinstance(checkpoint, dict) or not {"model_name", "model_kwargs", "model"} <= checkpoint.keys():
         raise FerkitError(f"{path}: not a ferkit checkpoint; give a run folder or a .pt file from its checkpoints/ "
@@ -486,8 +488,7 @@ def validate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, dev
     return {
         "val_loss": float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels))),
         "val_acc": float((pred == labels).mean()),
-        "val_macro_f1": float(f1_score(labels, pred, average="macro", labels=range(len(fdata.EMOTIONS)),
-                                       zero_division=0)),
+        "val_macro_f1": macro_f1(labels, pred),
     }
 
 
