@@ -129,6 +129,19 @@ def test_predict_takes_one_path_as_one_input(tiny_run, tiny_csv, tmp_path):
     assert len(table) == 1 and messages == []
 
 
+def test_a_photo_given_twice_is_classified_once(tiny_run, tiny_csv, tmp_path):
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    (tmp_path / "photos").mkdir()
+    for i in range(2):
+        Image.fromarray(load(tiny_csv).images[i]).save(tmp_path / "photos" / f"face{i}.png")
+    twice = [tmp_path / "photos" / "face1.png", tmp_path / "photos", tmp_path / "photos" / ".." / "photos" / "face1.png"]
+    table, _ = predict(tiny_run, twice, detect=False, progress=False)
+    assert list(table["file"]) == [str(tmp_path / "photos" / "face1.png"), str(tmp_path / "photos" / "face0.png")]
+
+
 def test_the_emotion_is_the_most_probable_one_and_tta_is_applied(tiny_run, tiny_csv, tmp_path):
     import cv2
 
@@ -187,6 +200,28 @@ class BoxesDetector:
 
     def detectMultiScale(self, gray, **kwargs):
         return np.array(self.boxes)
+
+
+def test_a_cut_photo_is_skipped_with_its_reason_and_no_library_noise(tiny_run, tiny_csv, tmp_path, capfd):
+    """OpenCV reads a cut JPEG as a whole photo, grey below the cut; a cut TIFF makes it log errors."""
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    (tmp_path / "photos").mkdir()
+    for name in ("whole.jpg", "cut.jpg", "cut.tiff"):
+        photo.save(tmp_path / "photos" / name)
+    for name in ("cut.jpg", "cut.tiff"):
+        path = tmp_path / "photos" / name
+        path.write_bytes(path.read_bytes()[:path.stat().st_size * 2 // 3])
+    table, messages = predict(tiny_run, tmp_path / "photos", detect=False, progress=False)
+    assert list(table["file"]) == [str(tmp_path / "photos" / "whole.jpg")]
+    assert messages == [f"{tmp_path / 'photos' / 'cut.jpg'}: the JPEG ends before its image does (an interrupted "
+                        "download or copy?), so its lower part is missing, skipped",
+                        f"{tmp_path / 'photos' / 'cut.tiff'}: not a readable image, skipped"]
+    assert "imread" not in capfd.readouterr().err
 
 
 def test_detected_faces_are_cropped_with_the_margin_largest_first():
