@@ -20,6 +20,25 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
 
 
+def test_a_refused_write_names_the_file_asked_for_not_the_temporary(tmp_path):
+    import errno
+
+    path = tmp_path / "labels.csv"
+    with pytest.raises(OSError) as raised:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a full disk says it
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
+    with pytest.raises(OSError) as raised:  # another file's trouble, or a library's own OSError, stays as it is
+        with atomic_path(path) as tmp:
+            open(tmp_path / "absent" / "x")
+    assert raised.value.filename == str(tmp_path / "absent" / "x")
+    with pytest.raises(OSError, match="^image file is truncated$"):
+        with atomic_path(path) as tmp:
+            raise OSError("image file is truncated")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_written_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)

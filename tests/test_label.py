@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -241,8 +242,54 @@ def test_export_with_truth(data, tmp_path, capsys):
         truth = int(labels_[int(row["line"]) - 2])  # line 2 is the first data row
         assert (int(row["human_label"]), int(row["true_label"]), row["true"]) == (answer, truth, EMOTIONS[truth])
         assert row["correct"] == str(int(answer == truth))
-    with pytest.raises(FerkitError, match="other than"):
-        label.export_with_truth(data, out, out)
+    os.link(data, tmp_path / "hard-link.csv")
+    for kept in (out, label.sidecar_path(out), data, tmp_path / "hard-link.csv"):
+        with pytest.raises(FerkitError, match="other than the data, the labels and their sidecar"):
+            label.export_with_truth(data, out, kept)
+    assert len(load(data).labels) == len(labels_)  # the data file is whole
+
+
+def test_hand_edited_labels_saved_with_a_bom_or_odd_seconds(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=4, seed=0)
+    session.answer(0, 1, 1.5)
+    good = out.read_text()
+    out.write_text("\ufeff" + good, encoding="utf-8")  # Excel's "CSV UTF-8"
+    assert label.LabelSession.open(data, out).state()["answers"][0] == 1
+    header, row = good.splitlines()
+    for seconds in ("nan", "inf", "-3", "1" + "0" * 40):
+        out.write_text(f"{header}\n{row.rsplit(',', 1)[0]},{seconds}\n")
+        shown = seconds if len(seconds) < 24 else "10000000000000000000... (41 characters)"
+        with pytest.raises(FerkitError, match=re.escape(f"line 2: seconds {shown} must be between 0 and 604800")):
+            label.read_labels(out, load(data))
+
+
+def test_a_body_that_never_comes_does_not_hold_a_thread_forever(data, tmp_path, monkeypatch):
+    import socket
+
+    assert 0 < label._Handler.timeout <= 120  # the standard library's default is None: wait forever
+    monkeypatch.setattr(label._Handler, "timeout", 0.5)  # the same mechanism, quicker
+    with running(data, tmp_path / "labels.csv", n=3, seed=0) as server:
+        host, port = server.server_address[:2]
+        with socket.create_connection((host, port), timeout=10) as client:
+            client.sendall(f"POST /api/answer HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                           "Content-Length: 100\r\n\r\n{".encode())
+            started = time.monotonic()
+            while client.recv(4096):  # whatever the server says, it then closes the connection
+                pass
+            assert time.monotonic() - started < 5
+
+
+def test_the_host_header_as_browsers_send_it(data, tmp_path):
+    with running(data, tmp_path / "labels.csv", n=3, seed=0) as server:
+        port = server.server_address[1]
+        for header in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}"):
+            assert server.allowed_host(header), header
+        for header in (f"localhost:{port + 1}", f"evil.example:{port}", "localhost", None):
+            assert not server.allowed_host(header), header
+    on_80 = types.SimpleNamespace(server_address=("127.0.0.1", 80))  # browsers leave out the default port
+    assert label.LabelServer.allowed_host(on_80, "localhost") and label.LabelServer.allowed_host(on_80, "127.0.0.1:80")
+    assert not label.LabelServer.allowed_host(on_80, "evil.example")
 
 
 def test_image_folder_data_is_labelled_by_path(tmp_path):
@@ -322,6 +369,10 @@ def test_the_server_never_sends_the_truth(tmp_path):
     ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": -2}', {}, 400, "seconds"),
     ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1e400}', {}, 400, "seconds"),
     ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 604801}', {}, 400, "seconds 604801.0 must be between"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1' + b"0" * 400 + b"}", {}, 400,
+     "seconds must be between 0 and 604800"),
+    ("POST", "api/answer", b'{"index": 0, "label": 1' + b"0" * 300 + b', "seconds": 1}', {}, 400,
+     "label 10000000000000000000... (301 characters) is out of range"),
     ("POST", "api/answer", b'{"index": 0, "label": 1, "seconds": 1, "truth": 3}', {}, 400, "unknown field"),
     ("POST", "api/answer", b"x" * 5000, {}, 413, "over"),
     ("GET", "api/answer", None, {}, 405, "POST"),
@@ -430,7 +481,8 @@ def test_a_busy_port_is_a_clear_error(data, tmp_path):
 
 
 @pytest.mark.parametrize("port, host, message", [(99999, "127.0.0.1", "--port 99999: use a port from 1 to 65535"),
-                                                 (0, "no-such-host.invalid", "cannot listen on no-such-host")])
+                                                 (0, "no-such-host.invalid", "cannot listen on no-such-host"),
+                                                 (0, "::1", "--host ::1: the labelling server listens on IPv4 only")])
 def test_a_port_or_host_that_cannot_be_used_leaves_no_files(data, tmp_path, port, host, message):
     with pytest.raises(FerkitError, match=message):
         label.make_server(data, tmp_path / "c.csv", n=3, seed=0, host=host, port=port)
@@ -473,20 +525,33 @@ def test_an_answer_the_disk_refuses_is_not_kept(data, tmp_path, monkeypatch):
     assert answers_in(out) == {0: 1}
 
 
-def test_a_server_reads_the_answers_given_before_it_got_the_lock(data, tmp_path, monkeypatch):
+def test_a_second_server_is_refused_while_the_first_still_loads_the_data(data, tmp_path, monkeypatch):
+    """Two servers started together on a new --out each wrote, and locked, their own sidecar."""
     out = tmp_path / "labels.csv"
-    label.LabelSession.open(data, out, n=4, seed=0)
-    lock = label._lock_exclusively
+    open_session = label.LabelSession.open.__func__
+    second = []
 
-    def another_server_answers_meanwhile(labels_csv):
-        label.LabelSession.open(data, labels_csv).answer(0, 5, 2.0)  # the other server, just before it let go
-        return lock(labels_csv)
+    def open_slowly(cls, *args, **kwargs):
+        if not second:  # the second command arrives while the first is busy here
+            second.append("tried")
+            with pytest.raises(FerkitError, match="another `ferkit label` is already serving"):
+                label.make_server(data, out, n=4, seed=1, port=0)
+        return open_session(cls, *args, **kwargs)
 
-    monkeypatch.setattr(label, "_lock_exclusively", another_server_answers_meanwhile)
-    with running(data, out) as server:
-        assert server.session.state()["answers"] == [5, None, None, None]
-        assert post_answer(server.url, 1, 3)[0] == 200
-    assert answers_in(out) == {0: 5, 1: 3}  # the answer of the other server is not written over
+    monkeypatch.setattr(label.LabelSession, "open", classmethod(open_slowly))
+    with running(data, out, n=4, seed=0) as server:
+        assert post_answer(server.url, 0, 5)[0] == 200
+    assert second == ["tried"] and answers_in(out) == {0: 5}
+    assert label._read_meta(out)["seed"] == 0
+
+
+def test_a_sidecar_removed_while_serving_is_written_again(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    with running(data, out, n=4, seed=0) as server:
+        meta = label._read_meta(out)
+        label.sidecar_path(out).unlink()
+        assert post_answer(server.url, 0, 5)[0] == 200
+    assert label._read_meta(out) == meta and answers_in(out) == {0: 5}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,9 +40,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
+        _sync_folder(path.parent)
+    except OSError as exc:
+        if exc.errno is None or exc.filename not in (None, tmp):  # not the system's refusal to write tmp
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # a full disk: name the file being written
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename survive a power cut: the new name is in the folder's entry, not in the file."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a system that cannot open folders (Windows): its renames are durable enough
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse to sync a folder; the rename itself has happened
+        pass
+    finally:
+        os.close(fd)
 
 
 # Where a training run keeps its own files: no other command's output goes there (output_folder).

@@ -6,8 +6,10 @@
 seven emotion buttons (keys 1-7), a way back to change an answer (Backspace, the left arrow or
 the Back button) and the progress. The page never learns the true label or any model's guess: the server does not hold them.
 
-Every answer rewrites ``labels.csv`` at once (a temporary file, then an atomic rename, under a
-lock), so a closed tab, a killed server or a power cut loses at most the face on screen. The
+Every answer rewrites ``labels.csv`` at once (a temporary file synced to disk, then an atomic
+rename, synced too), so a closed tab, a killed server or a power cut loses at most the face on
+screen. One server at a time serves a labels file: it holds a lock on ``labels.csv.lock``, which
+stays beside it (the system lets go of the lock when the server ends, however it ends). The
 sample (data checksum, seed, n and the faces in order) lives in the sidecar ``labels.csv.json``;
 running the same command again resumes where it stopped; other data (other faces, labels or
 splits; a copy of the same faces in another file is fine), another seed or n is refused.
@@ -110,12 +112,18 @@ def _rows_of_sample(meta: dict[str, Any], dataset: fdata.Dataset, side: Path) ->
         raise FerkitError(f"{side}: its sample names faces that are not {SPLIT} faces of the data") from None
 
 
+def _short(value: object) -> str:
+    """A number as typed for a message, cut short: a hand-edited file or a request may hold thousands of digits."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
+
+
 def _read_answers(labels_csv: Path, origin_column: str, origins: list) -> dict[int, tuple[int, float]]:
     """{index: (label, seconds)} from labels.csv, every row checked against the sample."""
     if not labels_csv.exists() or labels_csv.stat().st_size == 0:
         return {}
     try:
-        text = labels_csv.read_text(encoding="utf-8")
+        text = labels_csv.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise FerkitError(f"{labels_csv}: cannot read it ({exc})") from None
     reader = csv.reader(io.StringIO(text))
@@ -137,8 +145,10 @@ def _read_answers(labels_csv: Path, origin_column: str, origins: list) -> dict[i
             index, label, seconds = int(row[0]), int(row[4]), float(row[5])
         except ValueError:
             raise bad("index and human_label must be integers, seconds a number") from None
+        if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS):
+            raise bad(f"seconds {_short(row[5])} must be between 0 and {MAX_SECONDS:.0f}")
         if not 0 <= index < len(origins):
-            raise bad(f"index {index} is outside the sample of {len(origins)} faces")
+            raise bad(f"index {_short(index)} is outside the sample of {len(origins)} faces")
         if index in answers:
             raise bad(f"face {index} is labelled twice")
         if str(origins[index]) != row[1]:
@@ -187,13 +197,24 @@ def read_labels(labels_csv: str | os.PathLike, dataset: fdata.Dataset) -> Labels
                   origin_column=meta["origin_column"], origins=[meta["sample"][i] for i in index], meta=meta)
 
 
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """The same path once links are resolved, or two names (hard links) of one existing file."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
 def export_with_truth(data: str | os.PathLike, labels_csv: str | os.PathLike, out: str | os.PathLike) -> int:
     """Write the answers of `labels_csv` joined with the true labels of `data` to `out`; returns their count.
 
     Example: ``ferkit label icml_face_data.csv --out labels.csv --export-with-truth labels_truth.csv``
     """
-    if Path(out).resolve() in (Path(labels_csv).resolve(), sidecar_path(labels_csv).resolve()):
-        raise FerkitError(f"--export-with-truth {out}: choose a file other than the labels and their sidecar")
+    if any(_same_file(out, kept) for kept in (data, labels_csv, sidecar_path(labels_csv))):
+        raise FerkitError(f"--export-with-truth {out}: choose a file other than the data, the labels and their "
+                          "sidecar")
     output_file(out, "--export-with-truth", create_folder=False)
     dataset = fdata.load(data)
     labels = read_labels(labels_csv, dataset)
@@ -272,11 +293,6 @@ class LabelSession:
             session._write(session._answers)  # the header: the user sees at once where answers go
         return session
 
-    def reload(self) -> None:
-        """Read the answers in labels.csv again."""
-        with self._lock:
-            self._answers = _read_answers(self.labels_csv, self.origin_column, self.origins)
-
     @property
     def n(self) -> int:
         return len(self.origins)
@@ -298,7 +314,7 @@ class LabelSession:
     def face_png(self, index: int) -> bytes:
         """Face `index` of the sample as a 48x48 grayscale PNG (no metadata)."""
         if not 0 <= index < self.n:
-            raise AnswerError(HTTPStatus.NOT_FOUND, f"no face {index}: the sample has faces 0 to {self.n - 1}")
+            raise AnswerError(HTTPStatus.NOT_FOUND, f"no face {_short(index)}: the sample has faces 0 to {self.n - 1}")
         with self._lock:
             png = self._pngs.get(index)
         if png is None:
@@ -314,16 +330,16 @@ class LabelSession:
     def answer(self, index: int, label: int, seconds: float) -> dict[str, Any]:
         """Record (or change) the answer for face `index`, rewrite labels.csv, return the new state."""
         if not 0 <= label < len(EMOTIONS):
-            raise AnswerError(HTTPStatus.BAD_REQUEST, f"label {label} is out of range: use 0 to {len(EMOTIONS) - 1}")
+            raise AnswerError(HTTPStatus.BAD_REQUEST, f"label {_short(label)} is out of range: use 0 to {len(EMOTIONS) - 1}")
         if not 0 <= index < self.n:
-            raise AnswerError(HTTPStatus.BAD_REQUEST, f"index {index} is out of range: the sample has faces 0 to "
+            raise AnswerError(HTTPStatus.BAD_REQUEST, f"index {_short(index)} is out of range: the sample has faces 0 to "
                                                       f"{self.n - 1}")
         if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS):
             raise AnswerError(HTTPStatus.BAD_REQUEST, f"seconds {seconds} must be between 0 and {MAX_SECONDS:.0f}")
         with self._lock:
             following = self._next()
             if index > following and index not in self._answers:
-                raise AnswerError(HTTPStatus.CONFLICT, f"face {index} is not on screen yet: the current face is "
+                raise AnswerError(HTTPStatus.CONFLICT, f"face {_short(index)} is not on screen yet: the current face is "
                                                        f"{following}")
             answers = dict(self._answers)
             answers[index] = (int(label), float(seconds))
@@ -332,6 +348,8 @@ class LabelSession:
             return self._state()
 
     def _write(self, answers: dict[int, tuple[int, float]]) -> None:
+        if not sidecar_path(self.labels_csv).exists():  # removed while serving: labels.csv is useless without it
+            write_json(sidecar_path(self.labels_csv), self.meta)
         write_csv(self.labels_csv, _columns(self.origin_column),
                   ([k, self.origins[k], SPLIT, EMOTIONS[label], label, _format_seconds(seconds)]
                    for k, (label, seconds) in sorted(answers.items())))
@@ -357,7 +375,9 @@ class LabelServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         if not str(host).startswith("127."):
             return True
-        return header in (f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}")
+        name, _, given_port = (header or "").lower().rpartition(":") if ":" in (header or "") \
+            else ((header or "").lower(), "", "80")
+        return name in (host, "localhost", "127.0.0.1") and given_port == str(port)
 
     def server_close(self) -> None:
         super().server_close()
@@ -370,6 +390,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: LabelServer
     server_version = "ferkit-label"
     sys_version = ""
+    timeout = 60  # seconds a connection may stall (a body shorter than its Content-Length)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass  # the terminal shows the address and errors, not every request
@@ -488,24 +509,31 @@ def _parse_answer(body: Any) -> tuple[int, int, float]:
     seconds = body.get("seconds")
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         raise AnswerError(HTTPStatus.BAD_REQUEST, "seconds must be a number")
-    return body["index"], body["label"], float(seconds)
+    try:
+        seconds = float(seconds) + 0.0  # + 0.0: -0.0 is written as 0.000
+    except OverflowError:
+        raise AnswerError(HTTPStatus.BAD_REQUEST, f"seconds must be between 0 and {MAX_SECONDS:.0f}") from None
+    return body["index"], body["label"], seconds
 
 
 def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int | None = None,
                 seed: int | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> LabelServer:
     """Bind the server, then open (or resume) the labelling session; call ``serve_forever()`` on it.
-    Binding first means that a port or host that cannot be used leaves no session files behind."""
+    Binding first means that a port or host that cannot be used leaves no session files behind; the
+    lock is taken next, before the session writes anything."""
     if not 0 <= port <= 65535:
         raise FerkitError(f"--port {port}: use a port from 1 to 65535, or 0 to pick a free one")
+    if ":" in host:
+        raise FerkitError(f"--host {host}: the labelling server listens on IPv4 only; use 127.0.0.1 (the default), "
+                          "or 0.0.0.0 for every interface")
     try:
         server = LabelServer((host, port), _Handler)
     except OSError as exc:
         raise FerkitError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
                           "(0 picks a free one), or another --host") from None
     try:
+        server._lock_file = _lock_exclusively(output_file(labels_csv, "--out", create_folder=False))
         server.session = LabelSession.open(data, labels_csv, n=n, seed=seed)
-        server._lock_file = _lock_exclusively(labels_csv)
-        server.session.reload()  # what another server wrote before it let go of the lock
     except BaseException:
         server.server_close()  # also releases the lock
         raise
@@ -513,13 +541,16 @@ def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int |
 
 
 def _lock_exclusively(labels_csv: Path) -> IO[bytes] | None:
-    """Hold an exclusive lock on the sidecar of `labels_csv` while one server writes its labels (POSIX;
-    elsewhere no lock). The system drops it when the process ends, however it ends."""
+    """Hold an exclusive lock on ``labels.csv.lock`` while one server writes `labels_csv` (POSIX; elsewhere
+    no lock). Taken before the session opens, and on a file that is never replaced: the sidecar, which
+    a starting session writes, would give each of two servers started together a lock of its own.
+    The system drops it when the process ends, however it ends."""
     try:
         import fcntl
     except ImportError:
         return None
-    handle = open(sidecar_path(labels_csv), "rb")
+    Path(labels_csv).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(str(labels_csv) + ".lock", "ab")  # created once, never replaced
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
