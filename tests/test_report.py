@@ -695,6 +695,14 @@ def test_each_number_stands_where_its_label_says(world):
         assert rows[name] == [f4(a), f4(b), signed(a - b)], name
 
 
+@pytest.mark.parametrize("present, said", [(list(EMOTIONS), ""),
+                                           (["Angry", "Happy"], " (over the 2 classes these faces hold: Angry, Happy)")])
+def test_the_summary_says_when_macro_f1_averages_fewer_classes(present, said):
+    m = {"n": 10, "accuracy": 0.5, "macro_f1": 0.25, "weighted_f1": 0.5, "macro_f1_classes": present}
+    run = freport.Run(Path("run"), {}, {}, [], {"test": m}, {})
+    assert f"**macro F1 0.2500**{said}, weighted F1 0.5000." in freport._summary(run).text
+
+
 def test_tta_remark_gives_the_change_from_without_to_with_tta(world):
     """The world's tiny CNN scores the same with and without TTA; edited numbers give the remark a direction."""
     run = freport.read_run(world["cnn"])

@@ -376,9 +376,13 @@ def _summary(run: Run) -> Para:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     from ferkit import __version__
 
+    present = m.get("macro_f1_classes", EMOTIONS)
+    over = "" if len(present) == len(EMOTIONS) else \
+        f" (over the {len(present)} classes these faces hold: {', '.join(present)})"
     return Para(f"Test set ({m.get('split', 'PrivateTest')}, {_int(m['n'])} faces, {tta}): **accuracy "
-                f"{_f4(m['accuracy'])}**, **macro F1 {_f4(m['macro_f1'])}**, weighted F1 {_f4(m['weighted_f1'])}. "
-                f"Built by ferkit {__version__} on {generated} from the files of `{run.path}`.", small=True)
+                f"{_f4(m['accuracy'])}**, **macro F1 {_f4(m['macro_f1'])}**{over}, weighted F1 "
+                f"{_f4(m['weighted_f1'])}. Built by ferkit {__version__} on {generated} from the files of "
+                f"`{run.path}`.", small=True)
 
 
 def _data_section(run: Run) -> list[Any]:
