@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -424,3 +425,20 @@ def test_channel_numbers_and_top_faces_are_those_of_the_scanned_faces(world):
         assert [f["line"] for f in entry["faces"]] == (rows[best] + 2).tolist()
         assert [f["true"] for f in entry["faces"]] == [EMOTIONS[k] for k in y[best]]
         assert [f["pred"] for f in entry["faces"]] == [EMOTIONS[k] for k in preds[best]]
+
+
+def test_n_is_bounded_and_a_rerun_cut_short_leaves_no_earlier_json(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("FERKIT_CACHE", str(world["root"] / "cache"))
+    for n in (0, ffeatures.MAX_FACES_PER_EMOTION + 1):
+        with pytest.raises(FerkitError, match=f"--n {n}: use 1 to {ffeatures.MAX_FACES_PER_EMOTION} faces"):
+            ffeatures.features(world["run"], world["csv"], tmp_path / "never", n=n)
+    out = tmp_path / "features"
+    shutil.copytree(world["out"], out)
+
+    def cut_short(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ffeatures, "overview_figure", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        ffeatures.features(world["run"], world["csv"], out, n=2, seed=7)
+    assert not (out / "features.json").exists()  # the new figures are not filed under the old numbers

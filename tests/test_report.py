@@ -758,3 +758,126 @@ def test_data_and_training_sections_quote_the_runs_own_numbers(tmp_path):
     total = count_parameters(get_model("cnn", **kwargs))
     architecture = " ".join(b.text for b in freport._architecture_section(run)[0] if isinstance(b, freport.Para))
     assert f"**{total:,} parameters** ({total * 4 / 2**20:.2f} MiB as float32)" in architecture
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by an audit of the report (paths that need quoting, unusual runs, damaged files)
+
+
+def test_replication_quotes_paths_that_need_it_and_retargets_a_quoted_out(tmp_path):
+    run_path = tmp_path / "my runs" / "cnn & co"
+    run_path.mkdir(parents=True)
+    (run_path / "config.yaml").write_text("epochs: 2\n")
+    recorded = shlex.join(["/my venv/bin/ferkit", "train", "faces of mine.csv", "--out", str(run_path),
+                           "--set", "epochs=2"])
+    info = {"environment": {"command": recorded}, "data": {"path": str(tmp_path / "faces of mine.csv")}}
+    run = freport.Run(run_path, {"seed": 0}, info, [], {"test": {}, "test-tta": {}}, {})
+    code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                if isinstance(b, freport.Code))
+    commands = [shlex.split(line) for line in code.splitlines() if line.startswith("ferkit ")]
+    replica = str(tmp_path / "my runs" / "cnn & co-replica")
+    assert commands[0] == ["ferkit", "train", "faces of mine.csv", "--out", replica, "--set", "epochs=2"]
+    assert commands[1] == ["ferkit", "train", str(tmp_path / "faces of mine.csv"), "--out", replica, "--config",
+                           str(run_path / "config.yaml")]
+    assert commands[2:4] == [["ferkit", "evaluate", replica, "--tta"], ["ferkit", "evaluate", replica]]
+
+
+def test_the_report_command_is_recorded_shell_quoted(world, tmp_path):
+    out = tmp_path / "a report & more"
+    freport.build_report(world["cnn"], out)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert shlex.join(["ferkit", "report", str(world["cnn"]), "--out", str(out)]) in md
+
+
+def test_the_macro_avg_row_averages_the_classes_macro_f1_averages(tmp_path):
+    per_class = {c: {"precision": 0.4, "recall": 0.4, "f1": 0.4, "support": 10} for c in EMOTIONS}
+    per_class["Disgust"] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    present = [c for c in EMOTIONS if c != "Disgust"]
+    m = {"n": 60, "accuracy": 0.4, "macro_f1": 0.4, "weighted_f1": 0.4, "per_class": per_class,
+         "macro_f1_classes": present, "confusion_matrix": np.eye(7, dtype=int).tolist()}
+    run = freport.Run(tmp_path, {}, {}, [], {"test": m}, {"test": tmp_path})
+    blocks = freport._test_section(run, tmp_path)
+    tables = [b for b in blocks if isinstance(b, freport.Table)] + \
+        [b for side in blocks if isinstance(side, freport.SideBySide) for b in side.left if isinstance(b, freport.Table)]
+    table = next(t for t in tables if any(row[0].startswith("macro avg") for row in t.rows))
+    row = next(row for row in table.rows if row[0].startswith("macro avg"))
+    assert row[:4] == ["macro avg (6 classes present)", "0.4000", "0.4000", "0.4000"]
+
+
+def test_the_rare_class_is_counted_among_the_faces_trained_on(tmp_path):
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
+    counts = {"Training": [400, 50, 400, 700, 500, 300, 450]}
+    metrics_ = {"accuracy": 0.5, "macro_f1": 0.5, "per_class": per_class}
+    for data, said in (({"counts": counts, "train_counts": [4, 1, 4, 7, 5, 3, 4]}, "Disgust has 1 training faces ("),
+                       ({"counts": counts}, "Disgust has 50 training faces in the whole file (this run trained on its "
+                                            "first 28)")):
+        run = freport.Run(tmp_path, {"imbalance": "none", "train_limit": 28}, {"data": data}, [], {"test": metrics_}, {})
+        text = next(item for item in freport._challenges(run) if item.startswith("**The rare class**"))
+        assert said in text, text
+
+
+def test_run_json_records_the_faces_trained_on_per_class(tmp_path):
+    csv_path = make_csv(tmp_path / "faces.csv")
+    train(csv_path, tmp_path / "run", configs.resolve(overrides=dict(TINY, epochs=1, train_limit=20)), progress=False)
+    data = json.loads((tmp_path / "run" / "run.json").read_text())["data"]
+    labels = [int(line.split(",")[0]) for line in csv_path.read_text().splitlines()[1:] if ",Training," in line]
+    assert data["train_counts"] == np.bincount(labels[:20], minlength=7).tolist()
+
+
+def test_an_unfinished_run_is_not_told_that_all_its_epochs_ran(tmp_path):
+    history = [{"epoch": e, "val_acc": 0.3 + 0.1 * e, "val_macro_f1": 0.2} for e in (1, 2)]
+    run = freport.Run(tmp_path, {"epochs": 5, "patience": 10, "select_by": "val_acc"},
+                      {"best_epoch": 2, "finished": False}, history, {"test": {}}, {})
+    text = freport._early_stopping(run)
+    assert "had not fired when training stopped after epoch 2" in text and "all 2 epochs ran" not in text
+
+
+def test_the_wall_clock_of_a_resumed_run_says_it_holds_the_break(tmp_path):
+    from ferkit.config import TrainConfig
+
+    info = {"best_epoch": 1, "started": "2024-05-01T10:00:00+00:00", "finished": "2024-05-01T12:00:00+00:00",
+            "train_seconds": 16.1, "resumed": ["2024-05-01T11:59:00+00:00"]}
+    run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), epochs=1), info, [], {"test": {}}, {})
+    procedure = next(b.text for b in freport._training_section(run)
+                     if isinstance(b, freport.Para) and b.text.startswith("**Procedure.**"))
+    assert "(2 h 00 min from the start to the finish, including the break before resuming)" in procedure
+
+
+def test_tta_none_is_said_plainly(tmp_path):
+    m = {"accuracy": 0.5, "macro_f1": 0.5, "tta": "none"}
+    run = freport.Run(tmp_path, {"tta": "none", "augment": False}, {}, [], {"test": m, "test-tta": dict(m)}, {})
+    text = " ".join(b.text for b in freport._data_section(run) if isinstance(b, freport.Para))
+    assert "No test-time augmentation (`tta: none`)." in text and "probabilities of none" not in text
+    assert freport._tta_effect(run) is None
+
+
+def test_out_inside_an_extra_folder_is_refused(world, tmp_path):
+    features = tmp_path / "features"
+    shutil.copytree(world["features"], features)
+    with pytest.raises(FerkitError, match="lies in the --features folder"):
+        freport.build_report(world["cnn"], features / "report", features=features)
+    assert not (features / "report").exists()
+
+
+def test_features_of_an_mlp_run_are_refused_plainly(world):
+    with pytest.raises(FerkitError, match="activation maps come from a CNN's last conv layer"):
+        freport.build_report(world["mlp"], world["root"] / "never", features=world["features"])
+
+
+@pytest.mark.parametrize("name, text", [("run.json", "{}"), ("run.json", "[]"), ("config.yaml", "- a list\n"),
+                                        ("eval/test-tta/metrics.json", "{}"), ("eval/test-tta/metrics.json", "[]"),
+                                        ("history.csv", "epoch,train_loss\nnot a number,1\n")])
+def test_damaged_run_files_are_named_not_a_traceback(world, tmp_path, name, text):
+    copy = tmp_path / "cnn"
+    shutil.copytree(world["cnn"], copy)
+    (copy / name).write_text(text)
+    with pytest.raises(FerkitError, match=re.escape(str(copy / name) if name.startswith(("eval", "history")) else
+                                                    str(copy))):
+        freport.read_run(copy)
+
+
+def test_figure_names_with_spaces_link_in_markdown():
+    doc = freport.Document("t", [freport.Figure(Path("/x/my plot (v1).png"), "caption", "features_my plot (v1).png")],
+                           [])
+    md, _ = freport.render_markdown(doc)
+    assert "](<figures/features_my plot (v1).png>)" in md

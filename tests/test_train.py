@@ -1004,3 +1004,21 @@ def test_too_few_rows_name_the_limits_that_cut_them(tiny_csv, tmp_path):
     with pytest.raises(FerkitError, match="needs at least 2 Training and 1 PublicTest rows \\(found 1 and 3 with "
                                           "train_limit=1 and val_limit=3\\)"):
         train.train(tiny_csv, tmp_path / "r", {"train_limit": 1, "val_limit": 3}, progress=False)
+
+
+def test_the_classification_report_says_which_classes_macro_f1_averages(tiny_csv, tmp_path):
+    from ferkit.data import load
+    from ferkit.evaluate import write_evaluation
+
+    dataset = load(tiny_csv)
+    rows = dataset.indices("PrivateTest")
+    rows = rows[dataset.labels[rows] != 1]  # no Disgust among these faces
+    probs = np.eye(7)[(dataset.labels[rows] + 1) % 7 * (np.arange(len(rows)) % 3 == 0) + dataset.labels[rows] *
+                      (np.arange(len(rows)) % 3 != 0)]
+    metrics = write_evaluation(tmp_path, dataset, rows, probs, {"split": "PrivateTest"})
+    present = np.unique(dataset.labels[rows])
+    assert metrics["macro_f1"] == pytest.approx(f1_score(dataset.labels[rows], probs.argmax(1), labels=present,
+                                                         average="macro"))
+    text = (tmp_path / "classification_report.txt").read_text()
+    assert (f"Disgust: no face of this split here, so metrics.json's macro F1 ({metrics['macro_f1']:.4f}) averages "
+            f"the other {len(present)} classes") in text

@@ -86,6 +86,11 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
     write_json(out / "metrics.json", metrics)
     report = classification_report(y_true, y_pred, labels=list(range(len(EMOTIONS))), target_names=list(EMOTIONS),
                                    digits=4, zero_division=0)
+    absent = [name for name in EMOTIONS if name not in metrics["macro_f1_classes"]]
+    if absent:  # sklearn's macro avg row counts them as F1 0
+        report += (f"\n{', '.join(absent)}: no face of this split here, so metrics.json's macro F1 "
+                   f"({metrics['macro_f1']:.4f}) averages the other {len(metrics['macro_f1_classes'])} classes; "
+                   "the macro avg row above counts the absent ones as 0\n")
     write_text(out / "classification_report.txt", report)
     frame = pd.DataFrame({dataset.origin_column: dataset.origins(rows)})
     frame["true"] = y_true

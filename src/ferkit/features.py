@@ -520,6 +520,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+MAX_FACES_PER_EMOTION = 16  # --n 1000 made figures 53,000 pixels wide and a 109 MB report.html
+
+
 def features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: str | os.PathLike, n: int = 4,
              seed: int = 0, top_k: int = 6, channels_per_class: int = 3, faces_per_channel: int = 6,
              embedding: str = "tsne", device: str = "cpu", batch_size: int = 256, threads: int = 0) -> dict[str, Any]:
@@ -551,8 +554,9 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
     from ferkit.train import checkpoint_sha256, load_model, pick_device
 
     started = time.perf_counter()
-    if n < 1:
-        raise FerkitError("--n must be at least 1")
+    if not 1 <= n <= MAX_FACES_PER_EMOTION:
+        raise FerkitError(f"--n {n}: use 1 to {MAX_FACES_PER_EMOTION} faces per emotion (each figure puts them in one "
+                          "row)")
     check_seed(seed)
     run = Path(run_dir)
     out = output_folder(out, create=False)  # refused before the work, made when there is something to write
@@ -568,6 +572,9 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
     if len(rows) == 0:
         raise FerkitError(f"{dataset.source} has no {SPLIT} rows: features are drawn on {SPLIT}")
     output_folder(out)
+    # features.json is written last: a run interrupted after some figures must not leave a previous
+    # run's JSON beside them (the report would take the new figures for the old numbers)
+    (out / "features.json").unlink(missing_ok=True)
     seconds: dict[str, float] = {}
 
     def origin(i: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -257,5 +258,5 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),  # quoted: a path with spaces stays one word
     }

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import textwrap
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from ferkit.fileio import atomic_path, output_folder, read_json, require_run_fol
 MAIN_PAGES = 3  # the main part ends on this page at the latest
 EXTRA_PAGES = 1.5  # the extras take at most this many further pages
 EVAL_DIRS = ("test-tta", "test")  # preferred first
+_METRIC_KEYS = {"accuracy", "macro_f1", "weighted_f1", "n"}
 _FIGURE_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)  # tried in turn until the page limits hold
 # once figures must be left out, those kept are shown larger than the smallest scale: fewer, but legible
 _DROP_SCALE = 0.8
@@ -177,7 +179,12 @@ def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
         config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise FerkitError(f"{where}: cannot read run.json or config.yaml ({exc})") from None
-    history = read_history(path / "history.csv") if (path / "history.csv").is_file() else []
+    if not isinstance(info, dict) or not isinstance(info.get("model"), dict) or not isinstance(config, dict):
+        raise FerkitError(f"{where}: run.json or config.yaml is not what `ferkit train` writes (damaged or edited)")
+    try:
+        history = read_history(path / "history.csv") if (path / "history.csv").is_file() else []
+    except (OSError, ValueError, TypeError) as exc:
+        raise FerkitError(f"{path / 'history.csv'}: unreadable ({exc}); restore it or train the run again") from None
     evals, eval_dirs = {}, {}
     for name in EVAL_DIRS:
         metrics_path = path / "eval" / name / "metrics.json"
@@ -187,6 +194,10 @@ def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
             except (OSError, ValueError) as exc:
                 raise FerkitError(f"{metrics_path}: unreadable ({exc}); run `ferkit evaluate {path}"
                                   f"{' --tta' if name == 'test-tta' else ''}` again") from None
+            if not (isinstance(evals[name], dict) and _METRIC_KEYS <= evals[name].keys()
+                    and isinstance(evals[name].get("per_class", {}), dict)):
+                raise FerkitError(f"{metrics_path}: not what `ferkit evaluate` writes (damaged or edited); run "
+                                  f"`ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
             eval_dirs[name] = metrics_path.parent
     if not evals:
         raise FerkitError(f"{where}: no test evaluation (neither eval/test-tta/metrics.json nor "
@@ -333,13 +344,17 @@ def _times(n: int) -> str:
 
 
 def _command(recorded: str | None) -> str | None:
-    """The recorded argv with the path of the ferkit script shortened to `ferkit`."""
-    if not recorded:
+    """The recorded argv with the path of the ferkit script shortened to `ferkit`; shell-quoted (older
+    runs recorded the words joined by spaces, which is the same unless a word needs quotes)."""
+    try:
+        words = shlex.split(recorded or "")
+    except ValueError:  # not shell words (an older record with an odd quote): shown as it is
+        return recorded
+    if not words:
         return None
-    first, _, rest = recorded.partition(" ")
-    script = Path(first)
+    script = Path(words[0])
     if script.name == "ferkit" or (script.name == "__main__.py" and script.parent.name == "ferkit"):  # python -m
-        return "ferkit" + (f" {rest}" if rest else "")
+        return shlex.join(["ferkit", *words[1:]])
     return recorded
 
 
@@ -366,7 +381,19 @@ def _tta_label(metrics: dict[str, Any]) -> str:
 
 
 def _with_out(command: str, folder: Path | str) -> str:
-    """`command` with the folder of its (first) --out replaced."""
+    """`command` with the folder of its (first) --out replaced. A command recorded shell-quoted
+    (shlex.join) is parsed as such; an older one, joined by spaces, by its words."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = None
+    if words is not None and shlex.join(words) == command:
+        for i, word in enumerate(words):
+            if word == "--out" and i + 1 < len(words):
+                return shlex.join(words[:i + 1] + [str(folder)] + words[i + 2:])
+            if word.startswith("--out="):
+                return shlex.join(words[:i] + [f"--out={folder}"] + words[i + 1:])
+        return command
     return re.sub(r"(?<!\S)(--out[= ])\S+", lambda m: f"{m.group(1)}{folder}", command, count=1)
 
 
@@ -456,7 +483,8 @@ def _data_section(run: Run) -> list[Any]:
         f"{PIXEL_SCALE:g}; there is no "
         f"cropping or alignment. Training augmentation, on whole batches on the {run.info.get('device', 'device')}: "
         f"{augmentation}" + (f"; plus {' and '.join(mixing)}" if mixing else "") +
-        f". Test-time augmentation (`tta: {tta}`) averages the probabilities of {tta_text}."))
+        (". No test-time augmentation (`tta: none`)." if tta == "none" else
+         f". Test-time augmentation (`tta: {tta}`) averages the probabilities of {tta_text}.")))
     return blocks
 
 
@@ -579,6 +607,8 @@ def _wall_clock(info: dict[str, Any], train_seconds: float) -> str:
     slack = 0.0 if "." in started and "." in finished else 1.0
     if span < train_seconds + slack or _duration(span) == _duration(train_seconds):
         return " (about the same wall-clock from start to finish, evaluation excluded)"
+    if info.get("resumed"):  # the span holds the break before each resume, which may be days
+        return f" ({_duration(span)} from the start to the finish, including the break before resuming)"
     return f" ({_duration(span)} wall-clock from start to finish, evaluation excluded)"
 
 
@@ -684,6 +714,9 @@ def _early_stopping(run: Run) -> str | None:
         return (f"**Early stopping fired** after epoch {epochs_run} of {cfg.get('epochs')}: "
                 f"{cfg.get('patience')} epochs brought no better `{select_by}` than epoch {best}'s "
                 f"{_f4(score)}, which saved {int(cfg.get('epochs', epochs_run)) - epochs_run} epochs.")
+    if _unfinished(run):
+        return (f"**Early stopping** (patience {cfg.get('patience')}) had not fired when training stopped after epoch "
+                f"{epochs_run}; the best `{select_by}` so far ({_f4(score)}) came at epoch {best}.")
     if best == epochs_run:
         return (f"**Early stopping did not fire** (patience {cfg.get('patience')}): all {epochs_run} epochs "
                 f"ran and the last was the best (`{select_by}` {_f4(score)}); the model was still improving, "
@@ -696,7 +729,9 @@ def _early_stopping(run: Run) -> str | None:
 def _class_numbers(run: Run) -> tuple[dict[str, Any], list[int]] | None:
     """The test set's per-class scores and the training faces per class, when the run records both."""
     per_class = run.metrics.get("per_class", {})
-    train_counts = run.info.get("data", {}).get("counts", {}).get("Training")
+    data = run.info.get("data", {})
+    # the faces trained on (train_limit takes the first N); older runs record only the whole file's
+    train_counts = data.get("train_counts") or data.get("counts", {}).get("Training")
     if per_class and train_counts and len(train_counts) == len(EMOTIONS):
         return per_class, train_counts
     return None
@@ -722,7 +757,9 @@ def _rare_class(run: Run) -> str | None:
                       "among the faces trained on)"
            if weight is not None else "a weighted sampler",
            "none": "nothing compensates for its rarity"}.get(mode, mode)
-    text = (f"**The rare class**: {rare} has {_int(min(train_counts))} training faces "
+    whole = "" if info.get("data", {}).get("train_counts") or not cfg.get("train_limit") else \
+        f" in the whole file (this run trained on its first {_int(cfg['train_limit'])})"
+    text = (f"**The rare class**: {rare} has {_int(min(train_counts))} training faces{whole} "
             f"({min(train_counts) / max(1, sum(train_counts)):.1%}); {how}. On the test set its F1 is "
             f"{_f4(f1_rare)} and recall {_f4(recall_rare)}, against a mean F1 of {_f4(f1_others)} and recall "
             f"{_f4(recall_others)} over the other six classes")
@@ -766,6 +803,8 @@ def _tta_effect(run: Run) -> str | None:
     if "test" not in run.evals or "test-tta" not in run.evals:
         return None
     plain, tta = run.evals["test"], run.evals["test-tta"]
+    if tta.get("tta") in (None, "none"):  # `ferkit evaluate --tta` of a run whose tta is none: the same evaluation
+        return None
     return (f"**Test-time augmentation** ({tta.get('tta')}) changes accuracy by "
             f"{_signed_pts(tta['accuracy'] - plain['accuracy'])} points and macro F1 by "
             f"{_signed_pts(tta['macro_f1'] - plain['macro_f1'])} points.")
@@ -804,7 +843,11 @@ def _test_section(run: Run, figures_dir: Path) -> list[Any]:
                     _int(per_class[c]["support"])] for c in EMOTIONS if c in per_class]
     if per_class:
         support = np.array([per_class[c]["support"] for c in EMOTIONS], dtype=float)
-        for name, w in (("macro avg", np.ones(len(EMOTIONS))), ("weighted avg", support)):
+        # macro F1 (metrics.json) averages the classes present in the test set: so does this row
+        averaged = m.get("macro_f1_classes") or [c for c in EMOTIONS if per_class[c]["support"] > 0] or EMOTIONS
+        present = np.array([c in averaged for c in EMOTIONS], dtype=float)
+        macro = "macro avg" if len(averaged) == len(EMOTIONS) else f"macro avg ({len(averaged)} classes present)"
+        for name, w in ((macro, present), ("weighted avg", support)):
             w = w / max(w.sum(), 1e-12)
             report_rows.append([name] + [_f4(float(sum(per_class[c][k] * w[i] for i, c in enumerate(EMOTIONS))))
                                          for k in ("precision", "recall", "f1")] + [_int(support.sum())])
@@ -857,9 +900,11 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
     if recorded and recorded.startswith("ferkit train"):
         lines += ["# as recorded in run.json, but for --out",
                   _with_out(recorded, replica)]
+    q = shlex.quote
     lines += ["# with every key from the saved config (equivalent)",
-              f"ferkit train {data.get('path', 'DATA')} --out {replica} --config {run.path}/config.yaml"]
-    lines += ["# evaluation of the replica"] + [f"ferkit evaluate {replica}{' --tta' if name == 'test-tta' else ''}"
+              f"ferkit train {q(str(data.get('path', 'DATA')))} --out {q(str(replica))} "
+              f"--config {q(str(run.path / 'config.yaml'))}"]
+    lines += ["# evaluation of the replica"] + [f"ferkit evaluate {q(str(replica))}{' --tta' if name == 'test-tta' else ''}"
                                                for name in ("test-tta", "test") if name in run.evals]
     if _is_study(recorded):
         study_replica = _replica_folder(run.path.parent)
@@ -1407,7 +1452,8 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
         canvas.saveState()
         canvas.setFont("Helvetica", 7)
         canvas.setFillColor(colors.HexColor("#666666"))
-        canvas.drawCentredString(A4[0] / 2, 0.8 * cm, f"{doc.title}  ·  page {document.page}")
+        title = doc.title if len(doc.title) <= 110 else doc.title[:109] + "…"  # one line within the margins
+        canvas.drawCentredString(A4[0] / 2, 0.8 * cm, f"{title}  ·  page {document.page}")
         canvas.restoreState()
 
     story = flow(doc.main, main_scale) + [Mark("main")]
@@ -1570,7 +1616,8 @@ def render_markdown(doc: Document) -> tuple[str, dict[str, Path]]:
         counters["figure"] += 1
         relative = f"figures/{fig.name}"
         files[relative] = fig.path
-        return [f"![{_plain(fig.caption)}]({relative})", "", f"*Figure {counters['figure']}. {fig.caption}*", ""]
+        return [f"![{_plain(fig.caption)}](<{relative}>)" if re.search(r"[\s()<>]", relative) else
+                f"![{_plain(fig.caption)}]({relative})", "", f"*Figure {counters['figure']}. {fig.caption}*", ""]
 
     def blocks(items: list[Any]) -> list[str]:
         out: list[str] = []
@@ -1626,6 +1673,9 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
     Example: ``ferkit report runs/cnn --mlp runs/mlp --features runs/cnn/features --out runs/cnn/report``
     """
     run = read_run(run_dir)
+    if features is not None and run.info["model"].get("name") != "cnn":
+        raise FerkitError(f"--features {features}: activation maps come from a CNN's last conv layer, and {run_dir} "
+                          f"is a run of the `{run.info['model'].get('name')}` model; report on the CNN run")
     mlp_run = read_run(mlp, "--mlp") if mlp is not None else None
     if mlp_run is not None:
         _compared_evaluations(run, mlp_run)  # stop before anything is written
@@ -1636,9 +1686,13 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
         extras[option] = read_extra(folder, option, json_name, made_by) if folder is not None else None
         if extras[option] is not None:
             require_extra_of(run, extras[option], option, made_by)
-    command = f"ferkit report {run_dir}" + "".join(f" {flag} {value}" for flag, value in
-                                                   (("--mlp", mlp), ("--features", features), ("--compare", compare))
-                                                   if value is not None) + f" --out {out}"
+    for option, extra in extras.items():
+        if extra is not None and Path(os.path.realpath(out)).is_relative_to(os.path.realpath(extra.path)):
+            raise FerkitError(f"--out {out}: lies in the {option} folder {extra.path}, whose figures the report reads "
+                              "(the next report would take its own figures for that folder's); name another folder")
+    given = (("--mlp", mlp), ("--features", features), ("--compare", compare), ("--out", out))
+    command = shlex.join(["ferkit", "report", str(run_dir)] +
+                         [word for flag, value in given if value is not None for word in (flag, str(value))])
     target = output_folder(out)
     doc = build_document(run, target / "figures", mlp_run, extras["--features"], extras["--compare"], command)
     pdf, layout = layout_pdf(doc)

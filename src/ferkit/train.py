@@ -340,7 +340,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             # absolute: evaluate, features and report find the file from any working folder
             "data": {"path": str(Path(data_path).resolve()), "sha256": dataset.sha256,
                      "faces_sha256": dataset.faces_sha256, "layout": dataset.layout,
-                     "counts": dataset.counts(), "train_images": int(n), "val_images": int(len(val_idx))},
+                     "counts": dataset.counts(), "train_images": int(n), "val_images": int(len(val_idx)),
+                     # the faces trained on per class: under train_limit not the whole file's
+                     "train_counts": np.bincount(y_train_np, minlength=len(fdata.EMOTIONS)).tolist()},
             "model": {"name": cfg.model, "kwargs": cfg.model_kwargs(), "parameters": count_parameters(model)},
             "class_weights": weights.tolist(),
             "device": str(device),
