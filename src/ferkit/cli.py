@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a CNN run folder")
     p.add_argument("--data", help="the dataset (default: the file the run was trained on)")
     p.add_argument("--out", required=True, help="folder for the figures, features.json and embedding.csv")
-    p.add_argument("--n", type=int, default=4, help="faces per emotion, correctly and wrongly classified (default %(default)s)")
+    p.add_argument("--n", type=int, default=4, help="faces per emotion, correctly and wrongly classified, 1 to 16 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="which faces to show; the t-SNE seed")
     p.add_argument("--embedding", choices=("tsne", "pca"), default="tsne",
                    help="the 2-D map: PCA to 50 then t-SNE (default), or PCA only")
