@@ -881,3 +881,21 @@ def test_figure_names_with_spaces_link_in_markdown():
                            [])
     md, _ = freport.render_markdown(doc)
     assert "](<figures/features_my plot (v1).png>)" in md
+
+
+def test_a_path_beyond_latin_1_is_legible_in_the_pdf(world, tmp_path):
+    """The standard PDF fonts encode cp1252 only: Ł and Cyrillic were black boxes. Then DejaVu is embedded."""
+    import io
+
+    run = tmp_path / "Łukasz" / "данные"
+    shutil.copytree(world["cnn"], run)
+    freport.build_report(run, tmp_path / "report")
+    reader = pypdf.PdfReader(io.BytesIO((tmp_path / "report" / "report.pdf").read_bytes()))
+    text = " ".join(page.extract_text() for page in reader.pages)
+    assert "Łukasz/данные" in text.replace("\n", "")
+    assert "■" not in text
+    fonts = {font["/BaseFont"] for page in reader.pages for font in page["/Resources"]["/Font"].values()}
+    assert any("DejaVuSans" in name for name in fonts)
+    plain = pypdf.PdfReader(io.BytesIO((world["out"] / "report.pdf").read_bytes()))  # an ASCII path: as before
+    assert {font["/BaseFont"] for page in plain.pages for font in page["/Resources"]["/Font"].values()} <= \
+        {"/Helvetica", "/Helvetica-Bold", "/Helvetica-Oblique", "/Helvetica-BoldOblique", "/Courier"}

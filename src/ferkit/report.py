@@ -1278,6 +1278,35 @@ def _grid_figures(blocks: list[Any]) -> list[Figure]:
     return [figure for _, _, figure in sorted(ranked, key=lambda t: (-t[0], t[1]))]
 
 
+# The PDF's fonts: the standard ones every reader has, which encode cp1252 only, and DejaVu (shipped
+# with matplotlib), embedded when the text holds more (a path with Ł, Greek or Cyrillic)
+_STANDARD_FONTS = {"regular": "Helvetica", "bold": "Helvetica-Bold", "italic": "Helvetica-Oblique", "mono": "Courier"}
+_UNICODE_FONTS = {"regular": "DejaVuSans", "bold": "DejaVuSans-Bold", "italic": "DejaVuSans-Oblique",
+                  "bold_italic": "DejaVuSans-BoldOblique", "mono": "DejaVuSansMono"}
+
+
+def _pdf_fonts(doc: Document) -> dict[str, str]:
+    """The standard fonts when they can show every character of `doc`, else DejaVu (which still lacks
+    CJK and emoji: those stay boxes)."""
+    try:
+        render_markdown(doc)[0].encode("cp1252")
+        return _STANDARD_FONTS
+    except UnicodeEncodeError:
+        pass
+    import matplotlib
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    for name in _UNICODE_FONTS.values():
+        if name not in pdfmetrics.getRegisteredFontNames():
+            pdfmetrics.registerFont(TTFont(name, str(folder / f"{name}.ttf")))
+    fonts = _UNICODE_FONTS
+    pdfmetrics.registerFontFamily(fonts["regular"], normal=fonts["regular"], bold=fonts["bold"],
+                                  italic=fonts["italic"], boldItalic=fonts["bold_italic"])
+    return fonts
+
+
 def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0, drop: int = 0,
                draft: bool = False) -> tuple[bytes, PdfLayout]:
     """Lay the document out on A4 with figures scaled by `main_scale` / `extra_scale`, leaving out
@@ -1293,22 +1322,24 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
     from reportlab.platypus import Table as RLTable
     from reportlab.platypus import TableStyle
 
-    base = ParagraphStyle("base", fontName="Helvetica", fontSize=8.4, leading=10.4, alignment=TA_LEFT, spaceAfter=3)
+    fonts = _pdf_fonts(doc)
+    base = ParagraphStyle("base", fontName=fonts["regular"], fontSize=8.4, leading=10.4, alignment=TA_LEFT,
+                          spaceAfter=3)
     styles = {
-        "title": ParagraphStyle("title", base, fontName="Helvetica-Bold", fontSize=13, leading=16, spaceAfter=3),
-        "h1": ParagraphStyle("h1", base, fontName="Helvetica-Bold", fontSize=10.5, leading=13, spaceBefore=5,
+        "title": ParagraphStyle("title", base, fontName=fonts["bold"], fontSize=13, leading=16, spaceAfter=3),
+        "h1": ParagraphStyle("h1", base, fontName=fonts["bold"], fontSize=10.5, leading=13, spaceBefore=5,
                              spaceAfter=2, keepWithNext=1),
         "small": ParagraphStyle("small", base, fontSize=8, leading=10),
-        "caption": ParagraphStyle("caption", base, fontName="Helvetica-Oblique", fontSize=7.3, leading=8.8,
+        "caption": ParagraphStyle("caption", base, fontName=fonts["italic"], fontSize=7.3, leading=8.8,
                                   spaceAfter=4, textColor=colors.HexColor("#333333")),
         "bullet": ParagraphStyle("bullet", base, leftIndent=9, bulletIndent=0, spaceAfter=1.5),
-        "code": ParagraphStyle("code", base, fontName="Courier", fontSize=7, leading=8.4,
+        "code": ParagraphStyle("code", base, fontName=fonts["mono"], fontSize=7, leading=8.4,
                                backColor=colors.HexColor("#f3f3f3"), borderPadding=3, spaceBefore=2, spaceAfter=6),
     }
 
     def markup(text: str) -> str:
         return _inline(text, lambda s: html.escape(s, quote=False), lambda s: f"<b>{s}</b>",
-                       lambda s: f'<font face="Courier">{s}</font>')
+                       lambda s: f'<font face="{fonts["mono"]}">{s}</font>')
 
     buffer = io.BytesIO()
     margin = 1.5 * cm
@@ -1450,7 +1481,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
 
     def footer(canvas: Any, document: Any) -> None:
         canvas.saveState()
-        canvas.setFont("Helvetica", 7)
+        canvas.setFont(fonts["regular"], 7)
         canvas.setFillColor(colors.HexColor("#666666"))
         title = doc.title if len(doc.title) <= 110 else doc.title[:109] + "…"  # one line within the margins
         canvas.drawCentredString(A4[0] / 2, 0.8 * cm, f"{title}  ·  page {document.page}")
