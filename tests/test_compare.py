@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score, f1_score
 
-from ferkit import cli, compare as cmp, config, label
+from ferkit import cli, compare as cmp, config, label, train
 from ferkit.data import EMOTIONS, SPLITS, load
 from ferkit.errors import FerkitError
 from ferkit.evaluate import compute_metrics, macro_f1
@@ -288,6 +288,22 @@ def test_compare_accepts_a_copy_of_the_labelled_faces(study, tmp_path):
     copy = cmp.compare(study["run"], study["labels"], tmp_path / "copy", data=packed, resamples=50)
     original = cmp.compare(study["run"], study["labels"], tmp_path / "original", data=study["data"], resamples=50)
     assert copy["human"] == original["human"] and copy["cnn"] == original["cnn"]
+
+
+def test_compare_never_writes_over_the_labels(study, tmp_path):
+    import shutil
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    labels = folder / "faces.csv"  # the name of a file compare writes
+    shutil.copy(study["labels"], labels)
+    shutil.copy(label.sidecar_path(study["labels"]), label.sidecar_path(labels))
+    before = labels.read_bytes()
+    with pytest.raises(FerkitError, match="its faces.csv, which compare writes, is the labels"):
+        cmp.compare(study["run"], labels, folder, data=study["data"], resamples=50)
+    assert labels.read_bytes() == before
+    result = cmp.compare(study["run"], labels, folder / "out", data=study["data"], resamples=50)
+    assert result["model"]["checkpoint_sha256"] == train.checkpoint_sha256(study["run"])
 
 
 def test_disagreement_figure_when_they_always_agree(tmp_path):

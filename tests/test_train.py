@@ -321,6 +321,11 @@ def test_ensemble_averages_saved_predictions_and_checks_they_fit_the_data(traine
     table = pd.read_csv(happy / "predictions.csv")
     table[list(EMOTIONS)] = np.eye(len(EMOTIONS))[EMOTIONS.index("Happy")]
     table.to_csv(happy / "predictions.csv", index=False)
+    with pytest.raises(FerkitError, match="hold the same model .checkpoint sha256"):  # still the run's own model
+        ensemble([happy, run], tmp_path / "mixed", data=tiny_csv)
+    recorded = json.loads((happy / "metrics.json").read_text())
+    del recorded["checkpoint_sha256"]  # now another model's predictions, as far as the ensemble can tell
+    (happy / "metrics.json").write_text(json.dumps(recorded))
     with pytest.raises(FerkitError, match="pass --data"):
         ensemble([happy, run], tmp_path / "mixed")
     mixed = ensemble([happy, run], tmp_path / "mixed", data=tiny_csv)  # the run's member predicts without TTA
@@ -345,7 +350,10 @@ def test_ensemble_averages_saved_predictions_and_checks_they_fit_the_data(traine
     table.drop(columns="Fear").to_csv(happy / "predictions.csv", index=False)
     assert main(["ensemble", str(happy), "--out", str(tmp_path / "cli"), "--data", str(tiny_csv)]) == 2
     assert "no column Fear" in capsys.readouterr().err
-    assert main(["ensemble", str(saved), str(run), "--tta", "--out", str(tmp_path / "cli")]) == 0
+    assert main(["ensemble", str(saved), str(run), "--tta", "--out", str(tmp_path / "cli")]) == 2  # one model
+    assert "hold the same model" in capsys.readouterr().err
+    assert main(["ensemble", str(saved), "--tta", "--out", str(tmp_path / "cli")]) == 0
+    assert main(["ensemble", str(run), "--tta", "--out", str(tmp_path / "cli2")]) == 0
     printed = capsys.readouterr().out
     assert "(saved predictions, TTA flip): accuracy" in printed and "(its best checkpoint, TTA flip)" in printed
 
@@ -574,7 +582,8 @@ def test_a_run_finds_its_data_from_any_folder_and_accepts_a_copy(tiny_csv, tmp_p
     again = evaluate(run, data=packed, out=tmp_path / "again")
     assert again["accuracy"] == plain["accuracy"] and again["data_sha256"] != plain["data_sha256"]
     assert again["data_faces_sha256"] == plain["data_faces_sha256"]
-    assert ensemble([tmp_path / "plain", run], tmp_path / "ens", data=packed)["n"] == plain["n"]
+    assert ensemble([tmp_path / "plain"], tmp_path / "ens", data=packed)["n"] == plain["n"]
+    assert ensemble([run], tmp_path / "ens-run", data=packed)["accuracy"] == plain["accuracy"]
 
     other = tmp_path / "other.csv"  # one label changed: other data
     lines = tiny_csv.read_text().splitlines()
@@ -1022,3 +1031,110 @@ def test_the_classification_report_says_which_classes_macro_f1_averages(tiny_csv
     text = (tmp_path / "classification_report.txt").read_text()
     assert (f"Disgust: no face of this split here, so metrics.json's macro F1 ({metrics['macro_f1']:.4f}) averages "
             f"the other {len(present)} classes") in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by an audit of evaluate, ensemble and compare
+
+
+def test_an_ensemble_counts_each_model_once_and_never_writes_over_a_member(trained_run, tiny_csv, tmp_path, capsys):
+    run, _ = trained_run
+    plain = evaluate(run, out=tmp_path / "plain")
+    evaluate(run, tta=True, out=tmp_path / "tta")
+    assert plain["checkpoint_sha256"] == train.checkpoint_sha256(run)
+    for members in ([run, tmp_path / "plain"], [tmp_path / "plain", tmp_path / "tta"]):
+        with pytest.raises(FerkitError, match="hold the same model"):
+            ensemble(members, tmp_path / "never", data=tiny_csv)
+    other = tmp_path / "other"
+    train.train(tiny_csv, other, tiny_config(epochs=1, train_limit=64, seed=5), progress=False)
+    pair = ensemble([other, tmp_path / "plain"], tmp_path / "pair", data=tiny_csv)
+    with pytest.raises(FerkitError, match="hold the same model"):  # an ensemble of ensembles, too
+        ensemble([tmp_path / "pair", tmp_path / "tta"], tmp_path / "never", data=tiny_csv)
+    before = (tmp_path / "plain" / "predictions.csv").read_bytes()
+    with pytest.raises(FerkitError, match="is the member .*plain, whose predictions.csv the ensemble's would replace"):
+        ensemble([other, tmp_path / "plain"], tmp_path / "plain", data=tiny_csv)
+    assert (tmp_path / "plain" / "predictions.csv").read_bytes() == before and pair["n"] == plain["n"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FerkitError, match="empty: neither a trained run folder .* nor an evaluation folder"):
+        ensemble([tmp_path / "empty"], tmp_path / "never", data=tiny_csv)
+
+
+def test_a_hand_edited_saved_evaluation_is_named_not_a_traceback(trained_run, tiny_csv, tmp_path):
+    run, _ = trained_run
+    saved = tmp_path / "saved"
+    evaluate(run, out=saved)
+    table = (saved / "predictions.csv").read_text().splitlines()
+    cells = table[1].split(",")
+    cells[-1] = "abc"
+    (saved / "predictions.csv").write_text("\n".join([table[0], ",".join(cells), *table[2:]]) + "\n")
+    with pytest.raises(FerkitError, match="rows that are not probabilities"):
+        ensemble([saved], tmp_path / "never", data=tiny_csv)
+    (saved / "metrics.json").write_text("[]")
+    with pytest.raises(FerkitError, match="metrics.json: not the metrics of an evaluation"):
+        ensemble([saved], tmp_path / "never", data=tiny_csv)
+
+
+def test_evaluate_names_the_checkpoint_it_marks_and_refuses_another_runs(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    from ferkit import visualize
+
+    run, _ = trained_run
+    marks = []
+    real = visualize.learning_curves
+    monkeypatch.setattr(visualize, "learning_curves", lambda *a, mark, **k: marks.append(mark) or real(*a, mark=mark, **k))
+    evaluate(run, checkpoint="last", out=tmp_path / "last")
+    evaluate(run, out=tmp_path / "best")
+    assert marks == ["evaluated: epoch {epoch} (last checkpoint)", "best epoch {epoch}"]
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    with pytest.raises(FerkitError, match="--checkpoint .*other/checkpoints/best.pt: not a checkpoint of"):
+        evaluate(run, checkpoint=str(other / "checkpoints" / "best.pt"), out=tmp_path / "never")
+    assert evaluate(run, checkpoint=str(run / "checkpoints" / "last.pt"), out=tmp_path / "own")["checkpoint"] == "last"
+
+
+def test_evaluate_on_publictest_says_it_chose_the_model(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    assert "so these scores are optimistic" in evaluate(run, split="val", out=tmp_path / "val")["note"]
+    assert "note" not in evaluate(run, out=tmp_path / "test")
+    assert main(["evaluate", str(run), "--split", "val", "--out", str(tmp_path / "val2")]) == 0
+    assert "note: PublicTest validated the run every epoch" in capsys.readouterr().err
+
+
+def test_an_ensemble_in_a_folder_of_an_earlier_evaluation_leaves_no_learning_curves(trained_run, tiny_csv, tmp_path):
+    run, _ = trained_run
+    evaluate(run, out=tmp_path / "x")
+    assert (tmp_path / "x" / "learning_curves.png").exists()
+    ensemble([run], tmp_path / "x")
+    assert not (tmp_path / "x" / "learning_curves.png").exists()  # they were the run's, not the ensemble's
+
+
+def test_a_checkpoint_replaced_while_it_is_read_is_refused(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    run, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    real = train.load_model
+
+    def training_saves_meanwhile(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        shutil.copy(copy / "checkpoints" / "last.pt", copy / "checkpoints" / "best.pt.new")
+        (copy / "checkpoints" / "best.pt").write_bytes(b"another model")
+        return loaded
+
+    monkeypatch.setattr(train, "load_model", training_saves_meanwhile)
+    with pytest.raises(FerkitError, match="its best checkpoint changed while it was read"):
+        evaluate(copy, out=tmp_path / "never")
+
+
+def test_evaluate_names_a_damaged_history(trained_run, tmp_path):
+    import shutil
+
+    run, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    lines = (copy / "history.csv").read_text().splitlines()
+    (copy / "history.csv").write_text("\n".join([lines[0], lines[1].replace(",", ",x", 1), *lines[2:]]) + "\n")
+    with pytest.raises(FerkitError, match="history.csv: unreadable"):
+        evaluate(copy, out=tmp_path / "never")

@@ -42,6 +42,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate(args.run_dir, split=args.split, tta=args.tta, data=args.data, out=args.out,
                        checkpoint=args.checkpoint, device=args.device)
     _print_metrics(metrics)
+    if metrics.get("note"):
+        print(f"note: {metrics['note']}", file=sys.stderr)
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> None:

@@ -26,10 +26,11 @@ from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import macro_f1, recorded_data_path
-from ferkit.fileio import output_folder, read_json, require_outside, write_csv, write_json
+from ferkit.fileio import output_folder, read_json, require_outside, same_file, write_csv, write_json
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
+OUTPUT_FILES = ("comparison.json", "confusion_matrices.png", "disagreements.png", "faces.csv")
 _K = len(EMOTIONS)
 
 
@@ -157,8 +158,8 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
 
     Example: ``ferkit compare runs/cnn labels.csv --data icml_face_data.csv --out runs/human-vs-cnn``
     """
-    from ferkit.label import read_labels
-    from ferkit.train import checkpoint_sha256, load_model, pick_device, predict_as_trained
+    from ferkit.label import read_labels, sidecar_path
+    from ferkit.train import load_run_model, pick_device, predict_as_trained
 
     if resamples < 1:
         raise FerkitError(f"--bootstrap {resamples}: use at least 1 resample")
@@ -167,12 +168,16 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
     run, labels_path = Path(run_dir), Path(labels_csv)
     data_path = _resolve_data(labels_path, run, data)
     require_outside(data_path, out)
+    for name in OUTPUT_FILES:  # labels saved as OUT/faces.csv were replaced by compare's own
+        if any(same_file(Path(out) / name, kept) for kept in (labels_path, sidecar_path(labels_path), data_path)):
+            raise FerkitError(f"--out {out}: its {name}, which compare writes, is the labels, their sidecar or the "
+                              f"data file; name another folder")
     dataset = fdata.load(data_path)
     labels = read_labels(labels_path, dataset)
     if len(labels) < 1:
         raise FerkitError(f"{labels_path} holds no answers yet: label some faces with `ferkit label` first")
     target = pick_device(device)
-    model, checkpoint = load_model(run, device=target)
+    model, checkpoint, checkpoint_sha = load_run_model(run, device=target)
     fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run),
                            todo="compare a run trained on the faces you labelled")
     probs, mode = predict_as_trained(model, checkpoint, dataset.images[labels.rows], target, tta)
@@ -204,7 +209,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
         "data": {"path": dataset.source, "sha256": dataset.sha256, "faces_sha256": dataset.faces_sha256},
         "sample": {"split": labels.meta.get("split"), "seed": labels.meta.get("seed"), "n": sample_n},
         "model": {"run": str(run), "name": checkpoint.get("model_name"), "epoch": checkpoint.get("epoch"),
-                  "checkpoint_sha256": checkpoint_sha256(run), "tta": mode},
+                  "checkpoint_sha256": checkpoint_sha, "tta": mode},
         "classes": list(EMOTIONS),
         "macro_f1_classes": [EMOTIONS[i] for i in np.unique(y_true)],
         "human": _scores(y_true, human, boot["human"]),
@@ -217,7 +222,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
         "human_seconds": {"mean": float(np.mean(labels.seconds)), "median": float(np.median(labels.seconds)),
                           "total": float(np.sum(labels.seconds))},
         "bootstrap": {"resamples": int(resamples), "seed": int(seed), "confidence": CONFIDENCE},
-        "files": ["comparison.json", "confusion_matrices.png", "disagreements.png", "faces.csv"],
+        "files": list(OUTPUT_FILES),
     }
 
     destination = output_folder(out)

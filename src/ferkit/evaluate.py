@@ -73,13 +73,15 @@ def recorded_data_path(run_dir: Path) -> str | None:
 
 def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,
                      info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None,
-                     augmented: bool = True) -> dict:
+                     augmented: bool = True, mark: str = "best epoch {epoch}") -> dict:
     """Write the evaluation files for predictions `probs` (N, 7) on dataset rows `rows`; `history`, if
     given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches).
     Returns what metrics.json holds, plus `folder`: where the files went."""
     from ferkit.visualize import confusion_matrices, learning_curves
 
     out.mkdir(parents=True, exist_ok=True)  # callers check a --out of the user's (fileio.output_folder)
+    if not history and (out / "metrics.json").is_file():  # an earlier evaluation's curves would pass for these
+        (out / "learning_curves.png").unlink(missing_ok=True)
     y_true = dataset.labels[rows]
     y_pred = probs.argmax(1)
     metrics = dict(info, **compute_metrics(y_true, y_pred), **dataset.checksums())
@@ -103,7 +105,7 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
             f"macro F1 {metrics['macro_f1']:.4f}"
     confusion_matrices(np.array(metrics["confusion_matrix"]), out / "confusion_matrix.png", title=title)
     if history:
-        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, augmented=augmented)
+        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, augmented=augmented, mark=mark)
     return dict(metrics, folder=str(out))
 
 
@@ -115,9 +117,14 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
 
     Example: ``ferkit evaluate runs/cnn --split test --tta``
     """
-    from ferkit.train import checkpoint_name, load_model, pick_device, predict_as_trained, read_history
+    from ferkit.train import checkpoint_name, load_run_model, pick_device, predict_as_trained, read_history
 
     run = Path(run_dir)
+    typed = Path(checkpoint)
+    if typed.parent not in (Path("."), Path("checkpoints")) and \
+            os.path.realpath(typed.parent) != os.path.realpath(run / "checkpoints"):
+        raise FerkitError(f"--checkpoint {checkpoint}: not a checkpoint of {run}; name one of its checkpoints "
+                          f"(best, last, at_4min), or evaluate the run that holds this file")
     which = checkpoint_name(checkpoint)
     name = split_name(split)
     suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
@@ -126,17 +133,25 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     data_path = run_data_path(run, data)
     require_outside(data_path, destination)
     target = pick_device(device)
-    model, state = load_model(run, which=which, device=target)
+    model, state, checkpoint_sha = load_run_model(run, which, target)
     dataset = fdata.load(data_path)
     fdata.require_recorded(dataset, state, f"the run {run} was trained on", recorded_data_path(run))
     rows = dataset.indices(name)
     probs, mode = predict_as_trained(model, state, dataset.images[rows], target, tta)
     history_path = run / "history.csv"
     history = read_history(history_path) if history_path.exists() else None
-    info = {"name": state["model_name"], "run": str(run), "split": name, "tta": mode,
+    info = {"name": state["model_name"], "run": str(run), "checkpoint_sha256": checkpoint_sha,
+            "split": name, "tta": mode,
             "checkpoint": which, "epoch": state["epoch"]}
+    if name == "PublicTest":  # the validation split: say so beside its numbers
+        limit = int(state["config"].get("val_limit") or 0)
+        chose = f"its first {limit} faces" if 0 < limit < len(rows) else "it"
+        info["note"] = (f"PublicTest validated the run every epoch ({chose} chose the best epoch and when to stop), "
+                        "so these scores are optimistic; --split test (PrivateTest) is the held-out estimate")
     return write_evaluation(destination, dataset, rows, probs, info, history, state["epoch"],
-                            augmented=state["config"].get("augment", True))
+                            augmented=state["config"].get("augment", True),
+                            mark="best epoch {epoch}" if which == "best" else
+                            "evaluated: epoch {epoch} (" + which + " checkpoint)")
 
 
 def is_evaluation_folder(path: str | os.PathLike) -> bool:
@@ -155,22 +170,45 @@ def saved_probabilities(folder: Path, dataset: fdata.Dataset, rows: np.ndarray, 
         frame = pd.read_csv(table)
     except (OSError, ValueError) as exc:
         raise FerkitError(f"{folder}: unreadable evaluation ({exc}); run `ferkit evaluate` again") from None
+    if not isinstance(metrics, dict):
+        raise FerkitError(f"{folder / 'metrics.json'}: not the metrics of an evaluation; run `ferkit evaluate` again")
     fdata.require_recorded(dataset, metrics, f"the predictions in {folder} were made on",
                            todo="an ensemble needs predictions on the same data")
     if metrics.get("split") != split:
         raise FerkitError(f"{folder}: these predictions are on {metrics.get('split')}, the ensemble is on {split}; "
                           f"pick folders of one split, and --split to match")
+    other = "path" if dataset.origin_column == "line" else "line"
+    if dataset.origin_column not in frame.columns and other in frame.columns:
+        layouts = {"line": "a CSV (rows named by line)", "path": "the image-folder export (rows named by path)"}
+        raise FerkitError(f"{table}: these predictions were made on {layouts[other]}, and {dataset.source} is "
+                          f"{layouts[dataset.origin_column].split(' (')[0]}; pass --data with the file or folder "
+                          f"they were made on")
     missing = [column for column in (dataset.origin_column, *EMOTIONS) if column not in frame.columns]
     if missing:
         raise FerkitError(f"{table}: no column {', '.join(missing)}; not a ferkit predictions.csv for this data")
     if frame[dataset.origin_column].tolist() != dataset.origins(rows):
         raise FerkitError(f"{table}: its rows are not the {split} faces of this data file in their order")
-    probs = frame[list(EMOTIONS)].to_numpy(dtype=float)
+    try:
+        probs = frame[list(EMOTIONS)].to_numpy(dtype=float)
+    except (TypeError, ValueError):  # a cell that is no number
+        probs = np.full((len(frame), len(EMOTIONS)), np.nan)
     # saved to 6 decimals, so a row sums to 1 within 7 * 5e-7
     if not np.isfinite(probs).all() or (probs < 0).any() or (np.abs(probs.sum(1) - 1) > 1e-4).any():
         raise FerkitError(f"{table}: the probability columns hold rows that are not probabilities (each row must "
                           f"be 7 values from 0 to 1 that sum to 1)")
     return probs, metrics
+
+
+def _model_keys(folder: Path, metrics: dict) -> list[tuple]:
+    """What names the model(s) behind an evaluation folder: the checksum of the checkpoint it evaluated
+    (recorded since), else its run folder and epoch; an ensemble's folder names its members' models."""
+    if isinstance(metrics.get("members"), list):
+        return [tuple(key) for member in metrics["members"] if isinstance(member, dict)
+                for key in member.get("model_keys", []) if isinstance(key, list)]
+    if isinstance(metrics.get("checkpoint_sha256"), str):
+        return [("checkpoint", metrics["checkpoint_sha256"])]
+    run = run_folder_around(folder)
+    return [("run", os.path.realpath(run), metrics.get("epoch"))] if run is not None else []
 
 
 def _ensemble_data_path(member: Path, data: str | os.PathLike | None) -> str:
@@ -192,7 +230,7 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
 
     Example: ``ferkit ensemble runs/cnn-s0 runs/cnn-s1 gpu/cnn-s2/eval/test-tta --out runs/ensemble --tta``
     """
-    from ferkit.train import load_model, pick_device, predict_as_trained
+    from ferkit.train import load_run_model, pick_device, predict_as_trained
 
     if isinstance(members, (str, os.PathLike)):  # one member, not an iterable of its characters
         members = [members]
@@ -207,7 +245,14 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             first = members[resolved.index(resolved[i])]
             again = "" if str(first) == str(member) else f" (again as {member})"
             raise FerkitError(f"{first} is listed twice{again}; each member counts once in the average")
+        if not is_evaluation_folder(member) and not (Path(member) / "checkpoints" / "best.pt").is_file():
+            raise FerkitError(f"{member}: neither a trained run folder (no checkpoints/best.pt) nor an evaluation "
+                              f"folder (metrics.json and predictions.csv, as `ferkit evaluate RUN` writes in "
+                              f"RUN/eval/test)")
     output = output_folder(out, create=False)
+    if (taken := next((m for m, r in zip(members, resolved) if r == Path(os.path.realpath(output))), None)) is not None:
+        raise FerkitError(f"--out {out}: is the member {taken}, whose predictions.csv the ensemble's would replace; "
+                          f"name another folder")
     data_path = _ensemble_data_path(Path(members[0]), data)
     require_outside(data_path, output)
     dataset = fdata.load(data_path)
@@ -216,19 +261,28 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     rows = dataset.indices(name)
     total = np.zeros((len(rows), len(EMOTIONS)))
     summaries = []
+    models: dict[tuple, str] = {}  # what names each member's model(s): one model counts once
     for member in members:
         if is_evaluation_folder(member):
             probs, recorded = saved_probabilities(Path(member), dataset, rows, name)
-            mode, source = recorded.get("tta", "none"), "saved predictions"
+            mode, source = str(recorded.get("tta", "none")), "saved predictions"
+            keys = _model_keys(Path(member), recorded)
         else:
-            model, state = load_model(member, device=target)
+            model, state, checkpoint_sha = load_run_model(member, device=target)
             fdata.require_recorded(dataset, state, f"the run {member} was trained on",
                                    recorded_data_path(Path(member)), todo="an ensemble needs runs on the same data")
             source = "its best checkpoint"
             probs, mode = predict_as_trained(model, state, dataset.images[rows], target, tta)
+            keys = [("checkpoint", checkpoint_sha), ("run", os.path.realpath(member), state.get("epoch"))]
+        if (same := next((key for key in keys if key in models), None)) is not None:
+            raise FerkitError(f"{member} and {models[same]} hold the same model ("
+                              + (f"the epoch-{same[2]} checkpoint of {same[1]}" if same[0] == "run" else
+                                 f"checkpoint sha256 {same[1][:12]}...") +
+                              ", with or without TTA); each model counts once in the average")
+        models.update(dict.fromkeys(keys, str(member)))
         scores = compute_metrics(dataset.labels[rows], probs.argmax(1))
         summaries.append({"run": str(member), "source": source, "tta": mode, "accuracy": scores["accuracy"],
-                          "macro_f1": scores["macro_f1"]})
+                          "macro_f1": scores["macro_f1"], "model_keys": [list(key) for key in keys]})
         total += probs
     info = {"name": f"ensemble of {len(members)}", "split": name,
             "tta": ", ".join(sorted({summary["tta"] for summary in summaries})), "members": summaries}

@@ -51,6 +51,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """The same path once links are resolved, or two names (hard links) of one existing file."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
 def _sync_folder(folder: Path) -> None:
     """Make a rename survive a power cut: the new name is in the folder's entry, not in the file."""
     try:

@@ -40,7 +40,7 @@ from ferkit import data as fdata
 from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import output_file, read_json, write_csv, write_json
+from ferkit.fileio import output_file, read_json, same_file, write_csv, write_json
 
 SPLIT = "PrivateTest"
 SIDECAR_FORMAT = "ferkit-labels"
@@ -197,22 +197,12 @@ def read_labels(labels_csv: str | os.PathLike, dataset: fdata.Dataset) -> Labels
                   origin_column=meta["origin_column"], origins=[meta["sample"][i] for i in index], meta=meta)
 
 
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """The same path once links are resolved, or two names (hard links) of one existing file."""
-    if Path(a).resolve() == Path(b).resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist yet
-        return False
-
-
 def export_with_truth(data: str | os.PathLike, labels_csv: str | os.PathLike, out: str | os.PathLike) -> int:
     """Write the answers of `labels_csv` joined with the true labels of `data` to `out`; returns their count.
 
     Example: ``ferkit label icml_face_data.csv --out labels.csv --export-with-truth labels_truth.csv``
     """
-    if any(_same_file(out, kept) for kept in (data, labels_csv, sidecar_path(labels_csv))):
+    if any(same_file(out, kept) for kept in (data, labels_csv, sidecar_path(labels_csv))):
         raise FerkitError(f"--export-with-truth {out}: choose a file other than the data, the labels and their "
                           "sidecar")
     output_file(out, "--export-with-truth", create_folder=False)

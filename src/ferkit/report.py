@@ -181,10 +181,7 @@ def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
         raise FerkitError(f"{where}: cannot read run.json or config.yaml ({exc})") from None
     if not isinstance(info, dict) or not isinstance(info.get("model"), dict) or not isinstance(config, dict):
         raise FerkitError(f"{where}: run.json or config.yaml is not what `ferkit train` writes (damaged or edited)")
-    try:
-        history = read_history(path / "history.csv") if (path / "history.csv").is_file() else []
-    except (OSError, ValueError, TypeError) as exc:
-        raise FerkitError(f"{path / 'history.csv'}: unreadable ({exc}); restore it or train the run again") from None
+    history = read_history(path / "history.csv") if (path / "history.csv").is_file() else []
     evals, eval_dirs = {}, {}
     for name in EVAL_DIRS:
         metrics_path = path / "eval" / name / "metrics.json"

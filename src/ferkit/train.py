@@ -114,6 +114,19 @@ def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
     return model.to(device).eval(), checkpoint
 
 
+def load_run_model(run: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
+                   ) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
+    """load_model for a run folder, plus the sha256 of the checkpoint file it read, for the record. A
+    run still training may replace the file meanwhile: the checksum is taken before and after, and a
+    change is refused, so that a record never pairs one model's numbers with another's checksum."""
+    before = checkpoint_sha256(run, which)
+    model, checkpoint = load_model(run, which=which, device=device)
+    if checkpoint_sha256(run, which) != before:
+        raise FerkitError(f"{run}: its {checkpoint_name(which)} checkpoint changed while it was read (the run is "
+                          "still training); run the same command again")
+    return model, checkpoint, before
+
+
 # ---------------------------------------------------------------------------------------------
 # Prediction (shared with evaluation)
 
@@ -499,5 +512,9 @@ def write_history(path: str | os.PathLike, history: list[dict[str, Any]]) -> Non
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of a run's history.csv; a damaged one (a hand edit) is named, not a traceback."""
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        try:
+            return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        except (ValueError, TypeError) as exc:  # TypeError: a short row's missing cells are None
+            raise FerkitError(f"{path}: unreadable ({exc}); restore it or train the run again") from None

@@ -109,7 +109,7 @@ def confusion_panel(ax: Any, counts: np.ndarray, xlabel: str = "predicted", row_
 
 
 def learning_curves(history: list[dict[str, float]], path: str | os.PathLike, best_epoch: int | None = None,
-                    title: str = "", augmented: bool = True) -> Path:
+                    title: str = "", augmented: bool = True, mark: str = "best epoch {epoch}") -> Path:
     """Loss and accuracy per epoch on training and validation, the best epoch marked; `augmented` says
     whether the training batches were augmented (the loss panel says so, as it explains the gap)."""
     epochs = [row["epoch"] for row in history]
@@ -118,7 +118,7 @@ def learning_curves(history: list[dict[str, float]], path: str | os.PathLike, be
         ax.plot(epochs, [row[f"train_{key}"] for row in history], label="train", marker=".")
         ax.plot(epochs, [row[f"val_{key}"] for row in history], label="validation (PublicTest)", marker=".")
         if best_epoch is not None:
-            ax.axvline(best_epoch, color="gray", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}")
+            ax.axvline(best_epoch, color="gray", linestyle="--", linewidth=1, label=mark.replace("{epoch}", str(best_epoch)))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
