@@ -1138,3 +1138,111 @@ def test_evaluate_names_a_damaged_history(trained_run, tmp_path):
     (copy / "history.csv").write_text("\n".join([lines[0], lines[1].replace(",", ",x", 1), *lines[2:]]) + "\n")
     with pytest.raises(FerkitError, match="history.csv: unreadable"):
         evaluate(copy, out=tmp_path / "never")
+
+
+def test_a_kill_after_the_last_checkpoint_leaves_a_history_that_the_resume_completes(tiny_csv, tmp_path, monkeypatch):
+    cfg = tiny_config(epochs=2, train_limit=64)
+    real_write = train.write_history
+
+    def killed_before_the_last_history(path, history):
+        if len(history) == 2:  # last.pt of the final epoch is saved; history.csv not yet
+            raise KeyboardInterrupt
+        real_write(path, history)
+
+    monkeypatch.setattr(train, "write_history", killed_before_the_last_history)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_csv, tmp_path / "r", cfg, progress=False)
+    monkeypatch.setattr(train, "write_history", real_write)
+    train.train(tiny_csv, tmp_path / "r", resume=True, progress=False)
+    assert [row["epoch"] for row in train.read_history(tmp_path / "r" / "history.csv")] == [1, 2]
+
+
+def test_a_run_without_last_pt_is_neither_resumed_nor_written_over(trained_run, tiny_csv, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run[0], run, ignore=lambda folder, names: [n for n in names if folder == str(trained_run[0])
+                                                                          and n not in train.RUN_FOLDER_ENTRIES])
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "checkpoints" / "last.pt").unlink()
+    best = (run / "checkpoints" / "best.pt").read_bytes()
+    with pytest.raises(FerkitError, match="last.pt is missing"):
+        train.train(tiny_csv, run, resume=True, progress=False)
+    with pytest.raises(FerkitError, match="without checkpoints/last.pt"):
+        train.train(tiny_csv, run, tiny_config(epochs=1), progress=False)
+    assert (run / "checkpoints" / "best.pt").read_bytes() == best
+
+
+def test_two_trainings_into_one_folder_at_once_are_refused(tiny_csv, tmp_path, monkeypatch):
+    run, real = tmp_path / "r", train.train_one_epoch
+    refused = []
+
+    def second_start(*args, **kwargs):
+        if not refused:
+            with pytest.raises(FerkitError, match="another `ferkit train` is writing") as caught:
+                train.train(tiny_csv, run, tiny_config(epochs=1, seed=7), progress=False)
+            refused.append(caught)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", second_start)
+    train.train(tiny_csv, run, tiny_config(epochs=1, train_limit=64), progress=False)
+    assert refused and config.load(run / "config.yaml").seed == 0
+
+
+def _interrupted_after_epoch_1(tiny_csv, run, monkeypatch) -> None:
+    """A 2-epoch run stopped (as by Ctrl-C) once epoch 1 is written: resumable."""
+    real_write = train.write_history
+
+    def interrupted(path, history):
+        real_write(path, history)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "write_history", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train.train(tiny_csv, run, tiny_config(epochs=2, train_limit=64), progress=False)
+
+
+def test_a_resume_may_change_the_device_only(tiny_csv, tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    _interrupted_after_epoch_1(tiny_csv, run, monkeypatch)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("device: auto", "device: cuda"))
+    with pytest.raises(FerkitError, match="continues with its saved config.yaml"):
+        train.train(tiny_csv, run, {"threads": 2}, resume=True, progress=False)
+    assert main(["train", str(tiny_csv), "--out", str(run), "--resume", "--set", "epochs=3"]) == 2
+    assert main(["train", str(tiny_csv), "--out", str(run), "--resume", "--set", "device=cpu"]) == 0
+    assert config.load(run / "config.yaml").device == "cpu"
+
+
+@pytest.mark.parametrize("override, message", [
+    (["model=mlp", "batch_size=1"], "batch norm needs batches of at least 2"),
+    (["widths=8,8,8,8,8,8,8"], "at most 6 fit"),
+])
+def test_config_rejects_what_would_fail_inside_pytorch(override, message):
+    with pytest.raises(FerkitError, match=message):
+        config.resolve(overrides=override)
+
+
+def test_a_yaml_word_read_as_a_boolean_is_explained(tmp_path):
+    (tmp_path / "c.yaml").write_text("tta: no\n")
+    with pytest.raises(FerkitError, match='quote the word'):
+        config.resolve(config_file=tmp_path / "c.yaml")
+
+
+def test_a_damaged_last_checkpoint_says_what_still_serves(tiny_csv, tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    _interrupted_after_epoch_1(tiny_csv, run, monkeypatch)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(FerkitError, match="last.pt: damaged, so the run cannot continue \\(its best.pt still serves"):
+        train.train(tiny_csv, run, resume=True, progress=False)
+
+
+def test_a_fresh_start_clears_what_a_kill_in_the_first_epoch_left(tiny_csv, tmp_path, capsys):
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / ".last.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    assert main(["train", str(tiny_csv), "--out", str(run), "--set", "epochs=4", "--set", "train_limit=64",
+                 "--set", "widths=4,8", "--set", "lr=0", "--set", "patience=1"]) == 0
+    assert not list(run.rglob("*.tmp"))
+    assert "stopped early after 2 epochs (no better validation score for 1)" in capsys.readouterr().out

@@ -27,13 +27,17 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from ferkit import config
     from ferkit.train import train
 
-    settings = args.config or args.set or args.model or args.profile
-    # a resume without settings takes the run's own config.yaml; train() refuses one with settings
-    cfg = None if args.resume and not settings else config.resolve(
-        profile=args.profile or config.auto_profile(), config_file=args.config, overrides=args.set, model=args.model)
+    if args.resume and not (args.config or args.model or args.profile):
+        # a resume continues with the run's own config.yaml: train() refuses any --set but the device
+        cfg = config.parse_overrides(args.set) or None
+    else:  # train() refuses these on a resume too
+        cfg = config.resolve(profile=args.profile or config.auto_profile(), config_file=args.config,
+                             overrides=args.set, model=args.model)
     info = train(args.data, args.out, cfg, resume=args.resume)
-    print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {info['train_seconds']:.0f} s of training; "
-          f"run in {args.out}")
+    stopped = (f"stopped early after {info['epochs_run']} epochs (no better validation score for "
+               f"{info['epochs_run'] - info['best_epoch']}); " if info.get("stopped_early") else "")
+    print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {stopped}{info['train_seconds']:.0f} s of "
+          f"training; run in {args.out}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

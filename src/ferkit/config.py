@@ -87,7 +87,13 @@ class TrainConfig:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
 
+# Where a run executes, not what it computes: a resumed study may take other values of these (a new stage
+# uses them); a resumed run takes another device only, which it may need to continue at all (a CPU run's
+# numbers depend on its thread count, so a resumed run keeps its threads to end where it would have).
+PLACE_KEYS = ("device", "threads")
+RESUME_KEYS = ("device",)
 RESIDUAL_BLOCKS = ("branch_relu", "resnet")  # models.ResidualStage builds both
+MAX_STAGES = 6  # cnn: 48, 24, 12, 6, 3, 1 pixels; a seventh stage would pool 1 pixel to 0
 
 # Each profile overrides only what differs from the defaults above (which are the cpu profile).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -147,6 +153,9 @@ def _parse_value(name: str, text: Any, default: Any) -> Any:
             raise ValueError
         if isinstance(text, bool) and not isinstance(default, str):  # YAML reads `yes` as True, not 1
             raise ValueError
+        if isinstance(text, bool):  # `tta: no` in YAML: the word became false before it reached us
+            raise FerkitError(f"config key {name!r}: YAML reads an unquoted yes/no/on/off/true/false as {text}; "
+                              f"quote the word, e.g. {name}: \"no\"")
         if isinstance(default, tuple):
             items = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").strip("()[]").split(",")
             return tuple(_parse_value(name, v, 0) for v in items if str(v) != "")
@@ -176,15 +185,7 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
         loaded, lines = _read_yaml(Path(config_file))
         layers.append(({key: f"{config_file}, line {line}" for key, line in lines.items()}, loaded))
     if overrides:
-        if isinstance(overrides, dict):
-            pairs = dict(overrides)
-        else:
-            pairs = {}
-            for item in overrides:
-                if "=" not in item:
-                    raise FerkitError(f"{option} {item!r}: expected key=value, e.g. {option} epochs=5")
-                key, value = item.split("=", 1)
-                pairs[key.strip()] = value.strip()
+        pairs = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides, option)
         layers.append((dict.fromkeys(pairs, option), pairs))
     layers.append(({}, {k: v for k, v in explicit.items() if v is not None}))
 
@@ -230,6 +231,12 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
                           f"{', '.join(list_models())}")
     if resolved["model"] == "cnn" and resolved["residual"] and resolved["depth"] % 2 == 0:
         raise FerkitError(f"config keys 'residual' and 'depth': {residual_depth_message(resolved['depth'])}")
+    if resolved["model"] == "cnn" and len(resolved["widths"]) > MAX_STAGES:
+        raise FerkitError(f"{where('widths')}config key 'widths': {len(resolved['widths'])} stages, but a 48-pixel face "
+                          f"halves after each stage but the last, so at most {MAX_STAGES} fit (48 to 1 pixel)")
+    if resolved["model"] == "mlp" and resolved["batch_norm"] and resolved["batch_size"] < 2:
+        raise FerkitError(f"{where('batch_size')}config key 'batch_size': the mlp's batch norm needs batches of at "
+                          "least 2 faces; raise it, or set batch_norm=false")
     if not resolved["widths"]:
         raise FerkitError(f"config key 'widths' is empty: give the channels of each stage (the default is "
                           f"{_shown_default('widths')})")
@@ -265,6 +272,17 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
                               f"on line {lines[key_node.value]}); keep one")
         lines[key_node.value] = key_node.start_mark.line + 1
     return values, lines
+
+
+def parse_overrides(items: list[str], option: str = "--set") -> dict[str, str]:
+    """`key=value` words (of --set or --mlp-set, named `option` in messages) as a dict."""
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise FerkitError(f"{option} {item!r}: expected key=value, e.g. {option} epochs=5")
+        key, value = item.split("=", 1)
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def auto_profile() -> str:

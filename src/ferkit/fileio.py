@@ -51,6 +51,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (its .ferkit.lock file) for the block: a second command that
+    writes into the same folder (`what` names it) stops instead of mixing its files with the first's.
+    The system drops the lock when the process ends, even by kill -9."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; the folder stays unguarded
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".ferkit.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FerkitError(f"{folder}: another {what} is writing into this folder now; wait for it to end, "
+                              "or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> None:
+    """Remove the temporary files (.NAME.XXXXXXXX.tmp) that a kill in the middle of an atomic write
+    left in `folder` (and below it, with `recursive`); call it only while holding the folder's lock."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """The same path once links are resolved, or two names (hard links) of one existing file."""
     if Path(a).resolve() == Path(b).resolve():

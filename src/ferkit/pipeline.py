@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
 from ferkit import config as configs
 from ferkit.data import load, require_recorded
 from ferkit.errors import FerkitError
-from ferkit.fileio import output_folder, read_json, require_only, require_outside, write_json
+from ferkit.fileio import (folder_lock, output_folder, read_json, remove_stale_temporaries, require_only,
+                           require_outside, write_json)
 
 
 def _stage_banner(number: int, total: int, name: str) -> None:
@@ -24,8 +26,7 @@ def _stage_banner(number: int, total: int, name: str) -> None:
 
 # What a study folder holds (see the module docstring)
 _STUDY_ENTRIES = {"pipeline.json", "data", "cnn", "mlp", "features", "report"}
-# Where a run executes, not what it computes: a study may resume with other values of these.
-_PLACE_KEYS = ("device", "threads")
+_PLACE_KEYS = configs.PLACE_KEYS  # a study may resume with other values of these
 
 
 def _require_same_config(run: Path, cfg: configs.TrainConfig, option: str) -> None:
@@ -50,6 +51,13 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
 
     Example: ``ferkit run icml_face_data.csv --out runs/study``
     """
+    with ExitStack() as lock:
+        return _run_study(data, out, profile, cnn_overrides, mlp_overrides, progress, lock)
+
+
+def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | None,
+               cnn_overrides: list[str] | dict[str, Any] | None, mlp_overrides: list[str] | dict[str, Any] | None,
+               progress: bool, lock: ExitStack) -> dict[str, Any]:
     from ferkit import evaluate as evaluation
     from ferkit.data import summarize
     from ferkit.train import train
@@ -79,13 +87,27 @@ def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | No
                               f"`model` out of {option}")
         _require_same_config(out / model, cfg, option)
     output_folder(out)
+    lock.enter_context(folder_lock(out, "`ferkit run`"))
+    # checked again under the lock: a study that ended meanwhile may have recorded stages or started runs
+    record = read_json(record_path) if record_path.exists() else record
+    require_recorded(dataset, record, f"the study {out} was run on", record.get("data"),
+                     todo="choose another --out, or resume it with that file")
+    record["profile"] = chosen
+    for model, cfg, option in (("cnn", cnn_cfg, "--set"), ("mlp", mlp_cfg, "--mlp-set")):
+        _require_same_config(out / model, cfg, option)
+    for folder in (out / "data", out / "features", out / "report", out / "cnn" / "eval", out / "mlp" / "eval"):
+        remove_stale_temporaries(folder, recursive=True)  # what a kill in an atomic write left (train cleans its own)
 
     def train_stage(folder: Path, cfg: configs.TrainConfig) -> Callable[[], Any]:
         def run() -> Any:
             resume = (folder / "checkpoints" / "last.pt").exists()
             if resume:
                 print(f"resuming the interrupted run in {folder}")
-            return train(data, folder, None if resume else cfg, resume=resume, progress=progress)
+            if resume and (saved := configs.load(folder / "config.yaml")).threads != cfg.threads:
+                print(f"note: {folder} keeps threads={saved.threads}, which it started with (a CPU run's numbers "
+                      f"depend on it), not threads={cfg.threads}")
+            place = {key: getattr(cfg, key) for key in configs.RESUME_KEYS}  # this command's device
+            return train(data, folder, place if resume else cfg, resume=resume, progress=progress)
         return run
 
     def features_stage() -> Any:

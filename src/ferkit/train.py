@@ -29,11 +29,11 @@ from ferkit import __version__
 from ferkit import config as configs
 from ferkit import data as fdata
 from ferkit.augment import augment_batch, mix
-from ferkit.config import TrainConfig
+from ferkit.config import RESUME_KEYS, TrainConfig
 from ferkit.errors import FerkitError
 from ferkit.evaluate import macro_f1
-from ferkit.fileio import (atomic_path, check_folder_path, environment, is_run_folder, read_json, require_only,
-                           require_outside, sha256_file, write_csv, write_json)
+from ferkit.fileio import (atomic_path, check_folder_path, environment, folder_lock, is_run_folder, read_json,
+                           remove_stale_temporaries, require_only, require_outside, sha256_file, write_csv, write_json)
 from ferkit.models import count_parameters, get_model, preprocess
 
 # What a run folder holds; any other entry means the folder belongs to something else.
@@ -274,12 +274,32 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     """
     out = check_folder_path(out_dir)
     require_outside(data_path, out)
+    created = not out.exists()
+    try:
+        with folder_lock(out, "`ferkit train`"):
+            return _train(data_path, out, cfg, resume, progress)
+    except FerkitError:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {".ferkit.lock"}:
+            (out / ".ferkit.lock").unlink(missing_ok=True)  # a refused start leaves no folder behind
+            out.rmdir()
+        raise
+
+
+def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str, Any] | None, resume: bool,
+           progress: bool) -> dict[str, Any]:
     last_path = out / "checkpoints" / "last.pt"
     if resume:
+        place = {}
         if cfg is not None:
-            raise FerkitError(f"{out}: a resumed run continues with its saved config.yaml; resume without settings "
-                              "(drop --model/--profile/--config/--set)")
+            if not isinstance(cfg, dict) or not set(cfg) <= set(RESUME_KEYS):
+                raise FerkitError(f"{out}: a resumed run continues with its saved config.yaml; resume without settings "
+                                  f"(drop --model/--profile/--config/--set); only --set device=... may change "
+                                  "where it goes on")
+            place = cfg
         if not last_path.exists():
+            if (out / "history.csv").exists():  # epochs were recorded: last.pt was deleted, not never written
+                raise FerkitError(f"{out}: cannot resume, checkpoints/last.pt is missing (the run's other files "
+                                  "stay as they are); train again in another --out")
             raise FerkitError(f"{out}: nothing to resume (no checkpoints/last.pt); start it without --resume")
         if not is_run_folder(out):
             raise FerkitError(f"{out}: cannot resume without the run's run.json and config.yaml, which `ferkit train` "
@@ -289,21 +309,34 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             if progress:
                 tqdm.write(f"{out}: the run had finished already; nothing more to train")
             return run_info
-        for stale in (*out.glob(".*.tmp"), *(out / "checkpoints").glob(".*.tmp")):
-            stale.unlink(missing_ok=True)  # a kill in the middle of an atomic write leaves its temporary file
-        cfg = configs.load(out / "config.yaml")
-        state = load_checkpoint(last_path)
+        saved = configs.load(out / "config.yaml")
+        cfg = configs.resolve(config_file=out / "config.yaml", overrides=place) if place else saved
+        try:
+            state = load_checkpoint(last_path)
+        except FerkitError:
+            raise FerkitError(f"{last_path}: damaged, so the run cannot continue (its best.pt still serves "
+                              "`ferkit evaluate`); train again in another --out") from None
     else:
         if last_path.exists():
             raise FerkitError(f"{out} already holds a run: continue it with --resume, or choose another --out")
         require_only(out, RUN_FOLDER_ENTRIES, "a run needs a new or empty folder")
+        # epochs recorded (history.csv) or an evaluation: a run whose last.pt is gone, not one killed in its
+        # first epoch; a new start would replace its best.pt and leave its eval/ describing another model
+        kept = [name for name in ("history.csv", "eval") if (out / name).exists()]
+        if kept:
+            raise FerkitError(f"{out} holds a run ({', '.join(kept)}) without checkpoints/last.pt: it cannot be "
+                              "resumed, and a new run would replace its files; choose another --out")
         cfg = configs.resolve(overrides=cfg) if isinstance(cfg, dict) else cfg or TrainConfig()
         state = None
 
+    for folder in (out, out / "checkpoints"):  # what a kill in the middle of an atomic write left
+        remove_stale_temporaries(folder)
     dataset = fdata.load(data_path)
     if state is not None:
         fdata.require_recorded(dataset, state, f"the run {out} was trained on", run_info["data"]["path"],
                                todo="resume with that file")
+        if not Path(run_info["data"]["path"]).exists():  # moved: evaluate, features and report look for it there
+            run_info["data"]["path"] = str(Path(data_path).resolve())
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -371,7 +404,10 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
         best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
         run_info.setdefault("resumed", []).append(datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+        if cfg != saved:  # another device: config.yaml says where the run goes on
+            configs.save(cfg, out / "config.yaml")
         write_json(out / "run.json", run_info)
+        write_history(out / "history.csv", history)  # a kill between last.pt and history.csv left it an epoch short
 
     stopped_early = bool(state and state.get("stopped_early"))
     bar = tqdm(total=total_steps, initial=(start_epoch - 1) * epoch_steps, disable=not progress,
