@@ -1037,3 +1037,39 @@ def test_every_field_quoted_or_padded_and_any_case_of_the_header(tmp_path, heade
     np.testing.assert_array_equal(dataset.images, faces.images)
     np.testing.assert_array_equal(dataset.labels, faces.labels)
     np.testing.assert_array_equal(dataset.splits, faces.splits)
+
+
+def test_summarize_names_an_absent_split_or_class_and_records_the_faces_checksum(tmp_path, monkeypatch):
+    from ferkit import visualize
+
+    faces = make_faces(n=30, seed=44)
+    faces.labels[faces.labels == 1] = 2  # no Disgust anywhere
+    keep = faces.splits != SPLITS.index("Training")  # and no Training split
+    faces = Faces(faces.images[keep], faces.labels[keep], faces.splits[keep], faces.ids[keep])
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    titles = []
+    real = visualize.sample_grid
+    monkeypatch.setattr(visualize, "sample_grid", lambda *a, **k: titles.append(k.get("title")) or real(*a, **k))
+    summary = summarize(path, tmp_path / "out")
+    assert summary["faces_sha256"] == load(path).faces_sha256
+    assert any(note.startswith("no Training faces") for note in summary["notes"])
+    assert "no Disgust face in any split" in summary["notes"]
+    assert titles == ["faces of every split (this data has no Training split), a row per emotion"]
+
+
+def test_figures_label_an_empty_class_and_call_rare_only_what_is(tmp_path, monkeypatch):
+    from ferkit import visualize
+
+    drawn = {}
+    real_save = visualize.save
+    monkeypatch.setattr(visualize, "save", lambda fig, path, *a, **k: drawn.setdefault(Path(path).name, fig) and
+                        real_save(fig, path, *a, **k))
+    labels = np.array([0, 0, 2, 3, 3, 4, 5, 6])  # no Disgust
+    visualize.sample_grid(np.zeros((8, 48, 48), np.uint8), labels, tmp_path / "samples.png")
+    assert drawn["samples.png"].axes[8].get_ylabel() == "1 Disgust\n(none)"  # row 1, column 0 of 8
+    visualize.class_balance({"Training": [10, 0, 10, 10, 10, 10, 10], "PublicTest": [1] * 7,
+                             "PrivateTest": [1] * 7}, tmp_path / "even.png")
+    visualize.class_balance({"Training": [100, 2, 100, 100, 100, 100, 100], "PublicTest": [1] * 7,
+                             "PrivateTest": [1] * 7}, tmp_path / "rare.png")
+    assert drawn["even.png"].axes[0].get_title() == "Class balance per split"
+    assert drawn["rare.png"].axes[0].get_title() == "Class balance per split (Disgust is rare: weigh it in training)"

@@ -13,6 +13,7 @@ import pytest
 from ferkit import config, train
 from ferkit.cli import main
 from ferkit.data import EMOTIONS, load
+from ferkit.errors import FerkitError
 
 from conftest import SHARED
 
@@ -279,7 +280,7 @@ def test_photos_of_the_same_name_get_an_annotated_copy_each(tiny_run, tmp_path):
         (tmp_path / folder).mkdir()
         cv2.imwrite(str(tmp_path / folder / "face.png"), np.full((48, 48, 3), value, np.uint8))
     predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "boxes", progress=False)
-    assert sorted(p.name for p in (tmp_path / "boxes").iterdir()) == ["face.jpg", "face_.jpg"]
+    assert sorted(p.name for p in (tmp_path / "boxes").iterdir() if not p.name.startswith(".")) == ["face.jpg", "face_.jpg"]
 
 
 def test_annotated_copies_never_replace_or_join_the_photos(tiny_run, tiny_csv, tmp_path, capsys):
@@ -302,3 +303,71 @@ def test_export_refuses_a_json_name_its_sidecar_would_take(tiny_run, tmp_path, c
     assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.json")]) == 2
     assert "the model's .json sidecar takes this name; name the model .onnx" in capsys.readouterr().err
     assert not (tmp_path / "model.json").exists()
+
+
+def test_no_output_replaces_a_photo_or_a_runs_own_files(tiny_run, tiny_csv, tmp_path, capsys):
+    """--annotate into an album, --out naming a photo, and an export named after the run's files."""
+    import shutil
+
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    (tmp_path / "album").mkdir()
+    (tmp_path / "other").mkdir()
+    Image.fromarray(load(tiny_csv).images[0]).save(tmp_path / "album" / "holiday.jpg")
+    Image.fromarray(load(tiny_csv).images[1]).save(tmp_path / "other" / "holiday.png")
+    album = (tmp_path / "album" / "holiday.jpg").read_bytes()
+    with pytest.raises(FerkitError, match="album: already holds holiday.jpg, which the annotated copies would replace"):
+        predict(tiny_run, tmp_path / "other", detect=False, annotate=tmp_path / "album", progress=False)
+    assert (tmp_path / "album" / "holiday.jpg").read_bytes() == album
+    for _ in range(2):  # a rerun replaces its own copies
+        predict(tiny_run, tmp_path / "other", detect=False, annotate=tmp_path / "boxes", progress=False)
+    for out, message in ((tmp_path / "table.jpg", "names an image, but --out is the CSV table"),
+                         (tmp_path / "other" / "holiday.png", "names an image")):
+        with pytest.raises(FerkitError, match=message):
+            predict(tiny_run, tmp_path / "other", out=out, detect=False, progress=False)
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    record = (copy / "run.json").read_bytes()
+    with pytest.raises(FerkitError, match="is the training run's own history.csv"):
+        predict(copy, tmp_path / "other", out=copy / "history.csv", detect=False, progress=False)
+    assert main(["export", str(copy), "--onnx", str(copy / "run.onnx")]) == 2
+    assert "is the training run's own run.json" in capsys.readouterr().err
+    assert (copy / "run.json").read_bytes() == record
+    (tmp_path / "notes.json").write_text("{}")
+    assert main(["export", str(copy), "--onnx", str(tmp_path / "notes.onnx")]) == 2
+    assert "would replace a file that is no ferkit export's sidecar" in capsys.readouterr().err
+
+
+def test_a_tiff_opencv_cannot_read_is_read_upright_by_pillow(tiny_run, tmp_path):
+    from PIL import Image
+
+    from ferkit.predict import read_photo
+
+    rng = np.random.default_rng(0)
+    upright = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: rotate 90 degrees clockwise to show
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rot6.tif", exif=exif)
+    image, problem = read_photo(tmp_path / "rot6.tif")
+    assert problem is None
+    np.testing.assert_array_equal(image[:, :, ::-1], upright)
+
+
+def test_the_sidecar_names_the_faces_and_tta_none_is_said(tiny_csv, tmp_path):
+    from ferkit.data import load as load_data
+    from ferkit.export import export_onnx
+    from ferkit.predict import predict
+
+    run = tmp_path / "run"
+    train.train(tiny_csv, run, config.resolve(overrides={"epochs": 1, "widths": "4,8", "tta": "none",
+                                                         "train_limit": 64}), progress=False)
+    export_onnx(run, tmp_path / "m.onnx")
+    sidecar = json.loads((tmp_path / "m.json").read_text())
+    assert sidecar["data_faces_sha256"] == load_data(tiny_csv).faces_sha256 and sidecar["ferkit_version"]
+    from PIL import Image
+
+    Image.fromarray(load_data(tiny_csv).images[0]).save(tmp_path / "face.png")
+    _, messages = predict(run, tmp_path / "face.png", detect=False, tta=True, progress=False)
+    assert messages == ["--tta: this run's tta setting is none, so each face was classified once"]

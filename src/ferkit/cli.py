@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("data", _cmd_data, "load and validate a dataset; write its summary, sample faces and class balance")
-    p.add_argument("path", help="icml_face_data.csv or fer2013.csv (plain, .gz, .xz, .bz2, .zip) or the image-folder export")
+    p.add_argument("path", help="icml_face_data.csv or fer2013.csv (plain, .gz, .xz, .bz2, .zip) or the image-folder "
+                   "export (a folder, .zip, .tar, .tar.gz or .tar.xz)")
     p.add_argument("--out", required=True, help="folder for summary.json, samples.png, class_balance.png")
     p.add_argument("--seed", type=int, default=0, help="which sample faces to show")
     p.add_argument("--no-cache", action="store_true", help="parse the file even if a cached copy exists")
@@ -237,11 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV with one row per face (default: print it)")
     p.add_argument("--annotate", help="folder for copies of the photos with boxes and labels drawn")
     p.add_argument("--no-detect", action="store_true", help="each input is already a face crop")
-    p.add_argument("--tta", action="store_true", help="average flips (and shifts) of each face")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: the run's tta setting (flips, and "
+                   "shifts for crops)")
 
-    p = command("export", _cmd_export, "export a run's model to ONNX")
+    p = command("export", _cmd_export, "export a run's best model to ONNX, with a .json sidecar beside it")
     p.add_argument("run_dir", help="a run folder or a checkpoint file")
-    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument("--onnx", required=True, help="the .onnx file to write; its sidecar takes the same name with .json")
 
     p = command("label", _cmd_label, "label PrivateTest faces by hand in a local web page (resumable)")
     p.add_argument("data", help="the dataset file or folder")

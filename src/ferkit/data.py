@@ -888,9 +888,14 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
         published = ", ".join(f"{n:,} {split}" for split, n in FER2013_COUNTS.items())
         notes.append(f"FER2013 has {published} faces; this file has {', '.join(f'{n:,}' for n in sizes)}: a subset, "
                      "or a file cut short?")
+    if empty := [split for split in SPLITS if not sum(counts[split])]:
+        notes.append(f"no {' and no '.join(empty)} faces: train needs Training and PublicTest, evaluate PrivateTest")
+    if missing := [name for i, name in enumerate(EMOTIONS) if not sum(counts[split][i] for split in SPLITS)]:
+        notes.append(f"no {', '.join(missing)} face in any split")
     summary = {
         "source": str(path),
         "sha256": dataset.sha256,
+        "faces_sha256": dataset.faces_sha256,  # what runs record as data_faces_sha256: equal for every copy
         "layout": dataset.layout,
         "rows": len(dataset),
         "classes": list(EMOTIONS),
@@ -902,7 +907,9 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
     write_json(out / "summary.json", summary)
     train = dataset.indices("Training")
     pool = train if len(train) else np.arange(len(dataset))
-    visualize.sample_grid(dataset.images[pool], dataset.labels[pool], out / "samples.png", seed=seed)
+    title = None if len(train) else "faces of every split (this data has no Training split), a row per emotion"
+    visualize.sample_grid(dataset.images[pool], dataset.labels[pool], out / "samples.png", seed=seed,
+                          **({"title": title} if title else {}))
     visualize.class_balance(counts, out / "class_balance.png")
     return summary
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, output_file, write_json
+from ferkit.fileio import atomic_path, output_file, read_json, write_json
 from ferkit.models import preprocess
 
 
@@ -36,6 +36,10 @@ def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLi
     if Path(onnx_path).suffix.lower() == ".json":
         raise FerkitError(f"--onnx {onnx_path}: the model's .json sidecar takes this name; name the model .onnx")
     target = output_file(onnx_path, "--onnx")
+    sidecar = output_file(target.with_suffix(".json"), "--onnx's sidecar")
+    if sidecar.exists() and not _is_sidecar(sidecar):
+        raise FerkitError(f"--onnx {onnx_path}: the model's sidecar {sidecar} would replace a file that is no ferkit "
+                          "export's sidecar; name the model otherwise or move that file")
     model, checkpoint = load_model(run_or_checkpoint)
     wrapped = Probabilities(model).eval()
     example = torch.zeros(1, 1, 48, 48)
@@ -50,6 +54,16 @@ def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLi
         "input": "pixels: float32 (batch, 1, 48, 48), grayscale 0-255",
         "output": "probabilities: float32 (batch, 7)",
         "classes": checkpoint["classes"], "model": checkpoint["model_name"], "epoch": checkpoint["epoch"],
-        "data_sha256": checkpoint["data_sha256"],
+        "data_sha256": checkpoint["data_sha256"], "data_faces_sha256": checkpoint.get("data_faces_sha256"),
+        "ferkit_version": checkpoint.get("ferkit_version"),
     })
     return target
+
+
+def _is_sidecar(path: Path) -> bool:
+    """Whether `path` is the .json an earlier export wrote (which a new export may replace)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"input", "output", "classes", "model"} <= record.keys()

@@ -111,6 +111,8 @@ def _sync_folder(folder: Path) -> None:
 
 # Where a training run keeps its own files: no other command's output goes there (output_folder).
 RUN_OWN_FOLDERS = ("checkpoints", "eval")
+# ... and the files `ferkit train` writes at the top of a run folder: no other command's file replaces them
+RUN_OWN_FILES = ("run.json", "config.yaml", "history.csv", "learning_curves.png")
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
@@ -185,6 +187,8 @@ def output_file(path: str | os.PathLike, option: str, create_folder: bool = True
         raise FerkitError(f"{option} {path}: is a folder; name the file to write")
     if problem := _folder_problem(path.parent) or _run_own_problem(path.parent):
         raise FerkitError(f"{option} {path}: its folder {path.parent} {problem}; name another file")
+    if path.name in RUN_OWN_FILES and _inside_run(path.parent) == ():
+        raise FerkitError(f"{option} {path}: is the training run's own {path.name}; name another file")
     if create_folder:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,10 @@ from tqdm.auto import tqdm
 
 from ferkit.data import EMOTIONS, IMAGE_SIZE
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, output_file, output_folder
+from ferkit.fileio import atomic_path, output_file, output_folder, read_json, same_file, write_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+ANNOTATED = ".ferkit-annotated.json"  # the names of the copies an --annotate folder holds, which a rerun replaces
 
 
 @dataclass
@@ -73,11 +74,25 @@ def read_photo(path: Path) -> tuple[np.ndarray | None, str | None]:
     finally:
         cv2.utils.logging.setLogLevel(quiet)
     if image is None:
+        image = _read_with_pillow(path)  # OpenCV fails on some valid files, e.g. a TIFF with an EXIF rotation
+    if image is None:
         return None, "not a readable image"
     if _jpeg_ends_early(path):
         return None, ("the JPEG ends before its image does (an interrupted download or copy?), so its lower part "
                       "is missing")
     return image, None
+
+
+def _read_with_pillow(path: Path) -> np.ndarray | None:
+    """A photo as a BGR array through Pillow, turned upright; None when Pillow cannot read it either."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 def _jpeg_ends_early(path: Path) -> bool:
@@ -134,6 +149,9 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     cv2 = _cv2()
     if out is not None:  # checked before the photos are read; made only when there is something to write
         output_file(out, "--out", create_folder=False)
+        if Path(out).suffix.lower() in IMAGE_SUFFIXES:
+            raise FerkitError(f"--out {out}: names an image, but --out is the CSV table of the faces (a photo "
+                              "given after --out?); name it .csv")
     if annotate is not None:
         output_folder(annotate, "--annotate", create=False)
     if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of its characters
@@ -143,8 +161,12 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
         raise FerkitError("; ".join(missing) + " (nothing was classified)")
     if not files:
         raise FerkitError("no input images given (a folder is searched for .jpg, .png, ... files)")
+    if out is not None and any(same_file(out, file) for file in files):
+        raise FerkitError(f"--out {out}: is one of the photos to classify; name the CSV otherwise")
+    names = _annotation_names(files)
     if annotate is not None:
         _require_apart(Path(annotate), inputs, files)
+        _require_no_foreign(Path(annotate), names)
     model, checkpoint = load_model(model_or_run)
     messages: list[str] = []
     detector = face_detector() if detect else None
@@ -175,7 +197,9 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     if not crops:
         raise FerkitError("no face was classified, so nothing was written:\n  " + "\n  ".join(messages))
     table = pd.DataFrame(rows, columns=["file", "face", "x", "y", "width", "height"])
-    probs, _ = predict_as_trained(model, checkpoint, np.stack(crops), tta=tta)
+    probs, mode = predict_as_trained(model, checkpoint, np.stack(crops), tta=tta)
+    if tta and mode == "none":
+        messages.append("--tta: this run's tta setting is none, so each face was classified once")
     for i, name in enumerate(EMOTIONS):
         table[name] = np.round(probs[:, i], 6)
     table["emotion"] = [EMOTIONS[i] for i in probs.argmax(1)]
@@ -183,7 +207,7 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
         with atomic_path(out) as tmp:
             table.to_csv(tmp, index=False)
     if annotate is not None:
-        _annotate(annotations, table, Path(annotate))
+        _annotate(annotations, table, Path(annotate), names)
     return table, messages
 
 
@@ -201,10 +225,43 @@ def _require_apart(folder: Path, inputs: Iterable[str | os.PathLike], files: lis
                           "copies would replace: pick another folder")
 
 
-def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.DataFrame, folder: Path) -> None:
+def _annotation_names(files: list[Path]) -> dict[Path, str]:
+    """The annotated copy's file name of each photo: its stem, made unique, as .jpg."""
+    names, used = {}, set()
+    for path in files:
+        name = path.stem
+        while name.lower() in used:  # two inputs with the same name from different folders
+            name += "_"
+        used.add(name.lower())
+        names[path] = f"{name}.jpg"
+    return names
+
+
+def _written_before(folder: Path) -> set[str]:
+    try:
+        return set(read_json(folder / ANNOTATED))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _require_no_foreign(folder: Path, names: dict[Path, str]) -> None:
+    """Stop unless every annotated copy's name is free in `folder`, or holds an earlier copy."""
+    if not folder.is_dir():
+        return
+    ours = _written_before(folder)
+    taken = sorted(name for name in names.values() if (folder / name).exists() and name not in ours)
+    if taken:
+        raise FerkitError(f"--annotate {folder}: already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}, "
+                          "which the annotated copies would replace; pick an empty folder")
+
+
+def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.DataFrame, folder: Path,
+              names: dict[Path, str]) -> None:
     cv2 = _cv2()
     output_folder(folder, "--annotate")
-    used: set[str] = set()
+    _require_no_foreign(folder, names)  # again: a file may have come meanwhile
+    written = _written_before(folder) | {names[path] for path in annotations}
+    write_json(folder / ANNOTATED, sorted(written))  # first: a kill below leaves no copy unaccounted for
     for path, (image, row_numbers) in annotations.items():
         canvas = image.copy()
         thickness = max(1, round(max(canvas.shape[:2]) / 400))
@@ -213,13 +270,13 @@ def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.D
             x, y, w, h = int(row.x), int(row.y), int(row.width), int(row.height)
             label = f"{row.emotion} {row[row.emotion]:.0%}"
             cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 200, 0), thickness)
-            cv2.putText(canvas, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness + 0.1,
+            scale = 0.4 * thickness + 0.1
+            (_, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+            # above the box, or inside its top edge when the box touches the photo's top (the text was cut)
+            baseline = y - 6 if y - 6 - text_h >= 0 else y + text_h + 6 + thickness
+            cv2.putText(canvas, label, (x + (0 if baseline < y else 4), baseline), cv2.FONT_HERSHEY_SIMPLEX, scale,
                         (0, 200, 0), thickness, cv2.LINE_AA)
-        name = path.stem
-        while name in used:  # two inputs with the same name from different folders
-            name += "_"
-        used.add(name)
-        target = folder / f"{name}.jpg"
+        target = folder / names[path]
         with atomic_path(target) as tmp:
             ok, encoded = cv2.imencode(".jpg", canvas)
             if not ok:

@@ -40,9 +40,11 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike,
             ax.set_yticks([])
             if col < len(chosen):
                 ax.imshow(images[chosen[col]], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            else:
-                ax.axis("off")
-        axes[row, 0].set_ylabel(f"{row} {name}", rotation=0, ha="right", va="center", fontsize=10)
+            else:  # not axis("off"): that would hide the row's label too, when a class has no face at all
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+        label = f"{row} {name}" if len(pool) else f"{row} {name}\n(none)"
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
     fig.suptitle(title, fontsize=11)
     return save(fig, path)
 
@@ -62,7 +64,10 @@ def class_balance(counts: dict[str, Sequence[int]], path: str | os.PathLike) -> 
                         ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, EMOTIONS)
     ax.set_ylabel("faces")
-    ax.set_title("Class balance per split (Disgust is rare: weigh it in training)")
+    training = np.asarray(counts.get("Training", [0] * len(EMOTIONS)))
+    rare = [name for name, n in zip(EMOTIONS, training) if 0 < n < 0.05 * training.sum()]
+    ax.set_title("Class balance per split" + (f" ({', '.join(rare)} {'is' if len(rare) == 1 else 'are'} rare: "
+                                              "weigh it in training)" if rare else ""))
     ax.legend(fontsize=8)
     ax.margins(y=0.18)
     return save(fig, path)
