@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=("cpu", "gpu"), help="model size and schedule (default: gpu if CUDA is present)")
     p.add_argument("--config", help="a YAML file of config keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out with its saved "
+                   "config.yaml (only --set device=... may be given)")
 
     for name, handler, text in (("evaluate", _cmd_evaluate, "evaluate a run's checkpoint (the best by default)"),
                                 ("ensemble", _cmd_ensemble, "average the probabilities of several runs")):
@@ -199,14 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("run_dir", help="the run folder `ferkit train --out` wrote")
             p.add_argument("--out", help="folder for the files (default RUN_DIR/eval/SPLIT[-tta][-CHECKPOINT])")
-            p.add_argument("--checkpoint", default="best", help="best, last, or a snapshot such as at_4min")
+            p.add_argument("--checkpoint", default="best",
+                           help="best, last, or a snapshot such as at_4min, of this run")
         else:
             p.add_argument("members", nargs="+", metavar="MEMBER",
                            help="a run folder, or an evaluation folder such as RUN/eval/test-tta whose "
                                 "predictions.csv is averaged as saved")
-            p.add_argument("--out", required=True, help="folder for the ensemble's evaluation files")
-        p.add_argument("--split", choices=("test", "val"), default="test", help="test = PrivateTest, val = PublicTest")
-        p.add_argument("--tta", action="store_true", help="test-time augmentation (the run's tta setting)")
+            p.add_argument("--out", required=True, help="folder for the ensemble's evaluation files (not a member)")
+        p.add_argument("--split", choices=("test", "val"), default="test",
+                       help="test = PrivateTest, val = PublicTest (it chose the best epoch: optimistic)")
+        p.add_argument("--tta", action="store_true", help="test-time augmentation (the run's tta setting; saved "
+                       "predictions are used as they are)")
         p.add_argument("--data", help="the dataset (default: the file the run was trained on)")
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
@@ -229,14 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the study folder")
     p.add_argument("--profile", choices=("cpu", "gpu"), help="default: a resumed study's own profile; for a new one, "
                    "gpu if CUDA is present, else cpu")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CNN config key")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CNN config key (a "
+                   "resumed study refuses other values, device and threads aside)")
     p.add_argument("--mlp-set", action="append", default=[], metavar="KEY=VALUE", help="override an MLP config key")
 
     p = command("predict", _cmd_predict, "classify the faces in your own photos")
-    p.add_argument("model", help="a run folder or a checkpoint file")
-    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--out", help="CSV with one row per face (default: print it)")
-    p.add_argument("--annotate", help="folder for copies of the photos with boxes and labels drawn")
+    p.add_argument("model", help="a run folder (its best checkpoint) or a checkpoint file")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively for .jpg, .jpeg, .png, "
+                   ".bmp, .webp, .tif, .tiff); each photo is classified once")
+    p.add_argument("--out", help="CSV with one row per face (default: print it); not an image or a photo given")
+    p.add_argument("--annotate", help="folder, outside the photos' own, for copies of the photos with boxes and "
+                   "labels drawn; a rerun replaces only its own copies (listed in .ferkit-annotated.json)")
     p.add_argument("--no-detect", action="store_true", help="each input is already a face crop")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: the run's tta setting (flips, and "
                    "shifts for crops)")
@@ -247,10 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("label", _cmd_label, "label PrivateTest faces by hand in a local web page (resumable)")
     p.add_argument("data", help="the dataset file or folder")
-    p.add_argument("--out", required=True, help="the answers' CSV (its sample is kept beside it in OUT.json)")
+    p.add_argument("--out", required=True, help="the answers' CSV (its sample is kept beside it in OUT.json, its lock "
+                   "in OUT.lock)")
     p.add_argument("--n", type=int, help="how many faces to label (default 100; resuming: the recorded n)")
     p.add_argument("--seed", type=int, help="which faces, in which order (default 0; resuming: the recorded seed)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="IPv4 address to listen on (default 127.0.0.1: this computer only)")
     p.add_argument("--port", type=int, default=8765, help="port to listen on (0 picks a free one; default %(default)s)")
     p.add_argument("--export-with-truth", metavar="CSV", help="write the answers joined with the true labels to CSV "
                    "and exit (no server)")
@@ -269,9 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", _cmd_report, "write report.pdf, report.html and report.md of an evaluated run")
     p.add_argument("run_dir", help="the run folder (evaluated with `ferkit evaluate RUN_DIR --tta`)")
     p.add_argument("--mlp", metavar="RUN_DIR", help="an evaluated MLP run to compare with (extras)")
-    p.add_argument("--features", metavar="DIR", help="the output folder of `ferkit features` (extras)")
+    p.add_argument("--features", metavar="DIR", help="the output folder of `ferkit features` (extras; a CNN run "
+                   "only)")
     p.add_argument("--compare", metavar="DIR", help="the output folder of `ferkit compare` (extras)")
-    p.add_argument("--out", required=True, help="folder for report.pdf, report.html, report.md and figures/")
+    p.add_argument("--out", required=True, help="folder for report.pdf, report.html, report.md and figures/ "
+                   "(not inside the --features or --compare folder)")
     return parser
 
 

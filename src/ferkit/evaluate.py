@@ -112,8 +112,9 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
 def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False, data: str | os.PathLike | None = None,
              out: str | os.PathLike | None = None, checkpoint: str = "best", device: str = "auto") -> dict[str, Any]:
     """Evaluate the run's `checkpoint` (best, last, at_<N>min); files go to `out`, by default
-    RUN_DIR/eval/<split>[-tta][-<checkpoint>] (no checkpoint suffix for best).
-    Returns the metrics, with `folder` naming where the files went.
+    RUN_DIR/eval/<split>[-tta][-<checkpoint>] (no checkpoint suffix for best). `checkpoint` must be
+    one of this run's; metrics.json records its sha256, and on PublicTest (`split="val"`) a `note`
+    that the split chose the model. Returns the metrics, with `folder` naming where the files went.
 
     Example: ``ferkit evaluate runs/cnn --split test --tta``
     """
@@ -226,7 +227,9 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     """Average the probabilities of several members and evaluate the average. A member is a run folder
     (its best checkpoint predicts, with the run's TTA if `tta`) or an evaluation folder such as
     RUN/eval/test-tta, whose saved predictions.csv is averaged as it is: runs evaluated on another
-    machine (a GPU whose checkpoints stayed there) join an ensemble without their models.
+    machine (a GPU whose checkpoints stayed there) join an ensemble without their models. A model
+    counts once (by its checkpoint's sha256, else its run folder and epoch), and `out` may not be
+    a member.
 
     Example: ``ferkit ensemble runs/cnn-s0 runs/cnn-s1 gpu/cnn-s2/eval/test-tta --out runs/ensemble --tta``
     """

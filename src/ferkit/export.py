@@ -27,7 +27,9 @@ class Probabilities(nn.Module):
 
 
 def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = 17) -> Path:
-    """Write the run's best model as ONNX (dynamic batch size) plus a JSON sidecar with the class names.
+    """Write the run's best model (or the given checkpoint file's) as ONNX (dynamic batch size) plus a
+    JSON sidecar: classes, model, epoch, data_sha256, data_faces_sha256 and ferkit_version. A .json
+    of that name that is no earlier sidecar, or a run's own file, is refused.
 
     Example: ``ferkit export runs/study/cnn --onnx model.onnx``
     """

@@ -528,11 +528,12 @@ def features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: st
              embedding: str = "tsne", device: str = "cpu", batch_size: int = 256, threads: int = 0) -> dict[str, Any]:
     """Write what a CNN run's last conv layer sees on PrivateTest into `out`; return features.json.
 
-    `data` None means the data file the run was trained on (run.json). `n` faces per emotion
-    (correct and wrong ones, chosen with `seed`), the `top_k` strongest channels of each,
+    `data` None means the data file the run was trained on (run.json). `n` faces per emotion, 1 to
+    16 (correct and wrong ones, chosen with `seed`), the `top_k` strongest channels of each,
     `channels_per_class` selective channels per emotion, `faces_per_channel` faces that excite
     each; `embedding` is tsne or pca. `threads` > 0 sets torch's CPU threads for
     the call (1 is much faster on a machine that other jobs keep busy); 0 leaves torch's default.
+    An earlier features.json in `out` is removed first and the new one written last.
 
     Example: ``ferkit features runs/cnn --data icml_face_data.csv --n 4 --out runs/cnn/features``
     """

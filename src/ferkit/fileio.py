@@ -1,6 +1,6 @@
 """Atomic writes (text, JSON, CSV), checksums, the environment a run records, and the checks of run
-folders and of the folders commands write into: nothing half-written is ever left, and nothing of a
-run or of the user's is written over."""
+folders and of the folders commands write into: no file is ever half-written (a kill leaves at most a
+hidden .NAME.*.tmp, which train and run remove), and nothing of a run or of the user's is written over."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ os.umask(_UMASK)
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds. The file and
+    then its folder are synced, so a power cut keeps the new file; a refused write (a full disk) names
+    `path`, not the temporary file."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +181,8 @@ def check_folder_path(path: str | os.PathLike, option: str = "--out") -> Path:
 
 
 def output_file(path: str | os.PathLike, option: str, create_folder: bool = True) -> Path:
-    """Check, before any work, that a command can write the file `path`; create its folder."""
+    """Check, before any work, that a command can write the file `path` (not in a run's checkpoints/ or
+    eval/, not a run's own run.json, config.yaml, history.csv or learning_curves.png); create its folder."""
     if not os.fspath(path).strip():
         raise FerkitError(f"{option} is empty; name a file")
     path = Path(path)

@@ -14,7 +14,9 @@ sample (data checksum, seed, n and the faces in order) lives in the sidecar ``la
 running the same command again resumes where it stopped; other data (other faces, labels or
 splits; a copy of the same faces in another file is fine), another seed or n is refused.
 ``labels.csv`` columns: index, line (or path for image-folder data), usage, human,
-human_label, seconds (how long the face was on screen before the answer that stands).
+human_label, seconds (how long the face was on screen before the answer that stands); a copy saved
+with a BOM (Excel's CSV UTF-8) still reads. ``--export-with-truth`` never writes over the data, the
+labels or their sidecar.
 """
 
 from __future__ import annotations
@@ -361,7 +363,8 @@ class LabelServer(ThreadingHTTPServer):
         return f"http://{shown}:{port}/"
 
     def allowed_host(self, header: str | None) -> bool:
-        """On a loopback address only requests for 127.0.0.1 or localhost are answered (DNS rebinding)."""
+        """On a loopback address only requests for 127.0.0.1 or localhost (any case) and the server's port
+        (none means 80) are answered (DNS rebinding)."""
         host, port = self.server_address[:2]
         if not str(host).startswith("127."):
             return True

@@ -65,7 +65,8 @@ def detect_faces(gray: np.ndarray, detector: Any, margin: float = 0.15, min_size
 
 
 def read_photo(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """A photo as OpenCV's BGR array, turned upright as its EXIF orientation says; or None and why not."""
+    """A photo as a BGR array (OpenCV's, else Pillow's), turned upright as its EXIF orientation says; or
+    None and why not (unreadable, or a JPEG cut short)."""
     cv2 = _cv2()
     quiet = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the message below says it once
@@ -138,9 +139,11 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
             tta: bool = False, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Classify every face in the given photos (or, with detect=False, each image as one face).
 
-    `inputs` is one path or several. Returns the table (one row per face) and the messages about
-    skipped files (unreadable, or without a face); a missing input stops it before any work, and
-    photos without a single face stop it before it writes anything.
+    `inputs` is one path or several; a photo reached twice is classified once. Returns the table
+    (one row per face) and the messages: skipped files (unreadable, a cut JPEG, or without a face)
+    and a note when `tta` meets a run whose tta is none. A missing input, or an `out` that names an
+    image or a photo given, stops it before any work, and photos without a single face stop it
+    before it writes anything.
     Example: ``predict("runs/study/cnn", "photos/", out="faces.csv")``, which is
     ``ferkit predict runs/study/cnn photos/ --out faces.csv``
     """

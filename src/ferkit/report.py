@@ -7,7 +7,8 @@
   the flow record the page and height where each part ends; figures shrink step by step (100% to
   60%) until both limits hold; failing that, the extras' folders lose figures from the end, the rest
   shown at 80% (they stay in the HTML and Markdown). If nothing fits, `build_report` raises rather
-  than write a longer report.
+  than write a longer report. Text beyond cp1252 (a path with Ł, Greek or Cyrillic) switches the
+  PDF to DejaVu (shipped with matplotlib), embedded; CJK and emoji still show as empty boxes.
 - ``report.html``: one self-contained file, images embedded as base64 data URIs.
 - ``report.md``: readable on a code-hosting site, its figures copied into ``figures/`` beside it.
 
@@ -1697,6 +1698,7 @@ def _numeric_column(table: Table, i: int) -> bool:
 def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | os.PathLike | None = None,
                  features: str | os.PathLike | None = None, compare: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write report.pdf, report.html and report.md (with figures/) for a trained, evaluated run.
+    `features` needs a CNN run, and `out` may not lie inside the `features` or `compare` folder.
 
     Example: ``ferkit report runs/cnn --mlp runs/mlp --features runs/cnn/features --out runs/cnn/report``
     """

@@ -3,8 +3,8 @@ order of the epoch (the class sampler's weighted draws with replacement by defau
 permutation), augmented on the device. Validation on PublicTest after every epoch picks the best
 checkpoint and stops early; PrivateTest is never touched here.
 
-A run folder holds config.yaml, run.json, history.csv, checkpoints/{last,best}.pt and
-learning_curves.png. Every epoch draws its randomness from (seed, epoch) alone, so a run resumed
+A run folder holds config.yaml, run.json, history.csv, checkpoints/{last,best}.pt,
+learning_curves.png and .ferkit.lock. Every epoch draws its randomness from (seed, epoch) alone, so a run resumed
 from `last.pt` ends exactly where an uninterrupted run would have.
 """
 
@@ -266,8 +266,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train `cfg.model` on Training, validate on PublicTest, write the run into `out_dir`; return
     what run.json records. `cfg` is a TrainConfig (`ferkit.config.resolve`), a dict of config keys
-    over the defaults (the cpu profile), or None for the defaults. With `resume`, `cfg` must be None:
-    the run continues with its saved config.yaml.
+    over the defaults (the cpu profile), or None for the defaults. With `resume`, `cfg` is None or
+    {"device": ...}: the run continues with its saved config.yaml (its threads too), and its
+    history.csv is rewritten from last.pt. One training at a time holds `out_dir` (.ferkit.lock).
 
     Example: ``train("icml_face_data.csv", "runs/cnn", {"epochs": 30})``, which is
     ``ferkit train icml_face_data.csv --out runs/cnn --profile cpu --set epochs=30``

@@ -115,7 +115,8 @@ def confusion_panel(ax: Any, counts: np.ndarray, xlabel: str = "predicted", row_
 
 def learning_curves(history: list[dict[str, float]], path: str | os.PathLike, best_epoch: int | None = None,
                     title: str = "", augmented: bool = True, mark: str = "best epoch {epoch}") -> Path:
-    """Loss and accuracy per epoch on training and validation, the best epoch marked; `augmented` says
+    """Loss and accuracy per epoch on training and validation, `best_epoch` marked (labelled by `mark`:
+    the best, or the evaluated checkpoint's epoch); `augmented` says
     whether the training batches were augmented (the loss panel says so, as it explains the gap)."""
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
