@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -1246,3 +1247,11 @@ def test_a_fresh_start_clears_what_a_kill_in_the_first_epoch_left(tiny_csv, tmp_
                  "--set", "widths=4,8", "--set", "lr=0", "--set", "patience=1"]) == 0
     assert not list(run.rglob("*.tmp"))
     assert "stopped early after 2 epochs (no better validation score for 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, message", [("profile: tpu\n", "c.yaml, line 1: unknown profile 'tpu'"),
+                                           ("epochs: 2\nmodel: [cnn]\n", "c.yaml, line 2: config key 'model'")])
+def test_a_wrong_profile_or_model_in_yaml_names_its_line(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(FerkitError, match=re.escape(message)):
+        config.resolve(config_file=tmp_path / "c.yaml")

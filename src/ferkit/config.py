@@ -195,12 +195,13 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
                 raise FerkitError(f"{origins.get(key, 'argument')}: unknown config key {key!r}; known keys: "
                                   f"{', '.join(known)}")
     # The profile is chosen first: later layers override what it sets.
-    chosen = profile
-    for _, values in layers:
-        chosen = values.get("profile", chosen)
+    chosen, chosen_by = profile, "--profile"
+    for origins, values in layers:
+        if "profile" in values:
+            chosen, chosen_by = values["profile"], origins.get("profile", "argument")
     chosen = chosen or "cpu"
     if chosen not in PROFILES:
-        raise FerkitError(f"unknown profile {chosen!r}: use one of {', '.join(PROFILES)}")
+        raise FerkitError(f"{chosen_by}: unknown profile {chosen!r}: use one of {', '.join(PROFILES)}")
     resolved = dict(known, **PROFILES[chosen], profile=chosen)
     set_by: dict[str, str] = {}  # where the value each key ends with was given, for the messages
 
@@ -227,7 +228,7 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     from ferkit.models import list_models  # models imports this module, so not at the top
 
     if resolved["model"] not in list_models():
-        raise FerkitError(f"config key 'model': unknown model {resolved['model']!r}; known models are "
+        raise FerkitError(f"{where('model')}config key 'model': unknown model {resolved['model']!r}; known models are "
                           f"{', '.join(list_models())}")
     if resolved["model"] == "cnn" and resolved["residual"] and resolved["depth"] % 2 == 0:
         raise FerkitError(f"config keys 'residual' and 'depth': {residual_depth_message(resolved['depth'])}")
