@@ -1255,3 +1255,11 @@ def test_a_wrong_profile_or_model_in_yaml_names_its_line(tmp_path, text, message
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(FerkitError, match=re.escape(message)):
         config.resolve(config_file=tmp_path / "c.yaml")
+
+
+def test_snapshot_marks_the_training_never_reached_are_named(tiny_csv, tmp_path, capsys):
+    assert main(["train", str(tiny_csv), "--out", str(tmp_path / "r"), "--set", "epochs=1", "--set", "train_limit=64",
+                 "--set", "widths=4,8", "--set", "snapshot_minutes=5,10"]) == 0
+    assert "note: no at_5min, at_10min checkpoint: the training took" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["snapshots_missed"] == [5, 10]
+    assert not list((tmp_path / "r" / "checkpoints").glob("at_*"))

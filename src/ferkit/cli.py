@@ -38,6 +38,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
                f"{info['epochs_run'] - info['best_epoch']}); " if info.get("stopped_early") else "")
     print(f"best epoch {info['best_epoch']} of {info['epochs_run']}; {stopped}{info['train_seconds']:.0f} s of "
           f"training; run in {args.out}")
+    if info.get("snapshots_missed"):
+        print(f"note: no {', '.join(f'at_{m}min' for m in info['snapshots_missed'])} checkpoint: the training took "
+              f"{info['train_seconds']:.0f} s", file=sys.stderr)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

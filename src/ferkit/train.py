@@ -479,6 +479,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "epochs_run": len(history), "best_epoch": best_epoch, "best_" + cfg.select_by: best_score,
         "stopped_early": stopped_early, "train_seconds": round(train_seconds, 1),
+        # marks the training never reached: no at_<N>min checkpoint for them
+        "snapshots_missed": [m for m in cfg.snapshot_minutes if m * 60 >= train_seconds],
         # all the images over all the time (validation included), not a mean of the epochs' rates,
         # which a slow first epoch would distort
         "train_images_per_second": round(len(history) * epoch_images / train_seconds, 1)
