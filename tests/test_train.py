@@ -1263,3 +1263,9 @@ def test_snapshot_marks_the_training_never_reached_are_named(tiny_csv, tmp_path,
     assert "note: no at_5min, at_10min checkpoint: the training took" in capsys.readouterr().err
     assert json.loads((tmp_path / "r" / "run.json").read_text())["snapshots_missed"] == [5, 10]
     assert not list((tmp_path / "r" / "checkpoints").glob("at_*"))
+
+
+def test_a_warmup_longer_than_the_run_is_named(tiny_csv, tmp_path, capsys):
+    train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=1, train_limit=64, warmup_epochs=4), progress=True)
+    assert "note: warmup_epochs 4 is longer than the 1 epochs: the learning rate ends its warmup at 25% of lr" in \
+        capsys.readouterr().out  # where training prints its epochs

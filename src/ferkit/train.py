@@ -332,6 +332,9 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
 
     for folder in (out, out / "checkpoints"):  # what a kill in the middle of an atomic write left
         remove_stale_temporaries(folder)
+    if progress and cfg.schedule == "cosine" and cfg.warmup_epochs > cfg.epochs:
+        tqdm.write(f"note: warmup_epochs {cfg.warmup_epochs:g} is longer than the {cfg.epochs} epochs: the learning "
+                   f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
     dataset = fdata.load(data_path)
     if state is not None:
         fdata.require_recorded(dataset, state, f"the run {out} was trained on", run_info["data"]["path"],
