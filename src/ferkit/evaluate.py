@@ -121,12 +121,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     from ferkit.train import checkpoint_name, load_run_model, pick_device, predict_as_trained, read_history
 
     run = Path(run_dir)
-    typed = Path(checkpoint)
-    if typed.parent not in (Path("."), Path("checkpoints")) and \
-            os.path.realpath(typed.parent) != os.path.realpath(run / "checkpoints"):
-        raise FerkitError(f"--checkpoint {checkpoint}: not a checkpoint of {run}; name one of its checkpoints "
-                          f"(best, last, at_4min), or evaluate the run that holds this file")
-    which = checkpoint_name(checkpoint)
+    which = checkpoint_name(checkpoint, run)
     name = split_name(split)
     suffix = ("-tta" if tta else "") + ("" if which == "best" else f"-{which}")
     destination = output_folder(out, create=False) if out is not None else run / "eval" / (split + suffix)

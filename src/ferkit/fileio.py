@@ -16,7 +16,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 from ferkit.errors import FerkitError
 
@@ -53,28 +53,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def hold_lock(lock_file: Path, refusal: str) -> IO[bytes] | None:
+    """Hold an exclusive lock on `lock_file` (made if missing, never replaced, so that every process
+    locks the same file) until the returned handle is closed; when another process holds it, stop
+    with `refusal`. POSIX; elsewhere None: no lock. The system drops it when the process ends, even
+    by kill -9."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_file, "ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise FerkitError(refusal) from None
+    return handle
+
+
 @contextmanager
 def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (its .ferkit.lock file) for the block: a second command that
-    writes into the same folder (`what` names it) stops instead of mixing its files with the first's.
-    The system drops the lock when the process ends, even by kill -9."""
+    writes into the same folder (`what` names it) stops instead of mixing its files with the first's."""
+    handle = hold_lock(Path(folder) / ".ferkit.lock", f"{folder}: another {what} is writing into this folder now; "
+                       "wait for it to end, or choose another --out")
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here; the folder stays unguarded
         yield
-        return
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".ferkit.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FerkitError(f"{folder}: another {what} is writing into this folder now; wait for it to end, "
-                              "or choose another --out") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> None:

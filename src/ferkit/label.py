@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -42,7 +42,7 @@ from ferkit import data as fdata
 from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import output_file, read_json, same_file, write_csv, write_json
+from ferkit.fileio import hold_lock, output_file, read_json, same_file, write_csv, write_json
 
 SPLIT = "PrivateTest"
 SIDECAR_FORMAT = "ferkit-labels"
@@ -525,32 +525,16 @@ def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int |
         raise FerkitError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
                           "(0 picks a free one), or another --host") from None
     try:
-        server._lock_file = _lock_exclusively(output_file(labels_csv, "--out", create_folder=False))
+        # on labels.csv.lock, not on the sidecar, which a starting session writes: two servers started
+        # together would each have locked a sidecar of its own
+        labels_csv = output_file(labels_csv, "--out", create_folder=False)
+        server._lock_file = hold_lock(Path(f"{labels_csv}.lock"), f"another `ferkit label` is already serving "
+                                      f"{labels_csv}: use its page, or stop it first")
         server.session = LabelSession.open(data, labels_csv, n=n, seed=seed)
     except BaseException:
         server.server_close()  # also releases the lock
         raise
     return server
-
-
-def _lock_exclusively(labels_csv: Path) -> IO[bytes] | None:
-    """Hold an exclusive lock on ``labels.csv.lock`` while one server writes `labels_csv` (POSIX; elsewhere
-    no lock). Taken before the session opens, and on a file that is never replaced: the sidecar, which
-    a starting session writes, would give each of two servers started together a lock of its own.
-    The system drops it when the process ends, however it ends."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    Path(labels_csv).parent.mkdir(parents=True, exist_ok=True)
-    handle = open(str(labels_csv) + ".lock", "ab")  # created once, never replaced
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise FerkitError(f"another `ferkit label` is already serving {labels_csv}: use its page, or stop it "
-                          "first") from None
-    return handle
 
 
 def serve(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int | None = None, seed: int | None = None,

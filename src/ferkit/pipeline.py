@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ferkit import config as configs
-from ferkit.data import load, require_recorded
+from ferkit.data import Dataset, load, require_recorded
 from ferkit.errors import FerkitError
 from ferkit.fileio import (folder_lock, output_folder, read_json, remove_stale_temporaries, require_only,
                            require_outside, write_json)
@@ -43,6 +43,20 @@ def _require_same_config(run: Path, cfg: configs.TrainConfig, option: str) -> No
                           f"{option} and --profile options it was started with, or choose another --out")
 
 
+def _study_record(record_path: Path, dataset: Dataset, data: str | os.PathLike, out: Path) -> dict[str, Any]:
+    """The study's pipeline.json, or a new record; a study of other data is refused."""
+    record = read_json(record_path) if record_path.exists() else {
+        "data": str(Path(data).resolve()), **dataset.checksums(), "stages": {}}
+    require_recorded(dataset, record, f"the study {out} was run on", record.get("data"),
+                     todo="choose another --out, or resume it with that file")
+    return record
+
+
+def _require_same_configs(out: Path, cnn_cfg: configs.TrainConfig, mlp_cfg: configs.TrainConfig) -> None:
+    for model, cfg, option in (("cnn", cnn_cfg, "--set"), ("mlp", mlp_cfg, "--mlp-set")):
+        _require_same_config(out / model, cfg, option)
+
+
 def run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | None = None,
               cnn_overrides: list[str] | dict[str, Any] | None = None,
               mlp_overrides: list[str] | dict[str, Any] | None = None,
@@ -67,10 +81,7 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
     require_only(out, _STUDY_ENTRIES, "a study needs a new or empty folder, or the folder of a study to resume")
     record_path = out / "pipeline.json"
     dataset = load(data)
-    record = read_json(record_path) if record_path.exists() else {
-        "data": str(Path(data).resolve()), **dataset.checksums(), "stages": {}}
-    require_recorded(dataset, record, f"the study {out} was run on", record.get("data"),
-                     todo="choose another --out, or resume it with that file")
+    record = _study_record(record_path, dataset, data, out)
     # a resumed study keeps its profile unless one is named, also on a machine that would pick another
     chosen = profile or record.get("profile") or configs.auto_profile()
     record["profile"] = chosen
@@ -85,16 +96,12 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
         if cfg.model != model:  # the study compares a CNN with an MLP: each stage trains its own
             raise FerkitError(f"{option} model={cfg.model}: this stage of the study trains the {model}; leave "
                               f"`model` out of {option}")
-        _require_same_config(out / model, cfg, option)
+    _require_same_configs(out, cnn_cfg, mlp_cfg)
     output_folder(out)
     lock.enter_context(folder_lock(out, "`ferkit run`"))
     # checked again under the lock: a study that ended meanwhile may have recorded stages or started runs
-    record = read_json(record_path) if record_path.exists() else record
-    require_recorded(dataset, record, f"the study {out} was run on", record.get("data"),
-                     todo="choose another --out, or resume it with that file")
-    record["profile"] = chosen
-    for model, cfg, option in (("cnn", cnn_cfg, "--set"), ("mlp", mlp_cfg, "--mlp-set")):
-        _require_same_config(out / model, cfg, option)
+    record = dict(_study_record(record_path, dataset, data, out), profile=chosen)
+    _require_same_configs(out, cnn_cfg, mlp_cfg)
     for folder in (out / "data", out / "features", out / "report", out / "cnn" / "eval", out / "mlp" / "eval"):
         remove_stale_temporaries(folder, recursive=True)  # what a kill in an atomic write left (train cleans its own)
 

@@ -166,7 +166,7 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
         raise FerkitError("no input images given (a folder is searched for .jpg, .png, ... files)")
     if out is not None and any(same_file(out, file) for file in files):
         raise FerkitError(f"--out {out}: is one of the photos to classify; name the CSV otherwise")
-    names = _annotation_names(files)
+    names = _annotation_names(files) if annotate is not None else {}
     if annotate is not None:
         _require_apart(Path(annotate), inputs, files)
         _require_no_foreign(Path(annotate), names)

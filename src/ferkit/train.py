@@ -92,14 +92,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def checkpoint_sha256(run: str | os.PathLike, which: str = "best") -> str | None:
     """The checksum of a run folder's checkpoint file, None without one: `features` and `compare`
     record it, so that `report` can tell whether their files describe this run's model."""
-    path = Path(run) / "checkpoints" / f"{checkpoint_name(which)}.pt"
+    path = Path(run) / "checkpoints" / f"{checkpoint_name(which, run)}.pt"
     return sha256_file(path) if path.is_file() else None
 
 
-def checkpoint_name(which: str) -> str:
+def checkpoint_name(which: str, run: str | os.PathLike | None = None) -> str:
     """A checkpoint's name (best, last, at_4min) from what a user may type: also "last.pt" or
-    "checkpoints/last.pt"."""
-    return Path(which).name.removesuffix(".pt")
+    "checkpoints/last.pt". The folder is dropped, so with `run` a file of another run's folder is
+    refused rather than read as the same name of this run."""
+    typed = Path(which)
+    if run is not None and typed.parent not in (Path("."), Path("checkpoints")) and \
+            os.path.realpath(typed.parent) != os.path.realpath(Path(run) / "checkpoints"):
+        raise FerkitError(f"--checkpoint {which}: not a checkpoint of {run}; name one of its checkpoints "
+                          f"(best, last, at_4min), or evaluate the run that holds this file")
+    return typed.name.removesuffix(".pt")
 
 
 def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
@@ -107,7 +113,7 @@ def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
     """Rebuild the model of a run folder (its `which` checkpoint) or of a checkpoint file."""
     path = Path(run_or_checkpoint)
     if path.is_dir():
-        path = path / "checkpoints" / f"{checkpoint_name(which)}.pt"
+        path = path / "checkpoints" / f"{checkpoint_name(which, path)}.pt"
     checkpoint = load_checkpoint(path)
     model = get_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
     model.load_state_dict(checkpoint["model"])
