@@ -1269,3 +1269,25 @@ def test_a_warmup_longer_than_the_run_is_named(tiny_csv, tmp_path, capsys):
     train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=1, train_limit=64, warmup_epochs=4), progress=True)
     assert "note: warmup_epochs 4 is longer than the 1 epochs: the learning rate ends its warmup at 25% of lr" in \
         capsys.readouterr().out  # where training prints its epochs
+
+
+def test_an_out_folder_holding_another_models_evaluation_is_never_written_over(trained_run, tiny_csv, tmp_path):
+    run, _ = trained_run
+    other = tmp_path / "other"
+    train.train(tiny_csv, other, tiny_config(epochs=1, train_limit=64, seed=5), progress=False)
+    evaluate(run, out=tmp_path / "mine")
+    evaluate(run, checkpoint="last", tta=True, out=tmp_path / "mine")  # a re-run replaces its own
+    before = (tmp_path / "mine" / "predictions.csv").read_bytes()
+    with pytest.raises(FerkitError, match=r"--out .*mine: holds the evaluation of cnn \(.*cnn\), not of the run .*other"):
+        evaluate(other, out=tmp_path / "mine")
+    with pytest.raises(FerkitError, match=r"mine: holds the evaluation of cnn .*not of an ensemble of .*other"):
+        ensemble([other], tmp_path / "mine")
+    ensemble([other, tmp_path / "mine"], tmp_path / "pair")
+    ensemble([run, other], tmp_path / "pair")  # an ensemble grows or changes in its folder
+    with pytest.raises(FerkitError, match="pair: holds the evaluation of ensemble of 2, not of the run"):
+        evaluate(run, out=tmp_path / "pair")  # one model never replaces an ensemble
+    ensemble([run], tmp_path / "mine")  # one of its members' evaluation may become the ensemble's
+    (tmp_path / "pair" / "metrics.json").write_text("{")
+    with pytest.raises(FerkitError, match="pair: holds an evaluation whose metrics.json cannot be read"):
+        ensemble([run, other], tmp_path / "pair")
+    assert (tmp_path / "mine" / "predictions.csv").read_bytes() != before

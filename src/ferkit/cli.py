@@ -202,14 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, handler, text)
         if name == "evaluate":
             p.add_argument("run_dir", help="the run folder `ferkit train --out` wrote")
-            p.add_argument("--out", help="folder for the files (default RUN_DIR/eval/SPLIT[-tta][-CHECKPOINT])")
+            p.add_argument("--out", help="folder for the files (default RUN_DIR/eval/SPLIT[-tta][-CHECKPOINT]); one "
+                                                "holding another model's evaluation is refused")
             p.add_argument("--checkpoint", default="best",
                            help="best, last, or a snapshot such as at_4min, of this run")
         else:
             p.add_argument("members", nargs="+", metavar="MEMBER",
                            help="a run folder, or an evaluation folder such as RUN/eval/test-tta whose "
                                 "predictions.csv is averaged as saved")
-            p.add_argument("--out", required=True, help="folder for the ensemble's evaluation files (not a member)")
+            p.add_argument("--out", required=True, help="folder for the ensemble's evaluation files (not a member, "
+                                                             "nor one holding an evaluation of other models)")
         p.add_argument("--split", choices=("test", "val"), default="test",
                        help="test = PrivateTest, val = PublicTest (it chose the best epoch: optimistic)")
         p.add_argument("--tta", action="store_true", help="test-time augmentation (the run's tta setting; saved "

@@ -130,6 +130,8 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     require_outside(data_path, destination)
     target = pick_device(device)
     model, state, checkpoint_sha = load_run_model(run, which, target)
+    if out is not None:
+        _require_replaceable(destination, {checkpoint_sha, os.path.realpath(run)}, f"the run {run}")
     dataset = fdata.load(data_path)
     fdata.require_recorded(dataset, state, f"the run {run} was trained on", recorded_data_path(run))
     rows = dataset.indices(name)
@@ -207,6 +209,44 @@ def _model_keys(folder: Path, metrics: dict) -> list[tuple]:
     return [("run", os.path.realpath(run), metrics.get("epoch"))] if run is not None else []
 
 
+def _owners(folder: Path, metrics: dict) -> set[str]:
+    """The models an evaluation folder speaks for, as checkpoint checksums and run folders (real paths)."""
+    owners = {str(key[1]) for key in _model_keys(folder, metrics) if len(key) > 1}
+    if isinstance(metrics.get("run"), str) and "members" not in metrics:
+        owners.add(os.path.realpath(metrics["run"]))
+    return owners
+
+
+def _member_owners(member: Path) -> set[str]:
+    """The models an ensemble member brings: a run folder's own, or those of the evaluation it saved."""
+    if not is_evaluation_folder(member):
+        return {os.path.realpath(member)}
+    try:
+        recorded = read_json(member / "metrics.json")
+    except (OSError, ValueError):  # saved_probabilities names it when the ensemble reads it
+        return set()
+    return _owners(member, recorded) if isinstance(recorded, dict) else set()
+
+
+def _require_replaceable(folder: Path, owners: set[str], this: str, ensemble: bool = False) -> None:
+    """Stop before an --out that holds the evaluation of other models is written over. A re-run may
+    replace its own: a run's evaluation that of the same run, an ensemble's that of an ensemble (or a
+    single model) sharing a model with it. An ensemble is never replaced by one model's evaluation."""
+    if not is_evaluation_folder(folder):
+        return
+    try:
+        recorded = read_json(folder / "metrics.json")
+    except (OSError, ValueError):
+        recorded = None
+    if isinstance(recorded, dict) and _owners(folder, recorded) & owners and (ensemble or "members" not in recorded):
+        return
+    held = (f"the evaluation of {recorded.get('name', 'a model')}"
+            + (f" ({recorded['run']})" if isinstance(recorded.get("run"), str) else "")
+            if isinstance(recorded, dict) else "an evaluation whose metrics.json cannot be read")
+    raise FerkitError(f"--out {folder}: holds {held}, not of {this}; name another folder, or delete that one "
+                      f"if it is no longer wanted")
+
+
 def _ensemble_data_path(member: Path, data: str | os.PathLike | None) -> str:
     """The data file for an ensemble whose first member is `member`: `data` if given, else the run's."""
     if data or not is_evaluation_folder(member):
@@ -251,6 +291,8 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     if (taken := next((m for m, r in zip(members, resolved) if r == Path(os.path.realpath(output))), None)) is not None:
         raise FerkitError(f"--out {out}: is the member {taken}, whose predictions.csv the ensemble's would replace; "
                           f"name another folder")
+    _require_replaceable(output, set().union(*(_member_owners(Path(member)) for member in members)),
+                         f"an ensemble of {', '.join(map(str, members))}", ensemble=True)
     data_path = _ensemble_data_path(Path(members[0]), data)
     require_outside(data_path, output)
     dataset = fdata.load(data_path)
