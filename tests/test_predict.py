@@ -371,3 +371,57 @@ def test_the_sidecar_names_the_faces_and_tta_none_is_said(tiny_csv, tmp_path):
     Image.fromarray(load_data(tiny_csv).images[0]).save(tmp_path / "face.png")
     _, messages = predict(run, tmp_path / "face.png", detect=False, tta=True, progress=False)
     assert messages == ["--tta: this run's tta setting is none, so each face was classified once"]
+
+
+def test_a_transparent_photo_is_read_on_white_as_a_viewer_shows_it(tmp_path):
+    from PIL import Image
+
+    from ferkit.predict import read_photo
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)  # what hides under the transparent pixels
+    alpha = np.zeros((20, 30), dtype=np.uint8)
+    alpha[:, 10:20], alpha[:, 20:] = 255, 128
+    Image.fromarray(np.dstack([colours, alpha]), "RGBA").save(tmp_path / "cut-out.png")
+    image, problem = read_photo(tmp_path / "cut-out.png")
+    rgb = image[:, :, ::-1].astype(int)
+    assert problem is None and image.shape == (20, 30, 3)
+    assert (rgb[:, :10] == 255).all()  # fully transparent: white, whatever colour was stored
+    np.testing.assert_array_equal(rgb[:, 10:20], colours[:, 10:20])
+    assert np.abs(rgb[:, 20:] - (colours[:, 20:].astype(int) * 128 + 255 * 127) / 255).max() <= 1
+    grey = Image.fromarray(colours[:, :, 0], "L").convert("P")
+    grey.info["transparency"] = int(np.asarray(grey)[0, 0])  # a palette image with a transparent colour
+    grey.save(tmp_path / "palette.png", transparency=grey.info["transparency"])
+    image, _ = read_photo(tmp_path / "palette.png")
+    assert (image[np.asarray(Image.open(tmp_path / "palette.png")) == grey.info["transparency"]] == 255).all()
+    Image.fromarray(colours).save(tmp_path / "opaque.png")  # an opaque photo is read as it was
+    np.testing.assert_array_equal(read_photo(tmp_path / "opaque.png")[0][:, :, ::-1], colours)
+
+
+def test_decoder_warnings_name_their_photo_instead_of_going_to_stderr(tiny_run, tmp_path, capfd):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "photos" / "a.jpg")
+    damaged = bytearray((tmp_path / "photos" / "a.jpg").read_bytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 20] = bytes(20)  # garbage inside the picture's data
+    (tmp_path / "photos" / "a.jpg").write_bytes(damaged)
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "photos" / "b.png")
+    png = (tmp_path / "photos" / "b.png").read_bytes()
+    profile = b"bogus\x00\x00" + zlib.compress(b"not a colour profile")
+    chunk = struct.pack(">I", len(profile)) + b"iCCP" + profile + struct.pack(">I", zlib.crc32(b"iCCP" + profile))
+    (tmp_path / "photos" / "b.png").write_bytes(png[:33] + chunk + png[33:])  # after the 8-byte signature and IHDR
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "photos" / "c.png")
+    capfd.readouterr()
+    table, messages = predict(tiny_run, tmp_path / "photos", detect=False, progress=False)
+    assert len(table) == 3 and len(messages) == 2
+    assert messages[0].startswith(f"{tmp_path / 'photos' / 'a.jpg'}: the image decoder warned (Corrupt JPEG data")
+    assert messages[1].startswith(f"{tmp_path / 'photos' / 'b.png'}: the image decoder warned (libpng warning: iCCP")
+    assert messages[1].endswith("); classified as read, check the photo")
+    assert capfd.readouterr().err == ""

@@ -4,9 +4,12 @@ each with a margin, convert to 48x48 grayscale as in FER2013, classify, and writ
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -65,15 +68,19 @@ def detect_faces(gray: np.ndarray, detector: Any, margin: float = 0.15, min_size
 
 
 def read_photo(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """A photo as a BGR array (OpenCV's, else Pillow's), turned upright as its EXIF orientation says; or
-    None and why not (unreadable, or a JPEG cut short)."""
+    """A photo as a BGR array (OpenCV's, else Pillow's), turned upright as its EXIF orientation says, a
+    transparent one shown on white, and a note: why there is no array (unreadable, or a JPEG cut short),
+    or what the image decoder warned of while reading it; None when all went well."""
     cv2 = _cv2()
-    quiet = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the message below says it once
-    try:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    finally:
-        cv2.utils.logging.setLogLevel(quiet)
+    image, warnings = None, []
+    if not _is_transparent(path):  # OpenCV drops the alpha, keeping whatever colour hides under it
+        quiet = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the message below says it once
+        try:
+            with _decoder_messages() as warnings:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        finally:
+            cv2.utils.logging.setLogLevel(quiet)
     if image is None:
         image = _read_with_pillow(path)  # OpenCV fails on some valid files, e.g. a TIFF with an EXIF rotation
     if image is None:
@@ -81,19 +88,57 @@ def read_photo(path: Path) -> tuple[np.ndarray | None, str | None]:
     if _jpeg_ends_early(path):
         return None, ("the JPEG ends before its image does (an interrupted download or copy?), so its lower part "
                       "is missing")
+    if warnings:
+        return image, f"the image decoder warned ({'; '.join(warnings)}); classified as read, check the photo"
     return image, None
 
 
+@contextmanager
+def _decoder_messages() -> Iterator[list[str]]:
+    """Collect what libjpeg and libpng print straight to the process's stderr while OpenCV decodes
+    ("Corrupt JPEG data: ...", "libpng warning: ..."), so that predict names the photo they are about
+    instead of leaving anonymous lines between its own."""
+    messages: list[str] = []
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a detached process): nothing to collect
+        yield messages
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
 def _read_with_pillow(path: Path) -> np.ndarray | None:
-    """A photo as a BGR array through Pillow, turned upright; None when Pillow cannot read it either."""
+    """A photo as a BGR array through Pillow, turned upright and laid on white as an image viewer shows
+    it; None when Pillow cannot read it either."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
-            rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            rgba = ImageOps.exif_transpose(image).convert("RGBA")
+            rgb = np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _is_transparent(path: Path) -> bool:
+    """Whether the image has an alpha channel or a transparent colour (read from its header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def _jpeg_ends_early(path: Path) -> bool:
@@ -140,8 +185,8 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     """Classify every face in the given photos (or, with detect=False, each image as one face).
 
     `inputs` is one path or several; a photo reached twice is classified once. Returns the table
-    (one row per face) and the messages: skipped files (unreadable, a cut JPEG, or without a face)
-    and a note when `tta` meets a run whose tta is none. A missing input, or an `out` that names an
+    (one row per face) and the messages: skipped files (unreadable, a cut JPEG, or without a face),
+    what the image decoder warned of in a photo it read, and a note when `tta` meets a run whose tta is none. A missing input, or an `out` that names an
     image or a photo given, stops it before any work, and photos without a single face stop it
     before it writes anything.
     Example: ``predict("runs/study/cnn", "photos/", out="faces.csv")``, which is
@@ -176,10 +221,12 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     rows, crops = [], []
     annotations: dict[Path, tuple[np.ndarray, list[int]]] = {}
     for path in tqdm(files, desc="photos", unit="img", disable=not progress or len(files) < 2):
-        image, problem = read_photo(path)
-        if problem:
-            messages.append(f"{path}: {problem}, skipped")
+        image, note = read_photo(path)
+        if image is None:
+            messages.append(f"{path}: {note}, skipped")
             continue
+        if note:
+            messages.append(f"{path}: {note}")
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if detect:
             faces = detect_faces(gray, detector)
