@@ -899,3 +899,66 @@ def test_a_path_beyond_latin_1_is_legible_in_the_pdf(world, tmp_path):
     plain = pypdf.PdfReader(io.BytesIO((world["out"] / "report.pdf").read_bytes()))  # an ASCII path: as before
     assert {font["/BaseFont"] for page in plain.pages for font in page["/Resources"]["/Font"].values()} <= \
         {"/Helvetica", "/Helvetica-Bold", "/Helvetica-Oblique", "/Helvetica-BoldOblique", "/Courier"}
+
+
+def test_a_path_with_backticks_and_asterisks_stays_one_literal_path(world, tmp_path):
+    """The report's text is Markdown-like: a backtick or ** in a folder's name ended its code span or
+    turned bold. Now a path is fenced by backticks it does not hold, and a title's name is escaped."""
+    import html as htmlmod
+    import io
+
+    run = tmp_path / "a`b**c" / "x*y_"
+    shutil.copytree(world["cnn"], run)
+    freport.build_report(run, tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert f"<code>{htmlmod.escape(str(run), quote=False)}</code>" in page
+    assert f"<code>{htmlmod.escape(str(run / 'config.yaml'), quote=False)}</code>" in page
+    assert "<h1>Facial-expression recognition on FER2013: the cnn run x*y_</h1>" in page
+    assert "<title>Facial-expression recognition on FER2013: the cnn run x*y_</title>" in page
+    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert f"``{run}``" in markdown and "# Facial-expression recognition on FER2013: the cnn run x\\*y\\_" in markdown
+    reader = pypdf.PdfReader(io.BytesIO((tmp_path / "report" / "report.pdf").read_bytes()))
+    text = "".join(page.extract_text() for page in reader.pages).replace("\n", "")
+    assert str(run) in text and "the cnn run x*y_" in text
+
+
+def test_inline_markup_quotes_any_text():
+    def render(text: str) -> str:
+        return freport._inline(text, lambda s: s, lambda s: f"<b>{s}</b>", lambda s: f"<code>{s}</code>")
+
+    for literal in ("plain", "a`b", "``", "`start", "end`", " both ", "**x**", "C:\\a\\b", "a\\`b"):
+        assert render(f"see {freport._code(literal)}.") == f"see <code>{literal}</code>."
+        assert render(f"**{freport._literal(literal)}**") == f"<b>{literal}</b>"
+    assert render("**bold `c**d` more** and `e`") == "<b>bold <code>c**d</code> more</b> and <code>e</code>"
+
+
+@pytest.mark.parametrize("width", [30, 60, 100])
+def test_a_wrapped_command_runs_as_the_one_written(tmp_path, width):
+    """The PDF wraps long commands; bash must read the wrapped lines as the same words, even where a
+    path holds spaces or quotes or is longer than a line."""
+    import shlex
+    import subprocess
+
+    words = ["ferkit", "train", "/Users/me/My Drive/FER data/icml_face_data.csv", "--out",
+             "runs/it's a run/" + "deep/" * 20 + "cnn", "--set", "lr=0.1", "--config", "a b/config.yaml", "--tta"]
+    comment = "# training into a new folder, " + "x" * 80 + ": ferkit train refuses the old one, which holds the run"
+    notes, command = freport._shell_lines(comment, width), freport._shell_lines(shlex.join(words), width)
+    assert all(len(line) <= width for line in notes + command) and len(command) > 1
+    assert all(line.startswith("#") for line in notes)
+    command[0] = command[0].replace("ferkit", "printf '%s\\n'", 1)  # prints each word it is given on a line
+    script = "\n".join(notes + command)
+    printed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert printed.splitlines() == words[1:]
+
+
+def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path):
+    """`ferkit run` trains STUDY/cnn whatever the run's folder is called now."""
+    run_path = tmp_path / "runs" / "study" / "best cnn"
+    run_path.mkdir(parents=True)
+    (run_path / "config.yaml").write_text("epochs: 2\n")
+    info = {"environment": {"command": "ferkit run faces.csv --out runs/study --profile cpu"},
+            "data": {"path": "faces.csv"}, "model": {"name": "cnn"}}
+    run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
+    code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                if isinstance(b, freport.Code))
+    assert f"{tmp_path / 'runs' / 'study-replica' / 'cnn'} replicates this run" in code

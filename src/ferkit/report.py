@@ -126,7 +126,7 @@ class Details:
 
 @dataclass
 class Document:
-    title: str
+    title: str  # plain text, for the PDF's metadata and HTML's <title>
     main: list[Any]
     extras: list[Any] = field(default_factory=list)
 
@@ -371,7 +371,7 @@ def _title(run: Run) -> str:
     name = folder.name
     if name == model:  # `ferkit run` names a study's runs after their model: the study tells them apart
         name = f"{folder.parent.name}/{name}" if folder.parent.name else ""
-    return f"Facial-expression recognition on FER2013: the {model} run" + (f" {name}" if name else "")
+    return f"Facial-expression recognition on FER2013: the {model} run" + (f" {_literal(name)}" if name else "")
 
 
 def _tta_label(metrics: dict[str, Any]) -> str:
@@ -407,7 +407,7 @@ def _summary(run: Run) -> Para:
     return Para(f"Test set ({m.get('split', 'PrivateTest')}, {_int(m['n'])} faces, {tta}): **accuracy "
                 f"{_f4(m['accuracy'])}**, **macro F1 {_f4(m['macro_f1'])}**{over}, weighted F1 "
                 f"{_f4(m['weighted_f1'])}. Built by ferkit {__version__} on {generated} from the files of "
-                f"`{run.path}`.", small=True)
+                f"{_code(run.path)}.", small=True)
 
 
 def _data_section(run: Run) -> list[Any]:
@@ -422,7 +422,7 @@ def _data_section(run: Run) -> list[Any]:
     if cfg.get("val_limit"):
         limits.append(f"the first {_int(cfg['val_limit'])} validation faces only (`val_limit`)")
     blocks.append(Para(
-        f"Source `{data.get('path', '?')}` ({data.get('layout', 'csv')} layout), sha256 `{data.get('sha256', '?')}`. "
+        f"Source {_code(data.get('path', '?'))} ({data.get('layout', 'csv')} layout), sha256 {_code(data.get('sha256', '?'))}. "
         f"Splits: Training for training ({_int(data.get('train_images', 0))} faces used), PublicTest for validation "
         f"and model selection ({_int(data.get('val_images', 0))} used), PrivateTest for the test, touched only by "
         f"`ferkit evaluate`." + (f" This run used {' and '.join(limits)}." if limits else "")))
@@ -641,7 +641,7 @@ def _unfinished(run: Run) -> str | None:
     if info.get("finished") or len(history) >= int(cfg.get("epochs", 0)) or info.get("stopped_early"):
         return None
     return (f"**Training did not finish**: {len(history)} of {cfg.get('epochs')} epochs are recorded; "
-            f"continue it with `ferkit train DATA --out {run.path} --resume`.")
+            f"continue it with {_code(shlex.join(['ferkit', 'train', 'DATA', '--out', str(run.path), '--resume']))}.")
 
 
 def _at_best(run: Run) -> dict[str, float]:
@@ -831,8 +831,8 @@ def _test_section(run: Run, figures_dir: Path) -> list[Any]:
                        "never seen in training or model selection." +
                        ("" if len(order) == 2 else
                         f" Only the evaluation {'with' if order[0] == 'test-tta' else 'without'} TTA exists; "
-                        f"`ferkit evaluate "
-                        f"{run.path}{'' if order[0] == 'test-tta' else ' --tta'}` adds the other.")))
+                        f"{_code(shlex.join(['ferkit', 'evaluate', str(run.path)] + ([] if order[0] == 'test-tta' else ['--tta'])))} "
+                        "adds the other.")))
     summary = Table(["metric"] + [label[name] for name in order], rows,
                     f"Test metrics (from eval/{'/metrics.json and eval/'.join(order)}/metrics.json).",
                     widths=[0.4] + [0.3] * len(order))
@@ -912,7 +912,8 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
         if pinned:
             study_command += f" --profile {cfg['profile']}"
         lines += [f"# or the whole study that trained it, as recorded in run.json but for --out"
-                  f"{' and --profile' if pinned else ''}: {study_replica / run.path.name} replicates this run",
+                  f"{' and --profile' if pinned else ''}: {study_replica / (_model_name(run) or run.path.name)} "
+                  "replicates this run",  # a study names its runs after their models
                   study_command]
     lines += ["# this report, from the files of the original run", report_command]
     versions = env.get("versions", {})
@@ -922,12 +923,11 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
     blocks: list[Any] = [
         Heading("5  Replication"),
         Code("\n".join(lines)),
-        Para(f"Seed `{cfg.get('seed')}` (every epoch's shuffling, augmentation and dropout derive from it and the "
-             f"epoch number). Config: `{run.path}/config.yaml` (Table 3). ferkit {versions.get('ferkit', '?')}, "
-             f"git commit "
-             f"`{commit or 'unknown'}`{dirty}. Libraries: " +
+        Para(f"Seed {_code(cfg.get('seed'))} (every epoch's shuffling, augmentation and dropout derive from it and "
+             f"the epoch number). Config: {_code(run.path / 'config.yaml')} (Table 3). ferkit "
+             f"{versions.get('ferkit', '?')}, git commit {_code(commit or 'unknown')}{dirty}. Libraries: " +
              ", ".join(f"{k} {v}" for k, v in versions.items() if k != "ferkit") +
-             f". Data: `{Path(str(data.get('path', '?'))).name}`, sha256 `{data.get('sha256', '?')}`. Device: "
+             f". Data: {_code(Path(str(data.get('path', '?'))).name)}, sha256 {_code(data.get('sha256', '?'))}. Device: "
              f"{info.get('device', '?')}; results match to the last digit only with the same hardware and library "
              "versions." + _trained_by(recorded)),
         Details("config.yaml", [Code((run.path / "config.yaml").read_text(encoding="utf-8").rstrip())]),
@@ -938,9 +938,9 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
 def _trained_by(recorded: str | None) -> str:
     """A remark on the recorded command when it was not `ferkit train`."""
     if _is_study(recorded):
-        return f" This run was trained by the `ferkit run` study `{recorded}` (as run.json records)."
+        return f" This run was trained by the `ferkit run` study {_code(recorded)} (as run.json records)."
     if recorded and not recorded.startswith("ferkit train"):
-        return f" (run.json records the training as started by `{recorded}`, not by a ferkit command.)"
+        return f" (run.json records the training as started by {_code(recorded)}, not by a ferkit command.)"
     return ""
 
 
@@ -1008,7 +1008,7 @@ def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
             class_rows.append([c, _f4(pa[c]["f1"]), _f4(pb[c]["f1"]), _signed_pts(pa[c]["f1"] - pb[c]["f1"])])
             gains[c] = pa[c]["f1"] - pb[c]["f1"]
     theirs = "the MLP's"
-    text = (f"The MLP run `{mlp.path}` sees the same pixels without convolutions. The CNN's test accuracy is "
+    text = (f"The MLP run {_code(mlp.path)} sees the same pixels without convolutions. The CNN's test accuracy is "
             f"{_relative(a['accuracy'] - b['accuracy'], theirs)} and its macro F1 "
             f"{_relative(a['macro_f1'] - b['macro_f1'], theirs)}")
     if mlp_params:
@@ -1174,7 +1174,7 @@ def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name:
     blocks: list[Any] = [Heading(f"{number}  {title}", 1)]
     leaves = _key_numbers(extra.data)
     shown = leaves[:key_limit]
-    blocks.append(Para(f"{intro} From `{extra.path}`: {json_name} ({len(leaves)} values, {len(shown)} below), "
+    blocks.append(Para(f"{intro} From {_code(extra.path)}: {json_name} ({len(leaves)} values, {len(shown)} below), "
                        f"{len(extra.figures)} figure(s).", keep_with_next=True))
     if shown:
         per_row = 2
@@ -1221,31 +1221,122 @@ def build_document(run: Run, figures_dir: Path, mlp: Run | None = None, features
                                  "comparison.json", "compare")
     if extras:
         extras.insert(0, Heading("Extras", 0))
-    return Document(_title(run), main, extras)
+    return Document(_plain(_title(run)), main, extras)
 
 
 # ---------------------------------------------------------------------------------------------
 # Inline markup
 
 
-_INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`")
+# The text's markup is CommonMark's, in part: **bold**, `code` and backslash escapes. A code span's
+# fence is a run of backticks that its content does not hold, so that _code quotes any path.
+# Read left to right: a backslash before ASCII punctuation escapes it, or a code span, fenced by a run
+# of backticks and closed by a run as long.
+_LITERAL = re.compile(r"\\([!-/:-@\[-`{-~])|(?<!`)(`+)(?!`)(.+?)(?<!`)\2(?!`)", re.S)
+_BOLD = re.compile(r"\*\*(.+?)\*\*", re.S)
+_HELD = re.compile("\0(\\d+)\0")
+
+
+def _code(value: Any) -> str:
+    """`value` as an inline code span, whatever backticks or asterisks it holds (a user's path)."""
+    text = str(value)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    padded = text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip())
+    return f"{fence} {text} {fence}" if padded else f"{fence}{text}{fence}"  # CommonMark drops the spaces
+
+
+def _literal(value: Any) -> str:
+    """`value` as plain text, its markup characters escaped (a folder name in a heading)."""
+    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", str(value))
+
+
+def _held(text: str) -> tuple[str, list[tuple[bool, str]]]:
+    """`text` with its code spans and escaped characters taken out, each left as a numbered mark
+    between NULs, and what they hold: (whether a code span, its literal text). Nothing inside a code
+    span is markup, and an escaped character is itself."""
+    kept: list[tuple[bool, str]] = []
+
+    def hold(is_code: bool, literal: str) -> str:
+        kept.append((is_code, literal))
+        return f"\0{len(kept) - 1}\0"
+
+    def literal(match: re.Match) -> str:
+        if match.group(1) is not None:
+            return hold(False, match.group(1))
+        inside = match.group(3)
+        return hold(True, inside[1:-1] if inside[:1] == inside[-1:] == " " and inside.strip() else inside)
+
+    return _LITERAL.sub(literal, text), kept
 
 
 def _inline(text: str, escape: Callable[[str], str], bold: Callable[[str], str], code: Callable[[str], str]) -> str:
+    text, kept = _held(text)
+
+    def restore(part: str) -> str:
+        pieces = _HELD.split(part)  # plain text at even places, mark numbers at odd ones
+        for i in range(1, len(pieces), 2):
+            is_code, literal = kept[int(pieces[i])]
+            pieces[i] = code(escape(literal)) if is_code else escape(literal)
+        pieces[::2] = [escape(piece) for piece in pieces[::2]]
+        return "".join(pieces)
+
     out, pos = [], 0
-    for match in _INLINE.finditer(text):
-        out.append(escape(text[pos:match.start()]))
-        if match.group(1) is not None:
-            out.append(bold(_inline(match.group(1), escape, lambda s: s, code)))
-        else:
-            out.append(code(escape(match.group(2))))
+    for match in _BOLD.finditer(text):
+        out.append(restore(text[pos:match.start()]))
+        out.append(bold(restore(match.group(1))))
         pos = match.end()
-    out.append(escape(text[pos:]))
+    out.append(restore(text[pos:]))
     return "".join(out)
 
 
 def _plain(text: str) -> str:
-    return _INLINE.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), text)
+    """The text without its markup."""
+    return _inline(text, lambda s: s, lambda s: s, lambda s: s)
+
+
+def _shell_lines(line: str, width: int) -> list[str]:
+    """A shell line wrapped to `width` columns so that it still runs when copied from the PDF: a break
+    falls between words and ends its line with ` \\`; a word too long for a line (a deep path) is cut
+    into quoted pieces that the shell joins again (`'piece'\\` then the rest at column 0, since an
+    indent would split the word); a comment goes on as comments. A break inside quotes would have
+    put the line break into the path."""
+    if len(line) <= width:
+        return [line]
+    if line.lstrip().startswith("#"):
+        return textwrap.wrap(line, width, subsequent_indent="#   ", break_on_hyphens=False)
+    try:
+        words = shlex.split(line)
+    except ValueError:  # not shell words (an odd old record): cut as text
+        wrapped = textwrap.wrap(line, width - 2, subsequent_indent="    ", break_on_hyphens=False)
+        return [text + " \\" for text in wrapped[:-1]] + wrapped[-1:]
+    lines, current = [], ""
+    for word in words:
+        quoted = shlex.quote(word)
+        if current and len(current) + 1 + len(quoted) <= width - 2:
+            current += " " + quoted
+            continue
+        if current:
+            lines.append(current + " \\")
+            current = "    "
+        if len(current) + len(quoted) <= width - 2:
+            current += quoted
+            continue
+        first, *middle, last = _quoted_pieces(word, width - 2 - len(current), width - 2)
+        lines += [current + first + "\\"] + [piece + "\\" for piece in middle]
+        current = last
+    return lines + [current]
+
+
+def _quoted_pieces(word: str, first_room: int, room: int) -> list[str]:
+    """`word` cut into shell-quoted pieces, the first at most `first_room` long and the others `room`:
+    two or more, as `word` quoted needs more than `first_room`."""
+    pieces, piece = [], ""
+    for char in word:
+        if piece and len(shlex.quote(piece + char)) > (room if pieces else first_room):
+            pieces.append(shlex.quote(piece))
+            piece = ""
+        piece += char
+    return pieces + [shlex.quote(piece)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1447,12 +1538,9 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
                 story.append(Paragraph(markup(block.text), style))
             elif isinstance(block, Bullets):
                 story += [Paragraph(markup(item), styles["bullet"], bulletText="•") for item in block.items]
-            elif isinstance(block, Code):
+            elif isinstance(block, Code):  # in the PDF, only the replication's shell commands
                 chars = int((width - 8) / (0.6 * styles["code"].fontSize))
-                lines = []
-                for line in block.text.splitlines():
-                    wrapped = textwrap.wrap(line, chars - 2, subsequent_indent="    ", break_on_hyphens=False) or [""]
-                    lines += [w + (" \\" if i < len(wrapped) - 1 else "") for i, w in enumerate(wrapped)]
+                lines = [wrapped for line in block.text.splitlines() for wrapped in _shell_lines(line, chars)]
                 story.append(Preformatted("\n".join(lines), styles["code"]))
             elif isinstance(block, Table):
                 story += table(block, width, nested)
