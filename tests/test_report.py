@@ -962,3 +962,24 @@ def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path)
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
                 if isinstance(b, freport.Code))
     assert f"{tmp_path / 'runs' / 'study-replica' / 'cnn'} replicates this run" in code
+
+
+def test_chinese_japanese_and_korean_paths_are_set_in_cjk_fonts(world, tmp_path):
+    """DejaVu has no CJK glyph: such paths were empty boxes. Now each run of CJK characters is set in
+    one of Adobe's CJK fonts, which PDF readers supply."""
+    import io
+
+    run = tmp_path / "张三的数据" / "データ" / "한국어 실행"
+    shutil.copytree(world["cnn"], run)
+    freport.build_report(run, tmp_path / "report")
+    reader = pypdf.PdfReader(io.BytesIO((tmp_path / "report" / "report.pdf").read_bytes()))
+    text = "".join(page.extract_text() for page in reader.pages).replace("\n", "")
+    assert str(run) in text and text.count("the cnn run 한국어 실행") >= 1 + len(reader.pages)  # title and footers
+    fonts = {font["/BaseFont"] for page in reader.pages for font in page["/Resources"]["/Font"].values()}
+    assert {"/STSong-Light", "/HeiseiMin-W3", "/HYSMyeongJo-Medium"} <= fonts
+
+
+def test_wrapped_commands_count_wide_characters_twice():
+    line = "ferkit evaluate " + "/数据" * 30 + " --tta"
+    lines = freport._shell_lines(line, 60)
+    assert len(lines) > 2 and all(freport._columns(text) <= 60 for text in lines)

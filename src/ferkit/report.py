@@ -32,6 +32,7 @@ import re
 import shlex
 import shutil
 import textwrap
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1294,16 +1295,22 @@ def _plain(text: str) -> str:
     return _inline(text, lambda s: s, lambda s: s, lambda s: s)
 
 
+def _columns(text: str) -> int:
+    """How many monospace columns `text` takes: a wide (CJK) character takes two."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
 def _shell_lines(line: str, width: int) -> list[str]:
     """A shell line wrapped to `width` columns so that it still runs when copied from the PDF: a break
     falls between words and ends its line with ` \\`; a word too long for a line (a deep path) is cut
     into quoted pieces that the shell joins again (`'piece'\\` then the rest at column 0, since an
     indent would split the word); a comment goes on as comments. A break inside quotes would have
     put the line break into the path."""
-    if len(line) <= width:
+    if _columns(line) <= width:
         return [line]
-    if line.lstrip().startswith("#"):
-        return textwrap.wrap(line, width, subsequent_indent="#   ", break_on_hyphens=False)
+    if line.lstrip().startswith("#"):  # textwrap counts characters: leave room for the wide ones
+        room = max(20, width - (_columns(line) - len(line)))
+        return textwrap.wrap(line, room, subsequent_indent="#   ", break_on_hyphens=False)
     try:
         words = shlex.split(line)
     except ValueError:  # not shell words (an odd old record): cut as text
@@ -1312,16 +1319,16 @@ def _shell_lines(line: str, width: int) -> list[str]:
     lines, current = [], ""
     for word in words:
         quoted = shlex.quote(word)
-        if current and len(current) + 1 + len(quoted) <= width - 2:
+        if current and _columns(current) + 1 + _columns(quoted) <= width - 2:
             current += " " + quoted
             continue
         if current:
             lines.append(current + " \\")
             current = "    "
-        if len(current) + len(quoted) <= width - 2:
+        if _columns(current) + _columns(quoted) <= width - 2:
             current += quoted
             continue
-        first, *middle, last = _quoted_pieces(word, width - 2 - len(current), width - 2)
+        first, *middle, last = _quoted_pieces(word, width - 2 - _columns(current), width - 2)
         lines += [current + first + "\\"] + [piece + "\\" for piece in middle]
         current = last
     return lines + [current]
@@ -1332,7 +1339,7 @@ def _quoted_pieces(word: str, first_room: int, room: int) -> list[str]:
     two or more, as `word` quoted needs more than `first_room`."""
     pieces, piece = [], ""
     for char in word:
-        if piece and len(shlex.quote(piece + char)) > (room if pieces else first_room):
+        if piece and _columns(shlex.quote(piece + char)) > (room if pieces else first_room):
             pieces.append(shlex.quote(piece))
             piece = ""
         piece += char
@@ -1375,8 +1382,8 @@ _UNICODE_FONTS = {"regular": "DejaVuSans", "bold": "DejaVuSans-Bold", "italic": 
 
 
 def _pdf_fonts(doc: Document) -> dict[str, str]:
-    """The standard fonts when they can show every character of `doc`, else DejaVu (which still lacks
-    CJK and emoji: those stay boxes)."""
+    """The standard fonts when they can show every character of `doc`, else DejaVu (which lacks CJK,
+    set apart by _cjk_fonts, and emoji, which stay boxes)."""
     try:
         render_markdown(doc)[0].encode("cp1252")
         return _STANDARD_FONTS
@@ -1396,18 +1403,44 @@ def _pdf_fonts(doc: Document) -> dict[str, str]:
     return fonts
 
 
+# Chinese, Japanese and Korean script: Adobe's CJK fonts, which PDF readers supply (nothing is embedded):
+# Japanese when the run holds kana, Korean for Hangul, else Simplified Chinese.
+_CJK = re.compile("[\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\ufe30-\ufe4f"
+                  "\uff00-\uffef\U00020000-\U0003134f]+")
+_KANA, _HANGUL = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]"), re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
+
+
+def _cjk_fonts(markup: str) -> str:
+    """Reportlab markup with each run of CJK characters set in a CJK font (DejaVu has none of them)."""
+    def font(match: re.Match) -> str:
+        run = match.group(0)
+        name = "HeiseiMin-W3" if _KANA.search(run) else "HYSMyeongJo-Medium" if _HANGUL.search(run) else "STSong-Light"
+        _register_cid_font(name)
+        return f'<font face="{name}">{run}</font>'
+
+    return _CJK.sub(font, markup)
+
+
+def _register_cid_font(name: str) -> None:
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+
+    if name not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(UnicodeCIDFont(name))
+
+
 def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0, drop: int = 0,
                draft: bool = False) -> tuple[bytes, PdfLayout]:
     """Lay the document out on A4 with figures scaled by `main_scale` / `extra_scale`, leaving out
     the `drop` grid figures `_grid_figures` puts first; the layout says where each part ended.
     A draft puts blank boxes of the same size in place of the images: the same layout, much faster."""
     from reportlab.lib import colors
-    from reportlab.lib.enums import TA_LEFT, TA_RIGHT
+    from reportlab.lib.enums import TA_CENTER, TA_LEFT, TA_RIGHT
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import ParagraphStyle
     from reportlab.lib.units import cm
-    from reportlab.platypus import (Flowable, Image, KeepTogether, PageBreak, Paragraph, Preformatted,
-                                    SimpleDocTemplate, Spacer)
+    from reportlab.platypus import (Flowable, Image, KeepTogether, PageBreak, Paragraph, SimpleDocTemplate, Spacer,
+                                    XPreformatted)
     from reportlab.platypus import Table as RLTable
     from reportlab.platypus import TableStyle
 
@@ -1427,7 +1460,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
     }
 
     def markup(text: str) -> str:
-        return _inline(text, lambda s: html.escape(s, quote=False), lambda s: f"<b>{s}</b>",
+        return _inline(text, lambda s: _cjk_fonts(html.escape(s, quote=False)), lambda s: f"<b>{s}</b>",
                        lambda s: f'<font face="{fonts["mono"]}">{s}</font>')
 
     buffer = io.BytesIO()
@@ -1541,7 +1574,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
             elif isinstance(block, Code):  # in the PDF, only the replication's shell commands
                 chars = int((width - 8) / (0.6 * styles["code"].fontSize))
                 lines = [wrapped for line in block.text.splitlines() for wrapped in _shell_lines(line, chars)]
-                story.append(Preformatted("\n".join(lines), styles["code"]))
+                story.append(XPreformatted(_cjk_fonts(html.escape("\n".join(lines), quote=False)), styles["code"]))
             elif isinstance(block, Table):
                 story += table(block, width, nested)
             elif isinstance(block, Figure):
@@ -1565,13 +1598,14 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
             # Details: HTML and Markdown only
         return story
 
+    footer_style = ParagraphStyle("footer", base, fontSize=7, leading=8, alignment=TA_CENTER,
+                                  textColor=colors.HexColor("#666666"))
+
     def footer(canvas: Any, document: Any) -> None:
-        canvas.saveState()
-        canvas.setFont(fonts["regular"], 7)
-        canvas.setFillColor(colors.HexColor("#666666"))
         title = doc.title if len(doc.title) <= 110 else doc.title[:109] + "…"  # one line within the margins
-        canvas.drawCentredString(A4[0] / 2, 0.8 * cm, f"{title}  ·  page {document.page}")
-        canvas.restoreState()
+        line = Paragraph(_cjk_fonts(html.escape(f"{title}  ·  page {document.page}", quote=False)), footer_style)
+        line.wrap(A4[0] - 2 * margin, 1 * cm)
+        line.drawOn(canvas, margin, 0.8 * cm - 2)
 
     story = flow(doc.main, main_scale) + [Mark("main")]
     if doc.extras:
