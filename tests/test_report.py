@@ -247,6 +247,10 @@ def test_learning_curves_say_augmented_only_when_they_were(tmp_path, monkeypatch
     run = freport.Run(tmp_path, cfg, {"best_epoch": 2}, history, {"test": {}}, {})
     caption = next(b.caption for b in freport._training_section(run) if isinstance(b, freport.Figure))
     assert ("augmented" in caption) is augment
+    assert f"includes label smoothing {cfg['label_smoothing']:g} and the validation loss does not" in caption
+    run = freport.Run(tmp_path, dict(cfg, label_smoothing=0.0), {"best_epoch": 2}, history, {"test": {}}, {})
+    caption = next(b.caption for b in freport._training_section(run) if isinstance(b, freport.Figure))
+    assert "label smoothing" not in caption
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.999])

@@ -266,7 +266,8 @@ def confusion_figure(human: np.ndarray, cnn: np.ndarray, path: str | os.PathLike
     """The two confusion matrices (rows: truth) side by side, coloured by row share, on one scale."""
     from ferkit.visualize import confusion_panel, plt, save
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    # wspace: room for the second panel's row names ("Surprise (12)") and "true" beside the first panel
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.2), gridspec_kw={"wspace": 0.4})
     for ax, matrix, title in zip(axes, (human, cnn), titles):
         im = confusion_panel(ax, matrix, xlabel="answered", row_totals=True)
         ax.set_title(title, fontsize=10)

@@ -73,9 +73,11 @@ def recorded_data_path(run_dir: Path) -> str | None:
 
 def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,
                      info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None,
-                     augmented: bool = True, mark: str = "best epoch {epoch}") -> dict:
+                     augmented: bool = True, mark: str = "best epoch {epoch}",
+                     training: dict[str, Any] | None = None) -> dict:
     """Write the evaluation files for predictions `probs` (N, 7) on dataset rows `rows`; `history`, if
-    given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches).
+    given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches;
+    `training`: the run's config, for how its training loss and validation were measured).
     Returns what metrics.json holds, plus `folder`: where the files went."""
     from ferkit.visualize import confusion_matrices, learning_curves
 
@@ -105,7 +107,11 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
             f"macro F1 {metrics['macro_f1']:.4f}"
     confusion_matrices(np.array(metrics["confusion_matrix"]), out / "confusion_matrix.png", title=title)
     if history:
-        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, augmented=augmented, mark=mark)
+        training = training or {}
+        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, augmented=augmented, mark=mark,
+                        label_smoothing=float(training.get("label_smoothing") or 0.0),
+                        class_weighted=training.get("imbalance") == "weighted_loss",
+                        val_limit=int(training.get("val_limit") or 0))
     return dict(metrics, folder=str(out))
 
 
@@ -149,7 +155,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     return write_evaluation(destination, dataset, rows, probs, info, history, state["epoch"],
                             augmented=state["config"].get("augment", True),
                             mark="best epoch {epoch}" if which == "best" else
-                            "evaluated: epoch {epoch} (" + which + " checkpoint)")
+                            "evaluated: epoch {epoch} (" + which + " checkpoint)", training=state["config"])
 
 
 def is_evaluation_folder(path: str | os.PathLike) -> bool:

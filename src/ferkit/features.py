@@ -412,7 +412,7 @@ def class_channels_figure(stats: dict[str, Any], path: Path, n_faces: int) -> Pa
     zmax = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() and np.nanmax(np.abs(z)) > 0 else 1.0
     panels = (
         (axes[0], means, "viridis", None, None, "mean activation",
-         f"Mean activation per emotion over {SPLIT} ({n_faces} faces)"),
+         f"Mean activation per emotion (true label) over {SPLIT} ({n_faces} faces)"),
         (axes[1], z, "RdBu_r", -zmax, zmax, "(emotion mean - mean of all faces)\n/ SD over all faces",
          "Selectivity: how far above the average face each emotion drives the channel"),
     )
@@ -494,9 +494,9 @@ def embedding_figure(coords: np.ndarray, labels: np.ndarray, preds: np.ndarray, 
         ax.set_title(title, fontsize=10)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=len(EMOTIONS), fontsize=8, markerscale=3, frameon=False,
-               title="emotion (faces); names mark each true emotion's median", title_fontsize=8)
+               title="emotion (faces of that true emotion); names mark each true emotion's median", title_fontsize=8)
     fig.suptitle(f"Penultimate features of all {len(labels)} {SPLIT} faces: {method}\n"
-                 f"accuracy {accuracy:.3f}; emotions that overlap are the ones the network confuses", fontsize=10)
+                 f"accuracy {accuracy:.3f} (no TTA); emotions that overlap are the ones the network confuses", fontsize=10)
     return save(fig, path)
 
 
@@ -694,7 +694,8 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
         "chosen": faces_json,
         "class_channels": {
             "figure": "class_channels.png",
-            "description": f"the {channels_per_class} most selective channels per emotion, over {len(rows)} faces",
+            "description": f"the {channels_per_class} most selective channels per emotion (faces grouped by their "
+                           f"true label), over {len(rows)} faces",
             "classes": list(EMOTIONS), "class_counts": stats["counts"],
             "channels": channels, "selected_for": [EMOTIONS[k] for k in stats["selected_for"]],
             "top_per_class": {EMOTIONS[k]: v for k, v in stats["top"].items()},

@@ -585,9 +585,12 @@ def _training_section(run: Run) -> list[Any]:
     curves = run.path / "learning_curves.png"
     if curves.is_file():
         training = "training (augmented batches)" if cfg.get("augment", True) else "training"
+        smoothed = (f" The training loss includes label smoothing {cfg['label_smoothing']:g} and the validation "
+                    "loss does not, so the training curve sits higher without any gap in fit."
+                    if cfg.get("label_smoothing") else "")
         blocks.append(Figure(curves, f"Learning curves: loss and accuracy per epoch on {training} "
                                      f"and validation (PublicTest); the dashed line marks the best epoch "
-                                     f"({run.best_epoch}).", "learning_curves.png", max_height=0.3))
+                                     f"({run.best_epoch}).{smoothed}", "learning_curves.png", max_height=0.3))
     return blocks
 
 

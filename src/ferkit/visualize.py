@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files; no display is needed or wanted
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -76,16 +77,21 @@ def class_balance(counts: dict[str, Sequence[int]], path: str | os.PathLike) -> 
 def confusion_matrices(matrix: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
     """Counts and row-normalised (recall) confusion matrices side by side."""
     matrix = np.asarray(matrix)
-    normalised = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    totals = matrix.sum(axis=1)
+    normalised = matrix / np.maximum(1, totals[:, None])
+    # a class without faces has no recall: its row-normalised cells are "-", not 0.00 (which reads as recall 0)
+    rows = [name if total else f"{name} (none)" for name, total in zip(EMOTIONS, totals)]
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6))
+    fig.subplots_adjust(wspace=0.5)  # room for the second panel's row names beside the first one's colour bar
     for ax, data, fmt, name in ((axes[0], matrix, "d", "counts"), (axes[1], normalised, ".2f", "row-normalised (recall)")):
         im = ax.imshow(data, cmap="Blues", vmin=0)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         for (r, c), v in np.ndenumerate(data):
-            ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7,
+            text = "-" if data is normalised and not totals[r] else format(v, fmt)
+            ax.text(c, r, text, ha="center", va="center", fontsize=7,
                     color="white" if v > data.max() * 0.6 else "black")
         ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(EMOTIONS)), EMOTIONS, fontsize=8)
+        ax.set_yticks(range(len(EMOTIONS)), rows, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(name, fontsize=10)
@@ -114,22 +120,34 @@ def confusion_panel(ax: Any, counts: np.ndarray, xlabel: str = "predicted", row_
 
 
 def learning_curves(history: list[dict[str, float]], path: str | os.PathLike, best_epoch: int | None = None,
-                    title: str = "", augmented: bool = True, mark: str = "best epoch {epoch}") -> Path:
+                    title: str = "", augmented: bool = True, mark: str = "best epoch {epoch}",
+                    label_smoothing: float = 0.0, class_weighted: bool = False, val_limit: int = 0) -> Path:
     """Loss and accuracy per epoch on training and validation, `best_epoch` marked (labelled by `mark`:
     the best, or the evaluated checkpoint's epoch); `augmented` says
-    whether the training batches were augmented (the loss panel says so, as it explains the gap)."""
+    whether the training batches were augmented (the loss panel says so, as it explains the gap).
+    `label_smoothing` and `class_weighted` describe the training loss (the validation loss is the plain
+    cross-entropy, so a smoothed training loss sits above it with no over- or under-fitting), and
+    `val_limit` > 0 says that validation used only the first faces of PublicTest."""
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    validation = f"validation (first {val_limit} PublicTest faces)" if val_limit else "validation (PublicTest)"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")  # room for a two-line panel title
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         ax.plot(epochs, [row[f"train_{key}"] for row in history], label="train", marker=".")
-        ax.plot(epochs, [row[f"val_{key}"] for row in history], label="validation (PublicTest)", marker=".")
+        ax.plot(epochs, [row[f"val_{key}"] for row in history], label=validation, marker=".")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="gray", linestyle="--", linewidth=1, label=mark.replace("{epoch}", str(best_epoch)))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_title("loss (train loss is on augmented batches)" if augmented else "loss", fontsize=9)
+    terms = ([f"label smoothing {label_smoothing:g}"] if label_smoothing else []) + \
+        (["class weights"] if class_weighted else [])
+    loss_title = "loss (train loss is on augmented batches)" if augmented else "loss"
+    if terms:
+        loss_title = (f"loss (train loss{' is on augmented batches' if augmented else ''} with {' and '.join(terms)};\n"
+                      f"the validation loss is plain cross-entropy)")
+    axes[0].set_title(loss_title, fontsize=9)
     axes[1].set_title("accuracy", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
