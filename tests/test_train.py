@@ -1291,3 +1291,54 @@ def test_an_out_folder_holding_another_models_evaluation_is_never_written_over(t
     with pytest.raises(FerkitError, match="pair: holds an evaluation whose metrics.json cannot be read"):
         ensemble([run, other], tmp_path / "pair")
     assert (tmp_path / "mine" / "predictions.csv").read_bytes() != before
+
+
+def test_class_weights_weigh_each_face_not_each_class_of_its_smoothed_target():
+    """imbalance=weighted_loss scales a face's loss by its class's weight, so a face's best output stays
+    its smoothed target. Weighing each class's term instead (cross_entropy's weight=) asked every face
+    for w_c-fold shares of the smoothing's 0.1/7: 18% Disgust on a Happy face at imbalance_power 1."""
+    cfg = tiny_config(augment=False, label_smoothing=0.1, batch_size=4, lr=1.0, schedule="constant",
+                      channels_last=False)
+    target = torch.full((7,), 0.1 / 7)
+    target[3] += 0.9  # a Happy face's smoothed target
+
+    class FreeLogits(torch.nn.Module):
+        def __init__(self, start):
+            super().__init__()
+            self.logits = torch.nn.Parameter(start.clone())
+
+        def forward(self, x):
+            return self.logits.expand(len(x), 7)
+
+    weight = torch.tensor([1.03, 9.41, 1.0, 0.57, 0.85, 1.29, 0.83])  # (max/size)^1 on FER2013's Training
+    x, y = torch.zeros(4, 1, 48, 48, dtype=torch.uint8), torch.full((4,), 3)
+    model = FreeLogits(target.log())
+    row = train.train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=1.0), x, y, torch.arange(4), range(1),
+                                1, cfg, torch.Generator(), weight)
+    torch.testing.assert_close(model.logits.detach(), target.log(), atol=1e-6, rtol=0)  # the target is the optimum
+    assert row["train_loss"] == pytest.approx(0.57 * float(-(target * target.log()).sum()), rel=1e-5)
+    # without smoothing and mixing: cross_entropy's own class weighting, as before
+    logits = torch.randn(4, 7)
+    model = FreeLogits(logits[0])
+    row = train.train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), x, torch.tensor([0, 1, 3, 3]),
+                                torch.arange(4), range(1), 1, tiny_config(augment=False, label_smoothing=0.0,
+                                                                          batch_size=4, channels_last=False),
+                                torch.Generator(), weight)
+    expected = torch.nn.functional.cross_entropy(logits[:1].expand(4, 7), torch.tensor([0, 1, 3, 3]), weight=weight,
+                                                 reduction="sum") / 4
+    assert row["train_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_cnn_without_batch_norm_learns(tiny_csv, tmp_path):
+    """The no-batch-norm ablation of the cpu profile's 8 convs learns (at PyTorch's default init its logits
+    barely depended on the face and it never left the majority class)."""
+    info = train.train(tiny_csv, tmp_path / "r", tiny_config(widths="16,32,96,192", batch_norm=False, augment=False,
+                                                             epochs=3, lr=0.01, imbalance="none"), progress=False)
+    history = train.read_history(tmp_path / "r" / "history.csv")
+    assert info["epochs_run"] == 3 and history[-1]["val_acc"] > 0.5
+
+
+def test_sgd_takes_momentum_zero_that_the_config_allows():
+    for momentum, nesterov in ((0.0, False), (0.9, True)):
+        optimizer = train.make_optimizer(get_model("cnn", widths=[4]), tiny_config(momentum=momentum))
+        assert optimizer.param_groups[0]["momentum"] == momentum and optimizer.param_groups[0]["nesterov"] == nesterov
