@@ -40,6 +40,7 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "no_batch_norm_lr_0.01": ("no batch norm, peak lr 0.01 (default 0.05)", {"batch_norm": False, "lr": 0.01}),
     "no_dropout": ("dropout 0 (base 0.3)", {"dropout": 0.0}),
     "no_weight_decay": ("weight decay 0 (default 5e-4)", {"weight_decay": 0.0}),
+    "no_norm_bias_decay": ("no weight decay on batch-norm parameters and biases", {"decay_norm_and_bias": False}),
     "no_label_smoothing": ("label smoothing 0 (default 0.1)", {"label_smoothing": 0.0}),
     "constant_lr": ("constant learning rate (default warm-up + cosine)", {"schedule": "constant"}),
     "onecycle": ("one-cycle schedule (default warm-up + cosine)", {"schedule": "onecycle"}),

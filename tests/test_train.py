@@ -78,9 +78,9 @@ def test_seed_reproduces_bit_for_bit(tiny_csv, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_after_interruption_equals_uninterrupted(tiny_csv, tmp_path, monkeypatch, ema):
-    cfg = tiny_config(epochs=3, train_limit=96, mixup=0.4, ema=ema)
+@pytest.mark.parametrize("ema, decay_norm_and_bias", [(0.0, True), (0.9, True), (0.0, False)])
+def test_resume_after_interruption_equals_uninterrupted(tiny_csv, tmp_path, monkeypatch, ema, decay_norm_and_bias):
+    cfg = tiny_config(epochs=3, train_limit=96, mixup=0.4, ema=ema, decay_norm_and_bias=decay_norm_and_bias)
     train.train(tiny_csv, tmp_path / "whole", cfg, progress=False)
 
     real_write = train.write_history
@@ -1342,3 +1342,16 @@ def test_sgd_takes_momentum_zero_that_the_config_allows():
     for momentum, nesterov in ((0.0, False), (0.9, True)):
         optimizer = train.make_optimizer(get_model("cnn", widths=[4]), tiny_config(momentum=momentum))
         assert optimizer.param_groups[0]["momentum"] == momentum and optimizer.param_groups[0]["nesterov"] == nesterov
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_batch_norm_and_biases_may_go_without_weight_decay(optimizer):
+    model = get_model("cnn", widths=[4, 8])
+    groups = train.make_optimizer(model, tiny_config(optimizer=optimizer, decay_norm_and_bias=False)).param_groups
+    vectors = {id(p) for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)
+               for p in module.parameters()} | {id(model.classifier.bias)}
+    assert [group["weight_decay"] for group in groups] == [tiny_config().weight_decay, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == vectors and sum(len(g["params"]) for g in groups) == \
+        len(list(model.parameters()))
+    whole = train.make_optimizer(model, tiny_config(optimizer=optimizer)).param_groups  # the default: one group
+    assert len(whole) == 1 and len(whole[0]["params"]) == len(list(model.parameters()))

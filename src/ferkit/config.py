@@ -40,6 +40,7 @@ class TrainConfig:
     lr: float = 0.05  # peak learning rate
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = True  # false: batch-norm scales and shifts and biases take no weight decay
     label_smoothing: float = 0.1
     schedule: str = "cosine"  # cosine (linear warmup, cosine decay) | onecycle | constant
     # exponential moving average of the weights, e.g. 0.998 per step, validated and saved in their place.

@@ -573,7 +573,9 @@ def _training_section(run: Run) -> list[Any]:
         Heading("3  Training"),
         Table(["key", "value"] * per_row, rows, "Every hyper-parameter: the run's config.yaml.",
               widths=[0.19, 0.143] * per_row, font=7, group=2),
-        Para(f"**Procedure.** {optimizer}, weight decay {cfg.get('weight_decay', 0):g}, batch size {batch} "
+        Para(f"**Procedure.** {optimizer}, weight decay {cfg.get('weight_decay', 0):g}"
+             f"{'' if cfg.get('decay_norm_and_bias', True) else ' (not on batch-norm parameters and biases)'}, "
+             f"batch size {batch} "
              f"({steps} steps per epoch over {_int(n_train)} faces), {loss}. Schedule: {_schedule_text(cfg)}.{average} "
              f"Early stopping: stop after {cfg.get('patience')} epochs without a better `{cfg.get('select_by')}` on "
              f"PublicTest; the checkpoint of the best epoch is kept (checkpoints/best.pt) and evaluated. "

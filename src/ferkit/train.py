@@ -501,11 +501,15 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params: Any = model.parameters()
+    if not cfg.decay_norm_and_bias:  # vectors (batch-norm scales and shifts, biases) apart, without decay
+        vectors = [p for p in model.parameters() if p.ndim <= 1]
+        params = [{"params": [p for p in model.parameters() if p.ndim > 1]}, {"params": vectors, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         # Nesterov needs momentum: torch refuses nesterov=True with momentum 0, which the config allows
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_one_epoch(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
