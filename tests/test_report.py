@@ -987,3 +987,12 @@ def test_wrapped_commands_count_wide_characters_twice():
     line = "ferkit evaluate " + "/数据" * 30 + " --tta"
     lines = freport._shell_lines(line, 60)
     assert len(lines) > 2 and all(freport._columns(text) <= 60 for text in lines)
+
+
+@pytest.mark.parametrize("kept, missing", [("test-tta", ""), ("test", " --tta")])
+def test_a_missing_evaluation_is_named_with_the_command_that_makes_it(world, tmp_path, kept, missing):
+    run = tmp_path / "my run"
+    shutil.copytree(world["cnn"], run, ignore=shutil.ignore_patterns("test-tta" if kept == "test" else "test"))
+    freport.build_report(run, tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert f"`ferkit evaluate '{run}'{missing}` adds the other" in text

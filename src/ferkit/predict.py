@@ -186,9 +186,9 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
 
     `inputs` is one path or several; a photo reached twice is classified once. Returns the table
     (one row per face) and the messages: skipped files (unreadable, a cut JPEG, or without a face),
-    what the image decoder warned of in a photo it read, and a note when `tta` meets a run whose tta is none. A missing input, or an `out` that names an
-    image or a photo given, stops it before any work, and photos without a single face stop it
-    before it writes anything.
+    what the image decoder warned of in a photo it read, and a note when `tta` meets a run whose
+    tta is none. A missing input, or an `out` that names an image or a photo given, stops it before
+    any work, and photos without a single face stop it before it writes anything.
     Example: ``predict("runs/study/cnn", "photos/", out="faces.csv")``, which is
     ``ferkit predict runs/study/cnn photos/ --out faces.csv``
     """

@@ -423,7 +423,8 @@ def _data_section(run: Run) -> list[Any]:
     if cfg.get("val_limit"):
         limits.append(f"the first {_int(cfg['val_limit'])} validation faces only (`val_limit`)")
     blocks.append(Para(
-        f"Source {_code(data.get('path', '?'))} ({data.get('layout', 'csv')} layout), sha256 {_code(data.get('sha256', '?'))}. "
+        f"Source {_code(data.get('path', '?'))} ({data.get('layout', 'csv')} layout), "
+        f"sha256 {_code(data.get('sha256', '?'))}. "
         f"Splits: Training for training ({_int(data.get('train_images', 0))} faces used), PublicTest for validation "
         f"and model selection ({_int(data.get('val_images', 0))} used), PrivateTest for the test, touched only by "
         f"`ferkit evaluate`." + (f" This run used {' and '.join(limits)}." if limits else "")))
@@ -833,12 +834,12 @@ def _test_section(run: Run, figures_dir: Path) -> list[Any]:
     rows = [[key_label] + [_f4(run.evals[name][key]) for name in order]
             for key, key_label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1"))]
     rows.append(["faces"] + [_int(run.evals[name]["n"]) for name in order])
+    other_tta = [] if order[0] == "test-tta" else ["--tta"]  # the evaluation that is missing, when one is
     blocks.append(Para(f"The best checkpoint (epoch {m.get('epoch')}) on {m.get('split', 'PrivateTest')}, the split "
                        "never seen in training or model selection." +
                        ("" if len(order) == 2 else
                         f" Only the evaluation {'with' if order[0] == 'test-tta' else 'without'} TTA exists; "
-                        f"{_code(shlex.join(['ferkit', 'evaluate', str(run.path)] + ([] if order[0] == 'test-tta' else ['--tta'])))} "
-                        "adds the other.")))
+                        f"{_code(shlex.join(['ferkit', 'evaluate', str(run.path), *other_tta]))} adds the other.")))
     summary = Table(["metric"] + [label[name] for name in order], rows,
                     f"Test metrics (from eval/{'/metrics.json and eval/'.join(order)}/metrics.json).",
                     widths=[0.4] + [0.3] * len(order))
@@ -933,7 +934,8 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
              f"the epoch number). Config: {_code(run.path / 'config.yaml')} (Table 3). ferkit "
              f"{versions.get('ferkit', '?')}, git commit {_code(commit or 'unknown')}{dirty}. Libraries: " +
              ", ".join(f"{k} {v}" for k, v in versions.items() if k != "ferkit") +
-             f". Data: {_code(Path(str(data.get('path', '?'))).name)}, sha256 {_code(data.get('sha256', '?'))}. Device: "
+             f". Data: {_code(Path(str(data.get('path', '?'))).name)}, sha256 {_code(data.get('sha256', '?'))}. "
+             "Device: "
              f"{info.get('device', '?')}; results match to the last digit only with the same hardware and library "
              "versions." + _trained_by(recorded)),
         Details("config.yaml", [Code((run.path / "config.yaml").read_text(encoding="utf-8").rstrip())]),
@@ -1412,7 +1414,8 @@ def _pdf_fonts(doc: Document) -> dict[str, str]:
 # Japanese when the run holds kana, Korean for Hangul, else Simplified Chinese.
 _CJK = re.compile("[\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\ufe30-\ufe4f"
                   "\uff00-\uffef\U00020000-\U0003134f]+")
-_KANA, _HANGUL = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]"), re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
+_KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 
 
 def _cjk_fonts(markup: str) -> str:
