@@ -425,3 +425,18 @@ def test_decoder_warnings_name_their_photo_instead_of_going_to_stderr(tiny_run, 
     assert messages[1].startswith(f"{tmp_path / 'photos' / 'b.png'}: the image decoder warned (libpng warning: iCCP")
     assert messages[1].endswith("); classified as read, check the photo")
     assert capfd.readouterr().err == ""
+
+
+def test_a_transparent_16_bit_grayscale_photo_keeps_its_greys(tmp_path):
+    """Pillow reads a 16-bit grayscale PNG as I;16, whose convert() clipped every value above 255 to
+    white: with a transparent grey (which sent it to Pillow) the whole photo came out white."""
+    from PIL import Image
+
+    from ferkit.predict import read_photo
+
+    values = np.linspace(0, 65535, 20 * 30).reshape(20, 30).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png", transparency=0)
+    image, problem = read_photo(tmp_path / "deep.png")
+    assert problem is None and image.shape == (20, 30, 3)
+    assert image[0, 0].tolist() == [255, 255, 255]  # the transparent grey: on white
+    np.testing.assert_array_equal(image[:, :, 0].ravel()[1:], (values.ravel()[1:] >> 8).astype(np.uint8))

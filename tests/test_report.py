@@ -996,3 +996,14 @@ def test_a_missing_evaluation_is_named_with_the_command_that_makes_it(world, tmp
     freport.build_report(run, tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert f"`ferkit evaluate '{run}'{missing}` adds the other" in text
+
+
+@pytest.mark.parametrize("name", ["R&copy;D", "exp #", "a&amp;b ##"])
+def test_a_folder_name_in_a_heading_keeps_its_ampersands_and_hashes_in_markdown(name):
+    """CommonMark reads `&copy;` as ©, and drops a heading's closing run of `#`: `# the run exp #` is
+    "the run exp". The PDF and HTML showed the name as it is, the Markdown otherwise."""
+    from ferkit.report import _literal, _plain
+
+    text = "the cnn run " + _literal(name)
+    assert _plain(text) == "the cnn run " + name
+    assert not re.search(r"(?<!\\)[&#]", text)

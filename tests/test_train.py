@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -1355,3 +1356,26 @@ def test_batch_norm_and_biases_may_go_without_weight_decay(optimizer):
         len(list(model.parameters()))
     whole = train.make_optimizer(model, tiny_config(optimizer=optimizer)).param_groups  # the default: one group
     assert len(whole) == 1 and len(whole[0]["params"]) == len(list(model.parameters()))
+
+
+def test_an_out_folder_is_owned_by_the_run_it_evaluated_not_by_a_relative_path_or_a_folder(trained_run, tiny_csv,
+                                                                                           tmp_path, monkeypatch):
+    """metrics.json's `run` is as typed: read from another working folder it named another run, whose
+    evaluation then replaced this one's; and the same models moved, or as runs instead of their saved
+    evaluations, were refused."""
+    run, _ = trained_run
+    for place in ("a", "b"):
+        (tmp_path / place).mkdir()
+    train.train(tiny_csv, tmp_path / "b" / "r", tiny_config(epochs=1, train_limit=64, seed=5), progress=False)
+    shutil.copytree(run, tmp_path / "a" / "r")
+    monkeypatch.chdir(tmp_path / "a")
+    evaluate("r", out=tmp_path / "e")
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(FerkitError, match="holds the evaluation of cnn"):
+        evaluate("r", out=tmp_path / "e")  # another run, also typed "r"
+    evaluate(tmp_path / "a" / "r", checkpoint="last", out=tmp_path / "e")  # the same run, typed otherwise
+    evaluate(tmp_path / "a" / "r", out=tmp_path / "e")
+    ensemble([tmp_path / "e"], tmp_path / "pair", data=tiny_csv)
+    ensemble([tmp_path / "a" / "r"], tmp_path / "pair")  # the same model, from its run
+    shutil.move(tmp_path / "a" / "r", tmp_path / "a" / "moved")
+    ensemble([tmp_path / "a" / "moved"], tmp_path / "pair")  # the same model, moved

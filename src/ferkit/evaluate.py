@@ -144,7 +144,8 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     probs, mode = predict_as_trained(model, state, dataset.images[rows], target, tta)
     history_path = run / "history.csv"
     history = read_history(history_path) if history_path.exists() else None
-    info = {"name": state["model_name"], "run": str(run), "checkpoint_sha256": checkpoint_sha,
+    info = {"name": state["model_name"], "run": str(run), "run_folder": os.path.realpath(run),
+            "checkpoint_sha256": checkpoint_sha,
             "split": name, "tta": mode,
             "checkpoint": which, "epoch": state["epoch"]}
     if name == "PublicTest":  # the validation split: say so beside its numbers
@@ -218,15 +219,19 @@ def _model_keys(folder: Path, metrics: dict) -> list[tuple]:
 def _owners(folder: Path, metrics: dict) -> set[str]:
     """The models an evaluation folder speaks for, as checkpoint checksums and run folders (real paths)."""
     owners = {str(key[1]) for key in _model_keys(folder, metrics) if len(key) > 1}
-    if isinstance(metrics.get("run"), str) and "members" not in metrics:
-        owners.add(os.path.realpath(metrics["run"]))
+    if "members" not in metrics:  # `run` is as typed: relative to a working folder that is not recorded
+        run = metrics.get("run_folder", metrics.get("run"))
+        if isinstance(run, str) and os.path.isabs(run):
+            owners.add(os.path.realpath(run))
     return owners
 
 
 def _member_owners(member: Path) -> set[str]:
     """The models an ensemble member brings: a run folder's own, or those of the evaluation it saved."""
-    if not is_evaluation_folder(member):
-        return {os.path.realpath(member)}
+    if not is_evaluation_folder(member):  # its folder, and its best checkpoint wherever that is now
+        from ferkit.train import checkpoint_sha256
+
+        return {os.path.realpath(member)} | ({sha} if (sha := checkpoint_sha256(member)) else set())
     try:
         recorded = read_json(member / "metrics.json")
     except (OSError, ValueError):  # saved_probabilities names it when the ensemble reads it

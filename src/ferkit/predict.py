@@ -123,11 +123,27 @@ def _read_with_pillow(path: Path) -> np.ndarray | None:
 
     try:
         with Image.open(path) as image:
-            rgba = ImageOps.exif_transpose(image).convert("RGBA")
+            rgba = _eight_bit(ImageOps.exif_transpose(image)).convert("RGBA")
             rgb = np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _eight_bit(image: Any) -> Any:
+    """A 16-bit grayscale image (Pillow's I;16 or I, from a PNG) as 8 bits, the top ones as OpenCV
+    keeps, and its transparent value as an alpha: Pillow's convert() clips every value above 255 to
+    white, which left a transparent 16-bit photo white all over."""
+    from PIL import Image
+
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L"):
+        return image
+    values = np.asarray(image).astype(np.int64)
+    gray = Image.fromarray((values >> 8).clip(0, 255).astype(np.uint8), "L")
+    if not isinstance(image.info.get("transparency"), int):
+        return gray
+    return Image.merge("LA", (gray, Image.fromarray(np.where(values == image.info["transparency"], 0, 255)
+                                                    .astype(np.uint8), "L")))
 
 
 def _is_transparent(path: Path) -> bool:

@@ -1254,8 +1254,10 @@ def _code(value: Any) -> str:
 
 
 def _literal(value: Any) -> str:
-    """`value` as plain text, its markup characters escaped (a folder name in a heading)."""
-    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", str(value))
+    """`value` as plain text, its markup characters escaped (a folder name in a heading): also `&`, which
+    Markdown reads as the start of an entity (`&copy;`), and `#`, whose run ends a heading as its closing
+    sequence."""
+    return re.sub(r"([\\`*_\[\]<>&#])", r"\\\1", str(value))
 
 
 def _held(text: str) -> tuple[str, list[tuple[bool, str]]]:
