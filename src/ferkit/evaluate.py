@@ -73,13 +73,12 @@ def recorded_data_path(run_dir: Path) -> str | None:
 
 def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,
                      info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None,
-                     augmented: bool = True, mark: str = "best epoch {epoch}",
-                     training: dict[str, Any] | None = None) -> dict:
+                     mark: str = "best epoch {epoch}", training: dict[str, Any] | None = None) -> dict:
     """Write the evaluation files for predictions `probs` (N, 7) on dataset rows `rows`; `history`, if
-    given, is drawn as learning curves (`augmented`: whether the run trained on augmented batches;
-    `training`: the run's config, for how its training loss and validation were measured).
+    given, is drawn as learning curves (`training`: the run's config, for how its training loss and
+    validation were measured).
     Returns what metrics.json holds, plus `folder`: where the files went."""
-    from ferkit.visualize import confusion_matrices, learning_curves
+    from ferkit.visualize import confusion_matrices, curve_notes, learning_curves
 
     out.mkdir(parents=True, exist_ok=True)  # callers check a --out of the user's (fileio.output_folder)
     if not history and (out / "metrics.json").is_file():  # an earlier evaluation's curves would pass for these
@@ -107,11 +106,8 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
             f"macro F1 {metrics['macro_f1']:.4f}"
     confusion_matrices(np.array(metrics["confusion_matrix"]), out / "confusion_matrix.png", title=title)
     if history:
-        training = training or {}
-        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, augmented=augmented, mark=mark,
-                        label_smoothing=float(training.get("label_smoothing") or 0.0),
-                        class_weighted=training.get("imbalance") == "weighted_loss",
-                        val_limit=int(training.get("val_limit") or 0))
+        learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, mark=mark,
+                        **curve_notes(training or {}))
     return dict(metrics, folder=str(out))
 
 
@@ -154,7 +150,6 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
         info["note"] = (f"PublicTest validated the run every epoch ({chose} chose the best epoch and when to stop), "
                         "so these scores are optimistic; --split test (PrivateTest) is the held-out estimate")
     return write_evaluation(destination, dataset, rows, probs, info, history, state["epoch"],
-                            augmented=state["config"].get("augment", True),
                             mark="best epoch {epoch}" if which == "best" else
                             "evaluated: epoch {epoch} (" + which + " checkpoint)", training=state["config"])
 

@@ -479,12 +479,11 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                        f"lr {row['lr']:.4g}  {seconds:.1f}s{'  *' if improved else ''}")
     bar.close()
 
-    from ferkit.visualize import learning_curves
+    from ferkit.visualize import curve_notes, learning_curves
 
     learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch,
                     title=f"{cfg.model} ({cfg.profile} profile): best validation epoch {best_epoch}",
-                    augmented=cfg.augment, label_smoothing=cfg.label_smoothing,
-                    class_weighted=cfg.imbalance == "weighted_loss", val_limit=cfg.val_limit)
+                    **curve_notes(cfg.to_dict()))
     run_info.update({
         "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "epochs_run": len(history), "best_epoch": best_epoch, "best_" + cfg.select_by: best_score,

@@ -119,6 +119,12 @@ def confusion_panel(ax: Any, counts: np.ndarray, xlabel: str = "predicted", row_
     return im
 
 
+def curve_notes(config: dict[str, Any]) -> dict[str, Any]:
+    """What learning_curves says about how a run measured its curves, from the run's config (as saved)."""
+    return {"augmented": bool(config.get("augment", True)), "label_smoothing": float(config.get("label_smoothing") or 0),
+            "class_weighted": config.get("imbalance") == "weighted_loss", "val_limit": int(config.get("val_limit") or 0)}
+
+
 def learning_curves(history: list[dict[str, float]], path: str | os.PathLike, best_epoch: int | None = None,
                     title: str = "", augmented: bool = True, mark: str = "best epoch {epoch}",
                     label_smoothing: float = 0.0, class_weighted: bool = False, val_limit: int = 0) -> Path:
