@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -234,17 +234,20 @@ def _member_owners(member: Path) -> set[str]:
     return _owners(member, recorded) if isinstance(recorded, dict) else set()
 
 
-def _require_replaceable(folder: Path, owners: set[str], this: str, ensemble: bool = False) -> None:
+def _require_replaceable(folder: Path, owners: Iterable[str], this: str, ensemble: bool = False) -> None:
     """Stop before an --out that holds the evaluation of other models is written over. A re-run may
     replace its own: a run's evaluation that of the same run, an ensemble's that of an ensemble (or a
-    single model) sharing a model with it. An ensemble is never replaced by one model's evaluation."""
+    single model) sharing a model with it. An ensemble is never replaced by one model's evaluation.
+    `owners` is read only when `folder` holds an evaluation, and only until one matches (a generator
+    may hash checkpoints lazily)."""
     if not is_evaluation_folder(folder):
         return
     try:
         recorded = read_json(folder / "metrics.json")
     except (OSError, ValueError):
         recorded = None
-    if isinstance(recorded, dict) and _owners(folder, recorded) & owners and (ensemble or "members" not in recorded):
+    if isinstance(recorded, dict) and (ensemble or "members" not in recorded) and \
+            not _owners(folder, recorded).isdisjoint(owners):
         return
     held = (f"the evaluation of {recorded.get('name', 'a model')}"
             + (f" ({recorded['run']})" if isinstance(recorded.get("run"), str) else "")
@@ -297,7 +300,7 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     if (taken := next((m for m, r in zip(members, resolved) if r == Path(os.path.realpath(output))), None)) is not None:
         raise FerkitError(f"--out {out}: is the member {taken}, whose predictions.csv the ensemble's would replace; "
                           f"name another folder")
-    _require_replaceable(output, set().union(*(_member_owners(Path(member)) for member in members)),
+    _require_replaceable(output, (owner for member in members for owner in _member_owners(Path(member))),
                          f"an ensemble of {', '.join(map(str, members))}", ensemble=True)
     data_path = _ensemble_data_path(Path(members[0]), data)
     require_outside(data_path, output)
