@@ -8,7 +8,8 @@
   60%) until both limits hold; failing that, the extras' folders lose figures from the end, the rest
   shown at 80% (they stay in the HTML and Markdown). If nothing fits, `build_report` raises rather
   than write a longer report. Text beyond cp1252 (a path with Ł, Greek or Cyrillic) switches the
-  PDF to DejaVu (shipped with matplotlib), embedded; CJK and emoji still show as empty boxes.
+  PDF to DejaVu (shipped with matplotlib), embedded; Chinese, Japanese and Korean go in Adobe's CJK
+  fonts, which PDF readers supply; emoji still show as empty boxes.
 - ``report.html``: one self-contained file, images embedded as base64 data URIs.
 - ``report.md``: readable on a code-hosting site, its figures copied into ``figures/`` beside it.
 
@@ -1392,7 +1393,7 @@ _UNICODE_FONTS = {"regular": "DejaVuSans", "bold": "DejaVuSans-Bold", "italic": 
 
 def _pdf_fonts(doc: Document) -> dict[str, str]:
     """The standard fonts when they can show every character of `doc`, else DejaVu (which lacks CJK,
-    set apart by _cjk_fonts, and emoji, which stay boxes)."""
+    set apart by _pdf_escape, and emoji, which stay boxes)."""
     try:
         render_markdown(doc)[0].encode("cp1252")
         return _STANDARD_FONTS
@@ -1420,15 +1421,15 @@ _KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 
 
-def _cjk_fonts(markup: str) -> str:
-    """Reportlab markup with each run of CJK characters set in a CJK font (DejaVu has none of them)."""
+def _pdf_escape(text: str) -> str:
+    """Plain text as reportlab markup, each run of CJK characters set in a CJK font (DejaVu has none)."""
     def font(match: re.Match) -> str:
         run = match.group(0)
         name = "HeiseiMin-W3" if _KANA.search(run) else "HYSMyeongJo-Medium" if _HANGUL.search(run) else "STSong-Light"
         _register_cid_font(name)
         return f'<font face="{name}">{run}</font>'
 
-    return _CJK.sub(font, markup)
+    return _CJK.sub(font, html.escape(text, quote=False))
 
 
 def _register_cid_font(name: str) -> None:
@@ -1470,7 +1471,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
     }
 
     def markup(text: str) -> str:
-        return _inline(text, lambda s: _cjk_fonts(html.escape(s, quote=False)), lambda s: f"<b>{s}</b>",
+        return _inline(text, _pdf_escape, lambda s: f"<b>{s}</b>",
                        lambda s: f'<font face="{fonts["mono"]}">{s}</font>')
 
     buffer = io.BytesIO()
@@ -1584,7 +1585,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
             elif isinstance(block, Code):  # in the PDF, only the replication's shell commands
                 chars = int((width - 8) / (0.6 * styles["code"].fontSize))
                 lines = [wrapped for line in block.text.splitlines() for wrapped in _shell_lines(line, chars)]
-                story.append(XPreformatted(_cjk_fonts(html.escape("\n".join(lines), quote=False)), styles["code"]))
+                story.append(XPreformatted(_pdf_escape("\n".join(lines)), styles["code"]))
             elif isinstance(block, Table):
                 story += table(block, width, nested)
             elif isinstance(block, Figure):
@@ -1613,7 +1614,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
 
     def footer(canvas: Any, document: Any) -> None:
         title = doc.title if len(doc.title) <= 110 else doc.title[:109] + "…"  # one line within the margins
-        line = Paragraph(_cjk_fonts(html.escape(f"{title}  ·  page {document.page}", quote=False)), footer_style)
+        line = Paragraph(_pdf_escape(f"{title}  ·  page {document.page}"), footer_style)
         line.wrap(A4[0] - 2 * margin, 1 * cm)
         line.drawOn(canvas, margin, 0.8 * cm - 2)
 
