@@ -73,7 +73,8 @@ def read_photo(path: Path) -> tuple[np.ndarray | None, str | None]:
     or what the image decoder warned of while reading it; None when all went well."""
     cv2 = _cv2()
     image, warnings = None, []
-    if not _is_transparent(path):  # OpenCV drops the alpha, keeping whatever colour hides under it
+    transparent, cut = _pillow_probe(path)
+    if not transparent:  # OpenCV drops the alpha, keeping whatever colour hides under it
         quiet = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the message below says it once
         try:
@@ -85,7 +86,7 @@ def read_photo(path: Path) -> tuple[np.ndarray | None, str | None]:
         image = _read_with_pillow(path)  # OpenCV fails on some valid files, e.g. a TIFF with an EXIF rotation
     if image is None:
         return None, "not a readable image"
-    if _jpeg_ends_early(path):
+    if cut:
         return None, ("the JPEG ends before its image does (an interrupted download or copy?), so its lower part "
                       "is missing")
     if warnings:
@@ -146,34 +147,26 @@ def _eight_bit(image: Any) -> Any:
                                                     .astype(np.uint8), "L")))
 
 
-def _is_transparent(path: Path) -> bool:
-    """Whether the image has an alpha channel or a transparent colour (read from its header only)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return False
-
-
-def _jpeg_ends_early(path: Path) -> bool:
-    """OpenCV reads a cut JPEG without a word, its missing rows grey, where a half face would be
+def _pillow_probe(path: Path) -> tuple[bool, bool]:
+    """What Pillow sees in one opening of the file: whether the image has an alpha channel or a
+    transparent colour (from its header), and whether it is a JPEG that ends before its image does.
+    OpenCV reads a cut JPEG without a word, its missing rows grey, where a half face would be
     classified; Pillow refuses it. Decoding at 1/8 scale (JPEG's draft mode) reads the whole stream
     in about 20 ms for 12 megapixels."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
             if image.format != "JPEG":
-                return False
+                return transparent, False
             image.draft("L", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except Image.DecompressionBombError:  # OpenCV has read it: not worth lifting Pillow's size guard for
-        return False
+    except (ValueError, Image.DecompressionBombError):  # OpenCV may read it: not worth lifting Pillow's guard for
+        return False, False
     except OSError as exc:
-        return "truncated" in str(exc)
-    return False
+        return False, "truncated" in str(exc)
+    return transparent, False
 
 
 def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
