@@ -102,3 +102,15 @@ def test_the_mlp_trained_without_augmentation_is_tested_on_flips_only(tiny_csv, 
                        mlp_overrides=["hidden=8", "epochs=1"], progress=False)
     trained = {folder: cfg for kind, folder, cfg in calls if kind == "train"}
     assert (trained["cnn"].tta, trained["mlp"].tta, trained["mlp"].augment) == ("crops", "flip", False)
+
+
+def test_a_study_sized_by_fit_minutes_resumes_with_the_same_command(tiny_csv, tmp_path):
+    """config.yaml holds the epochs fit_minutes chose; the study's resume compares what was asked for."""
+    run = tmp_path / "study" / "cnn"
+    cfg = config.resolve(overrides={"widths": "8,16", "epochs": 3, "train_limit": 64, "fit_minutes": 600})
+    ftrain.train(tiny_csv, run, cfg, progress=False)
+    assert config.load(run / "config.yaml").fit_minutes == 0
+    pipeline._require_same_config(run, cfg, "--set")  # the same settings: no complaint
+    with pytest.raises(config.FerkitError, match="fit_minutes 600.0 \\(now 5.0\\)"):
+        pipeline._require_same_config(run, config.resolve(overrides={"widths": "8,16", "epochs": 3, "train_limit": 64,
+                                                                     "fit_minutes": 5}), "--set")

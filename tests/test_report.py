@@ -944,7 +944,8 @@ def test_a_wrapped_command_runs_as_the_one_written(tmp_path, width):
     import subprocess
 
     words = ["ferkit", "train", "/Users/me/My Drive/FER data/icml_face_data.csv", "--out",
-             "runs/it's a run/" + "deep/" * 20 + "cnn", "--set", "lr=0.1", "--config", "a b/config.yaml", "--tta"]
+             "runs/it's a run/" + "deep/" * 20 + "cnn", "--set", "lr=0.1", "--config", "a b/config.yaml", "--tta",
+             "--data", "tab\there/" + "and quote's/" * 6 + "x.csv"]
     comment = "# training into a new folder, " + "x" * 80 + ": ferkit train refuses the old one, which holds the run"
     notes, command = freport._shell_lines(comment, width), freport._shell_lines(shlex.join(words), width)
     assert all(len(line) <= width for line in notes + command) and len(command) > 1
@@ -953,6 +954,19 @@ def test_a_wrapped_command_runs_as_the_one_written(tmp_path, width):
     script = "\n".join(notes + command)
     printed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     assert printed.splitlines() == words[1:]
+    assert not any(freport._CONTROL.search(line) for line in command)  # no tab: the PDF's fonts have no glyph
+
+
+def test_a_control_character_in_a_short_command_is_spelled_out():
+    """A tab in a path was printed as is, a box in the PDF; bash's $'...' form shows it and gives the same word."""
+    import shlex
+    import subprocess
+
+    words = ["printf", "%s|", "a\tb", "it's\x01", "\x85"]
+    [line] = freport._shell_lines(shlex.join(words), 100)
+    assert "$'a\\tb'" in line and not freport._CONTROL.search(line)
+    printed = subprocess.run(["bash", "-c", line], capture_output=True, check=True).stdout
+    assert printed.decode() == "".join(word + "|" for word in words[2:])
 
 
 def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path):
@@ -1007,3 +1021,32 @@ def test_a_folder_name_in_a_heading_keeps_its_ampersands_and_hashes_in_markdown(
     text = "the cnn run " + _literal(name)
     assert _plain(text) == "the cnn run " + name
     assert not re.search(r"(?<!\\)[&#]", text)
+
+
+def test_a_run_sized_by_fit_minutes_is_replicated_from_its_saved_config(tmp_path):
+    """Its recorded command sizes the epochs again on the machine it runs on; config.yaml holds those chosen."""
+    run_path = tmp_path / "cnn"
+    run_path.mkdir()
+    (run_path / "config.yaml").write_text("epochs: 11\nfit_minutes: 0.0\n")
+    info = {"environment": {"command": "ferkit train faces.csv --out cnn --set fit_minutes=20"},
+            "data": {"path": "faces.csv"}, "model": {"name": "cnn"},
+            "fit_minutes": {"minutes": 20, "epochs_asked": 16, "epochs": 11, "epoch_seconds": 105.2}}
+    run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
+    code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                if isinstance(b, freport.Code))
+    assert "sizes its epochs again by this machine's speed" in code and "(exact: the epochs as sized)" in code
+    del info["fit_minutes"]
+    code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                if isinstance(b, freport.Code))
+    assert "sizes" not in code and "(equivalent)" in code
+
+
+def test_the_training_section_says_how_fit_minutes_sized_the_run(world, tmp_path):
+    run_path = tmp_path / "cnn"
+    shutil.copytree(world["cnn"], run_path)
+    info = json.loads((run_path / "run.json").read_text())
+    info["fit_minutes"] = {"minutes": 20, "epochs_asked": 16, "epochs": 11, "epoch_seconds": 105.2}
+    (run_path / "run.json").write_text(json.dumps(info))
+    text = " ".join(b.text for b in freport._training_section(freport.read_run(run_path))
+                    if isinstance(b, freport.Para))
+    assert "sized at the start to fit 20 minutes (`fit_minutes`): 11 of the 16 asked for, at about 105.2 s" in text

@@ -1379,3 +1379,49 @@ def test_an_out_folder_is_owned_by_the_run_it_evaluated_not_by_a_relative_path_o
     ensemble([tmp_path / "a" / "r"], tmp_path / "pair")  # the same model, from its run
     shutil.move(tmp_path / "a" / "r", tmp_path / "a" / "moved")
     ensemble([tmp_path / "a" / "moved"], tmp_path / "pair")  # the same model, moved
+
+
+def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_path, monkeypatch):
+    """fit_minutes sizes the epochs from a timing on a copy of the network: with room for every epoch the
+    run is the very run without it, tensor for tensor; with room for fewer, config.yaml holds the epochs
+    chosen, so that the saved config repeats the run exactly."""
+    cfg = dict(epochs=3, train_limit=96, mixup=0.4)
+    train.train(tiny_csv, tmp_path / "plain", tiny_config(**cfg), progress=False)
+    info = train.train(tiny_csv, tmp_path / "roomy", tiny_config(**cfg, fit_minutes=600), progress=False)
+    assert info["fit_minutes"]["epochs"] == info["fit_minutes"]["epochs_asked"] == 3
+    assert info["fit_minutes"]["epoch_seconds"] > 0 and info["epochs_run"] == 3
+    plain = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    roomy = torch.load(tmp_path / "roomy" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(plain[k], roomy[k]) for k in plain)
+
+    # a machine on which 2 of the 3 epochs fit: the run trains 2, and its schedule ends with them
+    real_fit = train.fit_epochs
+    monkeypatch.setattr(train, "fit_epochs", lambda *args: dict(real_fit(*args), epochs=2))
+    info = train.train(tiny_csv, tmp_path / "short", tiny_config(**cfg, fit_minutes=2), progress=False)
+    assert info["fit_minutes"]["epochs"] == 2 and info["epochs_run"] == 2
+    saved = config.load(tmp_path / "short" / "config.yaml")
+    assert (saved.epochs, saved.fit_minutes) == (2, 0)
+    history = train.read_history(tmp_path / "short" / "history.csv")
+    # the last step's learning rate is a 2-epoch schedule's, not the one a cut 3-epoch schedule would have had
+    steps = train.steps_per_epoch(96, saved.batch_size)
+    assert history[-1]["lr"] == train.learning_rate(saved, 2 * steps - 1, 2 * steps, steps)
+    assert history[-1]["lr"] < train.learning_rate(saved, 2 * steps - 1, 3 * steps, steps)
+    train.train(tiny_csv, tmp_path / "again", saved, progress=False)
+    short = torch.load(tmp_path / "short" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    again = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(short[k], again[k]) for k in short)
+
+
+def test_fit_epochs_scales_with_the_time_of_a_step():
+    """The epochs that fit are the minutes over the timed seconds of an epoch: steps and validation."""
+    model = get_model("cnn", widths=[4, 8])
+    x = torch.zeros(64, 1, 48, 48, dtype=torch.uint8)
+    y = torch.zeros(64, dtype=torch.long)
+    cfg = tiny_config(epochs=100, batch_size=16, eval_batch_size=8)
+    val = np.zeros((16, 48, 48), np.uint8), np.zeros(16, np.int64)
+    fitted = train.fit_epochs(1, model, cfg, x, y, *val)
+    expected = int(60 / fitted["epoch_seconds"])
+    assert fitted["epochs"] == max(1, min(100, expected)) and fitted["epochs_asked"] == 100
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train.fit_epochs(1, model, cfg, x, y, *val)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the copy trained, not the model

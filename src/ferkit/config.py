@@ -35,6 +35,10 @@ class TrainConfig:
     batch_norm: bool = True  # batch norm after every conv (cnn) or hidden layer (mlp)
     # optimisation
     epochs: int = 16
+    # > 0: at its start, a run times a few training steps and a validation batch on a copy of the network and
+    # trains only as many of `epochs` as fit this many minutes; config.yaml saves the epochs it chose (and 0
+    # here), so that the saved config repeats the run exactly, as the command cannot on a machine of another speed
+    fit_minutes: float = 0.0
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
     lr: float = 0.05  # peak learning rate
@@ -124,7 +128,7 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "threads": (lambda v: v >= 0, "must not be negative (0 = torch's choice)"),
     **dict.fromkeys(("dropout", "label_smoothing", "momentum", "max_scale", "ema"), _FRACTION),
     "erase_prob": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    **dict.fromkeys(("warmup_epochs", "max_shift", "max_rotate", "mixup", "cutmix"), _NOT_NEGATIVE),
+    **dict.fromkeys(("warmup_epochs", "max_shift", "max_rotate", "mixup", "cutmix", "fit_minutes"), _NOT_NEGATIVE),
     # upper bounds far beyond any useful value, where float32 or the sampler would overflow
     "lr": (lambda v: 0 <= v <= 100, "must be in [0, 100]"),
     "imbalance_power": (lambda v: 0 <= v <= 10, "must be in [0, 10]"),

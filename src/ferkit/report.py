@@ -571,6 +571,10 @@ def _training_section(run: Run) -> list[Any]:
                f"(min(decay, (1 + step) / ({EMA_RAMP} + step)) over the first steps); the average is what is validated, "
                f"kept and evaluated, while the training columns of the history are the trained weights'."
                if cfg.get("ema") else "")
+    fitted = info.get("fit_minutes")
+    fit = (f" The epochs were sized at the start to fit {fitted['minutes']:g} minutes (`fit_minutes`): "
+           f"{fitted['epochs']} of the {fitted['epochs_asked']} asked for, at about {fitted['epoch_seconds']:.1f} s "
+           "an epoch as timed on this machine; config.yaml holds the epochs chosen." if fitted else "")
     blocks: list[Any] = [
         Heading("3  Training"),
         Table(["key", "value"] * per_row, rows, "Every hyper-parameter: the run's config.yaml.",
@@ -582,7 +586,7 @@ def _training_section(run: Run) -> list[Any]:
              f"Early stopping: stop after {cfg.get('patience')} epochs without a better `{cfg.get('select_by')}` on "
              f"PublicTest; the checkpoint of the best epoch is kept (checkpoints/best.pt) and evaluated. "
              f"Hardware: {_hardware(run)}{amp}. Time: {epochs_run} epochs in {_duration(run.train_seconds)} of "
-             f"training{wall}" + (f", {speed:,.0f} training images per second" if speed else "") + "."),
+             f"training{wall}" + (f", {speed:,.0f} training images per second" if speed else "") + "." + fit),
         Para("**Challenges met, and how they were handled** (from the run's history and the test metrics):"),
         Bullets(_challenges(run)),
     ]
@@ -903,11 +907,13 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
     recorded = _command(env.get("command"))
     replica = _replica_folder(run.path)
     lines = [f"# training into a new folder, {replica}: ferkit train refuses {run.path}, which holds the run"]
+    # a run sized by fit_minutes: its command sizes the epochs again, by the speed of the machine it runs on
+    resized = ", which sizes its epochs again by this machine's speed" if info.get("fit_minutes") else ""
     if recorded and recorded.startswith("ferkit train"):
-        lines += ["# as recorded in run.json, but for --out",
+        lines += [f"# as recorded in run.json, but for --out{resized}",
                   _with_out(recorded, replica)]
     q = shlex.quote
-    lines += ["# with every key from the saved config (equivalent)",
+    lines += ["# with every key from the saved config" + (" (exact: the epochs as sized)" if resized else " (equivalent)"),
               f"ferkit train {q(str(data.get('path', 'DATA')))} --out {q(str(replica))} "
               f"--config {q(str(run.path / 'config.yaml'))}"]
     lines += ["# evaluation of the replica"] + [f"ferkit evaluate {q(str(replica))}{' --tta' if name == 'test-tta' else ''}"
@@ -921,7 +927,7 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
             study_command += f" --profile {cfg['profile']}"
         lines += [f"# or the whole study that trained it, as recorded in run.json but for --out"
                   f"{' and --profile' if pinned else ''}: {study_replica / (_model_name(run) or run.path.name)} "
-                  "replicates this run",  # a study names its runs after their models
+                  f"replicates this run{resized}",  # a study names its runs after their models
                   study_command]
     lines += ["# this report, from the files of the original run", report_command]
     versions = env.get("versions", {})
@@ -1310,13 +1316,27 @@ def _columns(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
 
 
+# Control characters (a tab in a path) have no glyph in the PDF's fonts
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ANSI_C = {"\\": "\\\\", "'": "\\'", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _shell_word(word: str) -> str:
+    """`word` quoted for the shell: as shlex.quote does, or, when it holds control characters, in bash's
+    $'...' form, which spells each one out (`$'a\\tb'`) so that it shows and copies as the same word."""
+    if not _CONTROL.search(word):
+        return shlex.quote(word)
+    return "$'" + re.sub(r"[\\'\x00-\x1f\x7f-\x9f]", lambda m: _ANSI_C.get(m[0]) or (
+        f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x80 else f"\\u{ord(m[0]):04x}"), word) + "'"
+
+
 def _shell_lines(line: str, width: int) -> list[str]:
     """A shell line wrapped to `width` columns so that it still runs when copied from the PDF: a break
     falls between words and ends its line with ` \\`; a word too long for a line (a deep path) is cut
     into quoted pieces that the shell joins again (`'piece'\\` then the rest at column 0, since an
     indent would split the word); a comment goes on as comments. A break inside quotes would have
     put the line break into the path."""
-    if _columns(line) <= width:
+    if _columns(line) <= width and not _CONTROL.search(line):
         return [line]
     if line.lstrip().startswith("#"):  # textwrap counts characters: leave room for the wide ones
         room = max(20, width - (_columns(line) - len(line)))
@@ -1328,7 +1348,7 @@ def _shell_lines(line: str, width: int) -> list[str]:
         return [text + " \\" for text in wrapped[:-1]] + wrapped[-1:]
     lines, current = [], ""
     for word in words:
-        quoted = shlex.quote(word)
+        quoted = _shell_word(word)
         if current and _columns(current) + 1 + _columns(quoted) <= width - 2:
             current += " " + quoted
             continue
@@ -1349,11 +1369,11 @@ def _quoted_pieces(word: str, first_room: int, room: int) -> list[str]:
     two or more, as `word` quoted needs more than `first_room`."""
     pieces, piece = [], ""
     for char in word:
-        if piece and _columns(shlex.quote(piece + char)) > (room if pieces else first_room):
-            pieces.append(shlex.quote(piece))
+        if piece and _columns(_shell_word(piece + char)) > (room if pieces else first_room):
+            pieces.append(_shell_word(piece))
             piece = ""
         piece += char
-    return pieces + [shlex.quote(piece)]
+    return pieces + [_shell_word(piece)]
 
 
 # ---------------------------------------------------------------------------------------------

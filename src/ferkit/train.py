@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -200,6 +201,7 @@ def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
 ONECYCLE_PEAK_AT = 0.3  # one-cycle: the fraction of the steps at which the learning rate peaks
 ONECYCLE_START = 0.04  # one-cycle: the first step's learning rate, as a fraction of the peak
 EMA_RAMP = 10  # the weight average's decay starts at 1/EMA_RAMP and rises towards cfg.ema
+FIT_WARMUP_STEPS = 3  # fit_minutes: steps not timed, as the first ones build kernels (oneDNN, cuDNN's benchmark)
 
 
 def steps_per_epoch(images: int, batch_size: int) -> int:
@@ -262,6 +264,44 @@ def epoch_order(sample_weight: torch.Tensor | None, n: int, generator: torch.Gen
     if sample_weight is not None:
         return torch.multinomial(sample_weight, n, replacement=True, generator=generator)
     return torch.randperm(n, generator=generator, device=device)
+
+
+def fit_epochs(minutes: float, model: torch.nn.Module, cfg: TrainConfig, x_train: torch.Tensor, y_train: torch.Tensor,
+               val_images: np.ndarray, val_labels: np.ndarray, loss_weight: torch.Tensor | None = None
+               ) -> dict[str, Any]:
+    """How many of `cfg.epochs` fit `minutes` of training and validation on this machine, timed on a copy of
+    `model`: training steps (after a few untimed ones, which build the kernels), doubled until a timing
+    takes a second, and a validation batch. The run's network, optimizer and random streams are untouched."""
+    device = x_train.device
+    epoch_steps = steps_per_epoch(len(x_train), cfg.batch_size)
+    batch = min(cfg.batch_size, len(x_train))
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        trial = copy.deepcopy(model)
+        optimizer = make_optimizer(trial, cfg)
+        generator = torch.Generator(device=device).manual_seed(0)
+
+        def seconds_for(steps: int) -> float:
+            order = torch.randint(len(x_train), (steps * batch,), generator=generator, device=device)
+            start = time.perf_counter()
+            train_one_epoch(trial, optimizer, x_train, y_train, order, range(steps), epoch_steps * cfg.epochs, cfg,
+                            generator, loss_weight)  # returns floats: the device has finished
+            return time.perf_counter() - start
+
+        seconds_for(min(FIT_WARMUP_STEPS, epoch_steps))
+        steps = min(4, epoch_steps)
+        while (step_seconds := seconds_for(steps) / steps) * steps < 1 and steps < epoch_steps:
+            steps = min(2 * steps, epoch_steps)
+        faces = min(len(val_images), cfg.eval_batch_size)
+        for _ in range(2):  # the first builds the evaluation's kernels
+            start = time.perf_counter()
+            validate(trial, val_images[:faces], val_labels[:faces], device, cfg)
+        face_seconds = (time.perf_counter() - start) / faces
+    epoch_seconds = epoch_steps * step_seconds + len(val_images) * face_seconds
+    return {"minutes": minutes, "epochs_asked": cfg.epochs,
+            "epochs": max(1, min(cfg.epochs, int(minutes * 60 / epoch_seconds))),
+            "epoch_seconds": round(epoch_seconds, 2), "timed_steps": steps,
+            "timing_seconds": round(time.perf_counter() - started, 1)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,9 +378,6 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
 
     for folder in (out, out / "checkpoints"):  # what a kill in the middle of an atomic write left
         remove_stale_temporaries(folder)
-    if progress and cfg.schedule == "cosine" and cfg.warmup_epochs > cfg.epochs:
-        tqdm.write(f"note: warmup_epochs {cfg.warmup_epochs:g} is longer than the {cfg.epochs} epochs: the learning "
-                   f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
     dataset = fdata.load(data_path)
     if state is not None:
         fdata.require_recorded(dataset, state, f"the run {out} was trained on", run_info["data"]["path"],
@@ -381,6 +418,21 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
     sample_weight = (torch.tensor(weights[y_train_np], dtype=torch.float32, device=device)
                      if cfg.imbalance == "sampler" else None)
 
+    val_images = dataset.images[val_idx]
+    val_labels = dataset.labels[val_idx]
+    fitted = None
+    if state is None and cfg.fit_minutes:
+        fitted = fit_epochs(cfg.fit_minutes, model, cfg, x_train, y_train, val_images, val_labels, loss_weight)
+        # config.yaml holds the epochs chosen, so that it repeats this run exactly on any machine
+        cfg = dataclasses.replace(cfg, epochs=fitted["epochs"], fit_minutes=0.0)
+        if progress:
+            tqdm.write(f"fit_minutes {fitted['minutes']:g}: {fitted['epochs']} of {fitted['epochs_asked']} epochs fit "
+                       f"(about {fitted['epoch_seconds']:.1f} s an epoch, timed in {fitted['timing_seconds']:.0f} s)"
+                       + (": even one epoch takes longer" if fitted["epochs"] * fitted["epoch_seconds"]
+                          > 60 * fitted["minutes"] else ""))
+    if progress and cfg.schedule == "cosine" and cfg.warmup_epochs > cfg.epochs:
+        tqdm.write(f"note: warmup_epochs {cfg.warmup_epochs:g} is longer than the {cfg.epochs} epochs: the learning "
+                   f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
     n = len(train_idx)
     epoch_steps = steps_per_epoch(n, cfg.batch_size)
     epoch_images = epoch_steps * min(cfg.batch_size, n)
@@ -401,6 +453,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                      "train_counts": np.bincount(y_train_np, minlength=len(fdata.EMOTIONS)).tolist()},
             "model": {"name": cfg.model, "kwargs": cfg.model_kwargs(), "parameters": count_parameters(model)},
             "class_weights": weights.tolist(),
+            **({"fit_minutes": fitted} if fitted else {}),
             "device": str(device),
             "environment": environment(),
         }
@@ -423,8 +476,6 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
     bar = tqdm(total=total_steps, initial=(start_epoch - 1) * epoch_steps, disable=not progress,
                desc=f"train {cfg.model}", unit="step", dynamic_ncols=True,
                smoothing=0)  # the average rate: validation pauses would make a smoothed ETA swing
-    val_images = dataset.images[val_idx]
-    val_labels = dataset.labels[val_idx]
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stopped_early:
             break
