@@ -1049,4 +1049,10 @@ def test_the_training_section_says_how_fit_minutes_sized_the_run(world, tmp_path
     (run_path / "run.json").write_text(json.dumps(info))
     text = " ".join(b.text for b in freport._training_section(freport.read_run(run_path))
                     if isinstance(b, freport.Para))
-    assert "sized at the start to fit 20 minutes (`fit_minutes`): 11 of the 16 asked for, at about 105.2 s" in text
+    assert ("sized to fit 20 minutes (`fit_minutes`) on this machine: 11 of the 16 asked for, at about 105.2 s an "
+            "epoch, as timed at the start") in text
+    info["fit_minutes"]["first_epoch_seconds"] = 110.4
+    (run_path / "run.json").write_text(json.dumps(info))
+    text = " ".join(b.text for b in freport._training_section(freport.read_run(run_path))
+                    if isinstance(b, freport.Para))
+    assert "11 of the 16 asked for, by the first epoch's 110.4 s;" in text

@@ -1394,10 +1394,12 @@ def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_pat
     roomy = torch.load(tmp_path / "roomy" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(plain[k], roomy[k]) for k in plain)
 
-    # a machine on which 2 of the 3 epochs fit: the run trains 2, and its schedule ends with them
-    real_fit = train.fit_epochs
-    monkeypatch.setattr(train, "fit_epochs", lambda *args: dict(real_fit(*args), epochs=2))
+    # a machine on which the timing at the start makes room for 3 epochs, but the first epoch for 2 only: the
+    # run trains 2, its schedule ends with them, and it is the very run of 2 epochs (the first is warmup alone)
+    fits = iter([3, 2])
+    monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: next(fits))
     info = train.train(tiny_csv, tmp_path / "short", tiny_config(**cfg, fit_minutes=2), progress=False)
+    assert info["fit_minutes"]["epochs_timed"] == 3 and info["fit_minutes"]["first_epoch_seconds"] > 0
     assert info["fit_minutes"]["epochs"] == 2 and info["epochs_run"] == 2
     saved = config.load(tmp_path / "short" / "config.yaml")
     assert (saved.epochs, saved.fit_minutes) == (2, 0)
@@ -1410,6 +1412,12 @@ def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_pat
     short = torch.load(tmp_path / "short" / "checkpoints" / "last.pt", weights_only=True)["model"]
     again = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(short[k], again[k]) for k in short)
+
+    # one-cycle's first steps depend on the number of epochs: only the timing at the start sizes it
+    fits = iter([2])
+    info = train.train(tiny_csv, tmp_path / "onecycle", tiny_config(**cfg, fit_minutes=2, schedule="onecycle"),
+                       progress=False)
+    assert info["epochs_run"] == 2 and "first_epoch_seconds" not in info["fit_minutes"]
 
 
 def test_fit_epochs_scales_with_the_time_of_a_step():

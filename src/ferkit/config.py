@@ -36,8 +36,9 @@ class TrainConfig:
     # optimisation
     epochs: int = 16
     # > 0: at its start, a run times a few training steps and a validation batch on a copy of the network and
-    # trains only as many of `epochs` as fit this many minutes; config.yaml saves the epochs it chose (and 0
-    # here), so that the saved config repeats the run exactly, as the command cannot on a machine of another speed
+    # trains only as many of `epochs` as fit this many minutes, sized again by the first epoch's own time where
+    # that epoch is warmup alone (cosine); config.yaml saves the epochs chosen (and 0 here), so that the saved
+    # config repeats the run exactly, as the command cannot on a machine of another speed
     fit_minutes: float = 0.0
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw

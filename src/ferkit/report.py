@@ -572,9 +572,11 @@ def _training_section(run: Run) -> list[Any]:
                f"kept and evaluated, while the training columns of the history are the trained weights'."
                if cfg.get("ema") else "")
     fitted = info.get("fit_minutes")
-    fit = (f" The epochs were sized at the start to fit {fitted['minutes']:g} minutes (`fit_minutes`): "
-           f"{fitted['epochs']} of the {fitted['epochs_asked']} asked for, at about {fitted['epoch_seconds']:.1f} s "
-           "an epoch as timed on this machine; config.yaml holds the epochs chosen." if fitted else "")
+    timing = (f"by the first epoch's {fitted['first_epoch_seconds']:.1f} s" if "first_epoch_seconds" in (fitted or {})
+              else f"at about {(fitted or {}).get('epoch_seconds', 0):.1f} s an epoch, as timed at the start")
+    fit = (f" The epochs were sized to fit {fitted['minutes']:g} minutes (`fit_minutes`) on this machine: "
+           f"{fitted['epochs']} of the {fitted['epochs_asked']} asked for, {timing}; config.yaml holds the epochs "
+           "chosen." if fitted else "")
     blocks: list[Any] = [
         Heading("3  Training"),
         Table(["key", "value"] * per_row, rows, "Every hyper-parameter: the run's config.yaml.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -271,7 +272,7 @@ def fit_epochs(minutes: float, model: torch.nn.Module, cfg: TrainConfig, x_train
                ) -> dict[str, Any]:
     """How many of `cfg.epochs` fit `minutes` of training and validation on this machine, timed on a copy of
     `model`: training steps (after a few untimed ones, which build the kernels), doubled until a timing
-    takes a second, and a validation batch. The run's network, optimizer and random streams are untouched."""
+    takes 2 s, and a validation batch. The run's network, optimizer and random streams are untouched."""
     device = x_train.device
     epoch_steps = steps_per_epoch(len(x_train), cfg.batch_size)
     batch = min(cfg.batch_size, len(x_train))
@@ -290,7 +291,7 @@ def fit_epochs(minutes: float, model: torch.nn.Module, cfg: TrainConfig, x_train
 
         seconds_for(min(FIT_WARMUP_STEPS, epoch_steps))
         steps = min(4, epoch_steps)
-        while (step_seconds := seconds_for(steps) / steps) * steps < 1 and steps < epoch_steps:
+        while (step_seconds := seconds_for(steps) / steps) * steps < 2 and steps < epoch_steps:
             steps = min(2 * steps, epoch_steps)
         faces = min(len(val_images), cfg.eval_batch_size)
         for _ in range(2):  # the first builds the evaluation's kernels
@@ -299,9 +300,20 @@ def fit_epochs(minutes: float, model: torch.nn.Module, cfg: TrainConfig, x_train
         face_seconds = (time.perf_counter() - start) / faces
     epoch_seconds = epoch_steps * step_seconds + len(val_images) * face_seconds
     return {"minutes": minutes, "epochs_asked": cfg.epochs,
-            "epochs": max(1, min(cfg.epochs, int(minutes * 60 / epoch_seconds))),
+            "epochs": epochs_that_fit(minutes, epoch_seconds, cfg.epochs),
             "epoch_seconds": round(epoch_seconds, 2), "timed_steps": steps,
             "timing_seconds": round(time.perf_counter() - started, 1)}
+
+
+def epochs_that_fit(minutes: float, epoch_seconds: float, asked: int) -> int:
+    """As many of the `asked` epochs as fit `minutes`, and at least one."""
+    return max(1, min(asked, int(minutes * 60 / epoch_seconds)))
+
+
+def first_epoch_is_warmup(cfg: TrainConfig, epoch_steps: int) -> bool:
+    """Whether the first epoch's learning rates are the same whatever the number of epochs: the cosine
+    schedule's warmup, of at least an epoch, or a constant rate (one-cycle's peak is a share of all the steps)."""
+    return cfg.schedule == "constant" or (cfg.schedule == "cosine" and int(cfg.warmup_epochs * epoch_steps) >= epoch_steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,8 +488,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
     bar = tqdm(total=total_steps, initial=(start_epoch - 1) * epoch_steps, disable=not progress,
                desc=f"train {cfg.model}", unit="step", dynamic_ncols=True,
                smoothing=0)  # the average rate: validation pauses would make a smoothed ETA swing
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stopped_early:
+    for epoch in itertools.count(start_epoch):
+        if stopped_early or epoch > cfg.epochs:  # fit_minutes may change cfg.epochs after the first epoch
             break
         started = time.perf_counter()
         generator = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch))
@@ -501,6 +513,19 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                               f"validation loss {row['val_loss']}; start again with a lower learning rate "
                               f"(now --set lr={cfg.lr}) {where}")
         history.append(row)
+        if fitted and epoch == 1 and first_epoch_is_warmup(cfg, epoch_steps):
+            # the first epoch's own time sizes the run again: exactly, as its warmup does not depend on the epochs
+            fitted.update(first_epoch_seconds=round(seconds, 2), epochs_timed=fitted["epochs"],
+                          epochs=epochs_that_fit(fitted["minutes"], seconds, fitted["epochs_asked"]))
+            if fitted["epochs"] != cfg.epochs:
+                cfg = dataclasses.replace(cfg, epochs=fitted["epochs"])
+                total_steps = epoch_steps * cfg.epochs
+                bar.total = total_steps
+                configs.save(cfg, out / "config.yaml")  # before last.pt: a resume goes on with these epochs
+            write_json(out / "run.json", run_info)
+            if progress:
+                tqdm.write(f"fit_minutes {fitted['minutes']:g}: the first epoch took {seconds:.1f} s, so "
+                           f"{cfg.epochs} of {fitted['epochs_asked']} epochs fit")
         score = row[cfg.select_by]
         improved = score > best_score
         if improved:
