@@ -1433,3 +1433,11 @@ def test_fit_epochs_scales_with_the_time_of_a_step():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train.fit_epochs(1, model, cfg, x, y, *val)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the copy trained, not the model
+
+
+def test_fit_minutes_names_a_warmup_longer_than_the_epochs_it_fitted(tiny_csv, tmp_path, monkeypatch, capsys):
+    fits = iter([3, 1])
+    monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: next(fits))
+    train.train(tiny_csv, tmp_path / "run", tiny_config(epochs=3, train_limit=96, warmup_epochs=2, fit_minutes=2))
+    out = capsys.readouterr().out
+    assert "the first epoch took" in out and "warmup_epochs 2 is longer than the 1 epochs" in out

@@ -571,12 +571,13 @@ def _training_section(run: Run) -> list[Any]:
                f"(min(decay, (1 + step) / ({EMA_RAMP} + step)) over the first steps); the average is what is validated, "
                f"kept and evaluated, while the training columns of the history are the trained weights'."
                if cfg.get("ema") else "")
-    fitted = info.get("fit_minutes")
-    timing = (f"by the first epoch's {fitted['first_epoch_seconds']:.1f} s" if "first_epoch_seconds" in (fitted or {})
-              else f"at about {(fitted or {}).get('epoch_seconds', 0):.1f} s an epoch, as timed at the start")
-    fit = (f" The epochs were sized to fit {fitted['minutes']:g} minutes (`fit_minutes`) on this machine: "
-           f"{fitted['epochs']} of the {fitted['epochs_asked']} asked for, {timing}; config.yaml holds the epochs "
-           "chosen." if fitted else "")
+    fit = ""
+    if fitted := info.get("fit_minutes"):
+        timing = (f"by the first epoch's {fitted['first_epoch_seconds']:.1f} s" if "first_epoch_seconds" in fitted
+                  else f"at about {fitted['epoch_seconds']:.1f} s an epoch, as timed at the start")
+        fit = (f" The epochs were sized to fit {fitted['minutes']:g} minutes (`fit_minutes`) on this machine: "
+               f"{fitted['epochs']} of the {fitted['epochs_asked']} asked for, {timing}; config.yaml holds the epochs "
+               "chosen.")
     blocks: list[Any] = [
         Heading("3  Training"),
         Table(["key", "value"] * per_row, rows, "Every hyper-parameter: the run's config.yaml.",
@@ -1328,7 +1329,7 @@ def _shell_word(word: str) -> str:
     $'...' form, which spells each one out (`$'a\\tb'`) so that it shows and copies as the same word."""
     if not _CONTROL.search(word):
         return shlex.quote(word)
-    return "$'" + re.sub(r"[\\'\x00-\x1f\x7f-\x9f]", lambda m: _ANSI_C.get(m[0]) or (
+    return "$'" + re.sub(r"[\\']|" + _CONTROL.pattern, lambda m: _ANSI_C.get(m[0]) or (
         f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x80 else f"\\u{ord(m[0]):04x}"), word) + "'"
 
 

@@ -316,6 +316,12 @@ def first_epoch_is_warmup(cfg: TrainConfig, epoch_steps: int) -> bool:
     return cfg.schedule == "constant" or (cfg.schedule == "cosine" and int(cfg.warmup_epochs * epoch_steps) >= epoch_steps)
 
 
+def _note_long_warmup(cfg: TrainConfig) -> None:
+    if cfg.schedule == "cosine" and cfg.warmup_epochs > cfg.epochs:
+        tqdm.write(f"note: warmup_epochs {cfg.warmup_epochs:g} is longer than the {cfg.epochs} epochs: the learning "
+                   f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
+
+
 # ---------------------------------------------------------------------------------------------
 # The training run
 
@@ -442,9 +448,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                        f"(about {fitted['epoch_seconds']:.1f} s an epoch, timed in {fitted['timing_seconds']:.0f} s)"
                        + (": even one epoch takes longer" if fitted["epochs"] * fitted["epoch_seconds"]
                           > 60 * fitted["minutes"] else ""))
-    if progress and cfg.schedule == "cosine" and cfg.warmup_epochs > cfg.epochs:
-        tqdm.write(f"note: warmup_epochs {cfg.warmup_epochs:g} is longer than the {cfg.epochs} epochs: the learning "
-                   f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
+    if progress:
+        _note_long_warmup(cfg)
     n = len(train_idx)
     epoch_steps = steps_per_epoch(n, cfg.batch_size)
     epoch_images = epoch_steps * min(cfg.batch_size, n)
@@ -517,7 +522,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
             # the first epoch's own time sizes the run again: exactly, as its warmup does not depend on the epochs
             fitted.update(first_epoch_seconds=round(seconds, 2), epochs_timed=fitted["epochs"],
                           epochs=epochs_that_fit(fitted["minutes"], seconds, fitted["epochs_asked"]))
-            if fitted["epochs"] != cfg.epochs:
+            resized = fitted["epochs"] != cfg.epochs
+            if resized:
                 cfg = dataclasses.replace(cfg, epochs=fitted["epochs"])
                 total_steps = epoch_steps * cfg.epochs
                 bar.total = total_steps
@@ -526,6 +532,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
             if progress:
                 tqdm.write(f"fit_minutes {fitted['minutes']:g}: the first epoch took {seconds:.1f} s, so "
                            f"{cfg.epochs} of {fitted['epochs_asked']} epochs fit")
+                if resized:
+                    _note_long_warmup(cfg)
         score = row[cfg.select_by]
         improved = score > best_score
         if improved:
