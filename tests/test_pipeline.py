@@ -43,7 +43,8 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
     monkeypatch.setattr(data, "summarize", lambda *a, **k: calls.append(("data", None, None)))
     monkeypatch.setattr(features, "features", fake_features)
-    monkeypatch.setattr(report, "build_report", lambda *a, **k: calls.append(("report", None, None)))
+    monkeypatch.setattr(report, "build_report", lambda *a, **k: calls.append(("report", None, None)) or
+                        {"commands_left_out": False})
     return calls, state
 
 

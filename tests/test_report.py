@@ -601,7 +601,7 @@ def test_replication_retargets_the_recorded_training(tmp_path, recorded):
     info = {"environment": {"command": recorded}, "data": {"path": "faces.csv"}}
     run = freport.Run(run_path, {"seed": 0}, info, [], {"test": {}}, {})
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
-                if isinstance(b, freport.Code))
+                if isinstance(b, freport.Shell))
     trains = [line for line in code.splitlines() if line.startswith("ferkit train")]
     assert len(trains) == 2
     assert all(re.search(rf"--out[= ]{re.escape(str(tmp_path / 'runs' / 'cnn-replica'))}( |$)", t) for t in trains)
@@ -618,7 +618,7 @@ def test_replication_names_the_study_that_trained_the_run(tmp_path, recorded, pr
     info = {"environment": {"command": recorded}, "data": {"path": "faces.csv"}}
     run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
     blocks = freport._replication_section(run, "ferkit report x --out y")
-    code = next(b.text for b in blocks if isinstance(b, freport.Code))
+    code = next(b.text for b in blocks if isinstance(b, freport.Shell))
     text = " ".join(b.text for b in blocks if isinstance(b, freport.Para))
     study = recorded.split("/bin/")[1].replace("runs/study", str(tmp_path / "runs" / "study-replica"))
     assert f"\n{study}{profile}\n" in code
@@ -777,13 +777,55 @@ def test_replication_quotes_paths_that_need_it_and_retargets_a_quoted_out(tmp_pa
     info = {"environment": {"command": recorded}, "data": {"path": str(tmp_path / "faces of mine.csv")}}
     run = freport.Run(run_path, {"seed": 0}, info, [], {"test": {}, "test-tta": {}}, {})
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
-                if isinstance(b, freport.Code))
+                if isinstance(b, freport.Shell))
     commands = [shlex.split(line) for line in code.splitlines() if line.startswith("ferkit ")]
     replica = str(tmp_path / "my runs" / "cnn & co-replica")
     assert commands[0] == ["ferkit", "train", "faces of mine.csv", "--out", replica, "--set", "epochs=2"]
     assert commands[1] == ["ferkit", "train", str(tmp_path / "faces of mine.csv"), "--out", replica, "--config",
                            str(run_path / "config.yaml")]
     assert commands[2:4] == [["ferkit", "evaluate", replica, "--tta"], ["ferkit", "evaluate", replica]]
+
+
+def test_a_newline_in_a_path_leaves_every_replication_line_whole(tmp_path):
+    """A newline in a folder name split a comment (its rest would run as a command) and a command's
+    quoted path across lines; each line now holds it spelled out, and bash reads the same words."""
+    import subprocess
+
+    run_path = tmp_path / "runs\nof mine" / "cnn"
+    run_path.mkdir(parents=True)
+    (run_path / "config.yaml").write_text("epochs: 2\n")
+    data = str(tmp_path / "faces.csv")
+    recorded = shlex.join(["ferkit", "train", data, "--out", str(run_path)])
+    info = {"environment": {"command": recorded}, "data": {"path": data}}
+    run = freport.Run(run_path, {"seed": 0}, info, [], {"test": {}}, {})
+    shell = next(b for b in freport._replication_section(run, shlex.join(["ferkit", "report", str(run_path)]))
+                 if isinstance(b, freport.Shell))
+    lines = shell.text.split("\n")  # as Markdown and HTML show them
+    assert all(line.startswith(("# ", "ferkit ")) and not freport._CONTROL.search(line) for line in lines)
+    assert any("runs\\nof mine" in line for line in lines if line.startswith("# "))
+    pdf_lines = [wrapped for line in shell.lines for wrapped in freport._shell_lines(line, 60)]
+    assert not freport._CONTROL.search("".join(pdf_lines))
+    replica = str(tmp_path / "runs\nof mine" / "cnn-replica")
+    for shown in (lines, pdf_lines):
+        script = "\n".join(line.replace("ferkit", "printf '%s\\0'", 1) for line in shown)
+        printed = subprocess.run(["bash", "-c", script], capture_output=True, check=True).stdout.decode()
+        assert printed.split("\0")[:5] == ["train", data, "--out", replica, "train"]
+        assert f"report\0{run_path}\0" in printed
+
+
+def test_a_path_too_long_for_the_pdf_leaves_its_commands_to_html_and_markdown(world, tmp_path, capsys):
+    """A run some 700 characters deep: its paths, written a dozen times, made the main part 4 pages
+    long and the report fail with nothing written. The PDF now points to report.md for the commands."""
+    deep = tmp_path.joinpath(*["folder of runs " * 14] * 3)
+    run = shutil.copytree(world["cnn"], deep / "cnn")
+    out = tmp_path / "out"
+    assert cli.main(["report", str(run), "--out", str(out)]) == 0
+    assert "do not fit within the PDF's pages" in capsys.readouterr().out
+    text = "".join(page_texts(out / "report.pdf"))
+    assert "The commands that replicate this run are in report.md and report.html" in text
+    assert len(page_texts(out / "report.pdf")) <= freport.MAIN_PAGES
+    assert f"ferkit evaluate {shlex.quote(str(deep / 'cnn-replica'))}" in (out / "report.md").read_text()
+    assert not world["result"]["commands_left_out"]
 
 
 def test_the_report_command_is_recorded_shell_quoted(world, tmp_path):
@@ -933,6 +975,7 @@ def test_inline_markup_quotes_any_text():
     for literal in ("plain", "a`b", "``", "`start", "end`", " both ", "**x**", "C:\\a\\b", "a\\`b"):
         assert render(f"see {freport._code(literal)}.") == f"see <code>{literal}</code>."
         assert render(f"**{freport._literal(literal)}**") == f"<b>{literal}</b>"
+    assert render(f"see {freport._code('')}.") == "see <code> </code>."  # two backticks were no span
     assert render("**bold `c**d` more** and `e`") == "<b>bold <code>c**d</code> more</b> and <code>e</code>"
 
 
@@ -957,16 +1000,20 @@ def test_a_wrapped_command_runs_as_the_one_written(tmp_path, width):
     assert not any(freport._CONTROL.search(line) for line in command)  # no tab: the PDF's fonts have no glyph
 
 
-def test_a_control_character_in_a_short_command_is_spelled_out():
-    """A tab in a path was printed as is, a box in the PDF; bash's $'...' form shows it and gives the same word."""
+def test_a_control_character_in_a_command_is_spelled_out():
+    """A tab in a path was printed as is, a box in the PDF, and a newline split the command in two;
+    bash's $'...' form shows them and gives the same words. A comment spells them out."""
     import shlex
     import subprocess
 
-    words = ["printf", "%s|", "a\tb", "it's\x01", "\x85"]
-    [line] = freport._shell_lines(shlex.join(words), 100)
-    assert "$'a\\tb'" in line and not freport._CONTROL.search(line)
+    words = ["printf", "%s|", "a\tb", "it's\x01", "\x85", "new\nline"]
+    line = freport._shell_line(shlex.join(words))
+    assert "$'a\\tb'" in line and "$'new\\nline'" in line and not freport._CONTROL.search(line)
     printed = subprocess.run(["bash", "-c", line], capture_output=True, check=True).stdout
     assert printed.decode() == "".join(word + "|" for word in words[2:])
+    assert freport._shell_lines(shlex.join(words), 200) == [line]  # the PDF's line
+    assert freport._shell_line("# into runs/a\nb: ferkit") == "# into runs/a\\nb: ferkit"
+    assert freport._shell_line("ferkit run plain") == "ferkit run plain"
 
 
 def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path):
@@ -978,7 +1025,7 @@ def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path)
             "data": {"path": "faces.csv"}, "model": {"name": "cnn"}}
     run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
-                if isinstance(b, freport.Code))
+                if isinstance(b, freport.Shell))
     assert f"{tmp_path / 'runs' / 'study-replica' / 'cnn'} replicates this run" in code
 
 
@@ -1033,11 +1080,11 @@ def test_a_run_sized_by_fit_minutes_is_replicated_from_its_saved_config(tmp_path
             "fit_minutes": {"minutes": 20, "epochs_asked": 16, "epochs": 11, "epoch_seconds": 105.2}}
     run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
-                if isinstance(b, freport.Code))
+                if isinstance(b, freport.Shell))
     assert "sizes its epochs again by this machine's speed" in code and "(exact: the epochs as sized)" in code
     del info["fit_minutes"]
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
-                if isinstance(b, freport.Code))
+                if isinstance(b, freport.Shell))
     assert "sizes" not in code and "(equivalent)" in code
 
 

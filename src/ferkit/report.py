@@ -48,6 +48,8 @@ from ferkit.fileio import atomic_path, output_folder, read_json, require_run_fol
 
 MAIN_PAGES = 3  # the main part ends on this page at the latest
 EXTRA_PAGES = 1.5  # the extras take at most this many further pages
+COMMANDS_LEFT_OUT = ("note: the replication's commands, which write the run's paths several times, do not fit "
+                     "within the PDF's pages; {md} and report.html hold them")
 EVAL_DIRS = ("test-tta", "test")  # preferred first
 _METRIC_KEYS = {"accuracy", "macro_f1", "weighted_f1", "n"}
 _FIGURE_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)  # tried in turn until the page limits hold
@@ -116,6 +118,18 @@ class SideBySide:
 @dataclass
 class Code:
     text: str
+
+
+@dataclass
+class Shell:
+    """Shell lines (the replication's commands). Each stays one line however its paths read: the PDF
+    wraps them so that they still run, and Markdown and HTML show `text`."""
+
+    lines: list[str]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(map(_shell_line, self.lines))
 
 
 @dataclass
@@ -939,7 +953,7 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
         if commit and commit.endswith("-dirty") else ""
     blocks: list[Any] = [
         Heading("5  Replication"),
-        Code("\n".join(lines)),
+        Shell(lines),
         Para(f"Seed {_code(cfg.get('seed'))} (every epoch's shuffling, augmentation and dropout derive from it and "
              f"the epoch number). Config: {_code(run.path / 'config.yaml')} (Table 3). ferkit "
              f"{versions.get('ferkit', '?')}, git commit {_code(commit or 'unknown')}{dirty}. Libraries: " +
@@ -1257,7 +1271,7 @@ _HELD = re.compile("\0(\\d+)\0")
 
 def _code(value: Any) -> str:
     """`value` as an inline code span, whatever backticks or asterisks it holds (a user's path)."""
-    text = str(value)
+    text = str(value) or " "  # two backticks are no span, but a space shows as an empty one
     fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
     padded = text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip())
     return f"{fence} {text} {fence}" if padded else f"{fence}{text}{fence}"  # CommonMark drops the spaces
@@ -1319,9 +1333,15 @@ def _columns(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
 
 
-# Control characters (a tab in a path) have no glyph in the PDF's fonts
+# Control characters (a tab or a newline in a path) have no glyph in the PDF's fonts, and a newline
+# would end a line of shell
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ANSI_C = {"\\": "\\\\", "'": "\\'", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _ansi_c(char: str) -> str:
+    """`char` as bash's $'...' form writes it."""
+    return _ANSI_C.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x80 else f"\\u{ord(char):04x}")
 
 
 def _shell_word(word: str) -> str:
@@ -1329,8 +1349,21 @@ def _shell_word(word: str) -> str:
     $'...' form, which spells each one out (`$'a\\tb'`) so that it shows and copies as the same word."""
     if not _CONTROL.search(word):
         return shlex.quote(word)
-    return "$'" + re.sub(r"[\\']|" + _CONTROL.pattern, lambda m: _ANSI_C.get(m[0]) or (
-        f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x80 else f"\\u{ord(m[0]):04x}"), word) + "'"
+    return "$'" + re.sub(r"[\\']|" + _CONTROL.pattern, lambda m: _ansi_c(m[0]), word) + "'"
+
+
+def _shell_line(line: str) -> str:
+    """A line of shell without control characters, so that it stays one line that shows in every
+    format: a command's words that hold them in $'...' form, a comment's spelled out (`\\n`)."""
+    if not _CONTROL.search(line):
+        return line
+    spelled = _CONTROL.sub(lambda m: _ansi_c(m[0]), line)
+    if line.lstrip().startswith("#"):
+        return spelled
+    try:
+        return " ".join(map(_shell_word, shlex.split(line)))
+    except ValueError:  # not shell words (an old record joined by spaces): shown as recorded
+        return spelled
 
 
 def _shell_lines(line: str, width: int) -> list[str]:
@@ -1342,12 +1375,13 @@ def _shell_lines(line: str, width: int) -> list[str]:
     if _columns(line) <= width and not _CONTROL.search(line):
         return [line]
     if line.lstrip().startswith("#"):  # textwrap counts characters: leave room for the wide ones
+        line = _shell_line(line)
         room = max(20, width - (_columns(line) - len(line)))
         return textwrap.wrap(line, room, subsequent_indent="#   ", break_on_hyphens=False)
     try:
         words = shlex.split(line)
     except ValueError:  # not shell words (an odd old record): cut as text
-        wrapped = textwrap.wrap(line, width - 2, subsequent_indent="    ", break_on_hyphens=False)
+        wrapped = textwrap.wrap(_shell_line(line), width - 2, subsequent_indent="    ", break_on_hyphens=False)
         return [text + " \\" for text in wrapped[:-1]] + wrapped[-1:]
     lines, current = [], ""
     for word in words:
@@ -1390,6 +1424,7 @@ class PdfLayout:
     extra_pages: float  # pages the extras take, the last one counted by the fraction used
     scale: float  # the figure scale that made it fit
     dropped_figures: int = 0
+    commands_left_out: bool = False  # the replication's commands, too long for the pages (HTML and Markdown keep them)
 
 
 def _pixels(path: Path) -> tuple[int, int]:
@@ -1605,9 +1640,9 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
                 story.append(Paragraph(markup(block.text), style))
             elif isinstance(block, Bullets):
                 story += [Paragraph(markup(item), styles["bullet"], bulletText="•") for item in block.items]
-            elif isinstance(block, Code):  # in the PDF, only the replication's shell commands
+            elif isinstance(block, Shell):  # in the PDF, Code is only in Details, which it leaves out
                 chars = int((width - 8) / (0.6 * styles["code"].fontSize))
-                lines = [wrapped for line in block.text.splitlines() for wrapped in _shell_lines(line, chars)]
+                lines = [wrapped for line in block.lines for wrapped in _shell_lines(line, chars)]
                 story.append(XPreformatted(_pdf_escape("\n".join(lines)), styles["code"]))
             elif isinstance(block, Table):
                 story += table(block, width, nested)
@@ -1655,19 +1690,36 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
     return buffer.getvalue(), PdfLayout(pages, main_page, round(extra_pages, 2), min(main_scale, extra_scale), drop)
 
 
+def _without_commands(doc: Document) -> Document:
+    """`doc` with the replication's commands replaced by a pointer to the files that hold them: for
+    paths so long (hundreds of characters, each written several times) that the commands would take
+    a page of their own."""
+    pointer = Para("The commands that replicate this run are in report.md and report.html beside this PDF: they "
+                   f"do not fit within its {MAIN_PAGES} pages.")
+    return Document(doc.title, [pointer if isinstance(block, Shell) else block for block in doc.main], doc.extras)
+
+
+def _fit_main(doc: Document) -> tuple[Document, PdfLayout, float] | None:
+    """`doc`, the layout of its main part and the largest figure scale at which that part fits its
+    pages; None if none does."""
+    for scale in _FIGURE_SCALES:
+        _, layout = render_pdf(Document(doc.title, doc.main), scale, draft=True)
+        if layout.main_pages <= MAIN_PAGES:
+            return doc, layout, scale
+    return None
+
+
 def layout_pdf(doc: Document) -> tuple[bytes, PdfLayout]:
     """The PDF within the page limits: figures shrink step by step (main part first, then extras);
-    if the extras still overflow at the smallest size, figures of the extra folders are left out of
-    the PDF (they stay in HTML and Markdown), as few as will do, and the rest are shown at
-    `_DROP_SCALE`. Raises if nothing fits."""
-    main_only = Document(doc.title, doc.main)
-    for main_scale in _FIGURE_SCALES:
-        _, layout = render_pdf(main_only, main_scale, draft=True)
-        if layout.main_pages <= MAIN_PAGES:
-            break
-    else:
-        raise FerkitError(f"the main part of the report needs {layout.main_pages} pages even with figures at "
-                          f"{_FIGURE_SCALES[-1]:.0%} of their size: the limit is {MAIN_PAGES}")
+    if the main part still overflows at the smallest size, the replication's commands are left to
+    HTML and Markdown; if the extras do, figures of the extra folders are left out of the PDF (they
+    stay in HTML and Markdown), as few as will do, and the rest are shown at `_DROP_SCALE`. Raises
+    if nothing fits."""
+    fitted = _fit_main(doc) or _fit_main(_without_commands(doc))
+    if fitted is None:
+        raise FerkitError(f"the main part of the report needs more than {MAIN_PAGES} pages, even with figures at "
+                          f"{_FIGURE_SCALES[-1]:.0%} of their size and without the replication's commands")
+    doc, layout, main_scale = fitted
     if not doc.extras:
         return _final(doc, layout, main_scale)
 
@@ -1696,6 +1748,7 @@ def layout_pdf(doc: Document) -> tuple[bytes, PdfLayout]:
 def _final(doc: Document, chosen: PdfLayout, main_scale: float, extra_scale: float = 1.0) -> tuple[bytes, PdfLayout]:
     """Render with the images the layout the drafts chose, and check that it came out the same."""
     pdf, layout = render_pdf(doc, main_scale, extra_scale, chosen.dropped_figures)
+    layout.commands_left_out = not any(isinstance(block, Shell) for block in doc.main)
     if layout.main_pages > MAIN_PAGES or layout.extra_pages > EXTRA_PAGES:
         raise FerkitError(f"the report's PDF came out with a main part of {layout.main_pages} pages (limit "
                           f"{MAIN_PAGES}) and {layout.extra_pages:.2f} pages of extras (limit {EXTRA_PAGES})")
@@ -1753,7 +1806,7 @@ def render_html(doc: Document) -> str:
                 out.append(f"<p>{markup(block.text)}</p>")
             elif isinstance(block, Bullets):
                 out.append("<ul>" + "".join(f"<li>{markup(i)}</li>" for i in block.items) + "</ul>")
-            elif isinstance(block, Code):
+            elif isinstance(block, (Code, Shell)):
                 out.append(f"<pre>{html.escape(block.text)}</pre>")
             elif isinstance(block, Table):
                 caption = ""
@@ -1813,7 +1866,7 @@ def render_markdown(doc: Document) -> tuple[str, dict[str, Path]]:
                 out += [block.text, ""]
             elif isinstance(block, Bullets):
                 out += [f"- {item}" for item in block.items] + [""]
-            elif isinstance(block, Code):
+            elif isinstance(block, (Code, Shell)):
                 out += ["```", block.text, "```", ""]
             elif isinstance(block, Table):
                 if block.caption:
@@ -1895,4 +1948,5 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
     return {"pdf": str(target / "report.pdf"), "html": str(target / "report.html"), "md": str(target / "report.md"),
             "pages": layout.pages, "main_pages": layout.main_pages, "extra_pages": layout.extra_pages,
             "figure_scale": layout.scale, "dropped_figures": layout.dropped_figures,
+            "commands_left_out": layout.commands_left_out,
             "accuracy": run.metrics["accuracy"], "macro_f1": run.metrics["macro_f1"], "evaluation": run.preferred}
