@@ -1352,18 +1352,23 @@ def _shell_word(word: str) -> str:
     return "$'" + re.sub(r"[\\']|" + _CONTROL.pattern, lambda m: _ansi_c(m[0]), word) + "'"
 
 
+def _spelled(text: str) -> str:
+    """`text` with each control character spelled out as in bash's $'...' form (`\\n`), for text that is
+    not shell words: a comment, an old record."""
+    return _CONTROL.sub(lambda m: _ansi_c(m[0]), text)
+
+
 def _shell_line(line: str) -> str:
     """A line of shell without control characters, so that it stays one line that shows in every
-    format: a command's words that hold them in $'...' form, a comment's spelled out (`\\n`)."""
+    format: a command's words that hold them in $'...' form, a comment's spelled out."""
     if not _CONTROL.search(line):
         return line
-    spelled = _CONTROL.sub(lambda m: _ansi_c(m[0]), line)
     if line.lstrip().startswith("#"):
-        return spelled
+        return _spelled(line)
     try:
         return " ".join(map(_shell_word, shlex.split(line)))
     except ValueError:  # not shell words (an old record joined by spaces): shown as recorded
-        return spelled
+        return _spelled(line)
 
 
 def _shell_lines(line: str, width: int) -> list[str]:
@@ -1375,13 +1380,13 @@ def _shell_lines(line: str, width: int) -> list[str]:
     if _columns(line) <= width and not _CONTROL.search(line):
         return [line]
     if line.lstrip().startswith("#"):  # textwrap counts characters: leave room for the wide ones
-        line = _shell_line(line)
+        line = _spelled(line)
         room = max(20, width - (_columns(line) - len(line)))
         return textwrap.wrap(line, room, subsequent_indent="#   ", break_on_hyphens=False)
     try:
         words = shlex.split(line)
     except ValueError:  # not shell words (an odd old record): cut as text
-        wrapped = textwrap.wrap(_shell_line(line), width - 2, subsequent_indent="    ", break_on_hyphens=False)
+        wrapped = textwrap.wrap(_spelled(line), width - 2, subsequent_indent="    ", break_on_hyphens=False)
         return [text + " \\" for text in wrapped[:-1]] + wrapped[-1:]
     lines, current = [], ""
     for word in words:
