@@ -3,6 +3,7 @@ test_predict.py's end-to-end test runs the real stages)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -112,6 +113,9 @@ def test_a_study_sized_by_fit_minutes_resumes_with_the_same_command(tiny_csv, tm
     ftrain.train(tiny_csv, run, cfg, progress=False)
     assert config.load(run / "config.yaml").fit_minutes == 0
     pipeline._require_same_config(run, cfg, "--set")  # the same settings: no complaint
+    # cut short by fit_minutes' guard: config.yaml holds the cut too, which the command did not ask for
+    config.save(dataclasses.replace(config.load(run / "config.yaml"), epochs=2, shortened=(1, 3)), run / "config.yaml")
+    pipeline._require_same_config(run, cfg, "--set")
     with pytest.raises(config.FerkitError, match="fit_minutes 600.0 \\(now 5.0\\)"):
         pipeline._require_same_config(run, config.resolve(overrides={"widths": "8,16", "epochs": 3, "train_limit": 64,
                                                                      "fit_minutes": 5}), "--set")

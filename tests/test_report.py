@@ -7,6 +7,7 @@ reads what it wrote. The PDF is read back with pypdf to count its pages.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -1103,3 +1104,15 @@ def test_the_training_section_says_how_fit_minutes_sized_the_run(world, tmp_path
     text = " ".join(b.text for b in freport._training_section(freport.read_run(run_path))
                     if isinstance(b, freport.Para))
     assert "11 of the 16 asked for, by the first epoch's 110.4 s;" in text
+    # fit_minutes' guard cut it short: the paragraph says when and why, the schedule how the rate came down
+    info["fit_minutes"].update(epochs=9, shortened=[{"after_epoch": 4, "from_epochs": 11, "epochs": 9,
+                                                     "pace_seconds": 131.5, "spent_seconds": 520.0}])
+    (run_path / "run.json").write_text(json.dumps(info))
+    saved = configs.load(run_path / "config.yaml")
+    configs.save(dataclasses.replace(saved, epochs=9, shortened=(4, 11)), run_path / "config.yaml")
+    text = " ".join(b.text for b in freport._training_section(freport.read_run(run_path))
+                    if isinstance(b, freport.Para))
+    assert ("9 of the 16 asked for, by the first epoch's 110.4 s; after epoch 4 (8.7 minutes, 131.5 s an epoch) the "
+            "run was behind time and cut from 11 to 9 epochs;") in text
+    assert ("cosine decay to 0 at epoch 11; the run fell behind its minutes and was cut short after epoch 4: from "
+            "there a cosine decay of the rate it had reached, to 0 at epoch 9") in text

@@ -1420,6 +1420,84 @@ def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_pat
     assert info["epochs_run"] == 2 and "first_epoch_seconds" not in info["fit_minutes"]
 
 
+def test_a_run_cut_short_decays_its_learning_rate_from_where_it_was():
+    """shortened=(after, planned): the planned rates up to the cut, then a cosine from the rate reached to 0."""
+    steps = 10
+    for schedule in ("cosine", "onecycle"):
+        planned = tiny_config(epochs=8, schedule=schedule)
+        cut = tiny_config(epochs=5, schedule=schedule, shortened="3,8")
+        rates = [train.learning_rate(cut, s, 5 * steps, steps) for s in range(5 * steps)]
+        assert rates[:30] == [train.learning_rate(planned, s, 8 * steps, steps) for s in range(30)]
+        assert rates[30] == train.learning_rate(planned, 30, 8 * steps, steps)  # no jump at the cut
+        assert all(a > b for a, b in zip(rates[30:], rates[31:])) and rates[-1] < 0.01 * rates[30]
+    with pytest.raises(FerkitError, match="'shortened': 5,8 should be empty or two epochs"):
+        tiny_config(epochs=5, shortened="5,8")
+    with pytest.raises(FerkitError, match="'shortened': 3 should be"):
+        tiny_config(epochs=5, shortened="3")
+
+
+def test_fit_minutes_guard_keeps_the_epochs_that_still_fit():
+    """At the slower of the mean and the latest epoch: a run whose epochs slow from 81 to 90 s (as one did on a
+    shared 2-core machine) keeps 13 of its 14 planned epochs in 20 minutes; a steady one keeps all 14."""
+    assert train.epochs_within_budget(20, [81.4, 87.0, 90.0], 14, least=4) == (13, 90.0)
+    assert train.epochs_within_budget(20, [83.1, 84.0], 14, least=3) == (14, 84.0)
+    assert train.epochs_within_budget(20, [1300.0], 14, least=2) == (2, 1300.0)  # one more epoch, to decay
+
+
+def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_it(tiny_csv, tmp_path, monkeypatch):
+    """Planned for 4 epochs, a run that falls behind its minutes after its first epoch ends after its second:
+    one-cycle, whose rates depend on the epochs, records the cut in config.yaml, which repeats the run; a cosine
+    run still in its warmup changes its epochs outright and is the very run of 3 epochs."""
+    monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: 4)
+    cfg = dict(epochs=6, train_limit=96, fit_minutes=0.0001)  # 6 ms: every epoch is behind time
+    info = train.train(tiny_csv, tmp_path / "onecycle", tiny_config(**cfg, schedule="onecycle"), progress=False)
+    assert info["epochs_run"] == 2 and info["fit_minutes"]["epochs"] == 2
+    assert [(c["after_epoch"], c["from_epochs"], c["epochs"]) for c in info["fit_minutes"]["shortened"]] == [(1, 4, 2)]
+    saved = config.load(tmp_path / "onecycle" / "config.yaml")
+    assert (saved.epochs, saved.shortened, saved.fit_minutes) == (2, (1, 4), 0)
+    history = train.read_history(tmp_path / "onecycle" / "history.csv")
+    steps = train.steps_per_epoch(96, saved.batch_size)  # the rate comes down to 0 at the new end, not the planned
+    assert history[-1]["lr"] == train.learning_rate(saved, 2 * steps - 1, 2 * steps, steps)
+    assert history[-1]["lr"] < 0.5 * train.learning_rate(tiny_config(**{**cfg, "epochs": 4}, schedule="onecycle"),
+                                                         2 * steps - 1, 4 * steps, steps)
+    train.train(tiny_csv, tmp_path / "again", saved, progress=False)
+    cut = torch.load(tmp_path / "onecycle" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    again = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(cut[k], again[k]) for k in cut)
+
+    info = train.train(tiny_csv, tmp_path / "warmup", tiny_config(**cfg, warmup_epochs=2), progress=False)
+    assert info["epochs_run"] == 3 and info["fit_minutes"]["shortened"][0]["after_epoch"] == 2
+    saved = config.load(tmp_path / "warmup" / "config.yaml")
+    assert (saved.epochs, saved.shortened) == (3, ())
+    train.train(tiny_csv, tmp_path / "plain", tiny_config(epochs=3, train_limit=96, warmup_epochs=2), progress=False)
+    warmup = torch.load(tmp_path / "warmup" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    plain = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(warmup[k], plain[k]) for k in warmup)
+
+
+def test_a_resumed_run_keeps_to_its_minutes(tiny_csv, tmp_path, monkeypatch):
+    """The guard goes on after a resume, from run.json's minutes: a run killed after its first epoch, on a
+    machine where it is behind time, is cut after its second."""
+    monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: 5)
+    real_budget = train.epochs_within_budget
+    monkeypatch.setattr(train, "epochs_within_budget", lambda minutes, seconds, planned, least: (planned, 1.0))
+    real_write = train.write_history
+
+    def interrupt(path, history):
+        real_write(path, history)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_history", interrupt)
+    cfg = tiny_config(epochs=6, train_limit=96, fit_minutes=0.0001, schedule="onecycle")
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_csv, tmp_path / "run", cfg, progress=False)
+    monkeypatch.setattr(train, "write_history", real_write)
+    monkeypatch.setattr(train, "epochs_within_budget", real_budget)
+    info = train.train(tiny_csv, tmp_path / "run", resume=True, progress=False)
+    assert info["epochs_run"] == 3 and info["fit_minutes"]["shortened"][0]["after_epoch"] == 2
+    assert config.load(tmp_path / "run" / "config.yaml").shortened == (2, 5)
+
+
 def test_fit_epochs_scales_with_the_time_of_a_step():
     """The epochs that fit are the minutes over the timed seconds of an epoch: steps and validation."""
     model = get_model("cnn", widths=[4, 8])

@@ -40,6 +40,10 @@ class TrainConfig:
     # that epoch is warmup alone (cosine); config.yaml saves the epochs chosen (and 0 here), so that the saved
     # config repeats the run exactly, as the command cannot on a machine of another speed
     fit_minutes: float = 0.0
+    # fit_minutes' guard: (epoch, epochs) when a run planned for `epochs` epochs fell behind its minutes and was
+    # cut short after `epoch`: from there its learning rate decayed from where it was to 0 at the new `epochs`.
+    # Written by the run into config.yaml, so that the saved config repeats it exactly; () otherwise
+    shortened: tuple[int, ...] = ()
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
     lr: float = 0.05  # peak learning rate
@@ -125,6 +129,7 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     **dict.fromkeys(("epochs", "batch_size", "eval_batch_size", "depth", "patience"), _AT_LEAST_1),
     **dict.fromkeys(("widths", "hidden"), (lambda v: v >= 1, "must hold integers of at least 1")),
     "snapshot_minutes": (lambda v: v >= 0, "must hold minutes that are not negative"),
+    "shortened": (lambda v: v >= 1, "must hold epochs of at least 1"),
     **dict.fromkeys(("train_limit", "val_limit"), (lambda v: v >= 0, "must not be negative (0 = all)")),
     "threads": (lambda v: v >= 0, "must not be negative (0 = torch's choice)"),
     **dict.fromkeys(("dropout", "label_smoothing", "momentum", "max_scale", "ema"), _FRACTION),
@@ -244,6 +249,10 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     if resolved["model"] == "mlp" and resolved["batch_norm"] and resolved["batch_size"] < 2:
         raise FerkitError(f"{where('batch_size')}config key 'batch_size': the mlp's batch norm needs batches of at "
                           "least 2 faces; raise it, or set batch_norm=false")
+    if resolved["shortened"] and (len(resolved["shortened"]) != 2 or resolved["shortened"][0] >= resolved["epochs"]):
+        raise FerkitError(f"{where('shortened')}config key 'shortened': {','.join(map(str, resolved['shortened']))} "
+                          f"should be empty or two epochs, the one after which a run was cut short (below epochs, "
+                          f"now {resolved['epochs']}) and the epochs it was planned for; fit_minutes writes it")
     if not resolved["widths"]:
         raise FerkitError(f"config key 'widths' is empty: give the channels of each stage (the default is "
                           f"{_shown_default('widths')})")

@@ -38,7 +38,7 @@ def _require_same_config(run: Path, cfg: configs.TrainConfig, option: str) -> No
     saved, wanted = configs.load(saved_path).to_dict(), cfg.to_dict()
     fitted = read_json(run / "run.json").get("fit_minutes") if (run / "run.json").exists() else None
     if fitted:  # config.yaml holds the epochs that fit the minutes: compare what the study asked for
-        saved.update(epochs=fitted["epochs_asked"], fit_minutes=fitted["minutes"])
+        saved.update(epochs=fitted["epochs_asked"], fit_minutes=fitted["minutes"], shortened=[])
     changed = [f"{key} {saved[key]} (now {wanted[key]})" for key in saved
                if saved[key] != wanted[key] and key not in _PLACE_KEYS]
     if changed:

@@ -539,14 +539,20 @@ def _schedule_text(cfg: dict[str, Any]) -> str:
 
     lr, epochs = cfg.get("lr"), cfg.get("epochs")
     schedule = cfg.get("schedule", "cosine")
+    if schedule == "constant":
+        return f"constant learning rate {lr:g}"
+    cut = ""
+    if shortened := cfg.get("shortened"):  # fit_minutes' guard cut the run short: the plan, then the cut
+        after, planned = shortened
+        cut = (f"; the run fell behind its minutes and was cut short after epoch {after}: from there a cosine "
+               f"decay of the rate it had reached, to 0 at epoch {epochs}")
+        epochs = planned
     if schedule == "onecycle":
         return f"one-cycle: from {ONECYCLE_START:.0%} of the peak learning rate {lr:g} up to the peak at " \
                f"{ONECYCLE_PEAK_AT:.0%} of the steps, then " \
-               f"cosine decay over the rest of {epochs} epochs"
-    if schedule == "constant":
-        return f"constant learning rate {lr:g}"
+               f"cosine decay over the rest of {epochs} epochs{cut}"
     return f"linear warm-up over {cfg.get('warmup_epochs', 0):g} epoch(s) to the peak learning rate {lr:g}, then " \
-           f"cosine decay to 0 at epoch {epochs}"
+           f"cosine decay to 0 at epoch {epochs}{cut}"
 
 
 def _hardware(run: Run) -> str:
@@ -589,9 +595,12 @@ def _training_section(run: Run) -> list[Any]:
     if fitted := info.get("fit_minutes"):
         timing = (f"by the first epoch's {fitted['first_epoch_seconds']:.1f} s" if "first_epoch_seconds" in fitted
                   else f"at about {fitted['epoch_seconds']:.1f} s an epoch, as timed at the start")
+        cuts = "".join(f"; after epoch {cut['after_epoch']} ({cut['spent_seconds'] / 60:.1f} minutes, "
+                       f"{cut['pace_seconds']:.1f} s an epoch) the run was behind time and cut from {cut['from_epochs']} "
+                       f"to {cut['epochs']} epochs" for cut in fitted.get("shortened", []))
         fit = (f" The epochs were sized to fit {fitted['minutes']:g} minutes (`fit_minutes`) on this machine: "
-               f"{fitted['epochs']} of the {fitted['epochs_asked']} asked for, {timing}; config.yaml holds the epochs "
-               "chosen.")
+               f"{fitted['epochs']} of the {fitted['epochs_asked']} asked for, {timing}{cuts}; config.yaml holds the "
+               "epochs chosen.")
     blocks: list[Any] = [
         Heading("3  Training"),
         Table(["key", "value"] * per_row, rows, "Every hyper-parameter: the run's config.yaml.",

@@ -212,6 +212,20 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    if cfg.shortened and cfg.schedule != "constant":
+        # cut short after epoch `after` of `planned`: the planned rates until then, and from the rate reached
+        # there a cosine decay to 0 at the end, so that the rate never jumps
+        after, planned = cfg.shortened
+        cut = after * steps_per_epoch
+        if step < cut:
+            return _planned_rate(cfg, step, planned * steps_per_epoch, steps_per_epoch)
+        progress = (step - cut) / max(1, total_steps - cut)
+        return _planned_rate(cfg, cut, planned * steps_per_epoch, steps_per_epoch) * \
+            0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return _planned_rate(cfg, step, total_steps, steps_per_epoch)
+
+
+def _planned_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "onecycle":
@@ -310,10 +324,23 @@ def epochs_that_fit(minutes: float, epoch_seconds: float, asked: int) -> int:
     return max(1, min(asked, int(minutes * 60 / epoch_seconds)))
 
 
-def first_epoch_is_warmup(cfg: TrainConfig, epoch_steps: int) -> bool:
-    """Whether the first epoch's learning rates are the same whatever the number of epochs: the cosine
-    schedule's warmup, of at least an epoch, or a constant rate (one-cycle's peak is a share of all the steps)."""
-    return cfg.schedule == "constant" or (cfg.schedule == "cosine" and int(cfg.warmup_epochs * epoch_steps) >= epoch_steps)
+def warmup_only(cfg: TrainConfig, epoch_steps: int, epochs: int = 1) -> bool:
+    """Whether the first `epochs` epochs' learning rates are the same whatever the number of epochs: the cosine
+    schedule's warmup, as long as they lie in it, or a constant rate (one-cycle's peak is a share of all the
+    steps). Such a run can change its epochs and still be the very run that had them from the start."""
+    return cfg.schedule == "constant" or (cfg.schedule == "cosine" and not cfg.shortened
+                                          and int(cfg.warmup_epochs * epoch_steps) >= epochs * epoch_steps)
+
+
+def epochs_within_budget(minutes: float, epoch_seconds: list[float], planned: int, least: int) -> tuple[int, float]:
+    """fit_minutes' guard, after the epochs that took `epoch_seconds`: how many of the `planned` epochs fit the
+    minutes when the rest go at the pace of the slower of the mean and the latest epoch (epochs on a shared
+    machine slow down by 5-10%, beyond what the first epoch shows), and at least `least`; and that pace."""
+    spent, done = sum(epoch_seconds), len(epoch_seconds)
+    pace = max(spent / done, epoch_seconds[-1])
+    if spent + (planned - done) * pace <= 60 * minutes:
+        return planned, pace
+    return max(least, min(planned, done + int((60 * minutes - spent) / pace))), pace
 
 
 def _note_long_warmup(cfg: TrainConfig) -> None:
@@ -438,7 +465,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
 
     val_images = dataset.images[val_idx]
     val_labels = dataset.labels[val_idx]
-    fitted = None
+    fitted = run_info.get("fit_minutes") if state is not None else None  # a resumed run keeps to its minutes
     if state is None and cfg.fit_minutes:
         fitted = fit_epochs(cfg.fit_minutes, model, cfg, x_train, y_train, val_images, val_labels, loss_weight)
         # config.yaml holds the epochs chosen, so that it repeats this run exactly on any machine
@@ -518,7 +545,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                               f"validation loss {row['val_loss']}; start again with a lower learning rate "
                               f"(now --set lr={cfg.lr}) {where}")
         history.append(row)
-        if fitted and epoch == 1 and first_epoch_is_warmup(cfg, epoch_steps):
+        if fitted and epoch == 1 and warmup_only(cfg, epoch_steps):
             # the first epoch's own time sizes the run again: exactly, as its warmup does not depend on the epochs
             fitted.update(first_epoch_seconds=round(seconds, 2), epochs_timed=fitted["epochs"],
                           epochs=epochs_that_fit(fitted["minutes"], seconds, fitted["epochs_asked"]))
@@ -534,6 +561,26 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                            f"{cfg.epochs} of {fitted['epochs_asked']} epochs fit")
                 if resized:
                     _note_long_warmup(cfg)
+        elif fitted and epoch < cfg.epochs and (not cfg.shortened or warmup_only(cfg, epoch_steps, epoch)):
+            kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], cfg.epochs,
+                                              least=epoch if cfg.schedule == "constant" else epoch + 1)
+            if kept < cfg.epochs:
+                # exact when the rates so far do not depend on the epochs; otherwise recorded, and cut once
+                exact = warmup_only(cfg, epoch_steps, epoch)
+                fitted.setdefault("shortened", []).append({
+                    "after_epoch": epoch, "from_epochs": cfg.epochs, "epochs": kept, "pace_seconds": round(pace, 2),
+                    "spent_seconds": round(sum(r["seconds"] for r in history), 1)})
+                fitted["epochs"] = kept
+                if progress:
+                    tqdm.write(f"fit_minutes {fitted['minutes']:g}: behind time after epoch {epoch} "
+                               f"({fitted['shortened'][-1]['spent_seconds'] / 60:.1f} minutes, {pace:.1f} s an epoch), "
+                               f"so the run ends after epoch {kept} of {cfg.epochs}"
+                               + ("" if exact else ", its learning rate decaying from here"))
+                cfg = dataclasses.replace(cfg, epochs=kept, shortened=() if exact else (epoch, cfg.epochs))
+                total_steps = epoch_steps * cfg.epochs
+                bar.total = total_steps
+                configs.save(cfg, out / "config.yaml")  # before last.pt: a resume goes on with these epochs
+                write_json(out / "run.json", run_info)
         score = row[cfg.select_by]
         improved = score > best_score
         if improved:
