@@ -1115,4 +1115,4 @@ def test_the_training_section_says_how_fit_minutes_sized_the_run(world, tmp_path
     assert ("9 of the 16 asked for, by the first epoch's 110.4 s; after epoch 4 (8.7 minutes, 131.5 s an epoch) the "
             "run was behind time and cut from 11 to 9 epochs;") in text
     assert ("cosine decay to 0 at epoch 11; the run fell behind its minutes and was cut short after epoch 4: from "
-            "there a cosine decay of the rate it had reached, to 0 at epoch 9") in text
+            "there the rest of this schedule ran 1.40 times as fast, to end at epoch 9") in text

@@ -1420,16 +1420,24 @@ def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_pat
     assert info["epochs_run"] == 2 and "first_epoch_seconds" not in info["fit_minutes"]
 
 
-def test_a_run_cut_short_decays_its_learning_rate_from_where_it_was():
-    """shortened=(after, planned): the planned rates up to the cut, then a cosine from the rate reached to 0."""
+def test_a_run_cut_short_runs_the_rest_of_its_schedule_faster():
+    """shortened=(after, planned): the planned rates up to the cut, then the rest of the planned schedule,
+    run faster to end with the steps left: no jump, the same end, and a one-cycle run cut during its ramp
+    (which a cut during the ramp of a run sized to its minutes' edge is) still reaches its peak."""
     steps = 10
     for schedule in ("cosine", "onecycle"):
         planned = tiny_config(epochs=8, schedule=schedule)
         cut = tiny_config(epochs=5, schedule=schedule, shortened="3,8")
         rates = [train.learning_rate(cut, s, 5 * steps, steps) for s in range(5 * steps)]
-        assert rates[:30] == [train.learning_rate(planned, s, 8 * steps, steps) for s in range(30)]
-        assert rates[30] == train.learning_rate(planned, 30, 8 * steps, steps)  # no jump at the cut
+        assert rates[:31] == [train.learning_rate(planned, s, 8 * steps, steps) for s in range(31)]  # no jump
         assert all(a > b for a, b in zip(rates[30:], rates[31:])) and rates[-1] < 0.01 * rates[30]
+    # 15 epochs planned, cut after the first to 14: one-cycle's peak, at 30% of the steps, still comes
+    planned = tiny_config(epochs=15, schedule="onecycle")
+    cut = tiny_config(epochs=14, schedule="onecycle", shortened="1,15")
+    rates = [train.learning_rate(cut, s, 14 * steps, steps) for s in range(14 * steps)]
+    assert rates[:11] == [train.learning_rate(planned, s, 15 * steps, steps) for s in range(11)]
+    assert max(rates) == pytest.approx(cut.lr, rel=0.02) and 30 < rates.index(max(rates)) < 50
+    assert rates[-1] < 0.01 * cut.lr
     with pytest.raises(FerkitError, match="'shortened': 5,8 should be empty or two epochs"):
         tiny_config(epochs=5, shortened="5,8")
     with pytest.raises(FerkitError, match="'shortened': 3 should be"):

@@ -41,8 +41,8 @@ class TrainConfig:
     # config repeats the run exactly, as the command cannot on a machine of another speed
     fit_minutes: float = 0.0
     # fit_minutes' guard: (epoch, epochs) when a run planned for `epochs` epochs fell behind its minutes and was
-    # cut short after `epoch`: from there its learning rate decayed from where it was to 0 at the new `epochs`.
-    # Written by the run into config.yaml, so that the saved config repeats it exactly; () otherwise
+    # cut short after `epoch`: from there the rest of its learning-rate schedule ran faster, to end at the new
+    # `epochs`. Written by the run into config.yaml, so that the saved config repeats it exactly; () otherwise
     shortened: tuple[int, ...] = ()
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw

@@ -544,8 +544,8 @@ def _schedule_text(cfg: dict[str, Any]) -> str:
     cut = ""
     if shortened := cfg.get("shortened"):  # fit_minutes' guard cut the run short: the plan, then the cut
         after, planned = shortened
-        cut = (f"; the run fell behind its minutes and was cut short after epoch {after}: from there a cosine "
-               f"decay of the rate it had reached, to 0 at epoch {epochs}")
+        cut = (f"; the run fell behind its minutes and was cut short after epoch {after}: from there the rest of "
+               f"this schedule ran {(planned - after) / (epochs - after):.2f} times as fast, to end at epoch {epochs}")
         epochs = planned
     if schedule == "onecycle":
         return f"one-cycle: from {ONECYCLE_START:.0%} of the peak learning rate {lr:g} up to the peak at " \

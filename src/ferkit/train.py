@@ -212,20 +212,19 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    if cfg.shortened and cfg.schedule != "constant":
-        # cut short after epoch `after` of `planned`: the planned rates until then, and from the rate reached
-        # there a cosine decay to 0 at the end, so that the rate never jumps
+    if cfg.shortened:
+        # cut short after epoch `after` of `planned`: the planned rates until then, and from there the rest of the
+        # planned schedule run faster to end with the steps left, so that the rate never jumps and a one-cycle
+        # run cut during its ramp still reaches its peak
         after, planned = cfg.shortened
-        cut = after * steps_per_epoch
-        if step < cut:
-            return _planned_rate(cfg, step, planned * steps_per_epoch, steps_per_epoch)
-        progress = (step - cut) / max(1, total_steps - cut)
-        return _planned_rate(cfg, cut, planned * steps_per_epoch, steps_per_epoch) * \
-            0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        cut, planned_steps = after * steps_per_epoch, planned * steps_per_epoch
+        if step > cut:
+            step = cut + (step - cut) * (planned_steps - cut) / max(1, total_steps - cut)
+        total_steps = planned_steps
     return _planned_rate(cfg, step, total_steps, steps_per_epoch)
 
 
-def _planned_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+def _planned_rate(cfg: TrainConfig, step: float, total_steps: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "onecycle":
@@ -575,7 +574,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                     tqdm.write(f"fit_minutes {fitted['minutes']:g}: behind time after epoch {epoch} "
                                f"({fitted['shortened'][-1]['spent_seconds'] / 60:.1f} minutes, {pace:.1f} s an epoch), "
                                f"so the run ends after epoch {kept} of {cfg.epochs}"
-                               + ("" if exact else ", its learning rate decaying from here"))
+                               + ("" if exact else ", the rest of its learning-rate schedule run faster"))
                 cfg = dataclasses.replace(cfg, epochs=kept, shortened=() if exact else (epoch, cfg.epochs))
                 total_steps = epoch_steps * cfg.epochs
                 bar.total = total_steps
