@@ -1112,7 +1112,7 @@ def test_the_training_section_says_how_fit_minutes_sized_the_run(world, tmp_path
     configs.save(dataclasses.replace(saved, epochs=9, shortened=(4, 11)), run_path / "config.yaml")
     text = " ".join(b.text for b in freport._training_section(freport.read_run(run_path))
                     if isinstance(b, freport.Para))
-    assert ("9 of the 16 asked for, by the first epoch's 110.4 s; after epoch 4 (8.7 minutes, 131.5 s an epoch) the "
-            "run was behind time and cut from 11 to 9 epochs;") in text
+    assert ("11 of the 16 asked for, by the first epoch's 110.4 s; after epoch 4 (8.7 minutes, 131.5 s an epoch) "
+            "the run was behind time and cut from 11 to 9 epochs;") in text
     assert ("cosine decay to 0 at epoch 11; the run fell behind its minutes and was cut short after epoch 4: from "
             "there the rest of this schedule ran 1.40 times as fast, to end at epoch 9") in text

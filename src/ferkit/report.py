@@ -595,11 +595,13 @@ def _training_section(run: Run) -> list[Any]:
     if fitted := info.get("fit_minutes"):
         timing = (f"by the first epoch's {fitted['first_epoch_seconds']:.1f} s" if "first_epoch_seconds" in fitted
                   else f"at about {fitted['epoch_seconds']:.1f} s an epoch, as timed at the start")
+        shortened = fitted.get("shortened", [])
+        sized = shortened[0]["from_epochs"] if shortened else fitted["epochs"]  # before the guard's cuts
         cuts = "".join(f"; after epoch {cut['after_epoch']} ({cut['spent_seconds'] / 60:.1f} minutes, "
                        f"{cut['pace_seconds']:.1f} s an epoch) the run was behind time and cut from {cut['from_epochs']} "
-                       f"to {cut['epochs']} epochs" for cut in fitted.get("shortened", []))
+                       f"to {cut['epochs']} epochs" for cut in shortened)
         fit = (f" The epochs were sized to fit {fitted['minutes']:g} minutes (`fit_minutes`) on this machine: "
-               f"{fitted['epochs']} of the {fitted['epochs_asked']} asked for, {timing}{cuts}; config.yaml holds the "
+               f"{sized} of the {fitted['epochs_asked']} asked for, {timing}{cuts}; config.yaml holds the "
                "epochs chosen.")
     blocks: list[Any] = [
         Heading("3  Training"),
