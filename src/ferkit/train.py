@@ -560,15 +560,14 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                            f"{cfg.epochs} of {fitted['epochs_asked']} epochs fit")
                 if resized:
                     _note_long_warmup(cfg)
-        elif fitted and epoch < cfg.epochs and (not cfg.shortened or warmup_only(cfg, epoch_steps, epoch)):
+        # a cut is exact when the rates so far do not depend on the epochs; otherwise recorded, and made once
+        elif fitted and epoch < cfg.epochs and ((exact := warmup_only(cfg, epoch_steps, epoch)) or not cfg.shortened):
             kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], cfg.epochs,
                                               least=epoch if cfg.schedule == "constant" else epoch + 1)
             if kept < cfg.epochs:
-                # exact when the rates so far do not depend on the epochs; otherwise recorded, and cut once
-                exact = warmup_only(cfg, epoch_steps, epoch)
                 fitted.setdefault("shortened", []).append({
                     "after_epoch": epoch, "from_epochs": cfg.epochs, "epochs": kept, "pace_seconds": round(pace, 2),
-                    "spent_seconds": round(sum(r["seconds"] for r in history), 1)})
+                    "spent_seconds": round(train_seconds, 1)})
                 fitted["epochs"] = kept
                 if progress:
                     tqdm.write(f"fit_minutes {fitted['minutes']:g}: behind time after epoch {epoch} "
