@@ -1116,3 +1116,16 @@ def test_the_training_section_says_how_fit_minutes_sized_the_run(world, tmp_path
             "the run was behind time and cut from 11 to 9 epochs;") in text
     assert ("cosine decay to 0 at epoch 11; the run fell behind its minutes and was cut short after epoch 4: from "
             "there the rest of this schedule ran 1.40 times as fast, to end at epoch 9") in text
+    # caught up after epoch 5, it took back one epoch: both changes, in both places
+    info["fit_minutes"]["shortened"].append({"after_epoch": 5, "from_epochs": 9, "epochs": 10, "pace_seconds": 96.0,
+                                             "spent_seconds": 616.0})
+    info["fit_minutes"]["epochs"] = 10
+    (run_path / "run.json").write_text(json.dumps(info))
+    configs.save(dataclasses.replace(saved, epochs=10, shortened=(4, 11, 5, 9)), run_path / "config.yaml")
+    text = " ".join(b.text for b in freport._training_section(freport.read_run(run_path))
+                    if isinstance(b, freport.Para))
+    assert ("cut from 11 to 9 epochs; after epoch 5 (10.3 minutes, 96.0 s an epoch) the run was back on time and "
+            "lengthened from 9 to 10 epochs;") in text
+    assert ("cosine decay to 0 at epoch 11; to keep to its minutes the run changed its epochs after epoch 4 to 9, "
+            "after epoch 5 to 10: from each change the rest of this schedule was spread over the epochs then left") \
+        in text

@@ -1438,10 +1438,29 @@ def test_a_run_cut_short_runs_the_rest_of_its_schedule_faster():
     assert rates[:11] == [train.learning_rate(planned, s, 15 * steps, steps) for s in range(11)]
     assert max(rates) == pytest.approx(cut.lr, rel=0.02) and 30 < rates.index(max(rates)) < 50
     assert rates[-1] < 0.01 * cut.lr
-    with pytest.raises(FerkitError, match="'shortened': 5,8 should be empty or two epochs"):
+    with pytest.raises(FerkitError, match="'shortened': 5,8 should be empty or pairs of epochs"):
         tiny_config(epochs=5, shortened="5,8")
-    with pytest.raises(FerkitError, match="'shortened': 3 should be"):
-        tiny_config(epochs=5, shortened="3")
+    for malformed in ("3", "3,8,2,5", "3,8,6,6", "3,8,4,9,7,5"):  # odd, out of order, at an end, past the end
+        with pytest.raises(FerkitError, match=f"'shortened': {malformed} should be"):
+            tiny_config(epochs=6, shortened=malformed)
+
+
+def test_a_run_whose_epochs_change_twice_spreads_the_rest_of_its_schedule_each_time():
+    """shortened=(after, planned, after, planned): cut from 14 to 9 epochs after epoch 6, lengthened to 11 after
+    epoch 7 (the measured run below): the rates of the single cut until the second change, then the rest of the
+    first plan spread over the steps left, without a jump, never rising, and down to the same end."""
+    steps = 10
+    once = tiny_config(epochs=9, shortened="6,14")
+    twice = tiny_config(epochs=11, shortened="6,14,7,9")
+    rates = [train.learning_rate(twice, s, 11 * steps, steps) for s in range(11 * steps)]
+    assert rates[:71] == [train.learning_rate(once, s, 9 * steps, steps) for s in range(71)]
+    decay = rates[steps:]  # after the one-epoch warmup
+    assert all(a >= b for a, b in zip(decay, decay[1:])) and rates[-1] < 0.01 * rates[0]
+    jumps = [a - b for a, b in zip(decay, decay[1:])]
+    assert max(jumps[60:]) < 1.01 * max(jumps[:60]) + 1e-12  # no step at either change bigger than cosine's steepest
+    # lengthened, the decay slows: the rates after epoch 7 stay above the once-cut run's
+    assert all(a > b for a, b in zip(rates[71:90], [train.learning_rate(once, s, 9 * steps, steps)
+                                                    for s in range(71, 90)]))
 
 
 def test_fit_minutes_guard_keeps_the_epochs_that_still_fit():
@@ -1450,6 +1469,11 @@ def test_fit_minutes_guard_keeps_the_epochs_that_still_fit():
     assert train.epochs_within_budget(20, [81.4, 87.0, 90.0], 14, least=4) == (13, 90.0)
     assert train.epochs_within_budget(20, [83.1, 84.0], 14, least=3) == (14, 84.0)
     assert train.epochs_within_budget(20, [1300.0], 14, least=2) == (2, 1300.0)  # one more epoch, to decay
+    # the measured run of a machine busy for 4 minutes: epoch 6 took 190 s, epoch 7 112 s, then 80 again; asked
+    # for the 14 the run was sized to, the guard cuts to 9, then takes back 2 and 1 as the pace recovers
+    busy = [82.0, 78.3, 75.3, 79.3, 78.3, 189.9]
+    assert [train.epochs_within_budget(20, busy + after, 14, least=len(busy + after) + 1)[0]
+            for after in ([], [111.8], [111.8, 79.7], [111.8, 79.7, 83.6])] == [9, 11, 12, 12]
 
 
 def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_it(tiny_csv, tmp_path, monkeypatch):
@@ -1481,6 +1505,36 @@ def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_i
     warmup = torch.load(tmp_path / "warmup" / "checkpoints" / "last.pt", weights_only=True)["model"]
     plain = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(warmup[k], plain[k]) for k in warmup)
+
+
+def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_config_repeats_it(tiny_csv, tmp_path,
+                                                                                             monkeypatch):
+    """A run sized to 6 epochs that falls behind after its first (cut to 3) and catches up after its second
+    (back to 5, never asked for more than the 6 it was sized to) trains 5 epochs; config.yaml records both
+    changes and repeats the run tensor for tensor."""
+    monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: 6)
+    verdicts, asked = iter([3, 5, 5, 5]), []
+
+    def budget(minutes, seconds, planned, least):
+        asked.append(planned)
+        return next(verdicts), 1.0
+
+    monkeypatch.setattr(train, "epochs_within_budget", budget)
+    cfg = tiny_config(epochs=8, train_limit=96, fit_minutes=1, schedule="onecycle")
+    info = train.train(tiny_csv, tmp_path / "run", cfg, progress=False)
+    assert info["epochs_run"] == 5 and asked == [6, 6, 6, 6]
+    assert [(c["after_epoch"], c["from_epochs"], c["epochs"]) for c in info["fit_minutes"]["shortened"]] == \
+        [(1, 6, 3), (2, 3, 5)]
+    saved = config.load(tmp_path / "run" / "config.yaml")
+    assert (saved.epochs, saved.shortened, saved.fit_minutes) == (5, (1, 6, 2, 3), 0)
+    history = train.read_history(tmp_path / "run" / "history.csv")
+    steps = train.steps_per_epoch(96, saved.batch_size)
+    assert [row["lr"] for row in history] == [train.learning_rate(saved, (e + 1) * steps - 1, 5 * steps, steps)
+                                              for e in range(5)]
+    train.train(tiny_csv, tmp_path / "again", saved, progress=False)
+    run = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    again = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(run[k], again[k]) for k in run)
 
 
 def test_a_resumed_run_keeps_to_its_minutes(tiny_csv, tmp_path, monkeypatch):

@@ -40,9 +40,10 @@ class TrainConfig:
     # that epoch is warmup alone (cosine); config.yaml saves the epochs chosen (and 0 here), so that the saved
     # config repeats the run exactly, as the command cannot on a machine of another speed
     fit_minutes: float = 0.0
-    # fit_minutes' guard: (epoch, epochs) when a run planned for `epochs` epochs fell behind its minutes and was
-    # cut short after `epoch`: from there the rest of its learning-rate schedule ran faster, to end at the new
-    # `epochs`. Written by the run into config.yaml, so that the saved config repeats it exactly; () otherwise
+    # fit_minutes' guard: (epoch, epochs) for each time a run planned for `epochs` epochs changed them after
+    # `epoch` to keep to its minutes (fewer when it fell behind, more again when it caught up, never more than
+    # the first `epochs`): from there the rest of its first learning-rate schedule was spread over the epochs then
+    # left. Written by the run into config.yaml, so that the saved config repeats it exactly; () otherwise
     shortened: tuple[int, ...] = ()
     batch_size: int = 128
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
@@ -249,10 +250,11 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     if resolved["model"] == "mlp" and resolved["batch_norm"] and resolved["batch_size"] < 2:
         raise FerkitError(f"{where('batch_size')}config key 'batch_size': the mlp's batch norm needs batches of at "
                           "least 2 faces; raise it, or set batch_norm=false")
-    if resolved["shortened"] and (len(resolved["shortened"]) != 2 or resolved["shortened"][0] >= resolved["epochs"]):
-        raise FerkitError(f"{where('shortened')}config key 'shortened': {','.join(map(str, resolved['shortened']))} "
-                          f"should be empty or two epochs, the one after which a run was cut short (below epochs, "
-                          f"now {resolved['epochs']}) and the epochs it was planned for; fit_minutes writes it")
+    if (changes := resolved["shortened"]) and not _valid_changes(changes, resolved["epochs"]):
+        raise FerkitError(f"{where('shortened')}config key 'shortened': {','.join(map(str, changes))} should be empty "
+                          f"or pairs of epochs, in order: the epoch after which a run's epochs changed and the epochs "
+                          f"planned until then, each such epoch later than the one before and below the epochs planned "
+                          f"before and after it (epochs now {resolved['epochs']}); fit_minutes writes it")
     if not resolved["widths"]:
         raise FerkitError(f"config key 'widths' is empty: give the channels of each stage (the default is "
                           f"{_shown_default('widths')})")
@@ -311,6 +313,14 @@ def auto_profile() -> str:
 def residual_depth_message(depth: int) -> str:
     return (f"a residual stage has an odd depth (one conv that sets the width, then pairs of convs around a "
             f"shortcut), not {depth}; use {depth - 1} or {depth + 1} (the gpu profile uses 5)")
+
+
+def _valid_changes(changes: tuple[int, ...], epochs: int) -> bool:
+    """Whether `shortened`'s (epoch, planned) pairs can be a run's: each change after a later epoch than the last,
+    and before the end planned before it and the one after it (the next pair's planned, or `epochs`)."""
+    afters, plans = changes[::2], changes[1::2]
+    return (len(changes) % 2 == 0 and all(a < b for a, b in zip(afters, afters[1:]))
+            and all(after < min(before, then) for after, before, then in zip(afters, plans, (*plans[1:], epochs))))
 
 
 def _shown_default(key: str) -> str:

@@ -542,11 +542,17 @@ def _schedule_text(cfg: dict[str, Any]) -> str:
     if schedule == "constant":
         return f"constant learning rate {lr:g}"
     cut = ""
-    if shortened := cfg.get("shortened"):  # fit_minutes' guard cut the run short: the plan, then the cut
-        after, planned = shortened
-        cut = (f"; the run fell behind its minutes and was cut short after epoch {after}: from there the rest of "
-               f"this schedule ran {(planned - after) / (epochs - after):.2f} times as fast, to end at epoch {epochs}")
-        epochs = planned
+    if shortened := cfg.get("shortened"):  # fit_minutes' guard changed the epochs: the first plan, then the changes
+        afters, plans = shortened[::2], shortened[1::2]
+        if len(shortened) == 2 and epochs < plans[0]:
+            cut = (f"; the run fell behind its minutes and was cut short after epoch {afters[0]}: from there the rest "
+                   f"of this schedule ran {(plans[0] - afters[0]) / (epochs - afters[0]):.2f} times as fast, to end "
+                   f"at epoch {epochs}")
+        else:
+            changes = ", ".join(f"after epoch {after} to {then}" for after, then in zip(afters, (*plans[1:], epochs)))
+            cut = (f"; to keep to its minutes the run changed its epochs {changes}: from each change the rest of this "
+                   f"schedule was spread over the epochs then left")
+        epochs = plans[0]
     if schedule == "onecycle":
         return f"one-cycle: from {ONECYCLE_START:.0%} of the peak learning rate {lr:g} up to the peak at " \
                f"{ONECYCLE_PEAK_AT:.0%} of the steps, then " \
@@ -598,8 +604,9 @@ def _training_section(run: Run) -> list[Any]:
         shortened = fitted.get("shortened", [])
         sized = shortened[0]["from_epochs"] if shortened else fitted["epochs"]  # before the guard's cuts
         cuts = "".join(f"; after epoch {cut['after_epoch']} ({cut['spent_seconds'] / 60:.1f} minutes, "
-                       f"{cut['pace_seconds']:.1f} s an epoch) the run was behind time and cut from {cut['from_epochs']} "
-                       f"to {cut['epochs']} epochs" for cut in shortened)
+                       f"{cut['pace_seconds']:.1f} s an epoch) the run was "
+                       + ("behind time and cut" if cut["epochs"] < cut["from_epochs"] else "back on time and lengthened")
+                       + f" from {cut['from_epochs']} to {cut['epochs']} epochs" for cut in shortened)
         fit = (f" The epochs were sized to fit {fitted['minutes']:g} minutes (`fit_minutes`) on this machine: "
                f"{sized} of the {fitted['epochs_asked']} asked for, {timing}{cuts}; config.yaml holds the "
                "epochs chosen.")

@@ -213,13 +213,20 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     if cfg.shortened:
-        # cut short after epoch `after` of `planned`: the planned rates until then, and from there the rest of the
-        # planned schedule run faster to end with the steps left, so that the rate never jumps and a one-cycle
-        # run cut during its ramp still reaches its peak
-        after, planned = cfg.shortened
-        cut, planned_steps = after * steps_per_epoch, planned * steps_per_epoch
-        if step > cut:
-            step = cut + (step - cut) * (planned_steps - cut) / max(1, total_steps - cut)
+        # fit_minutes' guard changed the epochs after epoch `after` of the `planned` then in force, once or more:
+        # from each change the rest of the first plan's schedule is spread over the steps then left, so that the
+        # rate never jumps and a one-cycle run cut during its ramp still reaches its peak
+        afters, plans = cfg.shortened[::2], cfg.shortened[1::2]
+        planned_steps = plans[0] * steps_per_epoch
+        ends = [epochs * steps_per_epoch for epochs in plans[1:]] + [total_steps]  # after each change, until the next
+        position, since, until = 0.0, 0, planned_steps  # where the schedule stood at step `since`, the plan's end
+        for after, end in zip(afters, ends):
+            cut = after * steps_per_epoch
+            if step <= cut:
+                break
+            position += (cut - since) * (planned_steps - position) / max(1, until - since)
+            since, until = cut, end
+        step = position + (step - since) * (planned_steps - position) / max(1, until - since)
         total_steps = planned_steps
     return _planned_rate(cfg, step, total_steps, steps_per_epoch)
 
@@ -560,21 +567,25 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                            f"{cfg.epochs} of {fitted['epochs_asked']} epochs fit")
                 if resized:
                     _note_long_warmup(cfg)
-        # a cut is exact when the rates so far do not depend on the epochs; otherwise recorded, and made once
-        elif fitted and epoch < cfg.epochs and ((exact := warmup_only(cfg, epoch_steps, epoch)) or not cfg.shortened):
-            kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], cfg.epochs,
+        # the guard follows the pace after every epoch, both ways but never past the epochs sized: a change is exact
+        # when the rates so far do not depend on the epochs, and otherwise recorded, so the saved config repeats it
+        elif fitted and epoch < cfg.epochs:
+            sized = fitted["shortened"][0]["from_epochs"] if fitted.get("shortened") else cfg.epochs
+            kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], sized,
                                               least=epoch if cfg.schedule == "constant" else epoch + 1)
-            if kept < cfg.epochs:
+            if kept != cfg.epochs:
+                exact = warmup_only(cfg, epoch_steps, epoch)
                 fitted.setdefault("shortened", []).append({
                     "after_epoch": epoch, "from_epochs": cfg.epochs, "epochs": kept, "pace_seconds": round(pace, 2),
                     "spent_seconds": round(train_seconds, 1)})
                 fitted["epochs"] = kept
                 if progress:
-                    tqdm.write(f"fit_minutes {fitted['minutes']:g}: behind time after epoch {epoch} "
-                               f"({fitted['shortened'][-1]['spent_seconds'] / 60:.1f} minutes, {pace:.1f} s an epoch), "
-                               f"so the run ends after epoch {kept} of {cfg.epochs}"
-                               + ("" if exact else ", the rest of its learning-rate schedule run faster"))
-                cfg = dataclasses.replace(cfg, epochs=kept, shortened=() if exact else (epoch, cfg.epochs))
+                    how = ("behind time", "ends after") if kept < cfg.epochs else ("back on time", "goes on to")
+                    tqdm.write(f"fit_minutes {fitted['minutes']:g}: {how[0]} after epoch {epoch} "
+                               f"({train_seconds / 60:.1f} minutes, {pace:.1f} s an epoch), so the run {how[1]} "
+                               f"epoch {kept} instead of {cfg.epochs}"
+                               + ("" if exact else ", the rest of its learning-rate schedule spread over them"))
+                cfg = dataclasses.replace(cfg, epochs=kept, shortened=() if exact else (*cfg.shortened, epoch, cfg.epochs))
                 total_steps = epoch_steps * cfg.epochs
                 bar.total = total_steps
                 configs.save(cfg, out / "config.yaml")  # before last.pt: a resume goes on with these epochs
