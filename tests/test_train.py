@@ -1469,11 +1469,19 @@ def test_fit_minutes_guard_keeps_the_epochs_that_still_fit():
     assert train.epochs_within_budget(20, [81.4, 87.0, 90.0], 14, least=4) == (13, 90.0)
     assert train.epochs_within_budget(20, [83.1, 84.0], 14, least=3) == (14, 84.0)
     assert train.epochs_within_budget(20, [1300.0], 14, least=2) == (2, 1300.0)  # one more epoch, to decay
-    # the measured run of a machine busy for 4 minutes: epoch 6 took 190 s, epoch 7 112 s, then 80 again; asked
-    # for the 14 the run was sized to, the guard cuts to 9, then takes back 2 and 1 as the pace recovers
-    busy = [82.0, 78.3, 75.3, 79.3, 78.3, 189.9]
-    assert [train.epochs_within_budget(20, busy + after, 14, least=len(busy + after) + 1)[0]
-            for after in ([], [111.8], [111.8, 79.7], [111.8, 79.7, 83.6])] == [9, 11, 12, 12]
+    # the measured run of a machine busy for 4 minutes: epoch 6 took 190 s, epoch 7 112 s, then 80 again; sized
+    # to 14, the guard cuts to 9, then takes back 2 and 1 as the pace recovers
+    busy, planned, kept = [82.0, 78.3, 75.3, 79.3, 78.3, 189.9], 14, []
+    for after in ([], [111.8], [111.8, 79.7], [111.8, 79.7, 83.6]):
+        planned, _ = train.epochs_within_budget(20, busy + after, planned, least=len(busy + after) + 1, sized=14)
+        kept.append(planned)
+    assert kept == [9, 11, 12, 12]
+    # at its budget's edge (14 epochs of about 86 s are 20.1 minutes), a run cut to 13 keeps 13: after epoch 2,
+    # 14 fit at the pace, but not at a pace 5% slower, so the run does not swing between 13 and 14
+    edge = [87.2, 83.2]
+    assert train.epochs_within_budget(20, edge, 14, least=3)[0] == 14
+    assert train.epochs_within_budget(20, edge, 13, least=3, sized=14)[0] == 13
+    assert train.epochs_within_budget(20, edge, 12, least=3, sized=14)[0] == 13
 
 
 def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_it(tiny_csv, tmp_path, monkeypatch):
@@ -1510,19 +1518,19 @@ def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_i
 def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_config_repeats_it(tiny_csv, tmp_path,
                                                                                              monkeypatch):
     """A run sized to 6 epochs that falls behind after its first (cut to 3) and catches up after its second
-    (back to 5, never asked for more than the 6 it was sized to) trains 5 epochs; config.yaml records both
-    changes and repeats the run tensor for tensor."""
+    (back to 5) trains 5 epochs; the guard is asked each time with the epochs then planned and the 6 it was sized
+    to, its ceiling; config.yaml records both changes and repeats the run tensor for tensor."""
     monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: 6)
     verdicts, asked = iter([3, 5, 5, 5]), []
 
-    def budget(minutes, seconds, planned, least):
-        asked.append(planned)
+    def budget(minutes, seconds, planned, least, sized):
+        asked.append((planned, sized))
         return next(verdicts), 1.0
 
     monkeypatch.setattr(train, "epochs_within_budget", budget)
     cfg = tiny_config(epochs=8, train_limit=96, fit_minutes=1, schedule="onecycle")
     info = train.train(tiny_csv, tmp_path / "run", cfg, progress=False)
-    assert info["epochs_run"] == 5 and asked == [6, 6, 6, 6]
+    assert info["epochs_run"] == 5 and asked == [(6, 6), (3, 6), (5, 6), (5, 6)]
     assert [(c["after_epoch"], c["from_epochs"], c["epochs"]) for c in info["fit_minutes"]["shortened"]] == \
         [(1, 6, 3), (2, 3, 5)]
     saved = config.load(tmp_path / "run" / "config.yaml")
@@ -1542,7 +1550,7 @@ def test_a_resumed_run_keeps_to_its_minutes(tiny_csv, tmp_path, monkeypatch):
     machine where it is behind time, is cut after its second."""
     monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: 5)
     real_budget = train.epochs_within_budget
-    monkeypatch.setattr(train, "epochs_within_budget", lambda minutes, seconds, planned, least: (planned, 1.0))
+    monkeypatch.setattr(train, "epochs_within_budget", lambda minutes, seconds, planned, least, sized: (planned, 1.0))
     real_write = train.write_history
 
     def interrupt(path, history):

@@ -203,6 +203,7 @@ ONECYCLE_PEAK_AT = 0.3  # one-cycle: the fraction of the steps at which the lear
 ONECYCLE_START = 0.04  # one-cycle: the first step's learning rate, as a fraction of the peak
 EMA_RAMP = 10  # the weight average's decay starts at 1/EMA_RAMP and rises towards cfg.ema
 FIT_WARMUP_STEPS = 3  # fit_minutes: steps not timed, as the first ones build kernels (oneDNN, cuDNN's benchmark)
+FIT_TAKE_BACK_MARGIN = 0.05  # fit_minutes' guard: epochs come back only if they fit at a pace this much slower
 
 
 def steps_per_epoch(images: int, batch_size: int) -> int:
@@ -338,15 +339,22 @@ def warmup_only(cfg: TrainConfig, epoch_steps: int, epochs: int = 1) -> bool:
                                           and int(cfg.warmup_epochs * epoch_steps) >= epochs * epoch_steps)
 
 
-def epochs_within_budget(minutes: float, epoch_seconds: list[float], planned: int, least: int) -> tuple[int, float]:
-    """fit_minutes' guard, after the epochs that took `epoch_seconds`: how many of the `planned` epochs fit the
-    minutes when the rest go at the pace of the slower of the mean and the latest epoch (epochs on a shared
-    machine slow down by 5-10%, beyond what the first epoch shows), and at least `least`; and that pace."""
+def epochs_within_budget(minutes: float, epoch_seconds: list[float], planned: int, least: int,
+                         sized: int | None = None) -> tuple[int, float]:
+    """fit_minutes' guard, after the epochs that took `epoch_seconds`: how many epochs fit the minutes when the
+    rest go at the pace of the slower of the mean and the latest epoch (epochs on a shared machine slow down by
+    5-10%, beyond what the first epoch shows); and that pace. Fewer than the `planned` ones when those no longer
+    fit, but at least `least`; more, up to `sized`, only when they fit even at a pace FIT_TAKE_BACK_MARGIN
+    slower, so that a run at its budget's edge does not swing between two lengths."""
     spent, done = sum(epoch_seconds), len(epoch_seconds)
     pace = max(spent / done, epoch_seconds[-1])
-    if spent + (planned - done) * pace <= 60 * minutes:
-        return planned, pace
-    return max(least, min(planned, done + int((60 * minutes - spent) / pace))), pace
+
+    def fit(seconds: float) -> int:
+        return done + int((60 * minutes - spent) / seconds)
+
+    if fit(pace) < planned:
+        return max(least, fit(pace)), pace
+    return max(planned, min(sized or planned, fit(pace * (1 + FIT_TAKE_BACK_MARGIN)))), pace
 
 
 def _note_long_warmup(cfg: TrainConfig) -> None:
@@ -571,8 +579,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         # when the rates so far do not depend on the epochs, and otherwise recorded, so the saved config repeats it
         elif fitted and epoch < cfg.epochs:
             sized = fitted["shortened"][0]["from_epochs"] if fitted.get("shortened") else cfg.epochs
-            kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], sized,
-                                              least=epoch if cfg.schedule == "constant" else epoch + 1)
+            kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], cfg.epochs,
+                                              least=epoch if cfg.schedule == "constant" else epoch + 1, sized=sized)
             if kept != cfg.epochs:
                 exact = warmup_only(cfg, epoch_steps, epoch)
                 fitted.setdefault("shortened", []).append({
