@@ -17,14 +17,14 @@ import argparse
 from pathlib import Path
 
 from ferkit.fileio import read_json
-from ferkit.train import epochs_within_budget, read_history
+from ferkit.train import epochs_within_budget, read_history, sized_epochs
 
 
 def replay(run: Path) -> dict:
     """The guard's decisions over the run's recorded epoch times: the epochs after each, and the outcome."""
     fitted = read_json(run / "run.json")["fit_minutes"]
     changes = fitted.get("shortened", [])
-    sized = changes[0]["from_epochs"] if changes else fitted["epochs"]
+    sized = sized_epochs(fitted)
     seconds = [row["seconds"] for row in read_history(run / "history.csv")]
     planned, decisions, epoch = sized, [], 0
     while epoch < min(planned, len(seconds)):

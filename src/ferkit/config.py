@@ -315,12 +315,19 @@ def residual_depth_message(depth: int) -> str:
             f"shortcut), not {depth}; use {depth - 1} or {depth + 1} (the gpu profile uses 5)")
 
 
+def epoch_changes(shortened: tuple[int, ...], epochs: int) -> list[tuple[int, int, int]]:
+    """`shortened` read as fit_minutes' changes: for each, the epoch after which, the epochs planned until then,
+    and the epochs planned from then (the next pair's, or the run's `epochs` for the last)."""
+    plans = shortened[1::2]
+    return list(zip(shortened[::2], plans, (*plans[1:], epochs)))
+
+
 def _valid_changes(changes: tuple[int, ...], epochs: int) -> bool:
     """Whether `shortened`'s (epoch, planned) pairs can be a run's: each change after a later epoch than the last,
-    and before the end planned before it and the one after it (the next pair's planned, or `epochs`)."""
-    afters, plans = changes[::2], changes[1::2]
-    return (len(changes) % 2 == 0 and all(a < b for a, b in zip(afters, afters[1:]))
-            and all(after < min(before, then) for after, before, then in zip(afters, plans, (*plans[1:], epochs))))
+    and before the end planned before it and the one after it."""
+    read = epoch_changes(changes, epochs)
+    return (len(changes) % 2 == 0 and all(a[0] < b[0] for a, b in zip(read, read[1:]))
+            and all(after < min(before, then) for after, before, then in read))
 
 
 def _shown_default(key: str) -> str:

@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import yaml
 
+from ferkit.config import epoch_changes
 from ferkit.data import EMOTIONS, same_data
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_path, output_folder, read_json, require_run_folder, write_text
@@ -543,16 +544,17 @@ def _schedule_text(cfg: dict[str, Any]) -> str:
         return f"constant learning rate {lr:g}"
     cut = ""
     if shortened := cfg.get("shortened"):  # fit_minutes' guard changed the epochs: the first plan, then the changes
-        afters, plans = shortened[::2], shortened[1::2]
-        if len(shortened) == 2 and epochs < plans[0]:
-            cut = (f"; the run fell behind its minutes and was cut short after epoch {afters[0]}: from there the rest "
-                   f"of this schedule ran {(plans[0] - afters[0]) / (epochs - afters[0]):.2f} times as fast, to end "
+        changes = epoch_changes(tuple(shortened), epochs)
+        first, planned, _ = changes[0]
+        if len(changes) == 1 and epochs < planned:
+            cut = (f"; the run fell behind its minutes and was cut short after epoch {first}: from there the rest "
+                   f"of this schedule ran {(planned - first) / (epochs - first):.2f} times as fast, to end "
                    f"at epoch {epochs}")
         else:
-            changes = ", ".join(f"after epoch {after} to {then}" for after, then in zip(afters, (*plans[1:], epochs)))
-            cut = (f"; to keep to its minutes the run changed its epochs {changes}: from each change the rest of this "
+            listed = ", ".join(f"after epoch {after} to {then}" for after, _, then in changes)
+            cut = (f"; to keep to its minutes the run changed its epochs {listed}: from each change the rest of this "
                    f"schedule was spread over the epochs then left")
-        epochs = plans[0]
+        epochs = planned
     if schedule == "onecycle":
         return f"one-cycle: from {ONECYCLE_START:.0%} of the peak learning rate {lr:g} up to the peak at " \
                f"{ONECYCLE_PEAK_AT:.0%} of the steps, then " \
@@ -573,7 +575,7 @@ def _hardware(run: Run) -> str:
 
 
 def _training_section(run: Run) -> list[Any]:
-    from ferkit.train import EMA_RAMP, steps_per_epoch
+    from ferkit.train import EMA_RAMP, sized_epochs, steps_per_epoch
 
     cfg, info, history = run.config, run.info, run.history
     items = [(k, _value(v)) for k, v in cfg.items()]
@@ -601,15 +603,13 @@ def _training_section(run: Run) -> list[Any]:
     if fitted := info.get("fit_minutes"):
         timing = (f"by the first epoch's {fitted['first_epoch_seconds']:.1f} s" if "first_epoch_seconds" in fitted
                   else f"at about {fitted['epoch_seconds']:.1f} s an epoch, as timed at the start")
-        shortened = fitted.get("shortened", [])
-        sized = shortened[0]["from_epochs"] if shortened else fitted["epochs"]  # before the guard's cuts
         cuts = "".join(f"; after epoch {cut['after_epoch']} ({cut['spent_seconds'] / 60:.1f} minutes, "
                        f"{cut['pace_seconds']:.1f} s an epoch) the run was "
                        + ("behind time and cut" if cut["epochs"] < cut["from_epochs"] else "back on time and lengthened")
-                       + f" from {cut['from_epochs']} to {cut['epochs']} epochs" for cut in shortened)
+                       + f" from {cut['from_epochs']} to {cut['epochs']} epochs" for cut in fitted.get("shortened", []))
         fit = (f" The epochs were sized to fit {fitted['minutes']:g} minutes (`fit_minutes`) on this machine: "
-               f"{sized} of the {fitted['epochs_asked']} asked for, {timing}{cuts}; config.yaml holds the "
-               "epochs chosen.")
+               f"{sized_epochs(fitted)} of the {fitted['epochs_asked']} asked for, {timing}{cuts}; config.yaml holds "
+               "the epochs chosen.")
     blocks: list[Any] = [
         Heading("3  Training"),
         Table(["key", "value"] * per_row, rows, "Every hyper-parameter: the run's config.yaml.",

@@ -217,16 +217,15 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
         # fit_minutes' guard changed the epochs after epoch `after` of the `planned` then in force, once or more:
         # from each change the rest of the first plan's schedule is spread over the steps then left, so that the
         # rate never jumps and a one-cycle run cut during its ramp still reaches its peak
-        afters, plans = cfg.shortened[::2], cfg.shortened[1::2]
-        planned_steps = plans[0] * steps_per_epoch
-        ends = [epochs * steps_per_epoch for epochs in plans[1:]] + [total_steps]  # after each change, until the next
+        changes = configs.epoch_changes(cfg.shortened, cfg.epochs)
+        planned_steps = changes[0][1] * steps_per_epoch
         position, since, until = 0.0, 0, planned_steps  # where the schedule stood at step `since`, the plan's end
-        for after, end in zip(afters, ends):
+        for after, _, then in changes:
             cut = after * steps_per_epoch
             if step <= cut:
                 break
             position += (cut - since) * (planned_steps - position) / max(1, until - since)
-            since, until = cut, end
+            since, until = cut, then * steps_per_epoch
         step = position + (step - since) * (planned_steps - position) / max(1, until - since)
         total_steps = planned_steps
     return _planned_rate(cfg, step, total_steps, steps_per_epoch)
@@ -355,6 +354,12 @@ def epochs_within_budget(minutes: float, epoch_seconds: list[float], planned: in
     if fit(pace) < planned:
         return max(least, fit(pace)), pace
     return max(planned, min(sized or planned, fit(pace * (1 + FIT_TAKE_BACK_MARGIN)))), pace
+
+
+def sized_epochs(fitted: dict[str, Any]) -> int:
+    """The epochs fit_minutes sized a run to (run.json's `fit_minutes`), before its guard changed them."""
+    changes = fitted.get("shortened")
+    return changes[0]["from_epochs"] if changes else fitted["epochs"]
 
 
 def _note_long_warmup(cfg: TrainConfig) -> None:
@@ -578,9 +583,9 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         # the guard follows the pace after every epoch, both ways but never past the epochs sized: a change is exact
         # when the rates so far do not depend on the epochs, and otherwise recorded, so the saved config repeats it
         elif fitted and epoch < cfg.epochs:
-            sized = fitted["shortened"][0]["from_epochs"] if fitted.get("shortened") else cfg.epochs
             kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], cfg.epochs,
-                                              least=epoch if cfg.schedule == "constant" else epoch + 1, sized=sized)
+                                              least=epoch if cfg.schedule == "constant" else epoch + 1,
+                                              sized=sized_epochs(fitted))
             if kept != cfg.epochs:
                 exact = warmup_only(cfg, epoch_steps, epoch)
                 fitted.setdefault("shortened", []).append({
