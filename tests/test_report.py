@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import shutil
@@ -1010,8 +1011,10 @@ def test_a_control_character_in_a_command_is_spelled_out():
     words = ["printf", "%s|", "a\tb", "it's\x01", "\x85", "new\nline"]
     line = freport._shell_line(shlex.join(words))
     assert "$'a\\tb'" in line and "$'new\\nline'" in line and not freport._CONTROL.search(line)
-    printed = subprocess.run(["bash", "-c", line], capture_output=True, check=True).stdout
-    assert printed.decode() == "".join(word + "|" for word in words[2:])
+    for locale in ("C.UTF-8", "C"):  # `\\u0085` stayed as typed in the C locale: the bytes are spelled out
+        printed = subprocess.run(["bash", "-c", line], capture_output=True, check=True,
+                                 env={**os.environ, "LC_ALL": locale}).stdout
+        assert printed.decode() == "".join(word + "|" for word in words[2:])
     assert freport._shell_lines(shlex.join(words), 200) == [line]  # the PDF's line
     assert freport._shell_line("# into runs/a\nb: ferkit") == "# into runs/a\\nb: ferkit"
     assert freport._shell_line("ferkit run plain") == "ferkit run plain"
@@ -1043,6 +1046,35 @@ def test_chinese_japanese_and_korean_paths_are_set_in_cjk_fonts(world, tmp_path)
     assert str(run) in text and text.count("the cnn run 한국어 실행") >= 1 + len(reader.pages)  # title and footers
     fonts = {font["/BaseFont"] for page in reader.pages for font in page["/Resources"]["/Font"].values()}
     assert {"/STSong-Light", "/HeiseiMin-W3", "/HYSMyeongJo-Medium"} <= fonts
+
+
+def test_characters_the_pdf_fonts_lack_are_spelled_out_and_its_commands_still_run(world, tmp_path):
+    """DejaVu has no Devanagari and no 👍, and its monospace face no Hebrew: a path holding them was
+    empty boxes in the PDF, and a command copied from it named another folder. Now the PDF spells them
+    out, the commands in bash's $'...' form (UTF-8 bytes, so in any locale), the text as code points;
+    report.md keeps them as they are."""
+    import io
+    import subprocess
+
+    run = tmp_path / "प्रयोग 👍" / "שלום"
+    shutil.copytree(world["cnn"], run)
+    freport.build_report(run, tmp_path / "report")
+    assert f"the cnn run {run.name}" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    reader = pypdf.PdfReader(io.BytesIO((tmp_path / "report" / "report.pdf").read_bytes()))
+    text = "".join(page.extract_text() for page in reader.pages)
+    assert "\\U0001f44d/\\u05e9\\u05dc\\u05d5\\u05dd" in text.replace("\n", "")  # a path in the text, set in monospace
+    assert freport._pdf_escape("שלום") == "שלום" and freport._pdf_escape("<👍>") == "&lt;\\U0001f44d&gt;"
+    assert freport._pdf_escape("𝙰", mono=True) == "𝙰"  # the monospace face's own letters stay
+    lines = text.replace("\xa0", " ").splitlines()
+    start = lines.index("ferkit report \\")
+    command = [lines[start]]
+    while command[-1].endswith("\\"):
+        command.append(lines[start + len(command)])
+    assert "\\xe0\\xa4" in command[1] and "\\xf0\\x9f\\x91\\x8d" in "".join(command)
+    script = "\n".join(command).replace("ferkit report", "printf '%s\\n'", 1)
+    printed = subprocess.run(["bash", "-c", script], capture_output=True, check=True,
+                             env={**os.environ, "LC_ALL": "C"}).stdout.decode()
+    assert str(run) in printed.splitlines()
 
 
 def test_wrapped_commands_count_wide_characters_twice():

@@ -9,7 +9,8 @@
   shown at 80% (they stay in the HTML and Markdown). If nothing fits, `build_report` raises rather
   than write a longer report. Text beyond cp1252 (a path with Ł, Greek or Cyrillic) switches the
   PDF to DejaVu (shipped with matplotlib), embedded; Chinese, Japanese and Korean go in Adobe's CJK
-  fonts, which PDF readers supply; emoji still show as empty boxes.
+  fonts, which PDF readers supply; what no font has (Devanagari, Thai, most emoji) is spelled out,
+  in commands as bash's $'...' form (UTF-8 bytes), which gives the same words, in text as code points.
 - ``report.html``: one self-contained file, images embedded as base64 data URIs.
 - ``report.md``: readable on a code-hosting site, its figures copied into ``figures/`` beside it.
 
@@ -24,6 +25,7 @@ Example: ``ferkit report runs/cnn --mlp runs/mlp --features runs/cnn/features --
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -1328,7 +1330,7 @@ def _inline(text: str, escape: Callable[[str], str], bold: Callable[[str], str],
         pieces = _HELD.split(part)  # plain text at even places, mark numbers at odd ones
         for i in range(1, len(pieces), 2):
             is_code, literal = kept[int(pieces[i])]
-            pieces[i] = code(escape(literal)) if is_code else escape(literal)
+            pieces[i] = code(literal) if is_code else escape(literal)  # `code` escapes: the PDF's in its face
         pieces[::2] = [escape(piece) for piece in pieces[::2]]
         return "".join(pieces)
 
@@ -1358,22 +1360,37 @@ _ANSI_C = {"\\": "\\\\", "'": "\\'", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def _ansi_c(char: str) -> str:
-    """`char` as bash's $'...' form writes it."""
-    return _ANSI_C.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x80 else f"\\u{ord(char):04x}")
+    """`char` as bash's $'...' form writes it: by name, else as its UTF-8 bytes (`\\xe0\\xa4\\x95`), which give
+    the same word in any locale and in bash 3.2 (macOS), where `\\u0915` stays as typed."""
+    return _ANSI_C.get(char) or "".join(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape"))
 
 
-def _shell_word(word: str) -> str:
-    """`word` quoted for the shell: as shlex.quote does, or, when it holds control characters, in bash's
-    $'...' form, which spells each one out (`$'a\\tb'`) so that it shows and copies as the same word."""
-    if not _CONTROL.search(word):
+def _code_point(char: str) -> str:
+    """`char` spelled out for reading (`\\n`, `\\x01`, `\\u0915`, `\\U0001f44d`), where it is not run as shell."""
+    code = ord(char)
+    return _ANSI_C.get(char) or (f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000
+                                 else f"\\U{code:08x}")
+
+
+def _seen(char: str, pdf: bool) -> bool:
+    """Whether `char` shows as itself in a line of shell: not a control character, and in the PDF one its
+    monospace face has a glyph for."""
+    return not _CONTROL.match(char) and (not pdf or _shows(char, mono=True))
+
+
+def _shell_word(word: str, pdf: bool = False) -> str:
+    """`word` quoted for the shell: as shlex.quote does, or, when it holds characters that would not show
+    (control characters; in the PDF also those its fonts lack), in bash's $'...' form, which spells each
+    one out (`$'a\\tb'`) so that it shows and copies as the same word."""
+    if all(_seen(char, pdf) for char in word):
         return shlex.quote(word)
-    return "$'" + re.sub(r"[\\']|" + _CONTROL.pattern, lambda m: _ansi_c(m[0]), word) + "'"
+    return "$'" + "".join(_ansi_c(char) if char in "\\'" or not _seen(char, pdf) else char for char in word) + "'"
 
 
-def _spelled(text: str) -> str:
-    """`text` with each control character spelled out as in bash's $'...' form (`\\n`), for text that is
-    not shell words: a comment, an old record."""
-    return _CONTROL.sub(lambda m: _ansi_c(m[0]), text)
+def _spelled(text: str, pdf: bool = False) -> str:
+    """`text` with each character that would not show (as for `_shell_word`) spelled out as a code point,
+    for text that is not shell words: a comment, an old record."""
+    return "".join(char if _seen(char, pdf) else _code_point(char) for char in text)
 
 
 def _shell_line(line: str) -> str:
@@ -1394,21 +1411,22 @@ def _shell_lines(line: str, width: int) -> list[str]:
     falls between words and ends its line with ` \\`; a word too long for a line (a deep path) is cut
     into quoted pieces that the shell joins again (`'piece'\\` then the rest at column 0, since an
     indent would split the word); a comment goes on as comments. A break inside quotes would have
-    put the line break into the path."""
-    if _columns(line) <= width and not _CONTROL.search(line):
+    put the line break into the path. Characters the PDF would not show are spelled out as for
+    `_shell_word`."""
+    if _columns(line) <= width and all(_seen(char, pdf=True) for char in line):
         return [line]
     if line.lstrip().startswith("#"):  # textwrap counts characters: leave room for the wide ones
-        line = _spelled(line)
+        line = _spelled(line, pdf=True)
         room = max(20, width - (_columns(line) - len(line)))
         return textwrap.wrap(line, room, subsequent_indent="#   ", break_on_hyphens=False)
     try:
         words = shlex.split(line)
     except ValueError:  # not shell words (an odd old record): cut as text
-        wrapped = textwrap.wrap(_spelled(line), width - 2, subsequent_indent="    ", break_on_hyphens=False)
+        wrapped = textwrap.wrap(_spelled(line, pdf=True), width - 2, subsequent_indent="    ", break_on_hyphens=False)
         return [text + " \\" for text in wrapped[:-1]] + wrapped[-1:]
     lines, current = [], ""
     for word in words:
-        quoted = _shell_word(word)
+        quoted = _shell_word(word, pdf=True)
         if current and _columns(current) + 1 + _columns(quoted) <= width - 2:
             current += " " + quoted
             continue
@@ -1429,11 +1447,11 @@ def _quoted_pieces(word: str, first_room: int, room: int) -> list[str]:
     two or more, as `word` quoted needs more than `first_room`."""
     pieces, piece = [], ""
     for char in word:
-        if piece and _columns(_shell_word(piece + char)) > (room if pieces else first_room):
-            pieces.append(_shell_word(piece))
+        if piece and _columns(_shell_word(piece + char, pdf=True)) > (room if pieces else first_room):
+            pieces.append(_shell_word(piece, pdf=True))
             piece = ""
         piece += char
-    return pieces + [_shell_word(piece)]
+    return pieces + [_shell_word(piece, pdf=True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1473,25 +1491,48 @@ _UNICODE_FONTS = {"regular": "DejaVuSans", "bold": "DejaVuSans-Bold", "italic": 
 
 
 def _pdf_fonts(doc: Document) -> dict[str, str]:
-    """The standard fonts when they can show every character of `doc`, else DejaVu (which lacks CJK,
-    set apart by _pdf_escape, and emoji, which stay boxes)."""
+    """The standard fonts when they can show every character of `doc`, else DejaVu (which lacks CJK, set
+    apart by _pdf_escape, and Devanagari, Thai and most emoji, spelled out by it: see `_shows`)."""
     try:
         render_markdown(doc)[0].encode("cp1252")
         return _STANDARD_FONTS
     except UnicodeEncodeError:
         pass
-    import matplotlib
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.ttfonts import TTFont
 
-    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     for name in _UNICODE_FONTS.values():
         if name not in pdfmetrics.getRegisteredFontNames():
-            pdfmetrics.registerFont(TTFont(name, str(folder / f"{name}.ttf")))
+            pdfmetrics.registerFont(TTFont(name, str(_dejavu_file(name))))
     fonts = _UNICODE_FONTS
     pdfmetrics.registerFontFamily(fonts["regular"], normal=fonts["regular"], bold=fonts["bold"],
                                   italic=fonts["italic"], boldItalic=fonts["bold_italic"])
     return fonts
+
+
+def _dejavu_file(name: str) -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / f"{name}.ttf"
+
+
+@functools.cache
+def _glyphs(*names: str) -> frozenset[int]:
+    """The code points that every one of these DejaVu faces has a glyph for."""
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    return frozenset.intersection(*(frozenset(TTFont(name, str(_dejavu_file(name))).face.charToGlyph)
+                                    for name in names))
+
+
+def _shows(char: str, mono: bool = False) -> bool:
+    """Whether the PDF shows `char` (not a control character) as itself, set in its monospace face or in
+    the others: DejaVu has it (its faces cover the standard fonts' cp1252), or it is CJK, set in Adobe's
+    fonts. Otherwise it would be an empty box: Devanagari, Thai, most emoji; in monospace Hebrew too."""
+    if char.isascii() or _CJK.match(char):
+        return True
+    faces = [name for key, name in _UNICODE_FONTS.items() if (key == "mono") == mono]
+    return ord(char) in _glyphs(*faces)
 
 
 # Chinese, Japanese and Korean script: Adobe's CJK fonts, which PDF readers supply (nothing is embedded):
@@ -1502,14 +1543,17 @@ _KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 
 
-def _pdf_escape(text: str) -> str:
-    """Plain text as reportlab markup, each run of CJK characters set in a CJK font (DejaVu has none)."""
+def _pdf_escape(text: str, mono: bool = False) -> str:
+    """Plain text as reportlab markup, each run of CJK characters set in a CJK font (DejaVu has none) and
+    each character the PDF would not show (`_shows`) spelled out as its code point (`\\u0915`), which
+    report.html and report.md show as it is."""
     def font(match: re.Match) -> str:
         run = match.group(0)
         name = "HeiseiMin-W3" if _KANA.search(run) else "HYSMyeongJo-Medium" if _HANGUL.search(run) else "STSong-Light"
         _register_cid_font(name)
         return f'<font face="{name}">{run}</font>'
 
+    text = "".join(char if _CONTROL.match(char) or _shows(char, mono) else _code_point(char) for char in text)
     return _CJK.sub(font, html.escape(text, quote=False))
 
 
@@ -1553,7 +1597,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
 
     def markup(text: str) -> str:
         return _inline(text, _pdf_escape, lambda s: f"<b>{s}</b>",
-                       lambda s: f'<font face="{fonts["mono"]}">{s}</font>')
+                       lambda s: f'<font face="{fonts["mono"]}">{_pdf_escape(s, mono=True)}</font>')
 
     buffer = io.BytesIO()
     margin = 1.5 * cm
@@ -1666,7 +1710,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
             elif isinstance(block, Shell):  # in the PDF, Code is only in Details, which it leaves out
                 chars = int((width - 8) / (0.6 * styles["code"].fontSize))
                 lines = [wrapped for line in block.lines for wrapped in _shell_lines(line, chars)]
-                story.append(XPreformatted(_pdf_escape("\n".join(lines)), styles["code"]))
+                story.append(XPreformatted(_pdf_escape("\n".join(lines), mono=True), styles["code"]))
             elif isinstance(block, Table):
                 story += table(block, width, nested)
             elif isinstance(block, Figure):
@@ -1811,7 +1855,7 @@ def render_html(doc: Document) -> str:
 
     def markup(text: str) -> str:
         return _inline(text, lambda s: html.escape(s, quote=False), lambda s: f"<b>{s}</b>",
-                       lambda s: f"<code>{s}</code>")
+                       lambda s: f"<code>{html.escape(s, quote=False)}</code>")
 
     def figure(fig: Figure) -> str:
         counters["figure"] += 1
