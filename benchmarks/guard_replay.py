@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ferkit import config
 from ferkit.fileio import read_json
-from ferkit.train import epochs_within_budget, read_history, sized_epochs
+from ferkit.train import epochs_within_budget, guard_least, read_history, sized_epochs
 
 
 def replay(run: Path) -> dict:
@@ -25,12 +26,14 @@ def replay(run: Path) -> dict:
     fitted = read_json(run / "run.json")["fit_minutes"]
     changes = fitted.get("shortened", [])
     sized = sized_epochs(fitted)
+    schedule = config.load(run / "config.yaml").schedule
     seconds = [row["seconds"] for row in read_history(run / "history.csv")]
     planned, decisions, epoch = sized, [], 0
     while epoch < min(planned, len(seconds)):
         epoch += 1
         if epoch < planned:
-            kept, _ = epochs_within_budget(fitted["minutes"], seconds[:epoch], planned, least=epoch + 1, sized=sized)
+            kept, _ = epochs_within_budget(fitted["minutes"], seconds[:epoch], planned,
+                                           least=guard_least(schedule, epoch), sized=sized)
             if kept != planned:
                 decisions.append((epoch, planned, kept))
                 planned = kept

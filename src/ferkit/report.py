@@ -1517,22 +1517,20 @@ def _dejavu_file(name: str) -> Path:
 
 
 @functools.cache
-def _glyphs(*names: str) -> frozenset[int]:
-    """The code points that every one of these DejaVu faces has a glyph for."""
+def _glyphs(mono: bool) -> frozenset[int]:
+    """The code points that the PDF's DejaVu monospace face, or else every one of its other faces, has a glyph for."""
     from reportlab.pdfbase.ttfonts import TTFont
 
+    faces = [name for key, name in _UNICODE_FONTS.items() if (key == "mono") == mono]
     return frozenset.intersection(*(frozenset(TTFont(name, str(_dejavu_file(name))).face.charToGlyph)
-                                    for name in names))
+                                    for name in faces))
 
 
 def _shows(char: str, mono: bool = False) -> bool:
     """Whether the PDF shows `char` (not a control character) as itself, set in its monospace face or in
     the others: DejaVu has it (its faces cover the standard fonts' cp1252), or it is CJK, set in Adobe's
     fonts. Otherwise it would be an empty box: Devanagari, Thai, most emoji; in monospace Hebrew too."""
-    if char.isascii() or _CJK.match(char):
-        return True
-    faces = [name for key, name in _UNICODE_FONTS.items() if (key == "mono") == mono]
-    return ord(char) in _glyphs(*faces)
+    return char.isascii() or bool(_CJK.match(char)) or ord(char) in _glyphs(mono)
 
 
 # Chinese, Japanese and Korean script: Adobe's CJK fonts, which PDF readers supply (nothing is embedded):

@@ -356,6 +356,12 @@ def epochs_within_budget(minutes: float, epoch_seconds: list[float], planned: in
     return max(planned, min(sized or planned, fit(pace * (1 + FIT_TAKE_BACK_MARGIN)))), pace
 
 
+def guard_least(schedule: str, epoch: int) -> int:
+    """The fewest epochs fit_minutes' guard keeps after `epoch`: one more, in which a decaying schedule comes
+    down (a constant rate may stop at once)."""
+    return epoch if schedule == "constant" else epoch + 1
+
+
 def sized_epochs(fitted: dict[str, Any]) -> int:
     """The epochs fit_minutes sized a run to (run.json's `fit_minutes`), before its guard changed them."""
     changes = fitted.get("shortened")
@@ -584,7 +590,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         # when the rates so far do not depend on the epochs, and otherwise recorded, so the saved config repeats it
         elif fitted and epoch < cfg.epochs:
             kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], cfg.epochs,
-                                              least=epoch if cfg.schedule == "constant" else epoch + 1,
+                                              least=guard_least(cfg.schedule, epoch),
                                               sized=sized_epochs(fitted))
             if kept != cfg.epochs:
                 exact = warmup_only(cfg, epoch_steps, epoch)
