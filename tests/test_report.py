@@ -8,11 +8,13 @@ reads what it wrote. The PDF is read back with pypdf to count its pages.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -791,8 +793,6 @@ def test_replication_quotes_paths_that_need_it_and_retargets_a_quoted_out(tmp_pa
 def test_a_newline_in_a_path_leaves_every_replication_line_whole(tmp_path):
     """A newline in a folder name split a comment (its rest would run as a command) and a command's
     quoted path across lines; each line now holds it spelled out, and bash reads the same words."""
-    import subprocess
-
     run_path = tmp_path / "runs\nof mine" / "cnn"
     run_path.mkdir(parents=True)
     (run_path / "config.yaml").write_text("epochs: 2\n")
@@ -933,8 +933,6 @@ def test_figure_names_with_spaces_link_in_markdown():
 
 def test_a_path_beyond_latin_1_is_legible_in_the_pdf(world, tmp_path):
     """The standard PDF fonts encode cp1252 only: Ł and Cyrillic were black boxes. Then DejaVu is embedded."""
-    import io
-
     run = tmp_path / "Łukasz" / "данные"
     shutil.copytree(world["cnn"], run)
     freport.build_report(run, tmp_path / "report")
@@ -953,7 +951,6 @@ def test_a_path_with_backticks_and_asterisks_stays_one_literal_path(world, tmp_p
     """The report's text is Markdown-like: a backtick or ** in a folder's name ended its code span or
     turned bold. Now a path is fenced by backticks it does not hold, and a title's name is escaped."""
     import html as htmlmod
-    import io
 
     run = tmp_path / "a`b**c" / "x*y_"
     shutil.copytree(world["cnn"], run)
@@ -985,9 +982,6 @@ def test_inline_markup_quotes_any_text():
 def test_a_wrapped_command_runs_as_the_one_written(tmp_path, width):
     """The PDF wraps long commands; bash must read the wrapped lines as the same words, even where a
     path holds spaces or quotes or is longer than a line."""
-    import shlex
-    import subprocess
-
     words = ["ferkit", "train", "/Users/me/My Drive/FER data/icml_face_data.csv", "--out",
              "runs/it's a run/" + "deep/" * 20 + "cnn", "--set", "lr=0.1", "--config", "a b/config.yaml", "--tta",
              "--data", "tab\there/" + "and quote's/" * 6 + "x.csv"]
@@ -1005,9 +999,6 @@ def test_a_wrapped_command_runs_as_the_one_written(tmp_path, width):
 def test_a_control_character_in_a_command_is_spelled_out():
     """A tab in a path was printed as is, a box in the PDF, and a newline split the command in two;
     bash's $'...' form shows them and gives the same words. A comment spells them out."""
-    import shlex
-    import subprocess
-
     words = ["printf", "%s|", "a\tb", "it's\x01", "\x85", "new\nline"]
     line = freport._shell_line(shlex.join(words))
     assert "$'a\\tb'" in line and "$'new\\nline'" in line and not freport._CONTROL.search(line)
@@ -1036,8 +1027,6 @@ def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path)
 def test_chinese_japanese_and_korean_paths_are_set_in_cjk_fonts(world, tmp_path):
     """DejaVu has no CJK glyph: such paths were empty boxes. Now each run of CJK characters is set in
     one of Adobe's CJK fonts, which PDF readers supply."""
-    import io
-
     run = tmp_path / "张三的数据" / "データ" / "한국어 실행"
     shutil.copytree(world["cnn"], run)
     freport.build_report(run, tmp_path / "report")
@@ -1053,9 +1042,6 @@ def test_characters_the_pdf_fonts_lack_are_spelled_out_and_its_commands_still_ru
     empty boxes in the PDF, and a command copied from it named another folder. Now the PDF spells them
     out, the commands in bash's $'...' form (UTF-8 bytes, so in any locale), the text as code points;
     report.md keeps them as they are."""
-    import io
-    import subprocess
-
     run = tmp_path / "प्रयोग 👍" / "שלום"
     shutil.copytree(world["cnn"], run)
     freport.build_report(run, tmp_path / "report")
