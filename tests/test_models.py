@@ -47,4 +47,4 @@ def test_without_batch_norm_the_convs_start_at_he_init_and_the_face_reaches_the_
     assert float(logits.detach().std(0).mean()) > 0.02
     torch.nn.functional.cross_entropy(logits, torch.arange(32) % 7).backward()
     first = model.features[0].entry[0]
-    assert float(first.weight.grad.norm() / first.weight.norm()) > 0.01
+    assert float(first.weight.grad.norm() / first.weight.detach().norm()) > 0.01

@@ -47,6 +47,8 @@ def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLi
     example = torch.zeros(1, 1, 48, 48)
     try:
         with atomic_path(target) as tmp:
+            # dynamo=False: the TorchScript exporter (no longer the default since torch 2.9, still shipped), as the
+            # torch.export-based one would add the onnxscript package to the install
             torch.onnx.export(wrapped, (example,), str(tmp), input_names=["pixels"], output_names=["probabilities"],
                               dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
                               opset_version=opset, dynamo=False)
