@@ -1011,6 +1011,16 @@ def test_a_control_character_in_a_command_is_spelled_out():
     assert freport._shell_line("ferkit run plain") == "ferkit run plain"
 
 
+def test_a_spelled_comment_keeps_a_typed_backslash_apart_from_a_spelled_character():
+    """A folder named `a`, newline, `b` and one named `a\\nb` were both shown as `a\\nb` in a comment (in the
+    PDF's, so were Devanagari's `\\u0915` and a typed one). Once a comment spells a character it doubles each
+    backslash, as bash's $'...' form does; a comment that spells nothing keeps its backslashes."""
+    assert freport._shell_line("# into runs/a\\nb, not runs/a\nb") == "# into runs/a\\\\nb, not runs/a\\nb"
+    assert freport._shell_line("# into C:\\runs") == "# into C:\\runs"
+    assert freport._shell_lines("# into C:\\u0915, not \u0915", 200) == ["# into C:\\\\u0915, not \\u0915"]
+    assert freport._shell_lines("# into C:\\runs", 200) == ["# into C:\\runs"]
+
+
 def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path):
     """`ferkit run` trains STUDY/cnn whatever the run's folder is called now."""
     run_path = tmp_path / "runs" / "study" / "best cnn"

@@ -1389,8 +1389,11 @@ def _shell_word(word: str, pdf: bool = False) -> str:
 
 def _spelled(text: str, pdf: bool = False) -> str:
     """`text` with each character that would not show (as for `_shell_word`) spelled out as a code point,
-    for text that is not shell words: a comment, an old record."""
-    return "".join(char if _seen(char, pdf) else _code_point(char) for char in text)
+    for text that is not shell words: a comment, an old record. Once one is, each backslash is too (`\\\\`),
+    as in bash's $'...' form, so that a spelled newline and a typed backslash-n stay apart."""
+    if all(_seen(char, pdf) for char in text):
+        return text
+    return "".join(_code_point(char) if char == "\\" or not _seen(char, pdf) else char for char in text)
 
 
 def _shell_line(line: str) -> str:
