@@ -1021,6 +1021,16 @@ def test_a_spelled_comment_keeps_a_typed_backslash_apart_from_a_spelled_characte
     assert freport._shell_lines("# into C:\\runs", 200) == ["# into C:\\runs"]
 
 
+def test_the_pdf_text_keeps_a_typed_backslash_apart_from_a_spelled_character():
+    """In the PDF's text (outside its commands), Devanagari's `\\u0915` was spelled out as `\\u0915`, just as
+    a typed one reads. Now a run of text or code that spells a character doubles each backslash, as a
+    comment does; one that spells nothing keeps them. report.html and report.md show both as they are."""
+    assert freport._pdf_escape("in C:\\u0915, not \u0915") == "in C:\\\\u0915, not \\u0915"
+    assert freport._pdf_escape("runs\\\u0915", mono=True) == "runs\\\\\\u0915"
+    assert freport._pdf_escape("in C:\\u0915 or C:\\runs") == "in C:\\u0915 or C:\\runs"
+    assert freport._pdf_escape("C:\\runs\n\u05e9", mono=True) == "C:\\\\runs\n\\u05e9"  # Hebrew: not in monospace
+
+
 def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path):
     """`ferkit run` trains STUDY/cnn whatever the run's folder is called now."""
     run_path = tmp_path / "runs" / "study" / "best cnn"

@@ -1387,13 +1387,19 @@ def _shell_word(word: str, pdf: bool = False) -> str:
     return "$'" + "".join(_ansi_c(char) if char in "\\'" or not _seen(char, pdf) else char for char in word) + "'"
 
 
-def _spelled(text: str, pdf: bool = False) -> str:
-    """`text` with each character that would not show (as for `_shell_word`) spelled out as a code point,
-    for text that is not shell words: a comment, an old record. Once one is, each backslash is too (`\\\\`),
-    as in bash's $'...' form, so that a spelled newline and a typed backslash-n stay apart."""
-    if all(_seen(char, pdf) for char in text):
+def _spelled_unless(text: str, shows: Callable[[str], bool]) -> str:
+    """`text` with each character that does not `shows` spelled out as a code point. Once one is, each
+    backslash is too (`\\\\`), as in bash's $'...' form, so that a spelled newline and a typed backslash-n
+    stay apart; text that spells nothing keeps its backslashes."""
+    if all(shows(char) for char in text):
         return text
-    return "".join(_code_point(char) if char == "\\" or not _seen(char, pdf) else char for char in text)
+    return "".join(_code_point(char) if char == "\\" or not shows(char) else char for char in text)
+
+
+def _spelled(text: str, pdf: bool = False) -> str:
+    """`text` with each character that would not show (as for `_shell_word`) spelled out, for text that is
+    not shell words: a comment, an old record."""
+    return _spelled_unless(text, lambda char: _seen(char, pdf))
 
 
 def _shell_line(line: str) -> str:
@@ -1547,14 +1553,15 @@ _HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 def _pdf_escape(text: str, mono: bool = False) -> str:
     """Plain text as reportlab markup, each run of CJK characters set in a CJK font (DejaVu has none) and
     each character the PDF would not show (`_shows`) spelled out as its code point (`\\u0915`), which
-    report.html and report.md show as it is."""
+    report.html and report.md show as it is; then each backslash is spelled too, so that a typed `\\u0915`
+    stays apart (see `_spelled_unless`)."""
     def font(match: re.Match) -> str:
         run = match.group(0)
         name = "HeiseiMin-W3" if _KANA.search(run) else "HYSMyeongJo-Medium" if _HANGUL.search(run) else "STSong-Light"
         _register_cid_font(name)
         return f'<font face="{name}">{run}</font>'
 
-    text = "".join(char if _CONTROL.match(char) or _shows(char, mono) else _code_point(char) for char in text)
+    text = _spelled_unless(text, lambda char: bool(_CONTROL.match(char)) or _shows(char, mono))
     return _CJK.sub(font, html.escape(text, quote=False))
 
 
