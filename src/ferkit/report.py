@@ -1553,8 +1553,8 @@ _HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 def _pdf_escape(text: str, mono: bool = False) -> str:
     """Plain text as reportlab markup, each run of CJK characters set in a CJK font (DejaVu has none) and
     each character the PDF would not show (`_shows`) spelled out as its code point (`\\u0915`), which
-    report.html and report.md show as it is; then each backslash is spelled too, so that a typed `\\u0915`
-    stays apart (see `_spelled_unless`)."""
+    report.html and report.md show as it is; once one is, each backslash is spelled too (`\\\\`), so that a
+    typed `\\u0915` stays apart. The unit is what the caller passes: a run of text, a code span."""
     def font(match: re.Match) -> str:
         run = match.group(0)
         name = "HeiseiMin-W3" if _KANA.search(run) else "HYSMyeongJo-Medium" if _HANGUL.search(run) else "STSong-Light"
