@@ -1023,12 +1023,29 @@ def test_a_spelled_comment_keeps_a_typed_backslash_apart_from_a_spelled_characte
 
 def test_the_pdf_text_keeps_a_typed_backslash_apart_from_a_spelled_character():
     """In the PDF's text (outside its commands), Devanagari's `\\u0915` was spelled out as `\\u0915`, just as
-    a typed one reads. Now a run of text or code that spells a character doubles each backslash, as a
-    comment does; one that spells nothing keeps them. report.html and report.md show both as they are."""
+    a typed one reads. Now a paragraph (a caption, a cell) that spells a character doubles each backslash,
+    in every piece of it, as a comment does; one that spells nothing keeps them. report.html and report.md
+    show both as they are."""
     assert freport._pdf_escape("in C:\\u0915, not \u0915") == "in C:\\\\u0915, not \\u0915"
     assert freport._pdf_escape("runs\\\u0915", mono=True) == "runs\\\\\\u0915"
     assert freport._pdf_escape("in C:\\u0915 or C:\\runs") == "in C:\\u0915 or C:\\runs"
     assert freport._pdf_escape("C:\\runs\n\u05e9", mono=True) == "C:\\\\runs\n\\u05e9"  # Hebrew: not in monospace
+    # a folder name's escaped backslash and a code span are pieces of their own
+    mixed = freport._literal("runs\\u0915") + " or " + freport._code("\u0915")
+    assert freport._pdf_markup(mixed, "Courier") == 'runs\\\\u0915 or <font face="Courier">\\u0915</font>'
+    plain = freport._literal("C:\\runs") + " or " + freport._code("C:\\u0915")
+    assert freport._pdf_markup(plain, "Courier") == 'C:\\runs or <font face="Courier">C:\\u0915</font>'
+
+
+def test_a_run_named_with_a_typed_code_point_and_devanagari_reads_apart_in_the_pdf(world, tmp_path):
+    """The run `a\\u0915 क` was titled `a\\u0915 \\u0915` in the PDF, as if both were the same letter."""
+    run = tmp_path / "a\\u0915 \u0915"
+    shutil.copytree(world["cnn"], run)
+    freport.build_report(run, tmp_path / "report")
+    reader = pypdf.PdfReader(io.BytesIO((tmp_path / "report" / "report.pdf").read_bytes()))
+    text = "".join(page.extract_text() for page in reader.pages).replace("\n", "").replace(" ", "")
+    assert text.count("thecnnruna\\\\u0915\\u0915") >= 1 + len(reader.pages)  # title and footers (pypdf drops a space)
+    assert f"the cnn run {run.name}" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
 
 
 def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path):

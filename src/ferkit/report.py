@@ -1387,13 +1387,14 @@ def _shell_word(word: str, pdf: bool = False) -> str:
     return "$'" + "".join(_ansi_c(char) if char in "\\'" or not _seen(char, pdf) else char for char in word) + "'"
 
 
-def _spelled_unless(text: str, shows: Callable[[str], bool]) -> str:
+def _spelled_unless(text: str, shows: Callable[[str], bool], backslashes: bool | None = None) -> str:
     """`text` with each character that does not `shows` spelled out as a code point. Once one is, each
     backslash is too (`\\\\`), as in bash's $'...' form, so that a spelled newline and a typed backslash-n
-    stay apart; text that spells nothing keeps its backslashes."""
-    if all(shows(char) for char in text):
-        return text
-    return "".join(_code_point(char) if char == "\\" or not shows(char) else char for char in text)
+    stay apart; text that spells nothing keeps its backslashes. `backslashes` decides for a piece of a
+    larger text, whose backslashes follow what the whole text spells."""
+    if backslashes is None:
+        backslashes = not all(shows(char) for char in text)
+    return "".join(_code_point(char) if (backslashes and char == "\\") or not shows(char) else char for char in text)
 
 
 def _spelled(text: str, pdf: bool = False) -> str:
@@ -1550,19 +1551,35 @@ _KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
 _HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 
 
-def _pdf_escape(text: str, mono: bool = False) -> str:
+def _pdf_escape(text: str, mono: bool = False, backslashes: bool | None = None) -> str:
     """Plain text as reportlab markup, each run of CJK characters set in a CJK font (DejaVu has none) and
-    each character the PDF would not show (`_shows`) spelled out as its code point (`\\u0915`), which
+    each character the PDF would not show (`_pdf_shows`) spelled out as its code point (`\\u0915`), which
     report.html and report.md show as it is; once one is, each backslash is spelled too (`\\\\`), so that a
-    typed `\\u0915` stays apart. The unit is what the caller passes: a run of text, a code span."""
+    typed `\\u0915` stays apart (`backslashes`: as `_spelled_unless`)."""
     def font(match: re.Match) -> str:
         run = match.group(0)
         name = "HeiseiMin-W3" if _KANA.search(run) else "HYSMyeongJo-Medium" if _HANGUL.search(run) else "STSong-Light"
         _register_cid_font(name)
         return f'<font face="{name}">{run}</font>'
 
-    text = _spelled_unless(text, lambda char: bool(_CONTROL.match(char)) or _shows(char, mono))
+    text = _spelled_unless(text, lambda char: _pdf_shows(char, mono), backslashes)
     return _CJK.sub(font, html.escape(text, quote=False))
+
+
+def _pdf_shows(char: str, mono: bool) -> bool:
+    """Whether the PDF's text keeps `char` as it is: one it shows, or a control character (a newline)."""
+    return bool(_CONTROL.match(char)) or _shows(char, mono)
+
+
+def _pdf_markup(text: str, mono_font: str) -> str:
+    """Markdown text (a paragraph, a caption, a cell) as reportlab markup, code spans in `mono_font`. When
+    any of its pieces spells a character, every piece spells its backslashes: an escaped `\\` or a code
+    span is a piece of its own."""
+    plain, kept = _held(text)
+    spells = (not all(_pdf_shows(char, False) for char in _HELD.sub("", plain))
+              or not all(_pdf_shows(char, is_code) for is_code, literal in kept for char in literal))
+    return _inline(text, lambda s: _pdf_escape(s, backslashes=spells), lambda s: f"<b>{s}</b>",
+                   lambda s: f'<font face="{mono_font}">{_pdf_escape(s, mono=True, backslashes=spells)}</font>')
 
 
 def _register_cid_font(name: str) -> None:
@@ -1604,8 +1621,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
     }
 
     def markup(text: str) -> str:
-        return _inline(text, _pdf_escape, lambda s: f"<b>{s}</b>",
-                       lambda s: f'<font face="{fonts["mono"]}">{_pdf_escape(s, mono=True)}</font>')
+        return _pdf_markup(text, fonts["mono"])
 
     buffer = io.BytesIO()
     margin = 1.5 * cm
