@@ -45,7 +45,7 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(data, "summarize", lambda *a, **k: calls.append(("data", None, None)))
     monkeypatch.setattr(features, "features", fake_features)
     monkeypatch.setattr(report, "build_report", lambda *a, **k: calls.append(("report", None, None)) or
-                        {"commands_left_out": False})
+                        {"commands_left_out": False, "notes": []})
     return calls, state
 
 

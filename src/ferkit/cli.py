@@ -142,13 +142,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from ferkit.report import COMMANDS_LEFT_OUT, build_report
+    from ferkit.report import build_report
 
     result = build_report(args.run_dir, args.out, mlp=args.mlp, features=args.features, compare=args.compare)
     extras = f" + {result['extra_pages']:.1f} of extras" if result["pages"] > result["main_pages"] else ""
     print(f"wrote {result['pdf']} ({result['main_pages']} pages{extras}), {result['html']}, {result['md']}")
-    if result["commands_left_out"]:
-        print(COMMANDS_LEFT_OUT.format(md=result["md"]))
+    for note in result["notes"]:
+        print(note)
 
 
 def _not_empty(text: str) -> str:

@@ -127,10 +127,10 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
         return features(out / "cnn", data, out / "features")
 
     def report_stage() -> None:
-        from ferkit.report import COMMANDS_LEFT_OUT, build_report
+        from ferkit.report import build_report
         result = build_report(out / "cnn", mlp=out / "mlp", features=out / "features", out=out / "report")
-        if result["commands_left_out"]:
-            print(COMMANDS_LEFT_OUT.format(md=result["md"]))
+        for note in result["notes"]:
+            print(note)
 
     stages: list[tuple[str, str, Callable[[], Any]]] = [
         ("data", "data summary and figures", lambda: summarize(data, out / "data")),

@@ -1392,9 +1392,10 @@ def _spelled_unless(text: str, shows: Callable[[str], bool], backslashes: bool |
     backslash is too (`\\\\`), as in bash's $'...' form, so that a spelled newline and a typed backslash-n
     stay apart; text that spells nothing keeps its backslashes. `backslashes` decides for a piece of a
     larger text, whose backslashes follow what the whole text spells."""
+    unseen = {char for char in set(text) if not shows(char)}
     if backslashes is None:
-        backslashes = not all(shows(char) for char in text)
-    return "".join(_code_point(char) if (backslashes and char == "\\") or not shows(char) else char for char in text)
+        backslashes = bool(unseen)
+    return "".join(_code_point(char) if char in unseen or (backslashes and char == "\\") else char for char in text)
 
 
 def _spelled(text: str, pdf: bool = False) -> str:
@@ -1998,7 +1999,8 @@ def _numeric_column(table: Table, i: int) -> bool:
 def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | os.PathLike | None = None,
                  features: str | os.PathLike | None = None, compare: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write report.pdf, report.html and report.md (with figures/) for a trained, evaluated run.
-    `features` needs a CNN run, and `out` may not lie inside the `features` or `compare` folder.
+    `features` needs a CNN run, and `out` may not lie inside the `features` or `compare` folder. Returns the
+    files written, the page counts and scores, and `notes` to show the user (what the PDF had to leave out).
 
     Example: ``ferkit report runs/cnn --mlp runs/mlp --features runs/cnn/features --out runs/cnn/report``
     """
@@ -2040,4 +2042,5 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
             "pages": layout.pages, "main_pages": layout.main_pages, "extra_pages": layout.extra_pages,
             "figure_scale": layout.scale, "dropped_figures": layout.dropped_figures,
             "commands_left_out": layout.commands_left_out,
+            "notes": [COMMANDS_LEFT_OUT.format(md=target / "report.md")] if layout.commands_left_out else [],
             "accuracy": run.metrics["accuracy"], "macro_f1": run.metrics["macro_f1"], "evaluation": run.preferred}
