@@ -1583,6 +1583,33 @@ def test_fit_epochs_scales_with_the_time_of_a_step():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the copy trained, not the model
 
 
+def test_fit_epochs_doubles_the_timed_steps_until_a_timing_takes_two_seconds_and_adds_the_validation(monkeypatch):
+    """On a clock where a step takes 0.3 s and a validated face 0.01 s: 4 steps (1.2 s) are too short a timing, 8
+    (2.4 s) are enough, and an epoch is its 16 steps plus its 16 faces."""
+    clock = [0.0]
+
+    def step(trial, optimizer, x, y, order, steps, *rest):
+        clock[0] += 0.3 * len(steps)
+
+    def validate(trial, images, labels, device, cfg):
+        clock[0] += 0.01 * len(images)
+
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train, "train_one_epoch", step)
+    monkeypatch.setattr(train, "validate", validate)
+    x, y = torch.zeros(256, 1, 48, 48, dtype=torch.uint8), torch.zeros(256, dtype=torch.long)
+    val = np.zeros((16, 48, 48), np.uint8), np.zeros(16, np.int64)
+    fitted = train.fit_epochs(1, get_model("cnn", widths=[4, 8]), tiny_config(epochs=100, batch_size=16), x, y, *val)
+    assert fitted["timed_steps"] == 8 and fitted["epoch_seconds"] == pytest.approx(16 * 0.3 + 16 * 0.01)
+    assert fitted["epochs"] == int(60 / 4.96)
+
+
+def test_fit_minutes_trains_at_least_one_epoch_and_never_more_than_asked():
+    assert train.epochs_that_fit(20, 100.0, 16) == 12
+    assert train.epochs_that_fit(20, 60.0, 16) == 16
+    assert train.epochs_that_fit(0.5, 100.0, 16) == 1  # a budget shorter than an epoch: no run of 0 epochs
+
+
 def test_fit_minutes_names_a_warmup_longer_than_the_epochs_it_fitted(tiny_csv, tmp_path, monkeypatch, capsys):
     fits = iter([3, 1])
     monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: next(fits))
