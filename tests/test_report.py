@@ -1037,6 +1037,17 @@ def test_the_pdf_text_keeps_a_typed_backslash_apart_from_a_spelled_character():
     assert freport._pdf_markup(plain, "Courier") == 'C:\\runs or <font face="Courier">C:\\u0915</font>'
 
 
+def test_the_pdf_text_spells_control_characters_but_a_newline_and_decides_backslashes_per_paragraph():
+    """A tab in a folder name read as a space in the PDF's text, and U+0085 was kept though its fonts lack it. A code span's
+    characters are judged in the monospace face, and its backslashes follow the whole paragraph."""
+    assert freport._pdf_escape("a\tb\x85c\nd") == "a\\tb\\u0085c\nd"
+    assert freport._code_point("\x7f") == "\\x7f" and freport._code_point("\x85") == "\\u0085"
+    hebrew_code = freport._code("a\\b \u05e9")  # Hebrew: in the regular face, not in monospace
+    assert freport._pdf_markup(hebrew_code, "Courier") == '<font face="Courier">a\\\\b \\u05e9</font>'
+    spelled_text = "\u0915 " + freport._code("a\\b")
+    assert freport._pdf_markup(spelled_text, "Courier") == '\\u0915 <font face="Courier">a\\\\b</font>'
+
+
 def test_a_run_named_with_a_typed_code_point_and_devanagari_reads_apart_in_the_pdf(world, tmp_path):
     """The run `a\\u0915 क` was titled `a\\u0915 \\u0915` in the PDF, as if both were the same letter."""
     run = tmp_path / "a\\u0915 \u0915"

@@ -1568,8 +1568,9 @@ def _pdf_escape(text: str, mono: bool = False, backslashes: bool | None = None) 
 
 
 def _pdf_shows(char: str, mono: bool) -> bool:
-    """Whether the PDF's text keeps `char` as it is: one it shows, or a control character (a newline)."""
-    return bool(_CONTROL.match(char)) or _shows(char, mono)
+    """Whether the PDF's text keeps `char` as it is: a newline (a code block's line break), or one it shows. Other
+    control characters are spelled: a tab would read as a space, and U+0085, which the fonts lack, not at all."""
+    return char == "\n" or (not _CONTROL.match(char) and _shows(char, mono))
 
 
 def _pdf_markup(text: str, mono_font: str) -> str:
