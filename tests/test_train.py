@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -791,7 +792,12 @@ def test_evaluate_uses_the_checkpoint_and_split_it_is_asked_for(tiny_csv, tmp_pa
     assert (saved["split"], saved["tta"]) == ("PublicTest", "flip")
 
 
-def test_saved_predictions_that_are_not_probabilities_are_refused(trained_run, tiny_csv, tmp_path):
+@pytest.mark.parametrize("row", [
+    "double",  # every row sums to 2
+    [1.2, -0.2, 0, 0, 0, 0, 0],  # sums to 1, but a negative value
+    [0.501, 0.5, 0, 0, 0, 0, 0],  # off by 1e-3: more than the 6 saved decimals can lose
+])
+def test_saved_predictions_that_are_not_probabilities_are_refused(trained_run, tiny_csv, tmp_path, row):
     import pandas as pd
 
     from ferkit.data import EMOTIONS
@@ -799,7 +805,10 @@ def test_saved_predictions_that_are_not_probabilities_are_refused(trained_run, t
     run, _ = trained_run
     evaluate(run, split="test", out=tmp_path / "saved")
     table = pd.read_csv(tmp_path / "saved" / "predictions.csv")
-    table[list(EMOTIONS)] = table[list(EMOTIONS)] * 2  # rows that sum to 2
+    if row == "double":
+        table[list(EMOTIONS)] = table[list(EMOTIONS)] * 2
+    else:
+        table.loc[3, list(EMOTIONS)] = row
     table.to_csv(tmp_path / "saved" / "predictions.csv", index=False)
     with pytest.raises(FerkitError, match="rows that are not probabilities"):
         ensemble([tmp_path / "saved"], tmp_path / "ens", data=tiny_csv)
@@ -1076,6 +1085,61 @@ def test_a_hand_edited_saved_evaluation_is_named_not_a_traceback(trained_run, ti
         ensemble([saved], tmp_path / "never", data=tiny_csv)
 
 
+def test_an_older_evaluation_without_a_checkpoint_sha256_is_the_model_of_its_run_and_epoch(trained_run, tiny_csv,
+                                                                                           tmp_path):
+    """Evaluations saved before the checksum was recorded are named by the run folder around them
+    and their epoch: with that run beside them, an ensemble would count one model twice."""
+    run, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
+    old = Path(evaluate(copy)["folder"])
+    recorded = json.loads((old / "metrics.json").read_text())
+    del recorded["checkpoint_sha256"]
+    (old / "metrics.json").write_text(json.dumps(recorded))
+    epoch = recorded["epoch"]
+    for members in ([old, copy], [copy, old]):
+        with pytest.raises(FerkitError, match=f"hold the same model \\(the epoch-{epoch} checkpoint of "
+                                              f"{re.escape(str(copy.resolve()))}, with or without TTA\\)"):
+            ensemble(members, tmp_path / "never", data=tiny_csv)
+
+
+def test_a_run_whose_data_file_is_gone_asks_for_data(trained_run, tiny_csv, tmp_path):
+    run, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
+    info = json.loads((copy / "run.json").read_text())
+    info["data"]["path"] = str(tmp_path / "moved.csv")
+    (copy / "run.json").write_text(json.dumps(info))
+    for act in (lambda: evaluate(copy), lambda: ensemble([copy], tmp_path / "ens")):
+        with pytest.raises(FerkitError, match=re.escape(f"{tmp_path / 'moved.csv'} (the run's data file) is gone; "
+                                                        "pass --data PATH")):
+            act()
+    (copy / "run.json").unlink()  # a damaged run: it is still a run folder, not saved predictions
+    with pytest.raises(FerkitError, match="no run.json with the data path; pass --data"):
+        ensemble([copy], tmp_path / "ens")
+    assert evaluate(copy, data=tiny_csv, out=tmp_path / "given")["n"] == 60
+
+
+def test_predictions_made_on_a_csv_are_refused_for_the_image_export_of_the_same_faces(trained_run, tiny_csv,
+                                                                                     tmp_path):
+    from PIL import Image
+
+    run, _ = trained_run
+    saved = Path(evaluate(run, out=tmp_path / "saved")["folder"])
+    faces = fdata.load(tiny_csv)
+    export = tmp_path / "export"
+    for i in range(len(faces)):
+        split = fdata.SPLITS[faces.splits[i]]
+        path = export / ("train" if split == "Training" else "test") / fdata.EMOTIONS[faces.labels[i]].lower()
+        path.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(faces.images[i]).save(path / f"{split}_{i + 1}.png")  # lossless: the same faces
+    assert fdata.load(export).is_recorded_as(json.loads((saved / "metrics.json").read_text()))
+    with pytest.raises(FerkitError, match=re.escape("these predictions were made on a CSV (rows named by line), and "
+                                                    f"{export} is the image-folder export; pass --data with the file "
+                                                    "or folder they were made on")):
+        ensemble([saved], tmp_path / "ens", data=export)
+
+
 def test_evaluate_names_the_checkpoint_it_marks_and_refuses_another_runs(trained_run, tmp_path, monkeypatch):
     import shutil
 
@@ -1101,6 +1165,21 @@ def test_evaluate_on_publictest_says_it_chose_the_model(trained_run, tmp_path, c
     assert "note" not in evaluate(run, out=tmp_path / "test")
     assert main(["evaluate", str(run), "--split", "val", "--out", str(tmp_path / "val2")]) == 0
     assert "note: PublicTest validated the run every epoch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit, chose", [(20, "its first 20 faces chose"), (60, "it chose"), (500, "it chose")])
+def test_the_publictest_note_says_how_many_faces_chose_the_model(trained_run, tmp_path, monkeypatch, limit, chose):
+    """val_limit validated on the first faces only when PublicTest has more (tiny_csv has 60)."""
+    trained = train.load_run_model
+
+    def with_val_limit(*args, **kwargs):
+        model, state, sha = trained(*args, **kwargs)
+        return model, dict(state, config=dict(state["config"], val_limit=limit)), sha
+
+    monkeypatch.setattr(train, "load_run_model", with_val_limit)
+    run, _ = trained_run
+    note = evaluate(run, split="val", out=tmp_path / "val")["note"]
+    assert note.startswith(f"PublicTest validated the run every epoch ({chose} the best epoch and when to stop)")
 
 
 def test_an_ensemble_in_a_folder_of_an_earlier_evaluation_leaves_no_learning_curves(trained_run, tiny_csv, tmp_path):
