@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 
 from ferkit import cli
-from ferkit.data import EMOTIONS, FER2013_COUNTS, N_PIXELS, SPLITS, Dataset, counts_table, load, summarize
+from ferkit.data import (EMOTIONS, FER2013_COUNTS, N_PIXELS, SPLITS, Dataset, counts_table, load, same_data,
+                         summarize)
 from ferkit.errors import DataFormatError, FerkitError
 
 FOLDERS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -200,6 +201,21 @@ def test_csv_compressed(tmp_path, layout, compression):
     dataset = load(path, cache=False)
     assert_faces(dataset, faces, header_lines(len(faces)))
     assert dataset.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # of the file as given
+
+
+def test_a_zip_made_on_a_mac_is_read_past_its_resource_forks(tmp_path):
+    faces = make_faces(seed=4)
+    raw = fer_csv(rows_of(faces))
+    path = tmp_path / "fer.zip"
+    path.write_bytes(_zip_of([("icml_face_data.csv", raw), ("__MACOSX/._icml_face_data.csv", b"\x00\x05\x16\x07"),
+                              (".hidden.csv", raw)]))
+    assert_faces(load(path, cache=False), faces)
+
+
+def test_spaces_longer_than_the_emptiness_check_reads_are_no_empty_file(tmp_path):
+    faces = make_faces(n=3, seed=4)
+    path = write_file(tmp_path / "faces.csv", b" " * 70_000 + fer_csv(rows_of(faces)))  # before the header
+    assert_faces(load(path, cache=False), faces)
 
 
 def test_compression_is_found_from_content_not_name(tmp_path):
@@ -599,6 +615,9 @@ BAD_INPUTS = {
     "empty_file": _rows_case(lambda rows: b"", None, "the file is empty", "emotion, Usage, pixels"),
     "header_only": _rows_case(lambda rows: fer_csv([]), None, "has a header but no rows"),
     "truncated_row": _rows_case(_truncated, 5, "line 5: has ", "expected 2304", "looks truncated"),
+    "truncated_in_the_fields": _rows_case(lambda rows: fer_csv(rows)[:fer_csv(rows).rfind(b"\n", 0, -1) + 4], 5,
+                                          "line 5: has 2 fields, expected 3 (emotion, Usage, pixels); the file ends "
+                                          "in the middle of this row: it looks truncated"),
     "truncated_gz": _truncated_stream("gz"),
     "truncated_xz": _truncated_stream("xz"),
     "binary_garbage": _garbage,
@@ -620,6 +639,13 @@ BAD_INPUTS = {
     "zip_two_csvs": _rows_case(lambda rows: _zip_of([("a.csv", fer_csv(rows)), ("b.csv", fer_csv(rows))]), None,
                                "the zip archive holds a.csv and b.csv: ferkit cannot tell which is the data",
                                name="bad.zip"),
+    "pixels_opened_quote": _rows_case(_set(1, 2, '"' + rows_of(make_faces(n=4, seed=21))[1][2]), 3,
+                                      f"line 3, column {_pixel_column(rows_of(make_faces(n=4, seed=21)), 1, 0)}: "
+                                      "before pixel 1, a quote (\"): quote the whole pixels field, at both ends, or "
+                                      "not at all"),  # not read as quoted: its last digit would be lost
+    "utf16_without_bom": _rows_case(lambda rows: fer_csv(rows).decode().encode("utf-16-le"), None,
+                                    "the file is UTF-16 text: save it as UTF-8"),
+    "del_byte": _rows_case(_set(0, 1, "Train\x7fing"), 2, "byte 0x7f is binary data"),
     "zip_csv_and_images": _rows_case(lambda rows: _zip_of([("fer.csv", fer_csv(rows))]
                                                           + export_entries(make_faces(n=3, seed=21))), None,
                                      "the zip archive holds 3 face images and fer.csv", name="bad.zip"),
@@ -688,6 +714,29 @@ def test_problems_are_reported_in_line_order(tmp_path):
     with pytest.raises(DataFormatError) as info:
         load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
     assert [p.line for p in info.value.problems] == [3, 6]
+
+
+def test_the_kept_problems_are_the_first_in_the_file_when_a_later_pass_finds_one_earlier_in_a_line(tmp_path):
+    """Of 51 problems, the 50 kept are the first by line and column, though the pixel pass finds the
+    out-of-range value at the start of the 50th line after the bad character at its end."""
+    rows = rows_of(make_faces(n=50, seed=26))
+    for i in range(50):
+        rows = _with_pixel(rows, i, 2000, "x")
+    rows = _with_pixel(rows, 49, 0, "300")
+    with pytest.raises(DataFormatError) as info:
+        load(write_file(tmp_path / "bad.csv", fer_csv(rows)), cache=False)
+    error = info.value
+    assert error.total == 51 and len(error.problems) == 50
+    assert [p.line for p in error.problems] == list(range(2, 52))
+    assert error.problems[-1].message.startswith("pixel value 300 is outside 0-255 (pixel 1 of 2304)")
+
+
+def test_same_data_needs_a_checksum_that_both_records_hold():
+    record = {"data_sha256": "file", "data_faces_sha256": "faces"}
+    assert same_data(record, {"data_sha256": "copy", "data_faces_sha256": "faces"})  # a re-saved copy
+    assert same_data(record, {"data_sha256": "file"})  # recorded before the faces' checksum was
+    assert not same_data({"data_sha256": "file"}, {"data_sha256": "other"})  # two unknowns are not a match
+    assert not same_data({"data_sha256": None}, {"data_sha256": None})
 
 
 def test_columns_count_characters_as_an_editor_does(tmp_path):
@@ -814,6 +863,30 @@ def test_changed_file_is_parsed_again(tmp_path, same_size, mtime_reset):
     assert not reloaded.from_cache
     assert_faces(reloaded, faces)
     assert load(path, cache_dir=cache).from_cache
+
+
+def test_a_face_changed_in_place_with_its_time_kept_is_parsed_again(tmp_path):
+    """As for a file: the change time, which no program can set back, tells the edit."""
+    faces = make_faces(n=6, seed=35)
+    root = write_export(tmp_path / "images", faces, "folder")
+    face = root / export_entries(faces)[2][0]
+
+    def save_bmp(image: np.ndarray) -> None:  # a BMP's size is the same for every 48x48 face
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="BMP")
+        face.write_bytes(buffer.getvalue())  # in place: the same inode
+
+    save_bmp(faces.images[2])
+    cache = tmp_path / "cache"
+    load(root, cache_dir=cache)
+    before = face.stat()
+    faces.images[2] = 255 - faces.images[2]
+    save_bmp(faces.images[2])
+    os.utime(face, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert face.stat().st_size == before.st_size
+    reloaded = load(root, cache_dir=cache)
+    assert not reloaded.from_cache
+    assert_faces(reloaded, faces)
 
 
 def test_changed_image_folder_is_parsed_again(tmp_path):

@@ -757,10 +757,10 @@ def _report_out_of_range(raw: bytes, ends: np.ndarray, over: np.ndarray, r0: int
                          pix_starts: np.ndarray, rows_lines: np.ndarray, problems: _Problems) -> None:
     """One problem per row, at its first value over 255. `ends` are the last digits of the numbers
     that may be (`over`: their last three digits alone are; the others have 4+ digits)."""
-    def too_big(j: int) -> bool:  # a number (not "3.500", reported as a bad character) and no leading zeros alone
+    def too_big(j: int) -> bool:  # a number (not "3.500", reported as a bad character) and no leading zeros alone:
+        # up to three digits past its zeros, its value is that of its last three, which `over` judged
         word = _word_at(raw, int(ends[j]))[1]
-        digits = word.lstrip(b"0")
-        return word.isdigit() and (bool(over[j]) or len(digits) > 3 or int(digits or b"0") > 255)
+        return word.isdigit() and (bool(over[j]) or len(word.lstrip(b"0")) > 3)
 
     rows, firsts = _first_per_row(ends, r0, line_starts)
     for k, start in enumerate(firsts.tolist()):
