@@ -76,6 +76,24 @@ def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_setting
                                  "mlp_test_accuracy": 0.25, "mlp_test_macro_f1": 0.15}
 
 
+def test_a_resumed_study_removes_what_a_kill_in_an_atomic_write_left(tiny_csv, tmp_path, stand_ins):
+    calls, state = stand_ins
+    out = tmp_path / "study"
+    settings = dict(profile="cpu", cnn_overrides=["widths=4,8", "epochs=1"], mlp_overrides=["hidden=8", "epochs=1"],
+                    progress=False)
+    with pytest.raises(Broken):
+        pipeline.run_study(tiny_csv, out, **settings)
+    stale = [out / "features" / "maps" / ".activation_maps.png.k3j2x9.tmp", out / "report" / ".report.pdf.a1b2c3.tmp",
+             out / "cnn" / "eval" / "test-tta" / ".metrics.json.z8y7w6.tmp"]
+    kept = out / "features" / ".notes.tmp.txt"  # no temporary's name
+    for path in (*stale, kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half of it")
+    state["features_fail"] = False
+    pipeline.run_study(tiny_csv, out, **settings)
+    assert [path for path in stale if path.exists()] == [] and kept.exists()
+
+
 def test_mlp_settings_are_named_as_such_and_may_be_a_dict(tiny_csv, tmp_path, monkeypatch):
     with pytest.raises(config.FerkitError, match="--mlp-set: unknown config key 'epoch'"):
         pipeline.run_study(tiny_csv, tmp_path / "study", mlp_overrides=["epoch=2"])
