@@ -1,12 +1,20 @@
-"""Atomic writes: a failure in the middle leaves the old file whole and no temporary file behind."""
+"""Atomic writes (a failure in the middle leaves the old file whole and no temporary file behind), the JSON
+and CSV files, what a run records, and what makes a folder a run."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from ferkit.fileio import atomic_path, write_text
+from ferkit.errors import FerkitError
+from ferkit.fileio import (atomic_path, environment, is_run_folder, output_file, output_folder, run_folder_around,
+                           write_csv, write_json, write_text)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -39,6 +47,15 @@ def test_a_refused_write_names_the_file_asked_for_not_the_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_write_that_cannot_begin_names_the_file_asked_for(tmp_path):
+    (tmp_path / "a_file").touch()
+    path = tmp_path / "a_file" / "metrics.json"  # its folder cannot be made
+    with pytest.raises(OSError) as raised:
+        with atomic_path(path):
+            pass
+    assert raised.value.filename == str(path)
+
+
 def test_written_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
@@ -60,3 +77,39 @@ def test_the_recorded_commit_says_when_the_checkout_had_changes(monkeypatch, sta
 
     monkeypatch.setattr(subprocess, "run", git)
     assert fileio.git_commit() == recorded
+
+
+def test_json_files_take_numpy_values_and_paths_and_refuse_anything_else(tmp_path):
+    write_json(tmp_path / "a.json", {"counts": np.arange(3), "accuracy": np.float32(0.5), "data": Path("x/fer.csv")})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"counts": [0, 1, 2], "accuracy": 0.5, "data": "x/fer.csv"}
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        write_json(tmp_path / "b.json", {"x": object()})
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_the_recorded_command_quotes_a_word_with_spaces(monkeypatch):
+    argv = ["ferkit", "train", "my data/fer.csv", "--out", "runs/cnn"]
+    monkeypatch.setattr(sys, "argv", argv)
+    recorded = environment()["command"]
+    assert recorded == "ferkit train 'my data/fer.csv' --out runs/cnn" and shlex.split(recorded) == argv
+
+
+def test_csv_files_end_their_lines_with_lf_and_quote_what_needs_it(tmp_path):
+    write_csv(tmp_path / "a.csv", ["path", "true"], [["a,b.png", 3], ["c.png", 0]])
+    assert (tmp_path / "a.csv").read_bytes() == b'path,true\n"a,b.png",3\nc.png,0\n'
+
+
+def test_a_run_folder_is_one_that_holds_both_run_json_and_config_yaml(tmp_path):
+    """Another tool's run.json alone does not make a folder a ferkit run, whose files no command may replace."""
+    (tmp_path / "run.json").write_text("{}")
+    assert not is_run_folder(tmp_path) and output_folder(tmp_path) == tmp_path
+    (tmp_path / "config.yaml").write_text("model: cnn\n")
+    assert is_run_folder(tmp_path) and run_folder_around(tmp_path / "eval" / "test") == tmp_path
+    with pytest.raises(FerkitError, match="is a training run's folder"):
+        output_folder(tmp_path)
+
+
+@pytest.mark.parametrize("check, what", [(output_file, "file"), (output_folder, "folder")])
+def test_an_empty_output_path_is_named_as_such_not_taken_for_the_working_folder(check, what):
+    with pytest.raises(FerkitError, match=f"^--out is empty; name a {what}$"):
+        check(" ", "--out")

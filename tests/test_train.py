@@ -641,6 +641,8 @@ def test_bad_output_paths_stop_before_any_work(trained_run, tiny_csv, tmp_path, 
         err = capsys.readouterr().err
         assert "Traceback" not in err and ("is a file, not a folder" in err or "lies inside the file" in err
                                            or "is a folder; name the file" in err), (command, err)
+    assert main(["evaluate", str(run), "--out", str(a_file / "below")]) == 2
+    assert f"--out {a_file / 'below'}: lies inside the file {a_file}; name another folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"] and not any(a_folder.iterdir())
 
 
