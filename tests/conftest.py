@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from ferkit.data import SPLITS
+
+FOLDERS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
 
 
@@ -31,6 +39,54 @@ def write_fer_csv(path: Path, images: np.ndarray, labels: np.ndarray, usages: li
         lines.append(f"{label},{usage}," + " ".join(map(str, image.ravel())))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@dataclass
+class Faces:
+    images: np.ndarray  # (N, 48, 48) uint8
+    labels: np.ndarray  # (N,) int, 0-6
+    splits: np.ndarray  # (N,) int, index into SPLITS; sorted, as in the CSV
+    ids: np.ndarray  # (N,) the numeric id of the image-folder export, increasing within a split
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def export_entries(faces: Faces, prefix: str = "") -> list[tuple[str, bytes]]:
+    """The image-folder export: train/<emotion>/Training_<id>.png, test/<emotion>/PublicTest_<id>.png..."""
+    entries = []
+    for image, label, split, face_id in zip(faces.images, faces.labels, faces.splits, faces.ids):
+        top = "train" if split == 0 else "test"
+        entries.append((f"{prefix}{top}/{FOLDERS[label]}/{SPLITS[split]}_{face_id}.png", png_bytes(image)))
+    return entries
+
+
+def write_export(dest: Path, faces: Faces, kind: str, prefix: str = "", seed: int = 0) -> Path:
+    """Write the export as a folder, .zip, .tar, .tar.gz or .tar.xz; archive members in random order."""
+    entries = export_entries(faces, prefix)
+    entries = [entries[i] for i in np.random.default_rng(seed).permutation(len(entries))]
+    if kind == "folder":
+        for name, content in entries:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(content)
+    elif kind == "zip":
+        with zipfile.ZipFile(dest, "w") as archive:
+            for name, content in entries:
+                archive.writestr(name, content)
+    else:
+        mode = {"tar": "w", "tar.gz": "w:gz", "tar.xz": "w:xz"}[kind]
+        with tarfile.open(dest, mode) as archive:
+            for name, content in entries:
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import lzma
 import os
 import tarfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ from ferkit.data import (EMOTIONS, FER2013_COUNTS, N_PIXELS, SPLITS, Dataset, co
                          summarize)
 from ferkit.errors import DataFormatError, FerkitError
 
-FOLDERS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+from conftest import FOLDERS, Faces, export_entries, png_bytes, write_export
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
 
 
@@ -42,17 +42,6 @@ def _private_cache(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # Generated data
-
-
-@dataclass
-class Faces:
-    images: np.ndarray  # (N, 48, 48) uint8
-    labels: np.ndarray  # (N,) int, 0-6
-    splits: np.ndarray  # (N,) int, index into SPLITS; sorted, as in the CSV
-    ids: np.ndarray  # (N,) the numeric id of the image-folder export, increasing within a split
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def make_faces(n: int = 12, seed: int = 0) -> Faces:
@@ -109,43 +98,6 @@ def write_file(path: Path, raw: bytes, compression: str | None = None) -> Path:
         raw = buffer.getvalue()
     path.write_bytes(raw)
     return path
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def export_entries(faces: Faces, prefix: str = "") -> list[tuple[str, bytes]]:
-    """The image-folder export: train/<emotion>/Training_<id>.png, test/<emotion>/PublicTest_<id>.png..."""
-    entries = []
-    for image, label, split, face_id in zip(faces.images, faces.labels, faces.splits, faces.ids):
-        top = "train" if split == 0 else "test"
-        entries.append((f"{prefix}{top}/{FOLDERS[label]}/{SPLITS[split]}_{face_id}.png", png_bytes(image)))
-    return entries
-
-
-def write_export(dest: Path, faces: Faces, kind: str, prefix: str = "", seed: int = 0) -> Path:
-    """Write the export as a folder, .zip, .tar, .tar.gz or .tar.xz; archive members in random order."""
-    entries = export_entries(faces, prefix)
-    entries = [entries[i] for i in np.random.default_rng(seed).permutation(len(entries))]
-    if kind == "folder":
-        for name, content in entries:
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / name).write_bytes(content)
-    elif kind == "zip":
-        with zipfile.ZipFile(dest, "w") as archive:
-            for name, content in entries:
-                archive.writestr(name, content)
-    else:
-        mode = {"tar": "w", "tar.gz": "w:gz", "tar.xz": "w:xz"}[kind]
-        with tarfile.open(dest, mode) as archive:
-            for name, content in entries:
-                info = tarfile.TarInfo(name)
-                info.size = len(content)
-                archive.addfile(info, io.BytesIO(content))
-    return dest
 
 
 def assert_faces(dataset: Dataset, faces: Faces, lines=None) -> None:

@@ -19,6 +19,8 @@ from ferkit.errors import FerkitError
 from ferkit.evaluate import compute_metrics, ensemble, evaluate
 from ferkit.models import get_model, list_models
 
+from conftest import Faces, write_export
+
 TINY = {"widths": "8,16", "batch_size": 32, "eval_batch_size": 64, "threads": 1}
 
 
@@ -1124,17 +1126,11 @@ def test_a_run_whose_data_file_is_gone_asks_for_data(trained_run, tiny_csv, tmp_
 
 def test_predictions_made_on_a_csv_are_refused_for_the_image_export_of_the_same_faces(trained_run, tiny_csv,
                                                                                      tmp_path):
-    from PIL import Image
-
     run, _ = trained_run
     saved = Path(evaluate(run, out=tmp_path / "saved")["folder"])
     faces = fdata.load(tiny_csv)
-    export = tmp_path / "export"
-    for i in range(len(faces)):
-        split = fdata.SPLITS[faces.splits[i]]
-        path = export / ("train" if split == "Training" else "test") / fdata.EMOTIONS[faces.labels[i]].lower()
-        path.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(faces.images[i]).save(path / f"{split}_{i + 1}.png")  # lossless: the same faces
+    export = write_export(tmp_path / "export", Faces(faces.images, faces.labels, faces.splits,
+                                                     ids=np.arange(1, len(faces) + 1)), "folder")  # PNG: the same faces
     assert fdata.load(export).is_recorded_as(json.loads((saved / "metrics.json").read_text()))
     with pytest.raises(FerkitError, match=re.escape("these predictions were made on a CSV (rows named by line), and "
                                                     f"{export} is the image-folder export; pass --data with the file "
