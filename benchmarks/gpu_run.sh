@@ -49,7 +49,7 @@ fi
 if [[ $STAGES == *train* ]]; then
     # an epoch takes 28,709 images at the bench's rate plus 0.3 s for validation and the checkpoints (on
     # the H200: 1.8 s of wall clock at 17,700 img/s); 15 s go to starting the process
-    rate=$(grep -oP '^cnn .*train\s+\K[0-9]+' "$RUN/log.txt" | sort -n | head -1)
+    rate=$(grep -soP '^cnn .*train\s+\K[0-9]+' "$RUN/log.txt" | sort -n | head -1)
     guard=$((LIMIT - EVAL_RESERVE - SECONDS))
     epochs=${EPOCHS:-$(python3 -c "print(max(1, int(($guard - 15) / (28709 / $rate + 0.3))))")}
     stamp "train: seeds $SEEDS${EXTRA:+ with $EXTRA} at ${rate:-(no bench)} img/s each -> $epochs epochs; stopped after $guard s at most"

@@ -1622,6 +1622,33 @@ def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_confi
     assert all(torch.equal(run[k], again[k]) for k in run)
 
 
+def test_fit_minutes_takes_back_what_a_slow_first_epoch_cut(tiny_csv, tmp_path, monkeypatch):
+    """A GPU's first epoch also builds its kernels (on an H200, 1.4-2.0 times the median epoch): sized to 6 epochs
+    at the start and to 3 by its first epoch, a run whose pace then recovers is lengthened up to the start's 6, not
+    held at 3. Still in its warmup, the change is exact: the run is the very run of 5 epochs."""
+    fits, verdicts, asked, guard = iter([6, 3]), iter([5, 5, 5]), [], train.epochs_within_budget
+    monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: next(fits))
+
+    def budget(minutes, seconds, planned, least, sized):
+        asked.append((planned, sized))
+        return next(verdicts), 1.0
+
+    monkeypatch.setattr(train, "epochs_within_budget", budget)
+    cfg = dict(train_limit=96, warmup_epochs=2)
+    info = train.train(tiny_csv, tmp_path / "run", tiny_config(**cfg, epochs=8, fit_minutes=1), progress=False)
+    assert info["epochs_run"] == 5 and asked[0] == (3, 6)
+    assert info["fit_minutes"]["epochs_timed"] == 6 and info["fit_minutes"]["shortened"][0]["epochs"] == 5
+    saved = config.load(tmp_path / "run" / "config.yaml")
+    assert (saved.epochs, saved.shortened) == (5, ())
+    train.train(tiny_csv, tmp_path / "plain", tiny_config(**cfg, epochs=5), progress=False)
+    run = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    plain = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(run[k], plain[k]) for k in run)
+    # the guard itself, on the pace of the four H200 runs scaled to one (3.3 s, then 1.64 s), 7.5 minutes: 173 of
+    # the 264 epochs the start allowed, where the first epoch's 136 were the ceiling before
+    assert guard(7.5, [3.3, 1.64], 136, least=3, sized=264)[0] == 173
+
+
 def test_a_resumed_run_keeps_to_its_minutes(tiny_csv, tmp_path, monkeypatch):
     """The guard goes on after a resume, from run.json's minutes: a run killed after its first epoch, on a
     machine where it is behind time, is cut after its second."""

@@ -368,6 +368,13 @@ def sized_epochs(fitted: dict[str, Any]) -> int:
     return changes[0]["from_epochs"] if changes else fitted["epochs"]
 
 
+def guard_ceiling(fitted: dict[str, Any]) -> int:
+    """The most epochs fit_minutes' guard takes a run back to: those sized, or the start's timing's where that
+    allowed more. A GPU's first epoch also builds kernels and tunes cuDNN (1.4-2.0 times the median epoch in four H200
+    runs side by side), so that epoch's own time can size a run far too short; the pace after it is what counts."""
+    return max(sized_epochs(fitted), fitted.get("epochs_timed", 0))
+
+
 def _note_long_warmup(cfg: TrainConfig) -> None:
     if cfg.schedule == "cosine" and cfg.warmup_epochs > cfg.epochs:
         tqdm.write(f"note: warmup_epochs {cfg.warmup_epochs:g} is longer than the {cfg.epochs} epochs: the learning "
@@ -586,12 +593,12 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                            f"{cfg.epochs} of {fitted['epochs_asked']} epochs fit")
                 if resized:
                     _note_long_warmup(cfg)
-        # the guard follows the pace after every epoch, both ways but never past the epochs sized: a change is exact
+        # the guard follows the pace after every epoch, both ways but never past guard_ceiling: a change is exact
         # when the rates so far do not depend on the epochs, and otherwise recorded, so the saved config repeats it
         elif fitted and epoch < cfg.epochs:
             kept, pace = epochs_within_budget(fitted["minutes"], [r["seconds"] for r in history], cfg.epochs,
                                               least=guard_least(cfg.schedule, epoch),
-                                              sized=sized_epochs(fitted))
+                                              sized=guard_ceiling(fitted))
             if kept != cfg.epochs:
                 exact = warmup_only(cfg, epoch_steps, epoch)
                 fitted.setdefault("shortened", []).append({
