@@ -27,9 +27,7 @@ from ferkit.data import (EMOTIONS, FER2013_COUNTS, N_PIXELS, SPLITS, Dataset, co
                          summarize)
 from ferkit.errors import DataFormatError, FerkitError
 
-from conftest import FOLDERS, Faces, export_entries, png_bytes, write_export
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
+from conftest import FOLDERS, SHARED, Faces, export_entries, png_bytes, write_export
 
 
 @pytest.fixture(autouse=True)
