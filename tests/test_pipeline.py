@@ -137,3 +137,15 @@ def test_a_study_sized_by_fit_minutes_resumes_with_the_same_command(tiny_csv, tm
     with pytest.raises(config.FerkitError, match="fit_minutes 600.0 \\(now 5.0\\)"):
         pipeline._require_same_config(run, config.resolve(overrides={"widths": "8,16", "epochs": 3, "train_limit": 64,
                                                                      "fit_minutes": 5}), "--set")
+
+
+def test_a_study_resumes_with_another_device_or_thread_count_but_not_other_settings(tmp_path):
+    """Where a run executes is not what it computes: a study started with 2 threads on the CPU may go on with 1,
+    or on another device; other epochs would be quietly ignored, so they stop it."""
+    run = tmp_path / "study" / "cnn"
+    run.mkdir(parents=True)
+    config.save(config.resolve(overrides={"epochs": 3, "threads": 2, "device": "cpu"}), run / "config.yaml")
+    for place in ({"threads": 1, "device": "cpu"}, {"threads": 2, "device": "auto"}):
+        pipeline._require_same_config(run, config.resolve(overrides={"epochs": 3, **place}), "--set")
+    with pytest.raises(config.FerkitError, match="started with other settings: epochs 3 \\(now 4\\)\\. Resume"):
+        pipeline._require_same_config(run, config.resolve(overrides={"epochs": 4, "threads": 1}), "--set")

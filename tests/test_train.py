@@ -430,13 +430,32 @@ def test_registry_and_config_reject_unknown_names():
     ("patience=0", "'patience': 0 must be at least 1"),
     ("seed=1e30", "'seed': .* must be in \\[0, 2\\*\\*32\\)"),
     ("seed=-1", "'seed': -1 must be in"),
+    ("seed=4294967296", "'seed': 4294967296 must be in \\[0, 2\\*\\*32\\)"),  # one past NumPy's largest seed
     ("lr=1e300", "'lr': 1e\\+300 must be in \\[0, 100\\]"),
     ("imbalance_power=1e9", "'imbalance_power': .* must be in \\[0, 10\\]"),
     ("snapshot_minutes=-1", "'snapshot_minutes': -1 must hold minutes that are not negative \\(the default is empty\\)"),
+    ("epochs=2.5", "'epochs': '2.5' is not a valid whole number"),  # not 2 without a word
+    ("shortened=0,5", "'shortened': 0,5 must hold epochs of at least 1"),  # a change before the first epoch
 ])
 def test_config_rejects_values_out_of_range(override, message):
     with pytest.raises(FerkitError, match=message):
         config.resolve(overrides=[override])
+
+
+def test_config_takes_lists_in_brackets_and_as_many_stages_as_a_face_has_pixels_for():
+    for text in ("8,16", "[8, 16]", "(8,16)", "8,16,"):
+        assert config.resolve(overrides=[f"widths={text}"]).widths == (8, 16), text
+    assert config.resolve(overrides=["epochs = 3"]).epochs == 3  # --set "epochs = 3": one word, spaces and all
+    cfg = config.resolve(overrides=["widths=4,4,4,4,4,4"])  # 48, 24, 12, 6, 3 and 1 pixels
+    assert get_model("cnn", **cfg.model_kwargs())(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
+
+
+def test_config_accepts_both_ends_of_each_closed_range_and_picks_the_gpu_profile_where_cuda_is(monkeypatch):
+    cfg = config.resolve(overrides=["erase_prob=1", "weight_decay=1", "lr=100", "imbalance_power=10", "seed=4294967295"])
+    assert (cfg.erase_prob, cfg.weight_decay, cfg.lr, cfg.imbalance_power, cfg.seed) == (1, 1, 100, 10, 2**32 - 1)
+    assert config.auto_profile() == ("gpu" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert config.auto_profile() == "gpu"
 
 
 def test_config_rejects_an_unknown_model_and_a_residual_stage_of_even_depth():
@@ -1006,6 +1025,8 @@ def test_override_mistakes_name_the_option_that_made_them():
         config.resolve(overrides=["epoch=2"], option="--mlp-set")
     with pytest.raises(FerkitError, match="--mlp-set: config key 'epochs': 'x' is not a valid whole number"):
         config.resolve(overrides=["epochs=x"], option="--mlp-set")
+    with pytest.raises(FerkitError, match="--mlp-set: config key 'lr': '=0.1' is not a valid finite number"):
+        config.resolve(overrides=["lr==0.1"], option="--mlp-set")
     with pytest.raises(FerkitError, match="--mlp-set 'epochs': expected key=value, e.g. --mlp-set epochs=5"):
         config.resolve(overrides=["epochs"], option="--mlp-set")
 
@@ -1517,7 +1538,8 @@ def test_a_run_cut_short_runs_the_rest_of_its_schedule_faster():
     assert rates[-1] < 0.01 * cut.lr
     with pytest.raises(FerkitError, match="'shortened': 5,8 should be empty or pairs of epochs"):
         tiny_config(epochs=5, shortened="5,8")
-    for malformed in ("3", "3,8,2,5", "3,8,6,6", "3,8,4,9,7,5"):  # odd, out of order, at an end, past the end
+    # odd, out of order, twice after one epoch, at an end, past the end
+    for malformed in ("3", "3,8,2,5", "3,8,3,7", "3,8,6,6", "3,8,4,9,7,5"):
         with pytest.raises(FerkitError, match=f"'shortened': {malformed} should be"):
             tiny_config(epochs=6, shortened=malformed)
 
