@@ -240,6 +240,33 @@ def test_detected_faces_are_cropped_with_the_margin_largest_first():
         np.testing.assert_array_equal(face.crop, to_face(gray[y:y + h, x:x + w]))
 
 
+def test_a_large_crop_is_shrunk_by_averaging_as_a_photo_would_be():
+    """Each of the 48x48 pixels is the mean of the 10x10 block of a 480x480 crop that it covers: sampling a few
+    pixels instead would turn fine detail (here noise) into noise of its own."""
+    from ferkit.predict import to_face
+
+    gray = np.random.default_rng(0).integers(0, 256, (480, 480)).astype(np.uint8)
+    block_means = gray.reshape(48, 10, 48, 10).mean(axis=(1, 3))
+    assert np.abs(to_face(gray).astype(float) - block_means).max() <= 1
+
+
+def test_photos_without_a_face_are_named_and_a_small_one_gets_the_advice_to_skip_detection(tiny_run, tmp_path):
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    Image.new("L", (100, 100), 128).save(tmp_path / "crop.png")  # as small as a face that was cut out already
+    Image.new("L", (640, 480), 128).save(tmp_path / "wall.png")
+    with pytest.raises(FerkitError) as raised:
+        predict(tiny_run, [tmp_path / "crop.png", tmp_path / "wall.png"], out=tmp_path / "faces.csv", progress=False)
+    assert str(raised.value).splitlines() == [
+        "no face was classified, so nothing was written:",
+        f"  {tmp_path / 'crop.png'}: no face found (a crop this small is maybe a face already: --no-detect "
+        "classifies it whole)",
+        f"  {tmp_path / 'wall.png'}: no face found"]
+    assert not (tmp_path / "faces.csv").exists()
+
+
 def test_colour_photos_of_any_shape_and_suffix_are_read_as_training_faces(tiny_run, tmp_path, monkeypatch):
     """Colour is turned grey as OpenCV's BGR order says, a crop keeps its width and height in the table,
     an upper-case suffix counts, and each annotated photo gets its own faces' boxes."""
@@ -281,6 +308,25 @@ def test_photos_of_the_same_name_get_an_annotated_copy_each(tiny_run, tmp_path):
         cv2.imwrite(str(tmp_path / folder / "face.png"), np.full((48, 48, 3), value, np.uint8))
     predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "boxes", progress=False)
     assert sorted(p.name for p in (tmp_path / "boxes").iterdir() if not p.name.startswith(".")) == ["face.jpg", "face_.jpg"]
+    # names that differ in case alone are one file on macOS and Windows
+    (tmp_path / "b" / "face.png").rename(tmp_path / "b" / "Face.png")
+    predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "cased", progress=False)
+    assert sorted(p.name for p in (tmp_path / "cased").iterdir() if not p.name.startswith(".")) == ["Face_.jpg", "face.jpg"]
+    # a folder keeps track of every copy it was given: a later run may replace any of them, not just the last run's
+    predict(tiny_run, tmp_path / "a", detect=False, annotate=tmp_path / "cased", progress=False)
+    predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "cased", progress=False)
+
+
+def test_the_label_of_a_box_at_the_top_of_a_photo_is_written_inside_it(tiny_run, tmp_path):
+    import cv2
+
+    from ferkit.predict import predict
+
+    cv2.imwrite(str(tmp_path / "face.png"), np.full((200, 200, 3), 128, np.uint8))
+    predict(tiny_run, tmp_path / "face.png", detect=False, annotate=tmp_path / "boxes", progress=False)  # box: all
+    below_the_edge = cv2.imread(str(tmp_path / "boxes" / "face.jpg"))[4:40, 4:-4].astype(int)
+    blue, green, red = below_the_edge[..., 0], below_the_edge[..., 1], below_the_edge[..., 2]
+    assert ((green > 160) & (red < 100) & (blue < 100)).sum() > 30  # the label's green strokes
 
 
 def test_annotated_copies_never_replace_or_join_the_photos(tiny_run, tiny_csv, tmp_path, capsys):
@@ -327,6 +373,11 @@ def test_no_output_replaces_a_photo_or_a_runs_own_files(tiny_run, tiny_csv, tmp_
                          (tmp_path / "other" / "holiday.png", "names an image")):
         with pytest.raises(FerkitError, match=message):
             predict(tiny_run, tmp_path / "other", out=out, detect=False, progress=False)
+    scan = tmp_path / "scan"  # a photo without a suffix, given by name, is classified: --out must not replace it
+    Image.fromarray(load(tiny_csv).images[0]).save(scan, format="PNG")
+    with pytest.raises(FerkitError, match="--out .*scan: is one of the photos to classify; name the CSV otherwise"):
+        predict(tiny_run, scan, out=scan, detect=False, progress=False)
+    assert Image.open(scan).format == "PNG"
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy)
     record = (copy / "run.json").read_bytes()
@@ -396,6 +447,11 @@ def test_a_transparent_photo_is_read_on_white_as_a_viewer_shows_it(tmp_path):
     assert (image[np.asarray(Image.open(tmp_path / "palette.png")) == grey.info["transparency"]] == 255).all()
     Image.fromarray(colours).save(tmp_path / "opaque.png")  # an opaque photo is read as it was
     np.testing.assert_array_equal(read_photo(tmp_path / "opaque.png")[0][:, :, ::-1], colours)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: rotate 90 degrees clockwise to show
+    opaque = np.dstack([colours, np.full((20, 30), 255, np.uint8)])
+    Image.fromarray(opaque, "RGBA").transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.png", exif=exif)
+    np.testing.assert_array_equal(read_photo(tmp_path / "turned.png")[0][:, :, ::-1], colours)  # upright, as shown
 
 
 def test_decoder_warnings_name_their_photo_instead_of_going_to_stderr(tiny_run, tmp_path, capfd):
