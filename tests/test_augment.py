@@ -83,6 +83,12 @@ def test_random_erasing_follows_its_probability_and_size():
         assert bool((share <= 0.25).all())
     out = augment_batch(x, _only(erase_prob=0.25), torch.Generator().manual_seed(0))
     assert 2 <= int(((out < 0.5).flatten(1).any(1)).sum()) <= 16
+    # the rectangles vary: 2% to 20% of the face, from three times as wide as high to three times as high as wide
+    erased = augment_batch(torch.ones(256, 1, 48, 48), _only(erase_prob=1.0), torch.Generator().manual_seed(0))[:, 0] < 0.5
+    share = erased.float().mean(dim=(1, 2))
+    assert 0.015 <= float(share.min()) < 0.04 and 0.18 < float(share.max()) <= 0.22
+    height_over_width = erased.any(2).sum(1) / erased.any(1).sum(1)
+    assert float(height_over_width.min()) < 0.5 and float(height_over_width.max()) > 2
 
 
 def test_augmentation_draws_only_from_the_generator_it_is_given():
@@ -110,3 +116,48 @@ def test_with_mixup_and_cutmix_on_each_batch_gets_one_with_its_own_alpha(monkeyp
         kinds.append("mixup" if blended else "cutmix")
         assert alphas == [0.2 if blended else 1.0]
     assert 4 <= kinds.count("mixup") <= 16
+
+
+def test_the_warp_shifts_and_turns_faces_as_far_as_asked_and_fills_the_edges_from_the_border():
+    """A blob's centre of mass follows the warp to within 0.01 px: shifts reach max_shift pixels and no more on
+    either axis; a rotation keeps a blob off the centre at its distance from it (no shear) and turns it by at most
+    max_rotate degrees; and what comes in at an edge continues the face, so a uniform face stays uniform."""
+    import math
+
+    ys, xs = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    centre = 23.5  # between the two middle pixels: the warp's origin
+
+    def blobs(cy, cx):
+        return torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * 1.5 ** 2)).expand(64, 1, 48, 48).contiguous()
+
+    def offsets(batch):  # (y, x) of each face's centre of mass from the middle
+        weights = batch[:, 0] / batch[:, 0].sum(dim=(1, 2), keepdim=True)
+        return torch.stack([(weights * ys).sum(dim=(1, 2)), (weights * xs).sum(dim=(1, 2))], 1) - centre
+
+    rng = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    moves = offsets(random_affine(blobs(centre, centre), _only(max_shift=4), rng())).abs()
+    assert float(moves.max()) <= 4.01 and float(moves.max(0).values.min()) >= 3.5
+    turned = offsets(random_affine(blobs(centre + 8, centre + 8), _only(max_rotate=10), rng()))
+    assert float((turned.norm(dim=1) - 8 * math.sqrt(2)).abs().max()) < 0.05
+    degrees = torch.rad2deg(torch.atan2(turned[:, 0], turned[:, 1])) - 45
+    assert 9 <= float(degrees.abs().max()) <= 10.01 and float(degrees.min()) < 0 < float(degrees.max())
+    flat = random_affine(torch.ones(8, 1, 48, 48), _only(max_shift=4, max_rotate=20, max_scale=0.3), rng())
+    torch.testing.assert_close(flat, torch.ones_like(flat))
+
+
+def test_cutmix_pastes_a_box_of_the_share_its_draw_gives_and_the_draws_are_symmetric(monkeypatch):
+    """lam = 0.75 pastes a box of 1 - 0.75 of the face (24x24 of 48x48) where it is not cut by an edge; the draws
+    are Beta(alpha, alpha), so that neither face of a pair is favoured."""
+    from ferkit import augment
+
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.tensor([augment._beta(0.4, generator) for _ in range(2000)])
+    assert 0.47 < float(draws.mean()) < 0.53 and 0.47 < float((draws < 0.5).float().mean()) < 0.53
+    monkeypatch.setattr(augment, "_beta", lambda alpha, generator: 0.75)
+    b = 8
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, 48, 48).clone()  # face i is all i
+    pasted = []
+    for seed in range(20):
+        mixed_x, _ = mix(x, torch.eye(b), _cfg(cutmix=1.0), torch.Generator().manual_seed(seed))
+        pasted.append(float((mixed_x != x).float().mean(dim=(1, 2, 3)).max()))
+    assert max(pasted) == 0.25
