@@ -345,10 +345,18 @@ def test_annotated_copies_never_replace_or_join_the_photos(tiny_run, tiny_csv, t
     assert (tmp_path / "boxes" / "face.jpg").exists()
 
 
-def test_export_refuses_a_json_name_its_sidecar_would_take(tiny_run, tmp_path, capsys):
-    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.json")]) == 2
-    assert "the model's .json sidecar takes this name; name the model .onnx" in capsys.readouterr().err
-    assert not (tmp_path / "model.json").exists()
+def test_export_refuses_a_json_name_or_a_json_no_export_wrote_and_replaces_its_own_sidecar(tiny_run, tmp_path, capsys):
+    for name in ("model.json", "MODEL.JSON"):
+        assert main(["export", str(tiny_run), "--onnx", str(tmp_path / name)]) == 2
+        assert "the model's .json sidecar takes this name; name the model .onnx" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
+    (tmp_path / "notes.json").write_text("my notes, not JSON")  # unreadable as JSON is no sidecar either
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "notes.onnx")]) == 2
+    assert "would replace a file that is no ferkit export's sidecar" in capsys.readouterr().err
+    assert (tmp_path / "notes.json").read_text() == "my notes, not JSON"
+    for _ in range(2):  # an export replaces its own earlier sidecar, which names the checkpoint's epoch
+        assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.onnx")]) == 0
+    assert json.loads((tmp_path / "model.json").read_text())["epoch"] == train.load_model(tiny_run)[1]["epoch"]
 
 
 def test_no_output_replaces_a_photo_or_a_runs_own_files(tiny_run, tiny_csv, tmp_path, capsys):
