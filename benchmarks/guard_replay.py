@@ -1,6 +1,7 @@
 """What would today's fit_minutes guard have done with runs already trained? Replayed on their epoch times.
 
     python benchmarks/guard_replay.py runs/guard-narrow-onecycle-s1 runs/guard-narrow-onecycle-s2
+    python benchmarks/guard_replay.py --first 3.3 2.5 1.64 [--minutes 7.5 --start 1.7 --rest 1.64]
 
 Each run's `history.csv` holds the seconds of every epoch it trained, and its `run.json` the minutes and
 the epochs the run was sized to (before any cut). The replay walks those epochs through
@@ -9,6 +10,12 @@ would have kept and the seconds they took. Where it would keep more epochs than 
 seconds of those extra epochs are unknown: the replay prints how many, and the time with each at the
 run's mean epoch, marked as such. Only the guard's arithmetic is replayed: nothing is trained, and the
 accuracy the other epochs would have given is not known.
+
+With `--first`, made-up runs instead: a cosine run whose warmup covers its first epoch, read at `--start` s an
+epoch by the timing at the start, whose first epoch takes each `--first` s (a GPU's also builds kernels and
+tunes cuDNN) and every later one `--rest` s. For each it prints the epochs trained and their seconds with
+today's ceiling (`guard_ceiling`: the start's count where that is more) and with the one before 2026-11-30
+evening (the count the first epoch's own time allowed).
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from pathlib import Path
 
 from ferkit import config
 from ferkit.fileio import read_json
-from ferkit.train import epochs_within_budget, guard_least, read_history, sized_epochs
+from ferkit.train import (epochs_that_fit, epochs_within_budget, guard_ceiling, guard_least, read_history,
+                          sized_epochs)
 
 
 def replay(run: Path) -> dict:
@@ -33,7 +41,7 @@ def replay(run: Path) -> dict:
         epoch += 1
         if epoch < planned:
             kept, _ = epochs_within_budget(fitted["minutes"], seconds[:epoch], planned,
-                                           least=guard_least(schedule, epoch), sized=sized)
+                                           least=guard_least(schedule, epoch), sized=guard_ceiling(fitted))
             if kept != planned:
                 decisions.append((epoch, planned, kept))
                 planned = kept
@@ -46,10 +54,39 @@ def replay(run: Path) -> dict:
             "replayed_seconds": sum(seconds[:planned]) + missing * mean}
 
 
+def made_up(minutes: float, start: float, first: float, rest: float, asked: int, ceiling_at_start: bool
+            ) -> tuple[int, float]:
+    """(epochs trained, seconds spent) of the made-up cosine run described in the module's docstring."""
+    timed = epochs_that_fit(minutes, start, asked)
+    planned = epochs_that_fit(minutes, first, asked)  # sized again by the first epoch's own time
+    ceiling = max(planned, timed) if ceiling_at_start else planned
+    seconds, epoch = [first], 1
+    while epoch < planned:
+        epoch += 1
+        seconds.append(rest)
+        if epoch < planned:
+            planned, _ = epochs_within_budget(minutes, seconds, planned, least=guard_least("cosine", epoch),
+                                              sized=ceiling)
+    return epoch, sum(seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders trained with fit_minutes")
-    for run in parser.parse_args().runs:
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders trained with fit_minutes")
+    parser.add_argument("--first", type=float, nargs="+", help="made-up runs: the first epoch's seconds")
+    parser.add_argument("--minutes", type=float, default=7.5)
+    parser.add_argument("--start", type=float, default=1.7)
+    parser.add_argument("--rest", type=float, default=1.64)
+    parser.add_argument("--asked", type=int, default=400)
+    args = parser.parse_args()
+    if args.first:
+        print(f"{args.minutes:g} minutes, the start's timing {args.start:g} s an epoch, later epochs {args.rest:g} s")
+        print("first epoch s   before: epochs  seconds   now: epochs  seconds")
+        for first in args.first:
+            before = made_up(args.minutes, args.start, first, args.rest, args.asked, ceiling_at_start=False)
+            now = made_up(args.minutes, args.start, first, args.rest, args.asked, ceiling_at_start=True)
+            print(f"{first:13.2f}   {before[0]:14d}  {before[1]:7.1f}   {now[0]:11d}  {now[1]:7.1f}")
+    for run in args.runs:
         r = replay(run)
         extra = f" (+{r['unrecorded_epochs']} not recorded, each at the run's mean)" if r["unrecorded_epochs"] else ""
         print(f"{r['run']}: {r['minutes']:g} minutes, sized to {r['sized']}; trained {r['trained']} epochs in "
