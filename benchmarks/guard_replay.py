@@ -57,9 +57,9 @@ def replay(run: Path) -> dict:
 def made_up(minutes: float, start: float, first: float, rest: float, asked: int, ceiling_at_start: bool
             ) -> tuple[int, float]:
     """(epochs trained, seconds spent) of the made-up cosine run described in the module's docstring."""
-    timed = epochs_that_fit(minutes, start, asked)
     planned = epochs_that_fit(minutes, first, asked)  # sized again by the first epoch's own time
-    ceiling = max(planned, timed) if ceiling_at_start else planned
+    fitted = {"epochs": planned, "epochs_timed": epochs_that_fit(minutes, start, asked)}  # as run.json records it
+    ceiling = guard_ceiling(fitted) if ceiling_at_start else sized_epochs(fitted)
     seconds, epoch = [first], 1
     while epoch < planned:
         epoch += 1

@@ -24,6 +24,12 @@ from conftest import Faces, write_export
 TINY = {"widths": "8,16", "batch_size": 32, "eval_batch_size": 64, "threads": 1}
 
 
+def same_last_weights(run: Path, other: Path) -> bool:
+    """Whether two runs ended with the same weights, tensor for tensor (their last.pt)."""
+    first, second = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (run, other))
+    return all(torch.equal(first[k], second[k]) for k in first)
+
+
 def tiny_config(**overrides):
     return config.resolve(overrides={**TINY, **overrides})
 
@@ -73,13 +79,10 @@ def test_seed_reproduces_bit_for_bit(tiny_csv, tmp_path):
     cfg = tiny_config(epochs=2, train_limit=96)
     train.train(tiny_csv, tmp_path / "a", cfg, progress=False)
     train.train(tiny_csv, tmp_path / "b", cfg, progress=False)
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_last_weights(tmp_path / "a", tmp_path / "b")
     other = tiny_config(epochs=2, train_limit=96, seed=1)
     train.train(tiny_csv, tmp_path / "c", other, progress=False)
-    c = torch.load(tmp_path / "c" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert not same_last_weights(tmp_path / "a", tmp_path / "c")
 
 
 @pytest.mark.parametrize("ema, decay_norm_and_bias", [(0.0, True), (0.9, True), (0.0, False)])
@@ -1488,9 +1491,7 @@ def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_pat
     info = train.train(tiny_csv, tmp_path / "roomy", tiny_config(**cfg, fit_minutes=600), progress=False)
     assert info["fit_minutes"]["epochs"] == info["fit_minutes"]["epochs_asked"] == 3
     assert info["fit_minutes"]["epoch_seconds"] > 0 and info["epochs_run"] == 3
-    plain = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    roomy = torch.load(tmp_path / "roomy" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(plain[k], roomy[k]) for k in plain)
+    assert same_last_weights(tmp_path / "plain", tmp_path / "roomy")
 
     # a machine on which the timing at the start makes room for 3 epochs, but the first epoch for 2 only: the
     # run trains 2, its schedule ends with them, and it is the very run of 2 epochs (the first is warmup alone)
@@ -1507,9 +1508,7 @@ def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_pat
     assert history[-1]["lr"] == train.learning_rate(saved, 2 * steps - 1, 2 * steps, steps)
     assert history[-1]["lr"] < train.learning_rate(saved, 2 * steps - 1, 3 * steps, steps)
     train.train(tiny_csv, tmp_path / "again", saved, progress=False)
-    short = torch.load(tmp_path / "short" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    again = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(short[k], again[k]) for k in short)
+    assert same_last_weights(tmp_path / "short", tmp_path / "again")
 
     # one-cycle's first steps depend on the number of epochs: only the timing at the start sizes it
     fits = iter([2])
@@ -1600,18 +1599,14 @@ def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_i
     assert history[-1]["lr"] < 0.5 * train.learning_rate(tiny_config(**{**cfg, "epochs": 4}, schedule="onecycle"),
                                                          2 * steps - 1, 4 * steps, steps)
     train.train(tiny_csv, tmp_path / "again", saved, progress=False)
-    cut = torch.load(tmp_path / "onecycle" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    again = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(cut[k], again[k]) for k in cut)
+    assert same_last_weights(tmp_path / "onecycle", tmp_path / "again")
 
     info = train.train(tiny_csv, tmp_path / "warmup", tiny_config(**cfg, warmup_epochs=2), progress=False)
     assert info["epochs_run"] == 3 and info["fit_minutes"]["shortened"][0]["after_epoch"] == 2
     saved = config.load(tmp_path / "warmup" / "config.yaml")
     assert (saved.epochs, saved.shortened) == (3, ())
     train.train(tiny_csv, tmp_path / "plain", tiny_config(epochs=3, train_limit=96, warmup_epochs=2), progress=False)
-    warmup = torch.load(tmp_path / "warmup" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    plain = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(warmup[k], plain[k]) for k in warmup)
+    assert same_last_weights(tmp_path / "warmup", tmp_path / "plain")
 
 
 def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_config_repeats_it(tiny_csv, tmp_path,
@@ -1639,9 +1634,7 @@ def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_confi
     assert [row["lr"] for row in history] == [train.learning_rate(saved, (e + 1) * steps - 1, 5 * steps, steps)
                                               for e in range(5)]
     train.train(tiny_csv, tmp_path / "again", saved, progress=False)
-    run = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    again = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(run[k], again[k]) for k in run)
+    assert same_last_weights(tmp_path / "run", tmp_path / "again")
 
 
 def test_fit_minutes_takes_back_what_a_slow_first_epoch_cut(tiny_csv, tmp_path, monkeypatch):
@@ -1663,9 +1656,7 @@ def test_fit_minutes_takes_back_what_a_slow_first_epoch_cut(tiny_csv, tmp_path, 
     saved = config.load(tmp_path / "run" / "config.yaml")
     assert (saved.epochs, saved.shortened) == (5, ())
     train.train(tiny_csv, tmp_path / "plain", tiny_config(**cfg, epochs=5), progress=False)
-    run = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    plain = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(run[k], plain[k]) for k in run)
+    assert same_last_weights(tmp_path / "run", tmp_path / "plain")
     # the guard itself, on the pace of the four H200 runs scaled to one (3.3 s, then 1.64 s), 7.5 minutes: 173 of
     # the 264 epochs the start allowed, where the first epoch's 136 were the ceiling before
     assert guard(7.5, [3.3, 1.64], 136, least=3, sized=264)[0] == 173
