@@ -3,7 +3,8 @@ layer table that describes an architecture.
 
 Every model takes (B, 1, 48, 48) float images (normalised by `preprocess`) and exposes
 `forward_features(x)` (the last convolutional block's maps, or the hidden vector of the MLP) and
-`forward_head(features, pre_logits=False)`, so that feature figures need no hooks.
+`forward_head(features, pre_logits=False)`, so that feature figures need no hooks; `num_features` is
+the width of `forward_head(features, pre_logits=True)`.
 """
 
 from __future__ import annotations
@@ -90,10 +91,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.branch = nn.Sequential(_conv_bn(channels, channels, batch_norm),
                                     _conv_bn(channels, channels, batch_norm, relu=False))
-        last = self.branch[-1][-1]
-        nn.init.zeros_(last.weight)
-        if last.bias is not None:
-            nn.init.zeros_(last.bias)
+        nn.init.zeros_(self.branch[-1][-1].weight)  # its bias is zero already: batch norm's, or `_conv_bn`'s
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
