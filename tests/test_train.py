@@ -17,7 +17,7 @@ from ferkit import data as fdata
 from ferkit.cli import main
 from ferkit.errors import FerkitError
 from ferkit.evaluate import compute_metrics, ensemble, evaluate
-from ferkit.models import get_model, list_models
+from ferkit.models import get_model, list_models, preprocess
 
 from conftest import Faces, write_export
 
@@ -641,6 +641,37 @@ def test_an_unreadable_checkpoint_is_not_called_foreign(trained_run, monkeypatch
         train.load_checkpoint(run)
 
 
+class Executable:
+    """Stands for any object a pickle would build, and could run code while doing so."""
+
+
+def test_a_checkpoint_holding_more_than_tensors_is_refused(trained_run, tmp_path):
+    run, _ = trained_run
+    payload = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    torch.save({**payload, "extra": Executable()}, tmp_path / "odd.pt")
+    with pytest.raises(FerkitError, match="odd.pt: not a ferkit checkpoint"):
+        train.load_checkpoint(tmp_path / "odd.pt")
+
+
+def test_device_auto_takes_cuda_when_present_and_a_missing_gpu_is_named(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.pick_device("auto") == torch.device("cpu") and train.pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(FerkitError, match=r"device 'cuda' was asked for, but PyTorch sees no CUDA GPU; use the CPU"):
+        train.pick_device("cuda")
+    assert torch.backends.cudnn.benchmark is False  # only a GPU run lets cuDNN pick its kernels
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.pick_device("auto") == torch.device("cuda") and torch.backends.cudnn.benchmark is True
+
+
+def test_epoch_seeds_stay_as_recorded_runs_drew_them():
+    """Every epoch's augmentation and order come from this seed: another formula, however random, would
+    change every run that RESULTS.md records as repeating bit for bit."""
+    assert [train._epoch_seed(0, epoch) for epoch in (1, 2)] == [7919, 15838]
+    assert train._epoch_seed(3, 5) == 3 * 1_000_003 + 5 * 7919
+    assert train._epoch_seed(2**62, 0) == 2**62 * 1_000_003 % (2**63 - 1)  # a large seed wraps into torch's range
+
+
 def test_bad_output_paths_stop_before_any_work(trained_run, tiny_csv, tmp_path, capsys):
     run, _ = trained_run
     evaluate(run, split="test", tta=True)  # what `report` needs
@@ -788,6 +819,40 @@ def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
     assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))  # rises over the 20 warmup steps
     assert all(a >= b for a, b in zip(lrs[20:], lrs[21:])) and lrs[-1] < 1e-3
     assert lrs[60] == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 40 / 80)))
+    assert lrs[20] == pytest.approx(0.1) and max(lrs) == pytest.approx(0.1)  # the cosine starts where warmup ends
+
+
+def test_one_epoch_trains_on_consecutive_batches_of_its_order_and_counts_what_it_got_right():
+    cfg = tiny_config(batch_size=4, augment=False, schedule="constant", lr=0.1, label_smoothing=0.0)
+    x_train = torch.arange(0, 240, 20, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 1, 48, 48).contiguous()
+    y_train = torch.tensor([0, 1, 2] * 4)
+    order = torch.tensor([11, 3, 7, 0, 5, 9, 1, 2, 10, 4, 8, 6])
+    offset = torch.nn.Parameter(torch.zeros(()))  # no gradient reaches the logits: they stay fixed
+    logits = torch.tensor([4.0, 0, 0, 0, 0, 0, 0])  # always Angry
+    batches = []
+
+    def forward(x):
+        batches.append(x[:, 0, 0, 0].clone())
+        return logits.expand(len(x), 7) + 0 * offset
+
+    optimizer = torch.optim.SGD([offset], lr=cfg.lr)
+    generator = torch.Generator().manual_seed(0)
+    result = train.train_one_epoch(forward, optimizer, x_train, y_train, order, range(2), 2, cfg, generator)
+    assert [b.tolist() for b in batches] == [preprocess(x_train[order[k * 4:(k + 1) * 4], 0, 0, 0]).tolist()
+                                            for k in range(2)]  # 2 steps: the first 8 of the order
+    assert result["train_acc"] == pytest.approx(float((y_train[order[:8]] == 0).float().mean()))
+    loss = torch.nn.functional.cross_entropy(logits.expand(8, 7), y_train[order[:8]])
+    assert result["train_loss"] == pytest.approx(float(loss)) and result["lr"] == 0.1
+
+
+def test_one_cycle_ramps_from_4_percent_to_its_peak_at_30_percent_then_decays_to_a_floor():
+    cfg = tiny_config(lr=0.1, schedule="onecycle")
+    lrs = [train.learning_rate(cfg, step, 100, 10) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.004) and lrs[15] == pytest.approx(0.1 * (0.04 + 0.96 * 15 / 30))
+    assert lrs[30] == pytest.approx(0.1 + 1e-5) and max(lrs) == lrs[30]
+    assert lrs[65] == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 35 / 70)) + 1e-5)
+    assert 1e-5 < lrs[-1] < 1e-4  # never zero, never below the floor
+    assert [train.learning_rate(cfg, step, 4, 4) for step in range(2)] == pytest.approx([0.004, 0.1 + 1e-5])  # peak at step 1
 
 
 def test_confusion_matrix_rows_are_the_true_class():
@@ -1373,6 +1438,18 @@ def test_a_warmup_longer_than_the_run_is_named(tiny_csv, tmp_path, capsys):
         capsys.readouterr().out  # where training prints its epochs
 
 
+@pytest.mark.parametrize("schedule, warmup, epochs, note", [
+    ("cosine", 3, 3, "warmup_epochs 3 is as long as the 3 epochs: the learning rate ends its warmup at 100% of lr"),
+    ("cosine", 2.5, 3, ""),
+    ("onecycle", 5, 3, ""),  # one-cycle has no warmup_epochs
+    ("constant", 5, 3, ""),
+])
+def test_the_warmup_note_comes_only_when_a_cosine_run_would_never_decay(schedule, warmup, epochs, note, capsys):
+    train._note_long_warmup(tiny_config(schedule=schedule, warmup_epochs=warmup, epochs=epochs))
+    out = capsys.readouterr().out
+    assert (note in out) if note else out == ""
+
+
 def test_an_out_folder_holding_another_models_evaluation_is_never_written_over(trained_run, tiny_csv, tmp_path):
     run, _ = trained_run
     other = tmp_path / "other"
@@ -1455,8 +1532,9 @@ def test_batch_norm_and_biases_may_go_without_weight_decay(optimizer):
     assert [group["weight_decay"] for group in groups] == [tiny_config().weight_decay, 0.0]
     assert {id(p) for p in groups[1]["params"]} == vectors and sum(len(g["params"]) for g in groups) == \
         len(list(model.parameters()))
-    whole = train.make_optimizer(model, tiny_config(optimizer=optimizer)).param_groups  # the default: one group
-    assert len(whole) == 1 and len(whole[0]["params"]) == len(list(model.parameters()))
+    whole = train.make_optimizer(model, tiny_config(optimizer=optimizer))  # the default: one group
+    assert len(whole.param_groups) == 1 and len(whole.param_groups[0]["params"]) == len(list(model.parameters()))
+    assert type(whole) is {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
 
 
 def test_an_out_folder_is_owned_by_the_run_it_evaluated_not_by_a_relative_path_or_a_folder(trained_run, tiny_csv,
@@ -1482,6 +1560,15 @@ def test_an_out_folder_is_owned_by_the_run_it_evaluated_not_by_a_relative_path_o
     ensemble([tmp_path / "a" / "moved"], tmp_path / "pair")  # the same model, moved
 
 
+def test_only_epochs_inside_the_cosine_warmup_or_a_constant_rate_are_warmup_only():
+    cosine = tiny_config(schedule="cosine", warmup_epochs=1.5)
+    assert [train.warmup_only(cosine, 10, epochs) for epochs in (1, 2)] == [True, False]  # 15 warmup steps
+    assert not train.warmup_only(tiny_config(schedule="onecycle"), 10)
+    assert train.warmup_only(tiny_config(schedule="constant"), 10, 5)
+    shortened = tiny_config(schedule="cosine", warmup_epochs=1.5, epochs=2, shortened="1,3")  # after 1 of 3
+    assert not train.warmup_only(shortened, 10)  # a cut schedule is no longer the plain one
+
+
 def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_path, monkeypatch):
     """fit_minutes sizes the epochs from a timing on a copy of the network: with room for every epoch the
     run is the very run without it, tensor for tensor; with room for fewer, config.yaml holds the epochs
@@ -1491,6 +1578,7 @@ def test_fit_minutes_trains_the_epochs_that_fit_and_saves_them(tiny_csv, tmp_pat
     info = train.train(tiny_csv, tmp_path / "roomy", tiny_config(**cfg, fit_minutes=600), progress=False)
     assert info["fit_minutes"]["epochs"] == info["fit_minutes"]["epochs_asked"] == 3
     assert info["fit_minutes"]["epoch_seconds"] > 0 and info["epochs_run"] == 3
+    assert 0 < info["fit_minutes"]["timing_seconds"] < 60  # the timing's own cost, in seconds
     assert same_last_weights(tmp_path / "plain", tmp_path / "roomy")
 
     # a machine on which the timing at the start makes room for 3 epochs, but the first epoch for 2 only: the

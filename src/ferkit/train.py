@@ -376,8 +376,9 @@ def guard_ceiling(fitted: dict[str, Any]) -> int:
 
 
 def _note_long_warmup(cfg: TrainConfig) -> None:
-    if cfg.schedule == "cosine" and cfg.warmup_epochs > cfg.epochs:
-        tqdm.write(f"note: warmup_epochs {cfg.warmup_epochs:g} is longer than the {cfg.epochs} epochs: the learning "
+    if cfg.schedule == "cosine" and cfg.warmup_epochs >= cfg.epochs:
+        length = "longer than" if cfg.warmup_epochs > cfg.epochs else "as long as"
+        tqdm.write(f"note: warmup_epochs {cfg.warmup_epochs:g} is {length} the {cfg.epochs} epochs: the learning "
                    f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
 
 
