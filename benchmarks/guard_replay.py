@@ -29,6 +29,22 @@ from ferkit.train import (epochs_that_fit, epochs_within_budget, guard_ceiling, 
                           sized_epochs)
 
 
+def walk(minutes: float, seconds: list[float], planned: int, schedule: str, ceiling: int
+         ) -> tuple[int, list[tuple[int, int, int]]]:
+    """The guard's decisions over epochs that took `seconds`: the epochs planned at the end, and each change as
+    (after epoch, planned before, planned after)."""
+    decisions, epoch = [], 0
+    while epoch < min(planned, len(seconds)):
+        epoch += 1
+        if epoch < planned:
+            kept, _ = epochs_within_budget(minutes, seconds[:epoch], planned, least=guard_least(schedule, epoch),
+                                           sized=ceiling)
+            if kept != planned:
+                decisions.append((epoch, planned, kept))
+                planned = kept
+    return planned, decisions
+
+
 def replay(run: Path) -> dict:
     """The guard's decisions over the run's recorded epoch times: the epochs after each, and the outcome."""
     fitted = read_json(run / "run.json")["fit_minutes"]
@@ -36,15 +52,7 @@ def replay(run: Path) -> dict:
     sized = sized_epochs(fitted)
     schedule = config.load(run / "config.yaml").schedule
     seconds = [row["seconds"] for row in read_history(run / "history.csv")]
-    planned, decisions, epoch = sized, [], 0
-    while epoch < min(planned, len(seconds)):
-        epoch += 1
-        if epoch < planned:
-            kept, _ = epochs_within_budget(fitted["minutes"], seconds[:epoch], planned,
-                                           least=guard_least(schedule, epoch), sized=guard_ceiling(fitted))
-            if kept != planned:
-                decisions.append((epoch, planned, kept))
-                planned = kept
+    planned, decisions = walk(fitted["minutes"], seconds, sized, schedule, guard_ceiling(fitted))
     missing = max(0, planned - len(seconds))
     mean = sum(seconds) / len(seconds)
     return {"run": run.name, "minutes": fitted["minutes"], "sized": sized, "trained": len(seconds),
@@ -60,14 +68,9 @@ def made_up(minutes: float, start: float, first: float, rest: float, asked: int,
     planned = epochs_that_fit(minutes, first, asked)  # sized again by the first epoch's own time
     fitted = {"epochs": planned, "epochs_timed": epochs_that_fit(minutes, start, asked)}  # as run.json records it
     ceiling = guard_ceiling(fitted) if ceiling_at_start else sized_epochs(fitted)
-    seconds, epoch = [first], 1
-    while epoch < planned:
-        epoch += 1
-        seconds.append(rest)
-        if epoch < planned:
-            planned, _ = epochs_within_budget(minutes, seconds, planned, least=guard_least("cosine", epoch),
-                                              sized=ceiling)
-    return epoch, sum(seconds)
+    seconds = [first] + [rest] * (ceiling - 1)  # the guard never plans more epochs than its ceiling
+    epochs, _ = walk(minutes, seconds, planned, "cosine", ceiling)
+    return epochs, sum(seconds[:epochs])
 
 
 def main() -> None:
