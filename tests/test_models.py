@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ferkit.models import BasicBlock, ResidualStage, compact_layers, get_model, layer_table
+from ferkit.models import (CNN, MLP, BasicBlock, ResidualStage, compact_layers, get_model, has_conv_layers,
+                           layer_table, preprocess)
 
 
 def test_cnn_pools_each_channel_by_its_mean_and_its_maximum():
@@ -40,8 +41,6 @@ def test_without_batch_norm_the_convs_start_at_he_init_and_the_face_reaches_the_
     """Nothing rescales the activations without batch norm: at PyTorch's default init each conv-ReLU
     shrank them 2.4-fold, and through the cpu profile's 8 convs the logits were the same for every face
     (spread 1e-4) and the first conv's gradient 1e-4 of its weights."""
-    from ferkit.models import preprocess
-
     torch.manual_seed(0)
     x = preprocess(torch.randint(0, 256, (32, 48, 48), dtype=torch.uint8))
     model = get_model("cnn", widths=[16, 32, 96, 192], depth=2, batch_norm=False)
@@ -53,14 +52,10 @@ def test_without_batch_norm_the_convs_start_at_he_init_and_the_face_reaches_the_
 
 
 def test_register_model_hands_back_the_class_it_registers():
-    from ferkit.models import CNN, MLP
-
     assert isinstance(get_model("cnn"), CNN) and isinstance(get_model("mlp"), MLP)
 
 
 def test_preprocess_centres_128_and_maps_64_grey_levels_to_one():
-    from ferkit.models import preprocess
-
     faces = torch.tensor([0, 64, 128, 192, 255], dtype=torch.uint8).repeat(2, 48, 1)[:, :, :5]
     out = preprocess(faces)
     assert out.shape == (2, 1, 48, 5) and out.dtype == torch.float32
@@ -129,8 +124,6 @@ def test_num_features_is_the_width_the_head_sees(name, kwargs):
 
 
 def test_mlp_has_batch_norm_only_when_asked_and_cnn_alone_has_convs():
-    from ferkit.models import has_conv_layers
-
     for batch_norm in (True, False):
         mlp = get_model("mlp", hidden=[8], batch_norm=batch_norm)
         assert any(isinstance(m, nn.BatchNorm1d) for m in mlp.modules()) is batch_norm

@@ -26,6 +26,20 @@ def tiny_run(tiny_csv, tmp_path_factory):
     return run
 
 
+def save_turned(upright: np.ndarray, path: Path, mode: str | None = None) -> None:
+    """Save `upright` as a camera does: stored turned, with the EXIF orientation (6) that turns it back to show."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    Image.fromarray(upright, mode).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+
+
+def annotated_names(folder: Path) -> list[str]:
+    """The annotated copies in `folder`, without the hidden record predict keeps there."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_no_detect_crops_match_the_training_pipeline(tiny_run, tiny_csv, tmp_path):
     import cv2
 
@@ -307,11 +321,11 @@ def test_photos_of_the_same_name_get_an_annotated_copy_each(tiny_run, tmp_path):
         (tmp_path / folder).mkdir()
         cv2.imwrite(str(tmp_path / folder / "face.png"), np.full((48, 48, 3), value, np.uint8))
     predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "boxes", progress=False)
-    assert sorted(p.name for p in (tmp_path / "boxes").iterdir() if not p.name.startswith(".")) == ["face.jpg", "face_.jpg"]
+    assert annotated_names(tmp_path / "boxes") == ["face.jpg", "face_.jpg"]
     # names that differ in case alone are one file on macOS and Windows
     (tmp_path / "b" / "face.png").rename(tmp_path / "b" / "Face.png")
     predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "cased", progress=False)
-    assert sorted(p.name for p in (tmp_path / "cased").iterdir() if not p.name.startswith(".")) == ["Face_.jpg", "face.jpg"]
+    assert annotated_names(tmp_path / "cased") == ["Face_.jpg", "face.jpg"]
     # a folder keeps track of every copy it was given: a later run may replace any of them, not just the last run's
     predict(tiny_run, tmp_path / "a", detect=False, annotate=tmp_path / "cased", progress=False)
     predict(tiny_run, [tmp_path / "a", tmp_path / "b"], detect=False, annotate=tmp_path / "cased", progress=False)
@@ -400,15 +414,11 @@ def test_no_output_replaces_a_photo_or_a_runs_own_files(tiny_run, tiny_csv, tmp_
 
 
 def test_a_tiff_opencv_cannot_read_is_read_upright_by_pillow(tiny_run, tmp_path):
-    from PIL import Image
-
     from ferkit.predict import read_photo
 
     rng = np.random.default_rng(0)
     upright = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored turned: rotate 90 degrees clockwise to show
-    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rot6.tif", exif=exif)
+    save_turned(upright, tmp_path / "rot6.tif")
     image, problem = read_photo(tmp_path / "rot6.tif")
     assert problem is None
     np.testing.assert_array_equal(image[:, :, ::-1], upright)
@@ -455,10 +465,7 @@ def test_a_transparent_photo_is_read_on_white_as_a_viewer_shows_it(tmp_path):
     assert (image[np.asarray(Image.open(tmp_path / "palette.png")) == grey.info["transparency"]] == 255).all()
     Image.fromarray(colours).save(tmp_path / "opaque.png")  # an opaque photo is read as it was
     np.testing.assert_array_equal(read_photo(tmp_path / "opaque.png")[0][:, :, ::-1], colours)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored turned: rotate 90 degrees clockwise to show
-    opaque = np.dstack([colours, np.full((20, 30), 255, np.uint8)])
-    Image.fromarray(opaque, "RGBA").transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.png", exif=exif)
+    save_turned(np.dstack([colours, np.full((20, 30), 255, np.uint8)]), tmp_path / "turned.png", "RGBA")
     np.testing.assert_array_equal(read_photo(tmp_path / "turned.png")[0][:, :, ::-1], colours)  # upright, as shown
 
 
