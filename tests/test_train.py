@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import itertools
 import json
 import re
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from ferkit import config, pipeline, train
+from ferkit import config, pipeline, train, visualize
 from ferkit import data as fdata
 from ferkit.cli import main
+from ferkit.data import EMOTIONS, load
 from ferkit.errors import FerkitError
-from ferkit.evaluate import compute_metrics, ensemble, evaluate
-from ferkit.models import get_model, list_models, preprocess
+from ferkit.evaluate import compute_metrics, ensemble, evaluate, is_evaluation_folder, write_evaluation
+from ferkit.models import BasicBlock, get_model, list_models, preprocess
 
 from conftest import Faces, write_export
 
@@ -64,8 +70,6 @@ def test_run_folder_is_complete_and_self_describing(trained_run):
 
 
 def test_checkpoint_round_trip_gives_same_predictions(trained_run, tiny_csv):
-    from ferkit.data import load
-
     run, _ = trained_run
     model, checkpoint = train.load_model(run)
     images = load(tiny_csv).images[:16]
@@ -142,7 +146,6 @@ def test_weight_average_follows_training_without_changing_it(tiny_csv, tmp_path)
     assert all(torch.equal(plain_last["model"][k], ema_last["trained_model"][k]) for k in plain_last["model"])
     assert not all(torch.equal(ema_last["model"][k], ema_last["trained_model"][k]) for k in ema_last["model"])
     model, best = train.load_model(tmp_path / "ema")
-    from ferkit.data import load
 
     dataset = load(tiny_csv)
     val = dataset.indices("PublicTest")
@@ -288,8 +291,6 @@ def test_metrics_match_scikit_learn():
 
 
 def test_evaluate_and_ensemble_write_consistent_files(trained_run, tmp_path):
-    import pandas as pd
-
     run, _ = trained_run
     metrics = evaluate(run, split="test", tta=True)
     folder = run / "eval" / "test-tta"
@@ -311,12 +312,6 @@ def test_evaluate_and_ensemble_write_consistent_files(trained_run, tmp_path):
 
 def test_ensemble_averages_saved_predictions_and_checks_they_fit_the_data(trained_run, tiny_csv, tmp_path,
                                                                           capsys):
-    import shutil
-
-    import pandas as pd
-
-    from ferkit.data import EMOTIONS
-
     run, _ = trained_run
     evaluate(run, split="test", tta=True)
     saved = run / "eval" / "test-tta"
@@ -367,10 +362,6 @@ def test_ensemble_averages_saved_predictions_and_checks_they_fit_the_data(traine
 
 
 def test_a_run_folder_is_never_taken_for_saved_predictions(trained_run, tmp_path):
-    import shutil
-
-    from ferkit.evaluate import is_evaluation_folder
-
     run, _ = trained_run
     evaluate(run, split="test")
     for out in (run, tmp_path / "file"):
@@ -505,8 +496,6 @@ def test_config_file_values_keep_their_type(tmp_path):
 
 
 def test_resnet_block_starts_as_the_identity_and_its_branch_learns():
-    from ferkit.models import BasicBlock
-
     x = torch.randn(4, 1, 48, 48)
     torch.manual_seed(0)
     model = get_model("cnn", widths=[8, 16], depth=5, residual=True, residual_block="resnet")
@@ -584,6 +573,15 @@ def test_training_that_diverges_stops_and_says_what_to_change(tiny_csv, tmp_path
     train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=1), progress=False)  # as the message says
 
 
+@pytest.mark.parametrize("step, loss", [("train_one_epoch", "train_loss"), ("validate", "val_loss")])
+def test_either_loss_alone_going_non_finite_stops_the_run(tiny_csv, tmp_path, monkeypatch, step, loss):
+    real = getattr(train, step)
+    monkeypatch.setattr(train, step, lambda *args, **kwargs: {**real(*args, **kwargs), loss: float("inf")})
+    with pytest.raises(FerkitError, match=r"training diverged in epoch 1: the training loss is \S+, the validation "
+                                          r"loss \S+;"):
+        train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=1, train_limit=64), progress=False)
+
+
 def test_images_per_second_is_all_images_over_all_the_time(trained_run):
     run, info = trained_run
     history = train.read_history(run / "history.csv")
@@ -592,10 +590,18 @@ def test_images_per_second_is_all_images_over_all_the_time(trained_run):
     assert info["train_images_per_second"] == pytest.approx(images / sum(row["seconds"] for row in history), rel=1e-2)
 
 
-def test_a_run_finds_its_data_from_any_folder_and_accepts_a_copy(tiny_csv, tmp_path, monkeypatch):
-    import gzip
-    import shutil
+@pytest.mark.parametrize("faces, trained", [(70, 64), (20, 20)])
+def test_images_per_second_counts_the_faces_each_epoch_trains(tiny_csv, tmp_path, monkeypatch, faces, trained):
+    """Full batches of 32 only (64 of 70 faces), or the whole set when it is smaller than a batch; every epoch
+    takes half a second on this clock."""
+    calls = itertools.count()
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 0.5 * ((next(calls) + 1) // 2)))
+    info = train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2, train_limit=faces), progress=False)
+    rates = [row["images_per_second"] for row in train.read_history(tmp_path / "r" / "history.csv")]
+    assert rates == [2.0 * trained] * 2 and info["train_images_per_second"] == 2.0 * trained
 
+
+def test_a_run_finds_its_data_from_any_folder_and_accepts_a_copy(tiny_csv, tmp_path, monkeypatch):
     monkeypatch.chdir(tiny_csv.parent)
     run = tmp_path / "r"
     train.train(tiny_csv.name, run, tiny_config(epochs=1, train_limit=64), progress=False)  # a relative path
@@ -672,6 +678,28 @@ def test_epoch_seeds_stay_as_recorded_runs_drew_them():
     assert train._epoch_seed(2**62, 0) == 2**62 * 1_000_003 % (2**63 - 1)  # a large seed wraps into torch's range
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_each_epoch_draws_from_its_pinned_seeds_with_the_model_as_configured(tiny_csv, tmp_path, monkeypatch,
+                                                                              channels_last):
+    """Epoch e's order and augmentation come from _epoch_seed(seed, e), its dropout from the global generator
+    seeded one above: the draws that recorded runs repeat. The model is laid out as `channels_last` says, and
+    not compiled unless `compile` asks."""
+    seen = []
+    real = train.train_one_epoch
+
+    def recording(forward, optimizer, x_train, y_train, order, steps, total_steps, cfg, generator, *args, **kwargs):
+        last_conv = [m for m in forward.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # one of several channels
+        seen.append((generator.initial_seed(), torch.initial_seed(),
+                     last_conv.weight.is_contiguous(memory_format=torch.channels_last), hasattr(forward, "_orig_mod")))
+        return real(forward, optimizer, x_train, y_train, order, steps, total_steps, cfg, generator, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", recording)
+    train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2, train_limit=64, seed=3, channels_last=channels_last),
+                progress=False)
+    assert seen == [(train._epoch_seed(3, epoch), train._epoch_seed(3, epoch) + 1, channels_last, False)
+                    for epoch in (1, 2)]
+
+
 def test_bad_output_paths_stop_before_any_work(trained_run, tiny_csv, tmp_path, capsys):
     run, _ = trained_run
     evaluate(run, split="test", tta=True)  # what `report` needs
@@ -704,8 +732,6 @@ def test_bad_output_paths_stop_before_any_work(trained_run, tiny_csv, tmp_path, 
 def test_every_command_predicts_with_the_runs_own_settings(trained_run, tiny_csv):
     """evaluate, ensemble, compare and predict share predict_as_trained: the run's TTA mode, batch size,
     memory format and precision, with TrainConfig's defaults for keys an older checkpoint lacks."""
-    from ferkit.data import load
-
     run, _ = trained_run
     model, state = train.load_model(run)
     images = load(tiny_csv).images[:40]
@@ -747,6 +773,8 @@ def test_resume_keeps_the_early_stopping_count(tiny_csv, tmp_path, monkeypatch):
     cfg = tiny_config(epochs=8, patience=2, lr=0.0, batch_norm=False, train_limit=64)
     whole = train.train(tiny_csv, tmp_path / "whole", cfg, progress=False)
     assert whole["stopped_early"] and whole["epochs_run"] == 3
+    ended = train.train(tiny_csv, tmp_path / "ended", dataclasses.replace(cfg, epochs=3), progress=False)
+    assert not ended["stopped_early"] and ended["epochs_run"] == 3  # its patience ran out with its last epoch
     real_write = train.write_history
 
     def interrupt_after_second_epoch(path, history):
@@ -779,8 +807,6 @@ def test_weight_average_is_updated_during_training(tiny_csv, tmp_path):
 
 
 def test_validation_scores_in_the_history_are_accuracy_and_macro_f1(tiny_csv, tmp_path):
-    from ferkit.data import load
-
     run = tmp_path / "r"  # one short epoch: a model that is right on some faces only, so that
     train.train(tiny_csv, run, tiny_config(epochs=1, train_limit=64), progress=False)  # macro != weighted F1
     model, best = train.load_model(run)
@@ -797,8 +823,6 @@ def test_validation_scores_in_the_history_are_accuracy_and_macro_f1(tiny_csv, tm
 def test_tta_averages_the_probabilities_of_the_mirrored_and_shifted_faces(tiny_csv, tta):
     """`flip` is the mean of the face's and its left-right mirror's probabilities; `crops` adds the
     four 4-pixel shifts of the edge-padded face and their mirrors."""
-    from ferkit.data import load
-
     torch.manual_seed(0)
     model = get_model("cnn", widths=[4, 8]).eval()
     faces = load(tiny_csv).images[:6]
@@ -865,10 +889,6 @@ def test_confusion_matrix_rows_are_the_true_class():
 
 
 def test_evaluate_uses_the_checkpoint_and_split_it_is_asked_for(tiny_csv, tmp_path):
-    import pandas as pd
-
-    from ferkit.data import load
-
     run = tmp_path / "r"  # lr 0 and no batch norm: only epoch 1 improves, so best is epoch 1 and last epoch 2
     train.train(tiny_csv, run, tiny_config(epochs=2, lr=0.0, batch_norm=False, train_limit=64), progress=False)
     assert evaluate(run, checkpoint="last", out=tmp_path / "last")["epoch"] == 2
@@ -889,10 +909,6 @@ def test_evaluate_uses_the_checkpoint_and_split_it_is_asked_for(tiny_csv, tmp_pa
     [0.501, 0.5, 0, 0, 0, 0, 0],  # off by 1e-3: more than the 6 saved decimals can lose
 ])
 def test_saved_predictions_that_are_not_probabilities_are_refused(trained_run, tiny_csv, tmp_path, row):
-    import pandas as pd
-
-    from ferkit.data import EMOTIONS
-
     run, _ = trained_run
     evaluate(run, split="test", out=tmp_path / "saved")
     table = pd.read_csv(tmp_path / "saved" / "predictions.csv")
@@ -941,9 +957,6 @@ def test_config_layers_apply_in_the_documented_order(tmp_path):
 
 
 def test_snapshots_and_times_follow_the_training_clock_across_a_resume(tiny_csv, tmp_path, monkeypatch):
-    import itertools
-    import types
-
     calls = itertools.count()  # every epoch takes 45 s of training time: 45, 90, 135
     monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 45.0 * ((next(calls) + 1) // 2)))
     run = tmp_path / "r"
@@ -956,17 +969,29 @@ def test_snapshots_and_times_follow_the_training_clock_across_a_resume(tiny_csv,
 
     monkeypatch.setattr(train, "save_checkpoint", killed_after_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train.train(tiny_csv, run, tiny_config(epochs=3, train_limit=64, snapshot_minutes="1,2"), progress=False)
+        train.train(tiny_csv, run, tiny_config(epochs=3, train_limit=64, snapshot_minutes="1,2,3"), progress=False)
     monkeypatch.setattr(train, "save_checkpoint", original)
     info = train.train(tiny_csv, run, resume=True, progress=False)
     folder = run / "checkpoints"
     assert sorted(p.name for p in folder.glob("at_*")) == ["at_1min.pt", "at_2min.pt"]
+    assert info["snapshots_missed"] == [3]
     assert torch.load(folder / "at_1min.pt", weights_only=True)["epoch"] == 2  # 45 s <= 60 s < 90 s
     assert torch.load(folder / "at_2min.pt", weights_only=True)["epoch"] == 3  # 90 s <= 120 s < 135 s
     history = train.read_history(run / "history.csv")
     assert [row["seconds"] for row in history] == [45.0, 45.0, 45.0]
     assert info["train_seconds"] == 135.0
     assert info["train_images_per_second"] == pytest.approx(history[0]["images_per_second"], rel=1e-3)
+
+
+def test_a_snapshot_is_the_first_model_trained_past_its_mark(tiny_csv, tmp_path, monkeypatch):
+    """An epoch that ends on a mark leaves it to the next: with epochs of 60 s, at_1min is epoch 2's model,
+    and a run that ends at 120 s has no at_2min (as at_0min is epoch 1's, never the untrained model)."""
+    calls = itertools.count()
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 60.0 * ((next(calls) + 1) // 2)))
+    info = train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2, train_limit=64, snapshot_minutes="0,1,2"),
+                       progress=False)
+    epochs = {p.name: torch.load(p, weights_only=True)["epoch"] for p in (tmp_path / "r" / "checkpoints").glob("at_*")}
+    assert epochs == {"at_0min.pt": 1, "at_1min.pt": 2} and info["snapshots_missed"] == [2]
 
 
 def test_class_weights_follow_the_power_and_average_one_over_the_training_images():
@@ -982,8 +1007,6 @@ def test_class_weights_follow_the_power_and_average_one_over_the_training_images
 @pytest.mark.parametrize("imbalance", ["sampler", "weighted_loss", "none"])
 def test_class_weights_reach_the_sampler_or_the_loss_and_only_the_one_asked_for(tiny_csv, tmp_path, monkeypatch,
                                                                                 imbalance):
-    from ferkit.data import load
-
     seen = {}
     real_order = train.epoch_order
 
@@ -1014,10 +1037,6 @@ def test_class_weights_reach_the_sampler_or_the_loss_and_only_the_one_asked_for(
 
 
 def test_evaluation_files_name_each_class_with_its_own_numbers(trained_run, tmp_path):
-    import pandas as pd
-
-    from ferkit.data import EMOTIONS, load
-
     run, _ = trained_run
     model, _ = train.load_model(run)
     dataset = load(json.loads((run / "run.json").read_text())["data"]["path"])
@@ -1042,8 +1061,6 @@ def test_evaluation_files_name_each_class_with_its_own_numbers(trained_run, tmp_
 
 
 def test_learning_curves_of_an_evaluation_mark_the_best_epoch(tiny_csv, tmp_path, monkeypatch):
-    from ferkit import visualize
-
     run = tmp_path / "r"
     info = train.train(tiny_csv, run, tiny_config(epochs=8, patience=1, lr=0.0, train_limit=64), progress=False)
     assert (info["best_epoch"], info["epochs_run"]) == (1, 2)
@@ -1117,12 +1134,12 @@ def test_too_few_rows_name_the_limits_that_cut_them(tiny_csv, tmp_path):
     with pytest.raises(FerkitError, match="needs at least 2 Training and 1 PublicTest rows \\(found 1 and 3 with "
                                           "train_limit=1 and val_limit=3\\)"):
         train.train(tiny_csv, tmp_path / "r", {"train_limit": 1, "val_limit": 3}, progress=False)
+    least = train.train(tiny_csv, tmp_path / "least", tiny_config(epochs=1, train_limit=2, val_limit=1),
+                        progress=False)  # the fewest rows that train
+    assert (least["data"]["train_images"], least["data"]["val_images"], least["epochs_run"]) == (2, 1, 1)
 
 
 def test_the_classification_report_says_which_classes_macro_f1_averages(tiny_csv, tmp_path):
-    from ferkit.data import load
-    from ferkit.evaluate import write_evaluation
-
     dataset = load(tiny_csv)
     rows = dataset.indices("PrivateTest")
     rows = rows[dataset.labels[rows] != 1]  # no Disgust among these faces
@@ -1228,10 +1245,6 @@ def test_predictions_made_on_a_csv_are_refused_for_the_image_export_of_the_same_
 
 
 def test_evaluate_names_the_checkpoint_it_marks_and_refuses_another_runs(trained_run, tmp_path, monkeypatch):
-    import shutil
-
-    from ferkit import visualize
-
     run, _ = trained_run
     marks = []
     real = visualize.learning_curves
@@ -1278,8 +1291,6 @@ def test_an_ensemble_in_a_folder_of_an_earlier_evaluation_leaves_no_learning_cur
 
 
 def test_a_checkpoint_replaced_while_it_is_read_is_refused(trained_run, tmp_path, monkeypatch):
-    import shutil
-
     run, _ = trained_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -1297,8 +1308,6 @@ def test_a_checkpoint_replaced_while_it_is_read_is_refused(trained_run, tmp_path
 
 
 def test_evaluate_names_a_damaged_history(trained_run, tmp_path):
-    import shutil
-
     run, _ = trained_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -1326,8 +1335,6 @@ def test_a_kill_after_the_last_checkpoint_leaves_a_history_that_the_resume_compl
 
 
 def test_a_run_without_last_pt_is_neither_resumed_nor_written_over(trained_run, tiny_csv, tmp_path):
-    import shutil
-
     run = tmp_path / "copy"
     shutil.copytree(trained_run[0], run, ignore=lambda folder, names: [n for n in names if folder == str(trained_run[0])
                                                                           and n not in train.RUN_FOLDER_ENTRIES])
@@ -1369,6 +1376,31 @@ def _interrupted_after_epoch_1(tiny_csv, run, monkeypatch) -> None:
         patch.setattr(train, "write_history", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train.train(tiny_csv, run, tiny_config(epochs=2, train_limit=64), progress=False)
+
+
+def test_a_resume_records_where_the_data_is_only_when_the_file_has_moved(tiny_csv, tmp_path, monkeypatch):
+    """Resumed with a copy, a run keeps the file it recorded while that file exists; once the file has
+    moved, run.json records where it is now, where evaluate, features and report look for it."""
+    recorded, copy, moved_to = tmp_path / "faces.csv", tmp_path / "copy.csv", tmp_path / "elsewhere.csv"
+    shutil.copy(tiny_csv, recorded)
+    shutil.copy(tiny_csv, copy)
+    for run in ("kept", "moved"):
+        _interrupted_after_epoch_1(recorded, tmp_path / run, monkeypatch)
+    train.train(copy, tmp_path / "kept", resume=True, progress=False)
+    recorded.rename(moved_to)
+    train.train(moved_to, tmp_path / "moved", resume=True, progress=False)
+    paths = [json.loads((tmp_path / run / "run.json").read_text())["data"]["path"] for run in ("kept", "moved")]
+    assert paths == [str(recorded.resolve()), str(moved_to.resolve())]
+
+
+def test_a_resumed_run_shows_its_progress_from_the_steps_already_trained(tiny_csv, tmp_path, monkeypatch, capsys):
+    _interrupted_after_epoch_1(tiny_csv, tmp_path / "r", monkeypatch)  # 2 epochs of 2 steps (64 faces, batches of 32)
+    train.train(tiny_csv, tmp_path / "r", resume=True)
+    said = capsys.readouterr()
+    bar = said.err.split("\r")
+    assert "2/4 " in bar[1] and "4/4 " in bar[-1]
+    assert re.search(r"^epoch   2/2  train loss [\d.]+ acc [\d.]+  val loss [\d.]+ acc [\d.]+ macro-F1 [\d.]+  lr \S+  "
+                     r"[\d.]+s", said.out, re.MULTILINE)
 
 
 def test_a_resume_may_change_the_device_only(tiny_csv, tmp_path, monkeypatch):
@@ -1670,7 +1702,8 @@ def test_fit_minutes_guard_keeps_the_epochs_that_still_fit():
     assert train.epochs_within_budget(20, edge, 12, least=3, sized=14)[0] == 13
 
 
-def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_it(tiny_csv, tmp_path, monkeypatch):
+def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_it(tiny_csv, tmp_path, monkeypatch,
+                                                                                   capsys):
     """Planned for 4 epochs, a run that falls behind its minutes after its first epoch ends after its second:
     one-cycle, whose rates depend on the epochs, records the cut in config.yaml, which repeats the run; a cosine
     run still in its warmup changes its epochs outright and is the very run of 3 epochs."""
@@ -1689,8 +1722,10 @@ def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_i
     train.train(tiny_csv, tmp_path / "again", saved, progress=False)
     assert same_last_weights(tmp_path / "onecycle", tmp_path / "again")
 
-    info = train.train(tiny_csv, tmp_path / "warmup", tiny_config(**cfg, warmup_epochs=2), progress=False)
+    info = train.train(tiny_csv, tmp_path / "warmup", tiny_config(**cfg, warmup_epochs=2))
     assert info["epochs_run"] == 3 and info["fit_minutes"]["shortened"][0]["after_epoch"] == 2
+    assert re.search(r"behind time after epoch 2 \(.*\), so the run ends after epoch 3 instead of 4\n",
+                     capsys.readouterr().out)  # exact: nothing is spread
     saved = config.load(tmp_path / "warmup" / "config.yaml")
     assert (saved.epochs, saved.shortened) == (3, ())
     train.train(tiny_csv, tmp_path / "plain", tiny_config(epochs=3, train_limit=96, warmup_epochs=2), progress=False)
@@ -1698,7 +1733,7 @@ def test_fit_minutes_cuts_a_run_that_falls_behind_and_the_saved_config_repeats_i
 
 
 def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_config_repeats_it(tiny_csv, tmp_path,
-                                                                                             monkeypatch):
+                                                                                             monkeypatch, capsys):
     """A run sized to 6 epochs that falls behind after its first (cut to 3) and catches up after its second
     (back to 5) trains 5 epochs; the guard is asked each time with the epochs then planned and the 6 it was sized
     to, its ceiling; config.yaml records both changes and repeats the run tensor for tensor."""
@@ -1711,8 +1746,13 @@ def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_confi
 
     monkeypatch.setattr(train, "epochs_within_budget", budget)
     cfg = tiny_config(epochs=8, train_limit=96, fit_minutes=1, schedule="onecycle")
-    info = train.train(tiny_csv, tmp_path / "run", cfg, progress=False)
+    info = train.train(tiny_csv, tmp_path / "run", cfg)
     assert info["epochs_run"] == 5 and asked == [(6, 6), (3, 6), (5, 6), (5, 6)]
+    said = re.findall(r"fit_minutes 1: (.*)", capsys.readouterr().out)
+    assert re.fullmatch(r"behind time after epoch 1 \([\d.]+ minutes, 1.0 s an epoch\), so the run ends after epoch 3 "
+                        r"instead of 6, the rest of its learning-rate schedule spread over them", said[-2])
+    assert re.fullmatch(r"back on time after epoch 2 \([\d.]+ minutes, 1.0 s an epoch\), so the run goes on to epoch 5 "
+                        r"instead of 3, the rest of its learning-rate schedule spread over them", said[-1])
     assert [(c["after_epoch"], c["from_epochs"], c["epochs"]) for c in info["fit_minutes"]["shortened"]] == \
         [(1, 6, 3), (2, 3, 5)]
     saved = config.load(tmp_path / "run" / "config.yaml")
@@ -1820,4 +1860,11 @@ def test_fit_minutes_names_a_warmup_longer_than_the_epochs_it_fitted(tiny_csv, t
     monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: next(fits))
     train.train(tiny_csv, tmp_path / "run", tiny_config(epochs=3, train_limit=96, warmup_epochs=2, fit_minutes=2))
     out = capsys.readouterr().out
+    assert "fit_minutes 2: 3 of 3 epochs fit (about" in out and "even one epoch takes longer" not in out
     assert "the first epoch took" in out and "warmup_epochs 2 is longer than the 1 epochs" in out
+    monkeypatch.undo()  # a machine whose epoch takes 45 s, given half a minute
+    monkeypatch.setattr(train, "fit_epochs", lambda *args: {"minutes": 0.5, "epochs_asked": 1, "epochs": 1,
+                                                            "epoch_seconds": 45.0, "timing_seconds": 12.3})
+    train.train(tiny_csv, tmp_path / "tight", tiny_config(epochs=1, train_limit=96, fit_minutes=0.5))
+    assert ("fit_minutes 0.5: 1 of 1 epochs fit (about 45.0 s an epoch, timed in 12 s): even one epoch takes longer\n"
+            in capsys.readouterr().out)

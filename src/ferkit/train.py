@@ -515,7 +515,6 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
     epoch_images = epoch_steps * min(cfg.batch_size, n)
     total_steps = epoch_steps * cfg.epochs
 
-    out.mkdir(parents=True, exist_ok=True)
     if state is None:
         configs.save(cfg, out / "config.yaml")
         history: list[dict[str, Any]] = []
