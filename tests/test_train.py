@@ -40,6 +40,13 @@ def tiny_config(**overrides):
     return config.resolve(overrides={**TINY, **overrides})
 
 
+def each_epoch_takes(seconds: float, monkeypatch) -> None:
+    """A clock on which every epoch of train() takes `seconds`: it reads the clock at each epoch's start
+    and end, so the clock moves on at every second reading."""
+    calls = itertools.count()
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: seconds * ((next(calls) + 1) // 2)))
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_csv, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "cnn"
@@ -594,8 +601,7 @@ def test_images_per_second_is_all_images_over_all_the_time(trained_run):
 def test_images_per_second_counts_the_faces_each_epoch_trains(tiny_csv, tmp_path, monkeypatch, faces, trained):
     """Full batches of 32 only (64 of 70 faces), or the whole set when it is smaller than a batch; every epoch
     takes half a second on this clock."""
-    calls = itertools.count()
-    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 0.5 * ((next(calls) + 1) // 2)))
+    each_epoch_takes(0.5, monkeypatch)
     info = train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2, train_limit=faces), progress=False)
     rates = [row["images_per_second"] for row in train.read_history(tmp_path / "r" / "history.csv")]
     assert rates == [2.0 * trained] * 2 and info["train_images_per_second"] == 2.0 * trained
@@ -957,8 +963,7 @@ def test_config_layers_apply_in_the_documented_order(tmp_path):
 
 
 def test_snapshots_and_times_follow_the_training_clock_across_a_resume(tiny_csv, tmp_path, monkeypatch):
-    calls = itertools.count()  # every epoch takes 45 s of training time: 45, 90, 135
-    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 45.0 * ((next(calls) + 1) // 2)))
+    each_epoch_takes(45.0, monkeypatch)  # of training time: 45, 90, 135
     run = tmp_path / "r"
     original = train.save_checkpoint
 
@@ -986,8 +991,7 @@ def test_snapshots_and_times_follow_the_training_clock_across_a_resume(tiny_csv,
 def test_a_snapshot_is_the_first_model_trained_past_its_mark(tiny_csv, tmp_path, monkeypatch):
     """An epoch that ends on a mark leaves it to the next: with epochs of 60 s, at_1min is epoch 2's model,
     and a run that ends at 120 s has no at_2min (as at_0min is epoch 1's, never the untrained model)."""
-    calls = itertools.count()
-    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 60.0 * ((next(calls) + 1) // 2)))
+    each_epoch_takes(60.0, monkeypatch)
     info = train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=2, train_limit=64, snapshot_minutes="0,1,2"),
                        progress=False)
     epochs = {p.name: torch.load(p, weights_only=True)["epoch"] for p in (tmp_path / "r" / "checkpoints").glob("at_*")}
