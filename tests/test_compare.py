@@ -96,6 +96,22 @@ def test_bootstrap_is_seeded_paired_and_brackets_the_estimate():
     assert np.allclose(first["good"]["accuracy"][:128], (good[idx] == y_true[idx]).mean(axis=1))
 
 
+def test_bootstrap_edges_one_face_one_resample_and_a_class_seen_once():
+    one = cmp.bootstrap([3], {"a": [3], "b": [4]}, resamples=1)
+    assert (one["a"]["accuracy"].tolist(), one["a"]["macro_f1"].tolist()) == ([1.0], [1.0])
+    assert (one["b"]["accuracy"].tolist(), one["b"]["macro_f1"].tolist()) == ([0.0], [0.0])
+    for faces, resamples in (([], 5), ([3], 0)):
+        with pytest.raises(ValueError, match="at least one face and one resample"):
+            cmp.bootstrap(faces, {"a": faces}, resamples=resamples)
+    y_true, y_pred = np.array([0, 1, 1, 2]), np.array([1, 1, 1, 2])
+    by_default, seeded = (cmp.bootstrap(y_true, {"a": y_pred}, resamples=40, **kw)["a"]["macro_f1"]
+                          for kw in ({}, {"seed": 0}))
+    assert np.array_equal(by_default, seeded)
+    # Angry and Surprise are each the truth of one face: they count in the macro average like Disgust
+    expected = f1_score(y_true, y_pred, labels=[0, 1, 2], average="macro", zero_division=0)
+    assert cmp._macro_f1_resampled(y_true, y_pred, np.array([[0, 1, 2, 3]]))[0] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("both, first_only, second_only, neither", [
     (10, 0, 0, 5), (10, 5, 1, 4), (50, 12, 3, 8), (3, 0, 7, 1), (0, 20, 20, 0), (40, 1, 0, 2), (5, 30, 9, 2),
 ])
@@ -210,6 +226,11 @@ def test_compare_end_to_end(study, tmp_path, capsys):
     assert result["mcnemar"]["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue)
     assert result["mcnemar"]["human_correct_cnn_wrong"] == table[0][1]
     assert result["disagreements"] == int(np.sum(human != cnn))
+    assert result["agreement_human_cnn"] == pytest.approx(np.mean(human == cnn))
+    seconds = 0.5 + np.arange(15) / 10  # as the study fixture answered
+    assert result["human_seconds"] == pytest.approx(
+        {"mean": seconds.mean(), "median": np.median(seconds), "total": seconds.sum()})
+    assert result["model"]["tta"] == "none"  # TTA only when asked
     difference = result["difference"]["accuracy"]["human_minus_cnn"]
     assert difference == pytest.approx(np.mean(human_right) - np.mean(cnn_right))
 
@@ -235,6 +256,9 @@ def test_compare_refuses_no_answers_and_other_data(study, tmp_path, capsys):
     label.LabelSession.open(study["data"], empty, n=5, seed=0)
     with pytest.raises(FerkitError, match="no answers"):
         cmp.compare(study["run"], empty, tmp_path / "out", data=study["data"])
+    assert not (tmp_path / "out").exists()  # a refused comparison leaves no empty folder behind
+    with pytest.raises(FerkitError, match="--bootstrap 0: use at least 1 resample"):
+        cmp.compare(study["run"], study["labels"], tmp_path / "out", data=study["data"], resamples=0)
     assert cli.main(["compare", str(study["run"]), str(empty), "--data", str(study["data"]),
                      "--out", str(tmp_path / "out")]) == 2
     assert "no answers" in capsys.readouterr().err
@@ -257,8 +281,9 @@ def test_compare_refuses_no_answers_and_other_data(study, tmp_path, capsys):
 
 def test_compare_finds_the_labelled_data_without_data(study, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the sidecar's path is absolute: found from any working folder
-    result = cmp.compare(study["run"], study["labels"], tmp_path / "out", resamples=50)
+    result = cmp.compare(study["run"], study["labels"], tmp_path / "out", resamples=1)
     assert result["data"]["path"] == str(study["data"]) and result["n"] == 15
+    assert result["bootstrap"] == {"resamples": 1, "seed": 0, "confidence": 0.95}  # one resample is enough to run
 
 
 def test_compare_without_data_names_the_files_it_looked_for(study, tmp_path):
@@ -311,6 +336,64 @@ def test_disagreement_figure_when_they_always_agree(tmp_path):
                                    np.zeros(0, int), [], tmp_path / "d.png", total=12)
     with Image.open(path) as image:
         assert image.format == "PNG"
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the code under test saves, kept open instead of written."""
+    from ferkit import visualize
+
+    figures = []
+    monkeypatch.setattr(visualize, "save", lambda fig, path: figures.append(fig) or Path(path))
+    yield figures
+    visualize.plt.close("all")
+
+
+def disagreements(count: int, total: int = 20, **kw):
+    """The disagreement figure of `count` faces, the k-th of grey level k."""
+    images = np.repeat(np.arange(count, dtype=np.uint8), 48 * 48).reshape(count, 48, 48)
+    truth, human, cnn = np.zeros(count, int), np.zeros(count, int), np.ones(count, int)
+    return cmp.disagreement_figure(images, truth, human, cnn, list(range(100, 100 + count)), Path("d.png"),
+                                   total=total, **kw)
+
+
+def test_disagreement_figure_shows_each_face_as_recorded(drawn):
+    disagreements(0, total=12)
+    assert drawn.pop().axes[0].texts[0].get_text() == "the human and the CNN agree on all 12 faces"
+    disagreements(1)
+    (fig,) = drawn
+    (ax,) = fig.axes  # one face is one panel
+    assert ax.get_title() == "#100 truth Angry\nhuman Angry (right)\nCNN Disgust (wrong)"
+    assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0, 255)  # grey levels as stored, not stretched
+    assert fig._suptitle.get_text().startswith("The 1 of 20 faces where the human and the CNN disagree (#")
+
+    disagreements(10)
+    panels = drawn[1].axes
+    assert len(panels) == 16 and [ax.axison for ax in panels] == [True] * 10 + [False] * 6  # two rows of 8
+    assert [ax.get_title().split()[0] for ax in panels[:10]] == [f"#{i}" for i in range(100, 110)]
+    assert "(the first" not in drawn[1]._suptitle.get_text()
+
+
+def test_disagreement_figure_says_how_many_it_leaves_out(drawn):
+    disagreements(10, limit=3)
+    panels = drawn[0].axes
+    assert len(panels) == 3  # one row as wide as the faces shown
+    assert drawn[0]._suptitle.get_text().startswith("The 10 of 20 faces where the human and the CNN disagree "
+                                                    "(the first 3 shown)")
+    disagreements(10, limit=0, network="MLP")  # a count, not "they agree"
+    assert drawn[1].axes[0].texts[0].get_text() == "the human and the MLP disagree on 10 of 20 faces (none shown)"
+
+
+def test_confusion_figure_sets_the_two_matrices_side_by_side(drawn):
+    human, cnn = np.eye(7, dtype=int) * 3, np.ones((7, 7), int)
+    cmp.confusion_figure(human, cnn, Path("c.png"), titles=("human: 1.000", "CNN: 0.143"), suptitle="on 21 faces")
+    (fig,) = drawn
+    left, right, colorbar = fig.axes
+    titles = (left.get_title(), right.get_title(), fig._suptitle.get_text())
+    assert titles == ("human: 1.000", "CNN: 0.143", "on 21 faces")
+    assert [t.get_text() for t in left.get_yticklabels()][:2] == ["Angry (3)", "Disgust (3)"]  # row totals
+    assert [t.get_text() for t in right.get_yticklabels()][:2] == ["Angry (7)", "Disgust (7)"]
+    assert colorbar.get_ylabel() == "share of the true class"
 
 
 def test_every_recorded_number_is_the_statistic_it_names(study, tmp_path, monkeypatch):

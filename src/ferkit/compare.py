@@ -136,7 +136,6 @@ def _resolve_data(labels_csv: Path, run: Path, data: str | os.PathLike | None) -
     """`data` if given, else the file the labels' sidecar names, else the run's data file."""
     if data:
         return str(data)
-    from ferkit.evaluate import recorded_data_path
     from ferkit.label import sidecar_path
 
     try:
@@ -288,7 +287,8 @@ def disagreement_figure(images: np.ndarray, truth: np.ndarray, human: np.ndarray
     if shown == 0:
         fig, ax = plt.subplots(figsize=(6, 1.2))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"the human and the {network} agree on all {total} faces", ha="center", va="center")
+        said = f"agree on all {total} faces" if count == 0 else f"disagree on {count} of {total} faces (none shown)"
+        ax.text(0.5, 0.5, f"the human and the {network} {said}", ha="center", va="center")
         return save(fig, path)
     cols = min(columns, shown)
     rows = math.ceil(shown / cols)
