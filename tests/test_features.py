@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,14 +87,16 @@ def world(tmp_path_factory):
         tiny_train(csv_path, run)
         out = root / "features"
         threads = torch.get_num_threads()
+        started = time.perf_counter()
         code = cli.main(["features", str(run), "--data", str(csv_path), "--n", str(N), "--seed", "3",
                          "--threads", "1", "--out", str(out)])
+        wall = time.perf_counter() - started
         assert code == 0
         assert torch.get_num_threads() == threads  # --threads holds for the call only
     model, _ = load_model(run)
     result = json.loads((out / "features.json").read_text(encoding="utf-8"))
     return {"root": root, "csv": csv_path, "images": images, "labels": labels, "splits": splits, "run": run,
-            "out": out, "result": result, "drawn": drawn, "model": model, "embedded": embedded}
+            "out": out, "result": result, "drawn": drawn, "model": model, "embedded": embedded, "wall": wall}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +327,105 @@ def test_embed_2d_shapes_and_pca_fallback():
         embed_2d(feats, method="umap")
 
 
+def test_float_faces_without_a_channel_axis_and_upsampling_that_keeps_each_cell_over_its_pixels():
+    from ferkit.features import scan, upsample
+    from ferkit.models import preprocess
+
+    x = np.random.default_rng(4).integers(0, 256, size=(3, 48, 48)).astype(np.uint8)
+    model = QuadrantNet().eval()
+    np.testing.assert_array_equal(activation_maps(model, preprocess(torch.from_numpy(x))[:, 0]),
+                                  activation_maps(model, x))  # (B, 48, 48) floats: one channel added
+    # a 6x6 map's hot cell (2, 3) covers face pixels 16-23 x 24-31: upsampled, its peak is their centre
+    cells = torch.zeros(1, 6, 6)
+    cells[0, 2, 3] = 1.0
+    up = upsample(cells)[0].numpy()
+    assert up.shape == (48, 48) and up[19, 27] == up[20, 28] == up.max()
+    np.testing.assert_allclose(up[12:28, 20:36], up[12:28, 20:36][::-1, ::-1])  # symmetric about that centre
+    # the mean map averages the channels: channels at 1, 2 and 3 everywhere average 2 everywhere
+    levels = torch.arange(1.0, 4.0).view(1, 3, 1, 1).expand(2, 3, 6, 6)
+    assert torch.equal(mean_activation_map(levels), torch.full((2, 48, 48), 2.0))
+    # scan: channel means and the penultimate features (not the logits) of every face
+    with torch.no_grad():
+        maps = model.forward_features(preprocess(torch.from_numpy(x)))
+        pooled = model.forward_head(maps, pre_logits=True)
+    scanned = scan(model, x, batch_size=2)
+    np.testing.assert_allclose(scanned["channel_means"], maps.mean(dim=(2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(scanned["penultimate"], pooled, rtol=1e-6)
+    assert scanned["logits"].shape == (3, 7)
+
+
+def test_maps_drawn_relative_to_their_maximum_and_a_model_named_by_its_class():
+    np.testing.assert_array_equal(ffeatures._normalised(np.array([[0.0, 0.5], [2.0, 1.0]])), [[0, 0.25], [1, 0.5]])
+    with np.errstate(all="raise"):  # no evidence at all: an empty overlay, not 0 / 0
+        assert (ffeatures._normalised(np.zeros((48, 48))) == 0).all()
+    with pytest.raises(FerkitError, match="^the sequential model has no convolutional layers"):
+        ffeatures.require_cnn(nn.Sequential(nn.Flatten(), nn.Linear(48 * 48, 7)))
+
+
+def test_choose_faces_never_picks_a_face_twice():
+    labels = np.zeros(40, int)
+    preds = np.where(np.arange(40) < 20, 0, 3)  # 20 right, 20 wrong
+    for seed in range(20):
+        chosen = choose_faces(labels, preds, n=16, seed=seed)[0]
+        assert len(chosen) == len(set(chosen)) == 16
+
+
+def test_class_channel_stats_with_a_constant_channel_and_a_class_missing_in_the_middle():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1, 2, 3, 4, 6], 10)  # no Surprise (5): Neutral after it still gets its channels
+    acts = rng.random((len(labels), 5))
+    acts[:, 3] = 0.7  # a channel that never varies selects no class: its z is 0, not NaN nor rounding / rounding
+    acts[:, 4] = 0.0  # nor does a dead one
+    stats = class_channel_stats(acts, labels, per_class=2)
+    assert sorted(stats["top"]) == [0, 1, 2, 3, 4, 6]
+    assert (stats["z"][[0, 1, 2, 3, 4, 6]][:, 3:] == 0).all()
+
+
+def test_embed_2d_on_few_faces_or_few_dimensions():
+    rng = np.random.default_rng(3)
+    coords, method = embed_2d(rng.normal(size=(2, 16)))
+    assert np.array_equal(coords, np.zeros((2, 2))) and method == "none (fewer than 3 faces)"
+    coords, method = embed_2d(rng.normal(size=(3, 16)))  # t-SNE needs 10: PCA, of n - 1 components at most
+    assert coords.shape == (3, 2) and method == "PCA of the standardised features (first two of 2 components)"
+    coords, method = embed_2d(rng.normal(size=(5, 16)))
+    assert coords.shape == (5, 2) and method == "PCA of the standardised features (first two of 4 components)"
+    one = rng.normal(size=(6, 1))
+    coords, method = embed_2d(one)  # one feature: its standardised value (up to sign), then zeros
+    standardised = (one[:, 0] - one.mean()) / one.std()
+    assert np.allclose(np.abs(coords[:, 0]), np.abs(standardised)) and (coords[:, 1] == 0).all()
+    coords, _ = embed_2d(rng.normal(size=(6, 2)))
+    assert (coords[:, 1] != 0).all()  # two features: both PCA components
+    assert embed_2d(rng.normal(size=(10, 4)))[1] == "t-SNE (perplexity 3) of PCA-4 of the standardised features"
+    assert embed_2d(rng.normal(size=(20, 2)))[1].endswith("of PCA-2 of the standardised features")
+
+
+def test_embed_2d_runs_t_sne_on_one_thread(monkeypatch):
+    import threadpoolctl
+
+    asked = []
+    real = threadpoolctl.threadpool_limits
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits",
+                        lambda limits=None, **kw: asked.append(limits) or real(limits=limits, **kw))
+    _, method = embed_2d(np.random.default_rng(0).normal(size=(40, 16)))
+    assert asked == [1]
+    assert method == "t-SNE (perplexity 13) of PCA-16 of the standardised features"  # perplexity (n - 1) / 3
+
+
+def test_json_safe_rounds_and_turns_nan_into_null():
+    value = {"a": np.array([np.nan, 1.234567891]), "b": (np.int64(7), np.float32(0.5)), "c": [float("inf"), "x"]}
+    assert ffeatures._json_safe(value) == {"a": [None, 1.23457], "b": [7, 0.5], "c": [None, "x"]}
+
+
+def test_features_takes_1_to_16_faces_per_emotion(tmp_path):
+    for n in (0, 17):
+        with pytest.raises(FerkitError, match=f"--n {n}: use 1 to 16 faces per emotion"):
+            ffeatures.features(tmp_path / "no-run", None, tmp_path / "out", n=n)
+    for n in (1, 16):  # accepted: what stops these is the missing run
+        with pytest.raises(FerkitError) as caught:
+            ffeatures.features(tmp_path / "no-run", None, tmp_path / "out", n=n)
+        assert "--n" not in str(caught.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Models without convolutions
 
@@ -378,6 +480,63 @@ def test_recorded_numbers_belong_to_their_faces(world):
         table = list(csv.DictReader(f))
     np.testing.assert_allclose([[float(r["x"]), float(r["y"])] for r in table], embedded["coords"],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_recorded_accuracy_correctness_channels_medians_and_seconds(world):
+    result, images, model = world["result"], world["images"], world["model"]
+    test_rows = np.flatnonzero(world["splits"] == 2)
+    preds = predict_proba(model, images[test_rows]).argmax(1)
+    assert result["accuracy"] == pytest.approx(np.mean(preds == world["labels"][test_rows]), abs=1e-6)
+    for face in result["chosen"]:
+        assert face["correct"] is (face["true"] == face["pred"])
+        strength = activation_maps(model, images[face["line"] - 2][None])[0].mean(dim=(1, 2)).numpy()
+        recorded = [(t["channel"], t["mean_activation"]) for t in face["top_channels"]]
+        np.testing.assert_allclose([value for _, value in recorded], strength[[c for c, _ in recorded]], rtol=1e-4)
+        assert min(value for _, value in recorded) >= np.sort(strength)[-6] - 1e-6  # the face's 6 strongest
+    with open(world["out"] / "embedding.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    coords, truth = np.array([[float(r["x"]), float(r["y"])] for r in table]), np.array([int(r["true"]) for r in table])
+    medians = result["embedding"]["class_medians"]
+    assert list(medians) == list(EMOTIONS)
+    for k, name in enumerate(EMOTIONS):
+        np.testing.assert_allclose(medians[name], np.median(coords[truth == k], axis=0), rtol=1e-4, atol=1e-4)
+    seconds = result["seconds"]
+    parts = [seconds[key] for key in ("scan", "gradcam", "channels", "embedding", "figures")]
+    assert all(part >= 0 for part in parts) and sum(parts) <= seconds["total"] <= world["wall"]
+
+
+def test_features_on_a_single_test_face(tmp_path, monkeypatch):
+    """One PrivateTest face: the six other emotions have no faces to show, the 2-D map needs three."""
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(5)
+    labels = np.concatenate([rng.integers(0, 7, 96), [3]])
+    images = rng.integers(0, 256, size=(len(labels), 48, 48), dtype=np.uint8)
+    write_fer_csv(tmp_path / "one.csv", images, labels, [SPLITS[s] for s in np.repeat([0, 1, 2], [64, 32, 1])])
+    tiny_train(tmp_path / "one.csv", tmp_path / "run")
+    set_threads = []
+    real_set_threads = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda k: set_threads.append(k) or real_set_threads(k))
+    result = ffeatures.features(tmp_path / "run", None, tmp_path / "out", n=1)
+    assert set_threads == [torch.get_num_threads()]  # threads=0 by default: torch's own, restored as found
+    assert (result["faces"], result["seed"], result["n"]) == (1, 0, 1)
+    assert [(face["line"], face["true"]) for face in result["chosen"]] == [(len(labels) + 1, "Happy")]
+    assert result["embedding"]["method"] == "none (fewer than 3 faces)"
+    assert list(result["embedding"]["class_medians"]) == ["Happy"]
+    assert list(result["class_channels"]["top_per_class"]) == ["Happy"]
+    assert sorted(result["figures"]) == sorted(FIGURES)
+    assert json.loads((tmp_path / "out" / "features.json").read_text(encoding="utf-8")) == result
+
+
+def test_features_refuses_data_without_test_faces(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 7, 96)
+    images = rng.integers(0, 256, size=(96, 48, 48), dtype=np.uint8)
+    write_fer_csv(tmp_path / "none.csv", images, labels, [SPLITS[s] for s in np.repeat([0, 1], [64, 32])])
+    tiny_train(tmp_path / "none.csv", tmp_path / "run")
+    with pytest.raises(FerkitError, match="none.csv has no PrivateTest rows: features are drawn on PrivateTest"):
+        ffeatures.features(tmp_path / "run", None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_class_channel_stats_z_scores_and_the_first_class_to_pick_each_channel():

@@ -63,12 +63,8 @@ def _as_input(model: nn.Module, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    x = x.float().to(device)
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is not None and x.dim() == 4 and not conv.weight.is_contiguous() and \
-            conv.weight.is_contiguous(memory_format=torch.channels_last):
-        x = x.contiguous(memory_format=torch.channels_last)  # the model's layout: no conversions per layer
-    return x
+    # no channels-last copy for a channels-last model: with one grey channel both layouts are the same memory
+    return x.float().to(device)
 
 
 def _check_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -178,7 +174,7 @@ def class_channel_stats(channel_means: np.ndarray, labels: np.ndarray, per_class
     """Mean activation of every channel per class, and the channels most selective for each class.
 
     Selectivity of channel c for class k is z = (mean over class k - mean over all faces) / std over
-    all faces. `top[k]` lists class k's `per_class` most selective channels (a channel may serve
+    all faces; 0 for a channel that does not vary. `top[k]` lists class k's `per_class` most selective channels (a channel may serve
     several classes); `channels` is their union in class order, `selected_for` the first class that
     picked each one.
     """
@@ -190,7 +186,10 @@ def class_channel_stats(channel_means: np.ndarray, labels: np.ndarray, per_class
     for k in range(num_classes):
         if counts[k]:
             class_mean[k] = channel_means[labels == k].mean(axis=0)
-    z = (class_mean - overall) / np.where(spread > 0, spread, np.inf)
+    # a spread under a millionth of the mean is rounding (activations are float32, 7 digits), not variation:
+    # dividing by it would make a constant channel look selective
+    varies = spread > 1e-6 * np.abs(overall)
+    z = (class_mean - overall) / np.where(varies, spread, np.inf)
     top: dict[int, list[int]] = {}
     channels, selected_for = [], []
     for k in range(num_classes):
@@ -239,10 +238,10 @@ def peak(map2d: np.ndarray) -> dict[str, float]:
     return {"y": int(y), "x": int(x), "value": float(map2d[y, x])}
 
 
-def _normalised(maps: np.ndarray) -> np.ndarray:
-    """Each map scaled to [0, 1] by its own maximum (all-zero maps stay zero)."""
-    top = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, *([1] * (maps.ndim - 1)))
-    return np.where(top > 0, maps / np.where(top > 0, top, 1), 0.0)
+def _normalised(map2d: np.ndarray) -> np.ndarray:
+    """A map scaled to [0, 1] by its maximum (an all-zero map stays zero)."""
+    top = float(map2d.max())
+    return map2d / top if top > 0 else np.zeros_like(map2d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,10 +306,10 @@ def faces_figure(emotion: int, rows: list[dict[str, Any]], images: np.ndarray, m
         _face(axes[0, j], images[j], gid=f"face:{j}")
         axes[0, j].set_title(f"{origin}\npred {row['pred']} ({row['prob_pred']:.2f})\n{mark}", fontsize=7,
                              color="black" if row["correct"] else "#b00000")
-        _face(axes[1, j], images[j], _normalised(mean_maps[j:j + 1])[0], gid=f"mean:{j}")
-        _face(axes[2, j], images[j], _normalised(cams_true[j:j + 1])[0], gid=f"cam_true:{j}")
+        _face(axes[1, j], images[j], _normalised(mean_maps[j]), gid=f"mean:{j}")
+        _face(axes[2, j], images[j], _normalised(cams_true[j]), gid=f"cam_true:{j}")
         axes[2, j].set_title(f"{row['true']}" + _zero_note(cams_true[j]), fontsize=7)
-        _face(axes[3, j], images[j], _normalised(cams_pred[j:j + 1])[0], gid=f"cam_pred:{j}")
+        _face(axes[3, j], images[j], _normalised(cams_pred[j]), gid=f"cam_pred:{j}")
         axes[3, j].set_title(f"{row['pred']}" + (" (= true)" if row["correct"] else "") + _zero_note(cams_pred[j]),
                              fontsize=7)
     _colorbar(fig, _unit_mappable(OVERLAY_CMAP), "map / its maximum on the face", (0.88, 0.08, 0.02, 0.6))
@@ -373,7 +372,7 @@ def overview_figure(per_emotion: list[dict[str, Any]], path: Path) -> Path:
             row, image, cam = entry["right"]
             _face(axes[k, 0], image, gid=f"right_face:{k}")
             axes[k, 0].set_title(f"{_origin_label(row)} ({row['prob_pred']:.2f})", fontsize=6.5)
-            _face(axes[k, 1], image, _normalised(cam[None])[0], gid=f"right_cam:{k}")
+            _face(axes[k, 1], image, _normalised(cam), gid=f"right_cam:{k}")
             axes[k, 1].set_title(row["pred"] + _zero_note(cam), fontsize=6.5)
         else:
             axes[k, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, transform=axes[k, 0].transAxes)
@@ -381,9 +380,9 @@ def overview_figure(per_emotion: list[dict[str, Any]], path: Path) -> Path:
             row, image, cam_true, cam_pred = entry["wrong"]
             _face(axes[k, 3], image, gid=f"wrong_face:{k}")
             axes[k, 3].set_title(f"{_origin_label(row)}", fontsize=6.5)
-            _face(axes[k, 4], image, _normalised(cam_true[None])[0], gid=f"wrong_cam_true:{k}")
+            _face(axes[k, 4], image, _normalised(cam_true), gid=f"wrong_cam_true:{k}")
             axes[k, 4].set_title("true: " + row["true"] + _zero_note(cam_true), fontsize=6.5)
-            _face(axes[k, 5], image, _normalised(cam_pred[None])[0], gid=f"wrong_cam_pred:{k}")
+            _face(axes[k, 5], image, _normalised(cam_pred), gid=f"wrong_cam_pred:{k}")
             axes[k, 5].set_title(f"pred: {row['pred']} ({row['prob_pred']:.2f})" + _zero_note(cam_pred),
                                  fontsize=6.5, color="#b00000")
         else:
@@ -610,7 +609,7 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
             cams_true = grad_cam(model, faces_u8, labels[pos]).cpu().numpy()
             cams_pred = grad_cam(model, faces_u8, preds[pos]).cpu().numpy()
             strength = maps.mean(dim=(2, 3))
-            top = torch.argsort(strength, dim=1, descending=True)[:, :min(top_k, maps.shape[1])]
+            top = torch.argsort(strength, dim=1, descending=True)[:, :top_k]
             channel_maps = upsample(torch.stack([maps[j, top[j]] for j in range(len(pos))])).cpu().numpy()
             for j, p in enumerate(pos):
                 i = int(rows[p])
@@ -673,8 +672,7 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
         figures += [f"faces_{name}.png", f"channels_{name}.png"]
     overview_figure(overview, out / "overview.png")
     class_channels_figure(stats, out / "class_channels.png", len(rows))
-    top_faces_figure(top_entries, np.array(top_images) if top_images else np.zeros((0, 0, 48, 48)),
-                     np.array(top_maps) if top_maps else np.zeros((0, 0, 48, 48)), out / "top_faces.png")
+    top_faces_figure(top_entries, np.array(top_images), np.array(top_maps), out / "top_faces.png")
     embedding_figure(coords, labels, preds, method, accuracy, out / "embedding.png")
     figures += ["overview.png", "class_channels.png", "top_faces.png", "embedding.png"]
     _write_embedding_csv(out / "embedding.csv", dataset, rows, labels, preds, coords)
