@@ -12,6 +12,7 @@ import csv
 import http.client
 import io
 import json
+import math
 import os
 import re
 import select
@@ -264,6 +265,98 @@ def test_hand_edited_labels_saved_with_a_bom_or_odd_seconds(data, tmp_path):
             label.read_labels(out, load(data))
 
 
+def test_sample_sizes_at_the_edges(data):
+    dataset = load(data)
+    assert len(label.sample_rows(dataset, 1, seed=0)) == 1
+    every = label.sample_rows(dataset, 30, seed=0)  # all 30 PrivateTest faces, in the seed's order
+    assert sorted(every.tolist()) == dataset.indices("PrivateTest").tolist()
+
+
+def test_session_defaults_and_a_newer_sidecar(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    label.LabelSession.open(data, out, n=5)
+    meta = json.loads(label.sidecar_path(out).read_text())
+    assert (meta["version"], meta["seed"]) == (1, 0)  # --seed 0 unless given
+    meta["version"] = 2
+    label.sidecar_path(out).write_text(json.dumps(meta))
+    with pytest.raises(FerkitError, match=r"written by a newer ferkit \(sidecar version 2, this one reads 1\)"):
+        label.LabelSession.open(data, out)
+
+
+@pytest.mark.parametrize("change", [
+    {"format": "something-else"},  # every key there, but not ours
+    {"seed": None},  # a key missing (None: removed below)
+    {"sample": "abcde"},  # as long as n, but not a list
+    {"n": 6},  # n and the sample disagree
+])
+def test_a_sidecar_that_is_not_one_is_refused(data, tmp_path, change):
+    out = tmp_path / "labels.csv"
+    label.LabelSession.open(data, out, n=5, seed=0)
+    meta = json.loads(label.sidecar_path(out).read_text())
+    meta.update(change)
+    label.sidecar_path(out).write_text(json.dumps({k: v for k, v in meta.items() if v is not None}))
+    with pytest.raises(FerkitError, match="not a ferkit labels sidecar"):
+        label.read_labels(out, load(data))
+
+
+def test_labels_csv_read_at_its_edges(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=4, seed=0)
+    dataset = load(data)
+    assert len(label.read_labels(out, dataset).rows) == 0  # no answers yet: no rows
+    header = out.read_text().splitlines()[0]
+
+    def row(index, human_label=1, seconds="1.000"):
+        origin = session.origins[index] if index < 4 else session.origins[0]
+        name = EMOTIONS[human_label] if human_label < 7 else "Angry"
+        return f"{index},{origin},PrivateTest,{name},{human_label},{seconds}"
+
+    out.write_text(f"{header}\n{row(0, seconds='0.000')}\n\n{row(1, 2, '604800')}\n")  # a blank line between
+    labels = label.read_labels(out, dataset)
+    assert labels.index.tolist() == [0, 1] and labels.seconds.tolist() == [0.0, 604800.0]
+    for text, message in ((f"{header}\n{row(4)}\n", "line 2: index 4 is outside the sample of 4 faces"),
+                          (f"{header}\n{row(0, 7)}\n", "line 2: human 'Angry' and human_label '7' do not name"),
+                          ("x", "expected the columns")):
+        out.write_text(text)
+        with pytest.raises(FerkitError, match=message):
+            label.read_labels(out, dataset)
+
+
+def test_short_keeps_24_characters_whole():
+    assert label._short("9" * 24) == "9" * 24
+    assert label._short("9" * 25) == "9" * 20 + "... (25 characters)"
+
+
+def test_answers_at_the_edges_and_done_after_the_last(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=2, seed=0)
+    session.answer(0, 1, 0.0)
+    assert not session.state()["done"]
+    state = session.answer(1, 2, label.MAX_SECONDS)  # a week on one face is still an answer
+    assert (state["done"], state["next"], state["answered"]) == (True, 2, 2)
+    assert [r["seconds"] for r in read_csv_rows(out)] == ["0.000", "604800.000"]
+    assert math.copysign(1, label._parse_answer({"index": 0, "label": 1, "seconds": -0.0})[2]) == 1  # not "-0.000"
+
+
+def test_refused_starts_make_no_folder(data, tmp_path):
+    with pytest.raises(FerkitError, match="only 30"):
+        label.LabelSession.open(data, tmp_path / "new" / "labels.csv", n=31, seed=0)
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(FerkitError, match="no such file"):
+        label.export_with_truth(data, tmp_path / "none.csv", tmp_path / "other" / "truth.csv")
+    assert not (tmp_path / "other").exists()
+
+
+def test_labels_without_a_sidecar(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    out.write_bytes(b"")  # an empty file (made by hand, or by a start that failed) is no answers
+    assert label.LabelSession.open(data, out, n=3, seed=0).state()["answered"] == 0
+    other = tmp_path / "other.csv"
+    other.write_bytes(b"\n")
+    with pytest.raises(FerkitError, match="exists but other.csv.json"):
+        label.LabelSession.open(data, other, n=3, seed=0)
+
+
 def test_a_body_that_never_comes_does_not_hold_a_thread_forever(data, tmp_path, monkeypatch):
     import socket
 
@@ -278,6 +371,80 @@ def test_a_body_that_never_comes_does_not_hold_a_thread_forever(data, tmp_path, 
             while client.recv(4096):  # whatever the server says, it then closes the connection
                 pass
             assert time.monotonic() - started < 5
+
+
+def raw_post(server: label.LabelServer, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    """POST /api/answer with exactly these headers (no Content-Length unless given); the reply's status and error.
+    The reply is read until the server closes the connection, which it does after every request."""
+    import socket
+
+    host, port = server.server_address[:2]
+    lines = ["POST /api/answer HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+    with socket.create_connection((host, port), timeout=10) as client:
+        client.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        reply = b""
+        while chunk := client.recv(65536):
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload).get("error", "")
+
+
+def test_answers_as_posted_byte_by_byte(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    with running(data, out, n=3, seed=0) as server:
+        as_json = {"Content-Type": "application/json"}
+        assert raw_post(server, as_json, b"{}") == (411, "send a Content-Length")
+        assert raw_post(server, {**as_json, "Content-Length": "abc"}, b"") == (400, "bad Content-Length 'abc'")
+        status, error = raw_post(server, {**as_json, "Content-Length": "0"}, b"")
+        assert status == 400 and error.startswith("the body is not JSON")
+        status, error = raw_post(server, {**as_json, "Content-Length": "5000"}, b"x" * 5000)
+        assert (status, error) == (413, "the answer is over 4096 bytes")
+        largest = b'{"index": 0, "label": 1, "seconds": 1}'.ljust(label.MAX_BODY)  # JSON allows the spaces
+        assert raw_post(server, {**as_json, "Content-Length": str(label.MAX_BODY)}, largest) == (200, "")
+        answer = b'{"index": 1, "label": 2, "seconds": 1}'
+        charset = {"Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(answer))}
+        assert raw_post(server, charset, answer) == (200, "")
+    assert answers_in(out) == {0: 1, 1: 2}
+
+
+def test_a_refused_host_stops_the_request_there(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    with running(data, out, n=3, seed=0) as server:
+        status, _, _ = request(server.url + "api/answer", "POST", b'{"index": 0, "label": 1, "seconds": 1}',
+                               {"Content-Type": "application/json", "Host": "evil.example"})
+        assert status == 421
+        time.sleep(0.3)  # a handler that went on after its 421 would have saved the answer by now
+        assert server.session.state()["answered"] == 0 and answers_in(out) == {}
+
+
+def test_a_server_beyond_loopback(data, tmp_path):
+    with running(data, tmp_path / "a.csv", n=3, seed=0, host="0.0.0.0") as server:
+        assert server.url == f"http://127.0.0.1:{server.server_address[1]}/"  # an address a browser can open
+        status, _, _ = request(server.url + "api/state", headers={"Host": "my-laptop.local"})
+        assert status == 200  # reached by the machine's name: no DNS-rebinding check off loopback
+    with running(data, tmp_path / "b.csv", n=3, seed=0, host="127.0.0.2") as server:
+        assert server.url == f"http://127.0.0.2:{server.server_address[1]}/"
+
+
+def test_serve_says_where_the_page_is(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(label.LabelServer, "serve_forever", lambda self, *a, **k: None)
+    for host, everywhere in (("0.0.0.0", True), ("127.0.0.1", False)):
+        said = []
+        label.serve(data, tmp_path / f"{host}.csv", n=3, host=host, port=0, announce=said.append)
+        assert said[0].startswith(f"labelling 3 PrivateTest faces of {data} (seed 0); 0 answered so far")
+        assert said[1].startswith("open http://127.0.0.1:")
+        assert ("(listening on all interfaces)" in said[1]) is everywhere
+    flushed = []  # printed at once: the address must show even when the output goes to a pipe (| tee)
+    monkeypatch.setattr("builtins.print", lambda *args, **kw: flushed.append(kw.get("flush")))
+    label.serve(data, tmp_path / "printed.csv", n=3, port=0)
+    assert flushed == [True, True]
+
+
+def test_the_highest_port_is_a_port(data, tmp_path):
+    try:
+        label.make_server(data, tmp_path / "labels.csv", n=3, seed=0, port=65535).server_close()
+    except FerkitError as exc:  # in use here: the refusal is the system's, not ferkit's range check
+        assert "--port" not in str(exc)
 
 
 def test_the_host_header_as_browsers_send_it(data, tmp_path):

@@ -465,8 +465,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ValueError
         except ValueError:
             return self._error(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length_text[:40]!r}")
-        if length > MAX_BODY:
-            self.close_connection = True
+        if length > MAX_BODY:  # the unread body goes with the connection: an HTTP/1.0 server closes each one
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the answer is over {MAX_BODY} bytes")
         try:
             body = json.loads(self.rfile.read(length).decode("utf-8"))
