@@ -19,7 +19,7 @@ from ferkit.fileio import atomic_path  # noqa: E402
 
 
 def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
-    """Write `fig` atomically as PNG and close it."""
+    """Write `fig` atomically in the format its suffix names (PNG without one) and close it."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
