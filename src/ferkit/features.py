@@ -174,9 +174,9 @@ def class_channel_stats(channel_means: np.ndarray, labels: np.ndarray, per_class
     """Mean activation of every channel per class, and the channels most selective for each class.
 
     Selectivity of channel c for class k is z = (mean over class k - mean over all faces) / std over
-    all faces; 0 for a channel that does not vary. `top[k]` lists class k's `per_class` most selective channels (a channel may serve
-    several classes); `channels` is their union in class order, `selected_for` the first class that
-    picked each one.
+    all faces; 0 for a channel that does not vary. `top[k]` lists class k's `per_class` most selective
+    channels (a channel may serve several classes); `channels` is their union in class order,
+    `selected_for` the first class that picked each one.
     """
     channel_means = np.asarray(channel_means, dtype=np.float64)
     overall = channel_means.mean(axis=0)
