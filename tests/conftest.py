@@ -101,3 +101,14 @@ def tiny_csv(tmp_path_factory) -> Path:
 def _private_cache(tmp_path_factory, monkeypatch):
     """Keep every test's dataset cache out of the user's ~/.cache."""
     monkeypatch.setenv("FERKIT_CACHE", str(tmp_path_factory.getbasetemp() / "ferkit-cache"))
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """The figures that ferkit.visualize.save is given, kept (open) instead of written; closed afterwards."""
+    from ferkit import visualize
+
+    figures: list = []
+    monkeypatch.setattr(visualize, "save", lambda fig, path: figures.append(fig) or Path(path))
+    yield figures
+    visualize.plt.close("all")

@@ -338,17 +338,6 @@ def test_disagreement_figure_when_they_always_agree(tmp_path):
         assert image.format == "PNG"
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures the code under test saves, kept open instead of written."""
-    from ferkit import visualize
-
-    figures = []
-    monkeypatch.setattr(visualize, "save", lambda fig, path: figures.append(fig) or Path(path))
-    yield figures
-    visualize.plt.close("all")
-
-
 def disagreements(count: int, total: int = 20, **kw):
     """The disagreement figure of `count` faces, the k-th of grey level k."""
     images = np.repeat(np.arange(count, dtype=np.uint8), 48 * 48).reshape(count, 48, 48)
@@ -357,37 +346,38 @@ def disagreements(count: int, total: int = 20, **kw):
                                    total=total, **kw)
 
 
-def test_disagreement_figure_shows_each_face_as_recorded(drawn):
+def test_disagreement_figure_shows_each_face_as_recorded(saved_figures):
     disagreements(0, total=12)
-    assert drawn.pop().axes[0].texts[0].get_text() == "the human and the CNN agree on all 12 faces"
+    assert saved_figures.pop().axes[0].texts[0].get_text() == "the human and the CNN agree on all 12 faces"
     disagreements(1)
-    (fig,) = drawn
+    (fig,) = saved_figures
     (ax,) = fig.axes  # one face is one panel
     assert ax.get_title() == "#100 truth Angry\nhuman Angry (right)\nCNN Disgust (wrong)"
     assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0, 255)  # grey levels as stored, not stretched
     assert fig._suptitle.get_text().startswith("The 1 of 20 faces where the human and the CNN disagree (#")
 
     disagreements(10)
-    panels = drawn[1].axes
+    panels = saved_figures[1].axes
     assert len(panels) == 16 and [ax.axison for ax in panels] == [True] * 10 + [False] * 6  # two rows of 8
     assert [ax.get_title().split()[0] for ax in panels[:10]] == [f"#{i}" for i in range(100, 110)]
-    assert "(the first" not in drawn[1]._suptitle.get_text()
+    assert "(the first" not in saved_figures[1]._suptitle.get_text()
 
 
-def test_disagreement_figure_says_how_many_it_leaves_out(drawn):
+def test_disagreement_figure_says_how_many_it_leaves_out(saved_figures):
     disagreements(10, limit=3)
-    panels = drawn[0].axes
+    panels = saved_figures[0].axes
     assert len(panels) == 3  # one row as wide as the faces shown
-    assert drawn[0]._suptitle.get_text().startswith("The 10 of 20 faces where the human and the CNN disagree "
+    assert saved_figures[0]._suptitle.get_text().startswith("The 10 of 20 faces where the human and the CNN disagree "
                                                     "(the first 3 shown)")
     disagreements(10, limit=0, network="MLP")  # a count, not "they agree"
-    assert drawn[1].axes[0].texts[0].get_text() == "the human and the MLP disagree on 10 of 20 faces (none shown)"
+    said = saved_figures[1].axes[0].texts[0].get_text()
+    assert said == "the human and the MLP disagree on 10 of 20 faces (none shown)"
 
 
-def test_confusion_figure_sets_the_two_matrices_side_by_side(drawn):
+def test_confusion_figure_sets_the_two_matrices_side_by_side(saved_figures):
     human, cnn = np.eye(7, dtype=int) * 3, np.ones((7, 7), int)
     cmp.confusion_figure(human, cnn, Path("c.png"), titles=("human: 1.000", "CNN: 0.143"), suptitle="on 21 faces")
-    (fig,) = drawn
+    (fig,) = saved_figures
     left, right, colorbar = fig.axes
     titles = (left.get_title(), right.get_title(), fig._suptitle.get_text())
     assert titles == ("human: 1.000", "CNN: 0.143", "on 21 faces")

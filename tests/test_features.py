@@ -505,21 +505,28 @@ def test_recorded_accuracy_correctness_channels_medians_and_seconds(world):
     assert all(part >= 0 for part in parts) and sum(parts) <= seconds["total"] <= world["wall"]
 
 
+def train_with_test_faces(folder: Path, private_labels: list[int], seed: int) -> Path:
+    """A tiny run trained on 64 Training and 32 PublicTest random faces, beside PrivateTest faces of
+    `private_labels` (none, or too few for the usual data); returns the run folder."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([rng.integers(0, 7, 96), np.asarray(private_labels, int)])
+    images = rng.integers(0, 256, size=(len(labels), 48, 48), dtype=np.uint8)
+    splits = np.repeat([0, 1, 2], [64, 32, len(private_labels)])
+    write_fer_csv(folder / "faces.csv", images, labels, [SPLITS[s] for s in splits])
+    tiny_train(folder / "faces.csv", folder / "run")
+    return folder / "run"
+
+
 def test_features_on_a_single_test_face(tmp_path, monkeypatch):
     """One PrivateTest face: the six other emotions have no faces to show, the 2-D map needs three."""
-    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(5)
-    labels = np.concatenate([rng.integers(0, 7, 96), [3]])
-    images = rng.integers(0, 256, size=(len(labels), 48, 48), dtype=np.uint8)
-    write_fer_csv(tmp_path / "one.csv", images, labels, [SPLITS[s] for s in np.repeat([0, 1, 2], [64, 32, 1])])
-    tiny_train(tmp_path / "one.csv", tmp_path / "run")
+    run = train_with_test_faces(tmp_path, [3], seed=5)
     set_threads = []
     real_set_threads = torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda k: set_threads.append(k) or real_set_threads(k))
-    result = ffeatures.features(tmp_path / "run", None, tmp_path / "out", n=1)
+    result = ffeatures.features(run, None, tmp_path / "out", n=1)
     assert set_threads == [torch.get_num_threads()]  # threads=0 by default: torch's own, restored as found
     assert (result["faces"], result["seed"], result["n"]) == (1, 0, 1)
-    assert [(face["line"], face["true"]) for face in result["chosen"]] == [(len(labels) + 1, "Happy")]
+    assert [(face["line"], face["true"]) for face in result["chosen"]] == [(98, "Happy")]  # after 96 faces
     assert result["embedding"]["method"] == "none (fewer than 3 faces)"
     assert list(result["embedding"]["class_medians"]) == ["Happy"]
     assert list(result["class_channels"]["top_per_class"]) == ["Happy"]
@@ -527,15 +534,10 @@ def test_features_on_a_single_test_face(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "out" / "features.json").read_text(encoding="utf-8")) == result
 
 
-def test_features_refuses_data_without_test_faces(tmp_path, monkeypatch):
-    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(6)
-    labels = rng.integers(0, 7, 96)
-    images = rng.integers(0, 256, size=(96, 48, 48), dtype=np.uint8)
-    write_fer_csv(tmp_path / "none.csv", images, labels, [SPLITS[s] for s in np.repeat([0, 1], [64, 32])])
-    tiny_train(tmp_path / "none.csv", tmp_path / "run")
-    with pytest.raises(FerkitError, match="none.csv has no PrivateTest rows: features are drawn on PrivateTest"):
-        ffeatures.features(tmp_path / "run", None, tmp_path / "out")
+def test_features_refuses_data_without_test_faces(tmp_path):
+    run = train_with_test_faces(tmp_path, [], seed=6)
+    with pytest.raises(FerkitError, match="faces.csv has no PrivateTest rows: features are drawn on PrivateTest"):
+        ffeatures.features(run, None, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -14,30 +14,22 @@ HISTORY = [{"epoch": e, "train_loss": 1.5 - e / 10, "train_acc": 0.5, "val_loss"
             "val_macro_f1": 0.5, "lr": 0.05, "seconds": 10.0} for e in (1, 2, 3)]
 
 
-def _capture(monkeypatch) -> list:
-    figures = []
-    monkeypatch.setattr(visualize, "save", lambda fig, path: figures.append(fig) or Path(path))
-    return figures
-
-
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_loss_panel_says_the_training_loss_is_label_smoothed(tmp_path, monkeypatch, smoothing):
+def test_loss_panel_says_the_training_loss_is_label_smoothed(tmp_path, saved_figures, smoothing):
     # A label-smoothed training loss sits above the plain validation loss even without any fit gap
     # (on the study run: 1.170 train, 1.027 validation, 1.230 validation with the same smoothing)
-    figures = _capture(monkeypatch)
     visualize.learning_curves(HISTORY, tmp_path / "c.png", best_epoch=2, label_smoothing=smoothing)
-    title = figures[0].axes[0].get_title()
+    title = saved_figures[0].axes[0].get_title()
     assert ("label smoothing 0.1" in title) is bool(smoothing)
     assert "augmented" in title
-    assert all(float(t).is_integer() for t in figures[0].axes[0].get_xticks())  # whole epochs
+    assert all(float(t).is_integer() for t in saved_figures[0].axes[0].get_xticks())  # whole epochs
 
 
-def test_loss_panel_names_class_weights_and_a_validation_limit(tmp_path, monkeypatch):
-    figures = _capture(monkeypatch)
+def test_loss_panel_names_class_weights_and_a_validation_limit(tmp_path, saved_figures):
     visualize.learning_curves(HISTORY, tmp_path / "c.png", augmented=False, class_weighted=True, val_limit=500)
-    title = figures[0].axes[0].get_title()
+    title = saved_figures[0].axes[0].get_title()
     assert "class weights" in title and "augmented" not in title
-    assert figures[0].axes[0].get_legend_handles_labels()[1][1] == "validation (first 500 PublicTest faces)"
+    assert saved_figures[0].axes[0].get_legend_handles_labels()[1][1] == "validation (first 500 PublicTest faces)"
 
 
 def test_training_and_evaluation_pass_the_loss_of_the_run(tiny_csv, tmp_path, monkeypatch):
@@ -54,12 +46,11 @@ def test_training_and_evaluation_pass_the_loss_of_the_run(tiny_csv, tmp_path, mo
     assert [(k["label_smoothing"], k["val_limit"]) for k in calls] == [(0.2, 30), (0.2, 30)]
 
 
-def test_row_normalised_matrix_marks_a_class_without_faces(tmp_path, monkeypatch):
-    figures = _capture(monkeypatch)
+def test_row_normalised_matrix_marks_a_class_without_faces(tmp_path, saved_figures):
     matrix = np.diag([5, 0, 3, 4, 2, 6, 7])
     matrix[0, 2] = 1
     visualize.confusion_matrices(matrix, tmp_path / "m.png")
-    ax = next(a for a in figures[0].axes if a.get_title() == "row-normalised (recall)")
+    ax = next(a for a in saved_figures[0].axes if a.get_title() == "row-normalised (recall)")
     disgust = [t.get_text() for t in ax.texts if round(t.get_position()[1]) == EMOTIONS.index("Disgust")]
     angry = [t.get_text() for t in ax.texts if round(t.get_position()[1]) == 0]
     assert disgust == ["-"] * 7  # no recall at all, not a recall of 0.00
@@ -94,31 +85,32 @@ def test_save_writes_the_format_its_name_asks_for_and_returns_the_path(tmp_path)
         assert (tmp_path / name).read_bytes().startswith(magic), name
 
 
-def test_sample_grid_shows_distinct_faces_of_each_row_s_class(tmp_path, monkeypatch):
-    figures = _capture(monkeypatch)
+def test_sample_grid_shows_distinct_faces_of_each_row_s_class(tmp_path, saved_figures):
     labels = np.repeat(np.arange(7), [12, 3, 12, 12, 12, 12, 12])  # Disgust: fewer faces than columns
     images = np.repeat(np.arange(len(labels), dtype=np.uint8), 48 * 48).reshape(-1, 48, 48)  # face i is grey i
     visualize.sample_grid(images, labels, tmp_path / "s.png", per_class=8)
     visualize.sample_grid(images, labels, tmp_path / "s0.png", per_class=8, seed=0)
-    shown = [[int(ax.images[0].get_array()[0, 0]) if ax.images else None for ax in figures[0].axes[r * 8:(r + 1) * 8]]
-             for r in range(7)]
-    for row, faces in enumerate(shown):
+
+    def faces_in(fig) -> list:  # each cell's face, by its grey level; None for an empty cell
+        return [int(ax.images[0].get_array()[0, 0]) if ax.images else None for ax in fig.axes]
+
+    cells = faces_in(saved_figures[0])
+    for row in range(7):
+        faces = cells[row * 8:(row + 1) * 8]
         drawn = [face for face in faces if face is not None]
         assert len(drawn) == len(set(drawn)) == (3 if row == 1 else 8)
         assert all(labels[face] == row for face in drawn)
         assert faces[:len(drawn)] == drawn  # the faces first, then the empty cells
-    again = [int(ax.images[0].get_array()[0, 0]) if ax.images else None for ax in figures[1].axes]
-    assert again == [face for faces in shown for face in faces]  # seed 0 unless given
-    ax = figures[0].axes[0]
+    assert faces_in(saved_figures[1]) == cells  # seed 0 unless given
+    ax = saved_figures[0].axes[0]
     assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0, 255)
-    assert figures[0].axes[8 + 7].spines["left"].get_visible() is False  # an empty cell has no frame
+    assert saved_figures[0].axes[8 + 7].spines["left"].get_visible() is False  # an empty cell has no frame
 
 
-def test_class_balance_bars_and_their_labels(tmp_path, monkeypatch):
-    figures = _capture(monkeypatch)
+def test_class_balance_bars_and_their_labels(tmp_path, saved_figures):
     visualize.class_balance({"Training": [30, 10, 20, 40, 0, 0, 0], "PrivateTest": [1, 0, 1, 1, 0, 0, 1]},
                             tmp_path / "b.png")
-    ax = figures[0].axes[0]
+    ax = saved_figures[0].axes[0]
     bars = ax.patches
     assert len(bars) == 14  # two splits of 7 classes: PublicTest is not drawn
     centres = [bar.get_x() + bar.get_width() / 2 for bar in bars]
@@ -130,25 +122,24 @@ def test_class_balance_bars_and_their_labels(tmp_path, monkeypatch):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Training (100)", "PrivateTest (4)"]
     assert ax.get_title() == "Class balance per split"  # Sad, Surprise and Neutral are empty, not rare
     visualize.class_balance({"Training": [100, 5, 100, 100, 100, 100, 100]}, tmp_path / "c.png")
-    assert "(Disgust is rare" in figures[1].axes[0].get_title()  # 5 of 605: under 5%
+    assert "(Disgust is rare" in saved_figures[1].axes[0].get_title()  # 5 of 605: under 5%
     visualize.class_balance({"PublicTest": [1] * 7}, tmp_path / "d.png")  # no Training counts: nothing rare
-    assert figures[2].axes[0].get_title() == "Class balance per split"
+    assert saved_figures[2].axes[0].get_title() == "Class balance per split"
     visualize.class_balance({"Training": [5, 19, 19, 19, 19, 19, 0], "PublicTest": [1, 0, 0, 0, 0, 0, 0]},
                             tmp_path / "e.png")
-    assert figures[3].axes[0].get_title() == "Class balance per split"  # 5 of 100 is not under 5%
-    assert figures[3].axes[0].texts[7].get_text() == "1"
+    assert saved_figures[3].axes[0].get_title() == "Class balance per split"  # 5 of 100 is not under 5%
+    assert saved_figures[3].axes[0].texts[7].get_text() == "1"
     visualize.class_balance({"Training": [1, 0, 0, 0, 0, 0, 40]}, tmp_path / "f.png")
-    assert "(Angry is rare" in figures[4].axes[0].get_title()  # one face is rare too
+    assert "(Angry is rare" in saved_figures[4].axes[0].get_title()  # one face is rare too
     visualize.class_balance({"Training": [1, 0, 0, 0, 0, 0, 0]}, tmp_path / "g.png")
-    assert figures[5].axes[0].texts[0].get_text() == "1\n100%"
+    assert saved_figures[5].axes[0].texts[0].get_text() == "1\n100%"
 
 
-def test_confusion_matrices_recall_colours_and_title(tmp_path, monkeypatch):
-    figures = _capture(monkeypatch)
+def test_confusion_matrices_recall_colours_and_title(tmp_path, saved_figures):
     matrix = np.diag([1, 2, 3, 4, 5, 6, 7])
     matrix[0, 1] = 3  # Angry: 1 of 4 right
     visualize.confusion_matrices(matrix, tmp_path / "m.png", title="a run")
-    fig = figures[0]
+    fig = saved_figures[0]
     counts, recall = (ax for ax in fig.axes if ax.get_title())
     assert len(fig.axes) == 4 and fig._suptitle.get_text() == "a run"  # two panels, two colour bars
     angry = [t.get_text() for t in recall.texts][:7]
@@ -158,10 +149,10 @@ def test_confusion_matrices_recall_colours_and_title(tmp_path, monkeypatch):
     assert colours["7"] == "white" and colours["1"] == "black"  # dark cells get white text
     assert counts.images[0].norm.vmin == 0
     visualize.confusion_matrices(matrix, tmp_path / "n.png")
-    assert figures[1]._suptitle is None
+    assert saved_figures[1]._suptitle is None
 
 
-def test_confusion_panel_shares_per_true_class(monkeypatch):
+def test_confusion_panel_shares_per_true_class():
     fig, ax = visualize.plt.subplots()
     counts = np.zeros((7, 7), int)
     counts[0, :2] = [3, 1]  # Angry: 75% and 25%
@@ -186,13 +177,12 @@ def test_curve_notes_read_the_saved_config():
         "class_weighted"] is False
 
 
-def test_learning_curves_defaults_and_title(tmp_path, monkeypatch):
-    figures = _capture(monkeypatch)
+def test_learning_curves_defaults_and_title(tmp_path, saved_figures):
     visualize.learning_curves(HISTORY, tmp_path / "c.png")
-    fig = figures[0]
+    fig = saved_figures[0]
     assert len(fig.axes) == 2 and fig._suptitle is None
     assert fig.axes[0].get_title() == "loss (train loss is on augmented batches)"  # no smoothing nor weights
     assert fig.axes[0].get_legend_handles_labels()[1] == ["train", "validation (PublicTest)"]  # no best epoch
     visualize.learning_curves(HISTORY, tmp_path / "d.png", best_epoch=2, title="run r")
-    assert figures[1]._suptitle.get_text() == "run r"
-    assert figures[1].axes[1].get_legend_handles_labels()[1][-1] == "best epoch 2"
+    assert saved_figures[1]._suptitle.get_text() == "run r"
+    assert saved_figures[1].axes[1].get_legend_handles_labels()[1][-1] == "best epoch 2"
