@@ -640,6 +640,38 @@ def test_replication_names_a_training_started_outside_ferkit(tmp_path):
     assert "started by `/venv/bin/pytest tests -q`, not by a ferkit command" in text
 
 
+LONG_PYTEST = "/venv/bin/pytest -q " + " ".join(f"tests/test_report.py::test_case_number_{i}" for i in range(120))
+
+
+CUT = "`{shown}` (the first 200 of its {n:,} characters)"
+
+
+@pytest.mark.parametrize("recorded, remark", [(LONG_PYTEST, "started by " + CUT),
+                                              ("ferkit run faces.csv --out " + "runs/" * 60,
+                                               "the `ferkit run` study " + CUT)])
+def test_a_long_recorded_command_is_cut_in_the_replication_paragraph(tmp_path, recorded, remark):
+    (tmp_path / "config.yaml").write_text("epochs: 2\n")
+    info = {"environment": {"command": recorded}, "data": {"path": "faces.csv"}}
+    run = freport.Run(tmp_path, {"seed": 0}, info, [], {"test": {}}, {})
+    text = " ".join(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                    if isinstance(b, freport.Para))
+    assert remark.format(shown=recorded[:200] + " …", n=len(recorded)) in text
+    assert recorded[:201] not in text
+
+
+def test_a_run_started_by_a_long_command_still_fits_its_pages(world, tmp_path):
+    """pytest given a list of test names records them all as the training's command: the paragraph that
+    names it stays in the PDF, so it once pushed the main part past its pages and the report failed."""
+    run = shutil.copytree(world["cnn"], tmp_path / "cnn")
+    info = json.loads((run / "run.json").read_text())
+    info["environment"]["command"] = LONG_PYTEST
+    (run / "run.json").write_text(json.dumps(info))
+    result = freport.build_report(run, tmp_path / "out")
+    assert result["main_pages"] <= freport.MAIN_PAGES and not result["commands_left_out"]
+    pdf_text = "".join(page_texts(tmp_path / "out" / "report.pdf"))
+    assert f"the first 200 of its {len(LONG_PYTEST):,} characters" in pdf_text
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
 

@@ -58,6 +58,8 @@ _METRIC_KEYS = {"accuracy", "macro_f1", "weighted_f1", "n"}
 _FIGURE_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)  # tried in turn until the page limits hold
 # once figures must be left out, those kept are shown larger than the smallest scale: fewer, but legible
 _DROP_SCALE = 0.8
+# the most of a recorded command that the replication's paragraph shows (run.json holds all of it)
+_LONGEST_REMARK = 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -988,12 +990,17 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
 
 
 def _trained_by(recorded: str | None) -> str:
-    """A remark on the recorded command when it was not `ferkit train`."""
+    """A remark on the recorded command when it was not `ferkit train`; a long one is cut, since this
+    paragraph stays in the PDF when the page limit leaves the replication's commands out."""
+    if not recorded or recorded.startswith("ferkit train"):
+        return ""
+    shown = _code(recorded)
+    if len(recorded) > _LONGEST_REMARK:  # a script's argv: pytest given a hundred test names, say
+        shown = f"{_code(recorded[:_LONGEST_REMARK] + ' …')} (the first {_LONGEST_REMARK} of its " \
+                f"{len(recorded):,} characters)"
     if _is_study(recorded):
-        return f" This run was trained by the `ferkit run` study {_code(recorded)} (as run.json records)."
-    if recorded and not recorded.startswith("ferkit train"):
-        return f" (run.json records the training as started by {_code(recorded)}, not by a ferkit command.)"
-    return ""
+        return f" This run was trained by the `ferkit run` study {shown} (as run.json records)."
+    return f" (run.json records the training as started by {shown}, not by a ferkit command.)"
 
 
 def _trained_data(run: Run) -> dict[str, str | None]:
