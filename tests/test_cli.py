@@ -1,5 +1,6 @@
-"""Every option of the `ferkit` command reaches the function it calls (the functions are replaced by
-stand-ins that record their arguments; the other test files run the commands for real)."""
+"""Every option of the `ferkit` command reaches the function it calls, and what the function returns
+or raises is printed as it should be (the functions are replaced by stand-ins that record their
+arguments; the other test files run the commands for real)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import importlib
 import pytest
 
 from ferkit import cli
+from ferkit import config as configs
+from ferkit.errors import FerkitError
 
 
 class Called(Exception):
@@ -40,6 +43,35 @@ CASES = [
      {"data": "D", "tta": True, "resamples": 50, "seed": 7, "device": "cpu"}, None),
     (["report", "R", "--out", "O", "--mlp", "M", "--features", "F", "--compare", "C"], "ferkit.report",
      "build_report", {"mlp": "M", "features": "F", "compare": "C"}, None),
+    (["data", "D", "--out", "O", "--seed", "4", "--no-cache"], "ferkit.data", "summarize", {"seed": 4, "cache": False},
+     None),
+    (["label", "D", "--out", "L.csv", "--export-with-truth", "T.csv"], "ferkit.label", "export_with_truth", {},
+     lambda args: args == ("D", "L.csv", "T.csv")),
+    (["export", "R", "--onnx", "m.onnx"], "ferkit.export", "export_onnx", {}, lambda args: args == ("R", "m.onnx")),
+    # the defaults
+    (["data", "D", "--out", "O"], "ferkit.data", "summarize", {"seed": 0, "cache": True}, None),
+    (["evaluate", "R"], "ferkit.evaluate", "evaluate",
+     {"split": "test", "tta": False, "data": None, "out": None, "checkpoint": "best", "device": "auto"}, None),
+    (["features", "R", "--out", "O"], "ferkit.features", "features",
+     {"data": None, "n": 4, "seed": 0, "embedding": "tsne", "device": "cpu", "threads": 0}, None),
+    (["run", "D", "--out", "S"], "ferkit.pipeline", "run_study", {"profile": None, "cnn_overrides": [],
+                                                                  "mlp_overrides": []}, None),
+    (["label", "D", "--out", "L.csv"], "ferkit.label", "serve", {"n": None, "seed": None, "host": "127.0.0.1",
+                                                                  "port": 8765}, None),
+    (["compare", "R", "L.csv", "--out", "O"], "ferkit.compare", "compare",
+     {"data": None, "tta": False, "resamples": 2000, "seed": 0, "device": "auto"}, None),
+    # a resume takes the run's saved config: only overrides (train refuses all but the device) or nothing
+    (["train", "D", "--out", "R", "--resume"], "ferkit.train", "train", {"resume": True},
+     lambda args: args[2] is None),
+    (["train", "D", "--out", "R", "--resume", "--set", "device=cpu"], "ferkit.train", "train", {"resume": True},
+     lambda args: args[2] == {"device": "cpu"}),
+    # a config, a model or a profile with --resume is resolved as for a new run, for train to refuse
+    (["train", "D", "--out", "R", "--resume", "--profile", "cpu"], "ferkit.train", "train", {"resume": True},
+     lambda args: args[2].profile == "cpu"),
+    (["train", "D", "--out", "R", "--resume", "--model", "mlp"], "ferkit.train", "train", {"resume": True},
+     lambda args: args[2].model == "mlp"),
+    (["train", "D", "--out", "R"], "ferkit.train", "train", {"resume": False},
+     lambda args: args[2].profile == configs.auto_profile() and args[2].model == "cnn"),
 ]
 
 
@@ -90,3 +122,88 @@ def test_a_negative_seed_is_refused(argv, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"--seed {argv[-1]} must be in [0, 2**32)" in err and "Traceback" not in err
     assert not (tmp_path / "O").exists()
+
+
+@pytest.mark.parametrize("argv, missing", [(["data", "D"], "--out"), (["train", "D"], "--out"),
+                                           (["ensemble", "R1", "R2"], "--out"), (["features", "R"], "--out"),
+                                           (["run", "D"], "--out"), (["export", "R"], "--onnx"),
+                                           (["label", "D"], "--out"), (["compare", "R", "L.csv"], "--out"),
+                                           (["report", "R"], "--out"), ([], "COMMAND")])
+def test_a_missing_required_argument_is_refused_by_the_parser(argv, missing, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert f"the following arguments are required: {missing}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# What each command prints, from what its function returns
+
+
+def printed(argv: list[str], module: str, function: str, result, monkeypatch, capsys) -> tuple[str, str]:
+    monkeypatch.setattr(importlib.import_module(module), function, lambda *args, **kwargs: result)
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+@pytest.mark.parametrize("info, out, err", [
+    ({"best_epoch": 3, "epochs_run": 8, "train_seconds": 12.4, "stopped_early": True, "snapshots_missed": [4, 8]},
+     "best epoch 3 of 8; stopped early after 8 epochs (no better validation score for 5); 12 s of training; run in R\n",
+     "note: no at_4min, at_8min checkpoint: the training took 12 s\n"),
+    ({"best_epoch": 8, "epochs_run": 8, "train_seconds": 99.6, "stopped_early": False, "snapshots_missed": []},
+     "best epoch 8 of 8; 100 s of training; run in R\n", "")])
+def test_train_prints_the_best_epoch_and_what_is_missing(info, out, err, monkeypatch, capsys):
+    assert printed(["train", "D", "--out", "R"], "ferkit.train", "train", info, monkeypatch, capsys) == (out, err)
+
+
+@pytest.mark.parametrize("note, err", [("the run is unfinished", "note: the run is unfinished\n"), (None, "")])
+def test_evaluate_prints_the_scores_and_a_note_if_any(note, err, monkeypatch, capsys):
+    metrics = {"name": "cnn", "split": "test", "n": 42, "tta": True, "accuracy": 0.61234, "macro_f1": 0.5, "note": note,
+               "weighted_f1": 0.6, "folder": "R/eval/test-tta"}
+    assert printed(["evaluate", "R"], "ferkit.evaluate", "evaluate", metrics, monkeypatch, capsys) == (
+        "cnn on test (42 faces, TTA True): accuracy 0.6123, macro F1 0.5000, weighted F1 0.6000; files in "
+        "R/eval/test-tta\n", err)
+
+
+def test_predict_prints_the_table_as_csv_unless_given_a_file(monkeypatch, capsys):
+    import pandas as pd
+
+    table = pd.DataFrame({"file": ["a.png", "b.png"], "emotion": ["Happy", "Sad"]})
+    result = (table, ["b.png: no face found"])
+    assert printed(["predict", "R", "a.png"], "ferkit.predict", "predict", result, monkeypatch, capsys) == (
+        "file,emotion\na.png,Happy\nb.png,Sad\n", "b.png: no face found\n")
+    assert printed(["predict", "R", "a.png", "--out", "f.csv"], "ferkit.predict", "predict", result, monkeypatch,
+                   capsys) == ("2 face(s) written to f.csv\n", "b.png: no face found\n")
+
+
+def test_compare_prints_n_a_for_a_kappa_that_is_undefined(monkeypatch, capsys):
+    scores = {"accuracy": 0.6, "accuracy_ci95": [0.5, 0.7], "macro_f1": 0.55, "macro_f1_ci95": [0.45, 0.65]}
+    result = {"n": 50, "sample_n": 60, "human": scores, "cnn": scores, "model": {"name": "cnn"},
+              "kappa": {"human_vs_truth": None, "human_vs_cnn": 0.41234},
+              "mcnemar": {"p_value": 0.5, "human_correct_cnn_wrong": 3, "human_wrong_cnn_correct": 4}}
+    out, _ = printed(["compare", "R", "L.csv", "--out", "O"], "ferkit.compare", "compare", result, monkeypatch, capsys)
+    assert "kappa human-truth n/a, human-CNN 0.412; McNemar exact p = 0.5" in out
+
+
+@pytest.mark.parametrize("pages, shown", [(4, "wrote O/report.pdf (3 pages + 0.8 of extras), "),
+                                          (3, "wrote O/report.pdf (3 pages), ")])
+def test_report_prints_its_pages_and_the_extras_pages_if_any(pages, shown, monkeypatch, capsys):
+    result = {"pdf": "O/report.pdf", "html": "O/report.html", "md": "O/report.md", "pages": pages, "main_pages": 3,
+              "extra_pages": 0.8 if pages > 3 else 0.0, "notes": ["a note"]}
+    out, _ = printed(["report", "R", "--out", "O"], "ferkit.report", "build_report", result, monkeypatch, capsys)
+    assert out == shown + "O/report.html, O/report.md\na note\n"
+
+
+@pytest.mark.parametrize("error, message", [
+    (FerkitError("D: line 3, column 2: not a number"), "D: line 3, column 2: not a number"),
+    (OSError(28, "No space left on device", "O/summary.json"), "O/summary.json: No space left on device"),
+    (OSError(13, "Permission denied"), "Permission denied"),
+    (OSError("image file is truncated"), "image file is truncated")])
+def test_a_user_error_is_one_line_and_status_2(error, message, monkeypatch, capsys):
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(importlib.import_module("ferkit.data"), "summarize", failing)
+    assert cli.main(["data", "D", "--out", "O"]) == 2
+    assert capsys.readouterr().err == f"ferkit data: error: {message}\n"
