@@ -105,10 +105,17 @@ def _private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def saved_figures(monkeypatch) -> list:
-    """The figures that ferkit.visualize.save is given, kept (open) instead of written; closed afterwards."""
-    from ferkit import visualize
+    """The figures that ferkit.visualize.save is given, kept (open) instead of written; closed afterwards.
+    ferkit.features holds its own reference to save, replaced too."""
+    from ferkit import features, visualize
 
     figures: list = []
-    monkeypatch.setattr(visualize, "save", lambda fig, path: figures.append(fig) or Path(path))
+
+    def keep(fig, path):
+        figures.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(visualize, "save", keep)
+    monkeypatch.setattr(features, "save", keep)
     yield figures
     visualize.plt.close("all")

@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
@@ -603,3 +604,320 @@ def test_n_is_bounded_and_a_rerun_cut_short_leaves_no_earlier_json(world, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         ffeatures.features(world["run"], world["csv"], out, n=2, seed=7)
     assert not (out / "features.json").exists()  # the new figures are not filed under the old numbers
+
+
+# ---------------------------------------------------------------------------------------------
+# The figures, drawn from given numbers
+
+
+def panel(fig, gid: str):
+    return next(ax for ax in fig.axes if ax.get_gid() == gid)
+
+
+def colour_bars(fig) -> list:
+    """The colour bars' mappables, in the order the figure drew them."""
+    return [ax._colorbar.mappable for ax in fig.axes if hasattr(ax, "_colorbar")]
+
+
+def face_row(line: int, true: str, pred: str, prob: float = 0.5) -> dict:
+    return {"line": line, "true": true, "pred": pred, "prob_pred": prob, "correct": true == pred}
+
+
+def assert_face_panel(ax, face: np.ndarray, overlay: np.ndarray | None = None, vmax: float = 1.0) -> None:
+    """A grey face at its stored levels, and over it the map in jet, from 0 to `vmax`, half transparent;
+    no ticks, no frame."""
+    grey = ax.images[0]
+    np.testing.assert_array_equal(grey.get_array(), face)
+    assert (grey.get_cmap().name, grey.get_clim(), grey.get_interpolation()) == ("gray", (0, 255), "nearest")
+    assert len(ax.images) == (1 if overlay is None else 2)
+    if overlay is not None:
+        shown = ax.images[1]
+        np.testing.assert_allclose(shown.get_array(), overlay)
+        assert (shown.get_cmap().name, shown.get_clim(), shown.get_alpha(), shown.get_interpolation()) == \
+            (ffeatures.OVERLAY_CMAP, (0, vmax), ffeatures.OVERLAY_ALPHA, "bilinear")
+    assert not ax.get_xticks().size and not ax.get_yticks().size
+    assert not any(spine.get_visible() for spine in ax.spines.values())
+
+
+def test_faces_figure_draws_each_map_over_its_face_relative_to_its_maximum(saved_figures, tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    mean_maps = rng.random((2, 48, 48)) * 5
+    cams_true = np.stack([np.zeros((48, 48)), np.pad(np.ones((8, 8)), 20) * 3])  # zero, and zero around a square
+    cams_pred = np.stack([rng.random((48, 48)), np.zeros((48, 48))])
+    rows = [face_row(7, "Happy", "Happy", 0.871), face_row(9, "Happy", "Sad", 0.4)]
+    assert ffeatures.faces_figure(3, rows, images, mean_maps, cams_true, cams_pred, tmp_path / "f.png") == \
+        tmp_path / "f.png"
+    fig = saved_figures[0]
+    for j in range(2):
+        assert_face_panel(panel(fig, f"face:{j}"), images[j])
+        assert_face_panel(panel(fig, f"mean:{j}"), images[j], mean_maps[j] / mean_maps[j].max())
+        for name, maps in (("cam_true", cams_true), ("cam_pred", cams_pred)):
+            top = maps[j].max()
+            assert_face_panel(panel(fig, f"{name}:{j}"), images[j], maps[j] / top if top else maps[j])
+    titles = {gid: (panel(fig, gid).get_title(), panel(fig, gid).title.get_color())
+              for gid in ("face:0", "face:1", "cam_true:0", "cam_true:1", "cam_pred:0", "cam_pred:1")}
+    assert titles == {"face:0": ("line 7\npred Happy (0.87)\ncorrect", "black"),
+                      "face:1": ("line 9\npred Sad (0.40)\nwrong", "#b00000"),
+                      "cam_true:0": ("Happy\n(zero: no positive evidence)", "black"),
+                      "cam_true:1": ("Happy", "black"),
+                      "cam_pred:0": ("Happy (= true)", "black"),
+                      "cam_pred:1": ("Sad\n(zero: no positive evidence)", "black")}
+    (bar,) = colour_bars(fig)
+    assert (bar.get_cmap().name, bar.norm.vmin, bar.norm.vmax) == (ffeatures.OVERLAY_CMAP, 0, 1)
+    assert fig._suptitle.get_text() == "Happy: what the last conv layer sees (PrivateTest)"
+    assert fig.get_size_inches()[0] == pytest.approx(1.45 * 2 + 1.4)
+    assert not any(ax.texts for ax in fig.axes)
+
+
+@pytest.mark.parametrize("faces", [0, 1])
+def test_faces_figure_of_one_face_or_none(saved_figures, tmp_path, faces):
+    images, maps = np.zeros((faces, 48, 48), np.uint8), np.ones((faces, 48, 48))
+    ffeatures.faces_figure(1, [face_row(3, "Disgust", "Fear")] * faces, images, maps, maps, maps, tmp_path / "f.png")
+    fig = saved_figures[0]
+    grid = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+    assert len(grid) == 4  # a column of four panels
+    assert [ax.get_ylabel() for ax in grid] == ["face", "mean activation\n(last conv layer)", "Grad-CAM\ntrue class",
+                                                "Grad-CAM\npredicted class"]
+    texts = [t.get_text() for t in grid[0].texts]
+    assert texts == ([] if faces else ["no PrivateTest faces\nof Disgust"])
+    assert [len(ax.images) for ax in grid] == ([1, 2, 2, 2] if faces else [0] * 4)
+
+
+def overview_entry(k: int, right: bool, wrong: bool, rng) -> dict:
+    def image():
+        return rng.integers(0, 256, (48, 48), dtype=np.uint8)
+
+    name, other = EMOTIONS[k], EMOTIONS[(k + 1) % 7]
+    return {"right": (face_row(10 + k, name, name, 0.9), image(), rng.random((48, 48))) if right else None,
+            "wrong": (face_row(20 + k, name, other, 0.6), image(), rng.random((48, 48)), np.zeros((48, 48)))
+            if wrong else None}
+
+
+def test_overview_figure_heads_the_first_row_only_and_says_none_where_a_face_is_missing(saved_figures, tmp_path):
+    rng = np.random.default_rng(1)
+    entries = [overview_entry(k, right=k != 2, wrong=k != 4, rng=rng) for k in range(7)]
+    ffeatures.overview_figure(entries, tmp_path / "o.png")
+    fig = saved_figures[0]
+    axes = np.array([ax for ax in fig.axes if not hasattr(ax, "_colorbar")]).reshape(7, 6)
+    assert axes[0, 0].get_title() == "CORRECT\nline 10 (0.90)"
+    assert axes[0, 1].get_title() == "Grad-CAM\nAngry"
+    assert axes[0, 3].get_title() == "MISCLASSIFIED\nline 20"
+    assert axes[0, 4].get_title() == "Grad-CAM\ntrue: Angry"
+    assert (axes[0, 5].get_title(), axes[0, 5].title.get_color()) == \
+        ("Grad-CAM\npred: Disgust (0.60)\n(zero: no positive evidence)", "#b00000")
+    assert axes[1, 0].get_title() == "line 11 (0.90)" and axes[1, 3].get_title() == "line 21"
+    assert [ax.axison for ax in axes[:, 2]] == [False] * 7  # the gap between the two halves
+    assert all(ax.axison for ax in axes[:, [0, 1, 3, 4, 5]].ravel())
+    widths = [ax.get_position(original=True).width for ax in axes[0]]  # the grid cells, before aspect
+    assert widths[2] == pytest.approx(0.18 * widths[0]) and widths[:2] + widths[3:] == pytest.approx([widths[0]] * 5)
+    for k, entry in enumerate(entries):
+        assert (axes[k, 0].get_ylabel(), axes[k, 0].yaxis.label.get_rotation()) == (EMOTIONS[k], 0)
+        if entry["right"] is not None:
+            row, image, cam = entry["right"]
+            assert panel(fig, f"right_cam:{k}") is axes[k, 1]
+            assert_face_panel(axes[k, 1], image, cam / cam.max())
+        else:
+            (none,) = axes[k, 0].texts
+            assert none.get_text() == "none" and none.get_transform() == axes[k, 0].transAxes
+            assert not axes[k, 0].images
+        if entry["wrong"] is not None:
+            row, image, cam_true, _ = entry["wrong"]
+            assert_face_panel(panel(fig, f"wrong_face:{k}"), image)
+            assert_face_panel(panel(fig, f"wrong_cam_true:{k}"), image, cam_true / cam_true.max())
+        else:
+            (none,) = axes[k, 3].texts
+            assert none.get_text() == "none" and none.get_transform() == axes[k, 3].transAxes
+            assert not axes[k, 3].images
+    (bar,) = colour_bars(fig)
+    assert (bar.get_cmap().name, bar.norm.vmin, bar.norm.vmax) == (ffeatures.OVERLAY_CMAP, 0, 1)
+
+
+@pytest.mark.parametrize("z_scale", [1.0, 0.1, 0.0])
+def test_class_channels_figure_boxes_each_emotions_channels_on_both_panels(saved_figures, tmp_path, z_scale):
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(7), 5)
+    stats = class_channel_stats(rng.random((35, 16)) + (1 if z_scale else 0), labels, per_class=2)
+    stats["z"] = stats["z"] * z_scale  # all zero: the selectivity scale is ±1
+    channels = stats["channels"]
+    ffeatures.class_channels_figure(stats, tmp_path / "c.png", n_faces=35)
+    fig = saved_figures[0]
+    assert fig.get_size_inches()[0] == pytest.approx(max(5.0, 0.42 * len(channels) + 2.6))
+    means_bar, z_bar = colour_bars(fig)
+    zmax = float(np.abs(stats["z"][:, channels]).max()) or 1.0
+    assert (z_bar.get_cmap().name, z_bar.norm.vmin, z_bar.norm.vmax) == ("RdBu_r", -zmax, zmax)
+    assert means_bar.get_cmap().name == "viridis"
+    means_ax, z_ax = (ax for ax in fig.axes if not hasattr(ax, "_colorbar"))
+    np.testing.assert_allclose(means_ax.images[0].get_array(), stats["class_mean"][:, channels])
+    np.testing.assert_allclose(z_ax.images[0].get_array(), stats["z"][:, channels])
+    assert means_ax.get_title().startswith("Mean activation per emotion (true label) over PrivateTest (35 faces)")
+    for ax in (means_ax, z_ax):
+        boxes = {(patch.get_x(), patch.get_y()) for patch in ax.patches}
+        assert boxes == {(channels.index(c) - 0.5, k - 0.5) for k, picked in stats["top"].items() for c in picked}
+        assert all((patch.get_width(), patch.get_height(), patch.get_fill()) == (1, 1, False) for patch in ax.patches)
+        assert ax.get_xlabel() == "last-conv-layer channel (boxed: the 2 most selective for that emotion)"
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"ch {c}" for c in channels]
+
+
+def test_channels_figure_shares_one_scale_across_faces_and_channels(saved_figures, tmp_path):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    channel_maps = rng.random((2, 3, 48, 48)) * np.array([0.2, 0.5])[:, None, None, None]
+    channel_maps[0, 0, :4] = 0  # a zero somewhere, and a largest value under 1: the scale is 0 to that value
+    rows = [dict(face_row(4, "Sad", "Sad"), top_channels=[{"channel": c, "mean_activation": 0.1234 * c}
+                                                         for c in (5, 1, 7)]),
+            dict(face_row(8, "Sad", "Angry"), top_channels=[{"channel": c, "mean_activation": 2.0} for c in (0, 2, 3)])]
+    ffeatures.channels_figure(4, rows, images, channel_maps, tmp_path / "c.png")
+    fig = saved_figures[0]
+    vmax = channel_maps.max()
+    for j, row in enumerate(rows):
+        face = panel(fig, f"face:{j}")
+        assert_face_panel(face, images[j])
+        assert (face.get_title(), face.title.get_color()) == \
+            (f"line {row['line']}\npred {row['pred']}", "black" if row["correct"] else "#b00000")
+        for i, channel in enumerate(row["top_channels"]):
+            ax = panel(fig, f"channel:{j}:{channel['channel']}")
+            (shown,) = ax.images
+            np.testing.assert_array_equal(shown.get_array(), channel_maps[j, i])
+            assert (shown.get_cmap().name, shown.get_clim(), shown.get_interpolation()) == \
+                (ffeatures.CHANNEL_CMAP, (0, vmax), "bilinear")
+            assert ax.get_title() == f"ch {channel['channel']}: {channel['mean_activation']:.2g}"
+            assert not ax.get_xticks().size and not any(spine.get_visible() for spine in ax.spines.values())
+    (bar,) = colour_bars(fig)
+    assert (bar.get_cmap().name, bar.norm.vmin, bar.norm.vmax) == (ffeatures.CHANNEL_CMAP, 0, vmax)
+    assert fig._suptitle.get_text().startswith("Sad: the 3 strongest channels of the last conv layer per face")
+    assert not any(ax.texts for ax in fig.axes)
+
+
+@pytest.mark.parametrize("faces", [0, 1])
+def test_channels_figure_of_zero_maps_or_no_face(saved_figures, tmp_path, faces):
+    rows = [dict(face_row(4, "Fear", "Fear"), top_channels=[{"channel": 0, "mean_activation": 0.0}])] * faces
+    ffeatures.channels_figure(2, rows, np.zeros((faces, 48, 48), np.uint8), np.zeros((faces, 1, 48, 48)),
+                              tmp_path / "c.png")
+    fig = saved_figures[0]
+    grid = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+    assert len(grid) == 2  # the face and one channel, or two blank panels
+    (bar,) = colour_bars(fig)
+    assert (bar.norm.vmin, bar.norm.vmax) == (0, 1)  # no activation: the scale stays 0 to 1
+    assert [t.get_text() for t in grid[0].texts] == ([] if faces else ["no PrivateTest faces\nof Fear"])
+    if faces:
+        assert panel(fig, "channel:0:0").images[0].get_clim() == (0, 1)
+
+
+def test_top_faces_figure_scales_each_row_by_its_own_maximum(saved_figures, tmp_path):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (2, 3, 48, 48), dtype=np.uint8)
+    maps = rng.random((2, 3, 48, 48)) * np.array([0.5, 0.0])[:, None, None, None]  # the second row: all zero
+    maps[0, 1, :4] = 0  # a zero somewhere, and a largest value under 1: the row's scale is 0 to that value
+    entries = [{"channel": 6, "selected_for": ["Happy"],
+                "faces": [{"true": "Happy", "activation": 1.2345}, {"true": "Sad", "activation": 0.5},
+                          {"true": "Fear", "activation": 0.25}]},
+               {"channel": 2, "selected_for": ["Angry", "Neutral"],
+                "faces": [{"true": "Angry", "activation": 0.0}]}]
+    ffeatures.top_faces_figure(entries, images, maps, tmp_path / "t.png")
+    fig = saved_figures[0]
+    for r, entry in enumerate(entries):
+        vmax = maps[r].max() or 1.0
+        for j, face in enumerate(entry["faces"]):
+            ax = panel(fig, f"top:{entry['channel']}:{j}")
+            assert_face_panel(ax, images[r, j], maps[r, j], vmax=vmax)
+            assert ax.get_title() == f"{face['true']} ({face['activation']:.2g})"
+    grid = np.array([ax for ax in fig.axes if not hasattr(ax, "_colorbar")]).reshape(2, 3)
+    assert [ax.axison for ax in grid.ravel()] == [True, True, True, True, False, False]  # no face, no frame
+    assert (grid[0, 0].get_ylabel(), grid[0, 0].yaxis.label.get_color(), grid[0, 0].yaxis.label.get_rotation()) == \
+        ("ch 6\nmost selective\nfor Happy", ffeatures.EMOTION_COLOURS[3], 0)
+    assert (grid[1, 0].get_ylabel(), grid[1, 0].yaxis.label.get_color()) == \
+        ("ch 2\nmost selective\nfor Angry,\nNeutral", "black")
+    (bar,) = colour_bars(fig)
+    assert (bar.get_cmap().name, bar.norm.vmin, bar.norm.vmax) == (ffeatures.OVERLAY_CMAP, 0, 1)
+
+
+def test_top_faces_figure_without_channels(saved_figures, tmp_path):
+    ffeatures.top_faces_figure([], np.zeros((0, 0, 48, 48), np.uint8), np.zeros((0, 0, 48, 48)), tmp_path / "t.png")
+    (ax,) = [ax for ax in saved_figures[0].axes if not hasattr(ax, "_colorbar")]
+    assert not ax.images and not ax.get_xticks().size and not any(s.get_visible() for s in ax.spines.values())
+
+
+def test_embedding_figure_colours_by_truth_then_by_prediction(saved_figures, tmp_path):
+    rng = np.random.default_rng(5)
+    labels = np.array([0, 0, 3, 3, 3, 6, 6, 0])  # no Disgust, Fear, Sad or Surprise
+    preds = np.array([0, 3, 3, 3, 6, 6, 1, 0])
+    coords = rng.normal(size=(8, 2))
+    ffeatures.embedding_figure(coords, labels, preds, "PCA", 0.625, tmp_path / "e.png")
+    fig = saved_figures[0]
+    truth_ax, pred_ax = fig.axes
+    for ax, colour_by, title in ((truth_ax, labels, "coloured by true emotion"),
+                                 (pred_ax, preds, "coloured by predicted emotion")):
+        assert ax.get_title() == title
+        assert len(ax.collections) == 7
+        for k, points in enumerate(ax.collections):
+            np.testing.assert_array_equal(points.get_offsets(), coords[colour_by == k])
+            assert points.get_label() == f"{EMOTIONS[k]} ({(colour_by == k).sum()})"
+            assert list(points.get_linewidths()) == [0]
+            np.testing.assert_allclose(points.get_facecolor()[0][:3],
+                                       matplotlib.colors.to_rgb(ffeatures.EMOTION_COLOURS[k]))
+        names = {t.get_text(): t.get_position() for t in ax.texts}  # at the true class's median, both panels
+        assert all(t.get_bbox_patch().get_linewidth() == 0 for t in ax.texts)
+        assert names.keys() == {"Angry", "Happy", "Neutral"}
+        for k in (0, 3, 6):
+            np.testing.assert_allclose(names[EMOTIONS[k]], np.median(coords[labels == k], axis=0))
+    (legend,) = fig.legends
+    assert not legend.get_frame_on()
+    assert [t.get_text() for t in legend.get_texts()] == [f"{name} ({(labels == k).sum()})"
+                                                          for k, name in enumerate(EMOTIONS)]
+    assert fig._suptitle.get_text().startswith("Penultimate features of all 8 PrivateTest faces: PCA\naccuracy 0.625")
+
+
+def test_class_channels_figure_writes_each_value_in_a_colour_its_cell_shows(saved_figures, tmp_path):
+    stats = {"channels": [0, 1], "selected_for": [0, 1], "top": {0: [0, 1], 1: [1]},
+             "class_mean": np.array([[0.0, 1.5], [4.0, 2.0]] + [[np.nan, np.nan]] * 5),  # 5 classes absent
+             "z": np.array([[-2.0, 0.5], [1.2, 1.1]] + [[np.nan, np.nan]] * 5)}
+    ffeatures.class_channels_figure(stats, tmp_path / "c.png", n_faces=4)
+    means_ax, z_ax = (ax for ax in saved_figures[0].axes if not hasattr(ax, "_colorbar"))
+    cells = {ax: {(t.get_position(), t.get_text(), t.get_color()) for t in ax.texts} for ax in (means_ax, z_ax)}
+    # viridis is dark below the middle of the values (2.0); RdBu_r is dark from 0.6 of its range (1.2) on
+    assert cells[means_ax] == {((0, 0), "0", "white"), ((1, 0), "1.5", "white"), ((0, 1), "4", "black"),
+                               ((1, 1), "2", "black")}
+    assert cells[z_ax] == {((0, 0), "-2.0", "white"), ((1, 0), "0.5", "black"), ((0, 1), "1.2", "white"),
+                           ((1, 1), "1.1", "black")}
+    assert z_ax.images[0].get_clim() == (-2.0, 2.0)  # the largest finite |z|: absent classes are NaN
+    assert z_ax.get_xlabel() == "last-conv-layer channel (boxed: the 2 most selective for that emotion)"
+
+
+@pytest.mark.parametrize("n_channels", [24, 25])
+def test_class_channels_figure_writes_the_values_of_24_channels_at_most(saved_figures, tmp_path, n_channels):
+    rng = np.random.default_rng(6)
+    stats = class_channel_stats(rng.random((70, 40)), np.repeat(np.arange(7), 10), per_class=6)
+    stats["channels"], stats["selected_for"] = stats["channels"][:n_channels], stats["selected_for"][:n_channels]
+    stats["top"] = {k: [c for c in picked if c in stats["channels"]] for k, picked in stats["top"].items()}
+    ffeatures.class_channels_figure(stats, tmp_path / "c.png", n_faces=70)
+    means_ax, z_ax = (ax for ax in saved_figures[0].axes if not hasattr(ax, "_colorbar"))
+    assert len(means_ax.texts) == len(z_ax.texts) == (7 * 24 if n_channels == 24 else 0)
+
+
+def test_a_taller_figure_keeps_the_same_band_for_its_title(saved_figures, tmp_path):
+    """Each row adds the same height, and the band above the panels, where the title goes, stays as high
+    in inches (a fraction of the height would crowd the title of a one-row figure)."""
+    def channels(n):
+        rows = [dict(face_row(4, "Sad", "Sad"), top_channels=[{"channel": 0, "mean_activation": 1.0}])] * n
+        ffeatures.channels_figure(4, rows, np.zeros((n, 48, 48), np.uint8), np.ones((n, 1, 48, 48)), tmp_path / "c")
+
+    def overview(n):
+        ffeatures.overview_figure([overview_entry(k, True, True, np.random.default_rng(k)) for k in range(n)],
+                                  tmp_path / "o")
+
+    def top_faces(n):
+        entries = [{"channel": c, "selected_for": ["Sad"], "faces": [{"true": "Sad", "activation": 1.0}]}
+                   for c in range(n)]
+        ffeatures.top_faces_figure(entries, np.zeros((n, 1, 48, 48), np.uint8), np.ones((n, 1, 48, 48)),
+                                   tmp_path / "t")
+
+    for draw, row_height, band in ((channels, 1.35, 0.55), (overview, 1.42, 1.0), (top_faces, 1.4, 0.6)):
+        saved_figures.clear()
+        draw(1)
+        draw(4)
+        (_, short), (_, tall) = (fig.get_size_inches() for fig in saved_figures)
+        assert tall - short == pytest.approx(3 * row_height)
+        bands = [(1 - fig.subplotpars.top) * fig.get_size_inches()[1] for fig in saved_figures]
+        assert bands == pytest.approx([band] * 2)
+        ffeatures.plt.close("all")

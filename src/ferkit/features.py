@@ -255,17 +255,15 @@ def _blank(ax: plt.Axes) -> None:
         spine.set_visible(False)
 
 
-def _face(ax: plt.Axes, image: np.ndarray, overlay: np.ndarray | None = None, vmax: float = 1.0,
-          cmap: str = OVERLAY_CMAP, gid: str | None = None):
-    """A grey face, optionally with a map drawn over it; the face is always ax.images[0]."""
+def _face(ax: plt.Axes, image: np.ndarray, overlay: np.ndarray | None = None, vmax: float = 1.0, *,
+          gid: str) -> None:
+    """A grey face, optionally with a map drawn over it; the face is always ax.images[0]. `gid` names the
+    panel (its id in an SVG; the tests find panels by it)."""
     ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    shown = None
     if overlay is not None:
-        shown = ax.imshow(overlay, cmap=cmap, vmin=0, vmax=vmax, alpha=OVERLAY_ALPHA, interpolation="bilinear")
+        ax.imshow(overlay, cmap=OVERLAY_CMAP, vmin=0, vmax=vmax, alpha=OVERLAY_ALPHA, interpolation="bilinear")
     _blank(ax)
-    if gid:
-        ax.set_gid(gid)
-    return shown
+    ax.set_gid(gid)
 
 
 def _colorbar(fig: plt.Figure, mappable, label: str, rect: Sequence[float]) -> None:
@@ -388,10 +386,9 @@ def overview_figure(per_emotion: list[dict[str, Any]], path: Path) -> Path:
         else:
             axes[k, 3].text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, transform=axes[k, 3].transAxes)
         axes[k, 2].axis("off")
-        if k == 0:
-            for c, header in headers.items():
-                title = axes[0, c].title
-                axes[0, c].set_title(header + title.get_text(), fontsize=6.5, color=title.get_color())
+    for c, header in headers.items():  # the first row's titles carry the column headers
+        title = axes[0, c].title
+        axes[0, c].set_title(header + title.get_text(), fontsize=6.5, color=title.get_color())
     _colorbar(fig, _unit_mappable(OVERLAY_CMAP), "map / its maximum on the face", (0.89, 0.1, 0.02, 0.7))
     fig.suptitle(f"Where the network looks: Grad-CAM of the last conv layer on {SPLIT} faces\n"
                  "(faces: CSV line or file, predicted probability; maps: the class each map is for)", fontsize=9)
