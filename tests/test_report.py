@@ -1227,3 +1227,129 @@ def test_the_training_section_says_how_fit_minutes_sized_the_run(world, tmp_path
     assert ("cosine decay to 0 at epoch 11; to keep to its minutes the run changed its epochs after epoch 4 to 9, "
             "after epoch 5 to 10: from each change the rest of this schedule was spread over the epochs then left") \
         in text
+
+
+# ---------------------------------------------------------------------------------------------
+# The findings the report states, from given histories and scores
+
+
+def curve(train_acc: list[float], val_acc: list[float], val_loss: list[float]) -> list[dict[str, float]]:
+    return [{"epoch": e, "train_acc": t, "val_acc": v, "val_loss": loss, "val_macro_f1": 0.5}
+            for e, (t, v, loss) in enumerate(zip(train_acc, val_acc, val_loss), start=1)]
+
+
+REGULARISED = {"weight_decay": 5e-4, "mixup": 0.2, "epochs": 4}  # augmentation is on unless switched off
+SHRINKING = ("**Over-fitting**: train accuracy minus validation accuracy is +14.0 points at the best epoch (3) and "
+             "+13.5 at the last (4). Countered by augmentation, weight decay 0.0005, mixup 0.2, and by evaluating the "
+             "best validation epoch's checkpoint (by `val_acc`), not the last.")
+HELD = ("**Over-fitting held in check**: train accuracy minus validation accuracy is +1.0 points at the best epoch (3) "
+        "and +2.0 at the last (4), within 3 points, with augmentation, weight decay 0.0005, mixup 0.2; the best "
+        "validation epoch's checkpoint (by `val_acc`) is the one evaluated.")
+
+
+@pytest.mark.parametrize("history, said", [
+    (curve([0.5, 0.6, 0.7, 0.8], [0.5, 0.55, 0.56, 0.55], [1.5, 1.2, 1.25, 1.4]),
+     "**Over-fitting**: train accuracy minus validation accuracy is +14.0 points at the best epoch (3) and +25.0 at "
+     "the last (4), growing after the best epoch; the validation loss is lowest at epoch 2 (1.200) and 1.400 at the "
+     "end. Countered by augmentation, weight decay 0.0005, mixup 0.2, and by evaluating the best validation epoch's "
+     "checkpoint (by `val_acc`), not the last."),
+    # a gap that shrinks after the best epoch; a loss that ends 1% (then exactly 2%) above its lowest: not rising
+    (curve([0.5, 0.6, 0.7, 0.695], [0.5, 0.55, 0.56, 0.56], [1.5, 1.0, 1.2, 1.01]), SHRINKING),
+    (curve([0.5, 0.6, 0.7, 0.695], [0.5, 0.55, 0.56, 0.56], [1.5, 1.0, 1.2, 1.02]), SHRINKING),
+    (curve([0.5, 0.55, 0.57, 0.58], [0.5, 0.55, 0.56, 0.56], [1.5, 1.0, 1.1, 1.3]),
+     HELD + " The validation loss is lowest at epoch 2 and rises after it."),
+    (curve([0.5, 0.55, 0.57, 0.58], [0.5, 0.55, 0.56, 0.56], [1.5, 1.2, 1.1, 1.0]), HELD),
+    (curve([0.5, 0.5, 0.5, 0.5], [0.5, 0.55, 0.56, 0.56], [1.5, 1.2, 1.1, 1.0]),
+     "**No over-fitting**: train accuracy minus validation accuracy is -6.0 points at the best epoch (3) and -6.0 at "
+     "the last (4); training accuracy is a running mean over the epoch on augmented batches, so it trails "
+     "validation. The regularisation (augmentation, weight decay 0.0005, mixup 0.2) is ample: a larger model or a "
+     "longer schedule could use the slack."),
+])
+def test_the_fit_remark_reads_the_gap_and_the_validation_loss(history, said):
+    run = freport.Run(Path("run"), REGULARISED, {"finished": True, "best_epoch": 3}, history, {"test": {}}, {})
+    assert freport._fit(run) == said
+
+
+def test_the_best_epoch_falls_back_to_the_last_recorded_one():
+    history = curve([0.5, 0.6], [0.5, 0.55], [1.5, 1.2])
+    run = freport.Run(Path("run"), {}, {"best_epoch": 9}, history, {"test": {}}, {})  # epoch 9 is not recorded
+    assert freport._at_best(run) is history[-1]
+
+
+def test_a_validation_macro_f1_of_exactly_one_seventh_counts_as_learned():
+    run = freport.Run(Path("run"), {}, {}, [], {"test": {}}, {})
+    assert freport._not_learned(run, {"val_macro_f1": 1 / 7}) is None
+    assert "below 1/7" in freport._not_learned(run, {"val_macro_f1": 0.14})
+
+
+@pytest.mark.parametrize("cfg, info, history_length, unfinished", [
+    ({"epochs": 4}, {}, 4, False),  # every epoch recorded
+    ({"epochs": 4}, {"finished": True}, 2, False),
+    ({"epochs": 4}, {"stopped_early": True}, 2, False),
+    ({}, {}, 0, False),  # nothing to go by
+    ({"epochs": 4}, {}, 3, True),
+])
+def test_a_run_is_unfinished_only_when_its_files_say_so(cfg, info, history_length, unfinished):
+    history = curve([0.5] * history_length, [0.5] * history_length, [1.0] * history_length)
+    run = freport.Run(Path("run"), cfg, info, history, {"test": {}}, {})
+    assert (freport._unfinished(run) is not None) is unfinished
+
+
+@pytest.mark.parametrize("best, said", [
+    (4, "**Early stopping did not fire** (patience 5): all 4 epochs ran and the last was the best (`val_acc` "
+        "0.5600); the model was still improving, so a longer schedule may help."),
+    (3, "**Early stopping did not fire** (patience 5): all 4 epochs ran; the best `val_acc` (0.5600) came at epoch "
+        "3, whose checkpoint is the one evaluated, 1 epoch(s) before the end.")])
+def test_early_stopping_that_did_not_fire_says_where_the_best_epoch_was(best, said):
+    history = curve([0.5] * 4, [0.5, 0.55, 0.56, 0.56], [1.0] * 4)
+    run = freport.Run(Path("run"), {"epochs": 4, "patience": 5}, {"finished": True, "best_epoch": best}, history,
+                      {"test": {}}, {})
+    assert freport._early_stopping(run) == said
+
+
+def rare_run(disgust: dict[str, float], mode: str = "none") -> freport.Run:
+    per_class = {c: {"f1": 0.4 + 0.05 * k, "recall": 0.3 + 0.1 * k, "support": 10} for k, c in enumerate(EMOTIONS)}
+    per_class["Disgust"] = dict(per_class["Disgust"], **disgust)
+    info = {"data": {"train_counts": [40, 5, 40, 70, 50, 30, 45]}}
+    return freport.Run(Path("run"), {"imbalance": mode}, info, [],
+                       {"test": {"accuracy": 0.6, "macro_f1": 0.55, "per_class": per_class}}, {})
+
+
+@pytest.mark.parametrize("disgust, ending", [
+    ({"f1": 0.3, "recall": 0.2}, ": 26.7 F1 points behind."),
+    ({"f1": 0.0, "recall": 0.0}, ": the model never gets it right; the imbalance is not overcome."),
+    ({"f1": 0.0, "recall": 0.0, "support": 0}, "; the test set holds none of it, so these numbers say nothing."),
+    ({"f1": 0.54, "recall": 0.2}, ": on a par with the others without any rebalancing."),
+])
+def test_the_rare_class_remark_compares_it_with_the_mean_of_the_six_others(disgust, ending):
+    # the six others: F1 0.40, 0.50, 0.55, ..., 0.70 (mean 0.5667), recall 0.3, 0.5, 0.6, ..., 0.9 (mean 0.6333)
+    text = freport._rare_class(rare_run(disgust))
+    assert text == (f"**The rare class**: Disgust has 5 training faces (1.8%); nothing compensates for its rarity. On "
+                    f"the test set its F1 is {disgust['f1']:.4f} and recall {disgust['recall']:.4f}, against a mean "
+                    f"F1 of 0.5667 and recall 0.6333 over the other six classes{ending} Macro F1 is 5.0 points "
+                    "below accuracy.")
+
+
+def test_confusions_name_the_largest_error_the_most_confused_pair_and_the_extreme_classes():
+    matrix = np.diag([10, 2, 8, 20, 9, 12, 11])
+    matrix[4, 6] = 5  # Sad as Neutral: the largest single error
+    matrix[6, 4], matrix[2, 0], matrix[0, 2] = 1, 4, 4  # Fear/Angry: 8 both ways, more than Sad/Neutral's 6
+    run = rare_run({})
+    run.evals["test"]["confusion_matrix"] = matrix.tolist()
+    assert freport._confusions(run) == (
+        "**Confusions**: the most frequent error is a true Sad face predicted as Neutral (5 faces, 35.7% of Sad); "
+        "the most confused pair, both ways, is Angry/Fear (8 faces). Weakest class by F1: Angry (0.4000); strongest: "
+        "Neutral (0.7000).")
+    run.evals["test"]["confusion_matrix"] = np.diag([3, 1, 1, 1, 1, 1, 1]).tolist()
+    assert freport._confusions(run) == "**Confusions**: none; every test face is classified correctly."
+
+
+@pytest.mark.parametrize("evals, said", [
+    (("test", "test-tta"), "**Test-time augmentation** (flip) changes accuracy by +2.0 points and macro F1 by -1.0 "
+                           "points."),
+    (("test-tta",), None), (("test",), None)])
+def test_the_tta_remark_needs_both_evaluations(evals, said):
+    scores = {"test": {"accuracy": 0.60, "macro_f1": 0.55}, "test-tta": {"accuracy": 0.62, "macro_f1": 0.54,
+                                                                       "tta": "flip"}}
+    run = freport.Run(Path("run"), {}, {}, [], {name: scores[name] for name in evals}, {})
+    assert freport._tta_effect(run) == said
