@@ -1353,3 +1353,128 @@ def test_the_tta_remark_needs_both_evaluations(evals, said):
                                                                        "tta": "flip"}}
     run = freport.Run(Path("run"), {}, {}, [], {name: scores[name] for name in evals}, {})
     assert freport._tta_effect(run) == said
+
+
+# ---------------------------------------------------------------------------------------------
+# What the data and training sections say of the config
+
+
+def section_paragraphs(blocks: list) -> dict[str, str]:
+    """The section's paragraphs by their bold lead ("Imbalance", "Procedure", ...), "" for one without."""
+    paragraphs = {}
+    for block in blocks:
+        if isinstance(block, freport.Para):
+            lead = re.match(r"\*\*(.+?)\.\*\* ", block.text)
+            paragraphs[lead.group(1) if lead else ""] = block.text
+    return paragraphs
+
+
+@pytest.mark.parametrize("cfg, augmentation", [
+    ({}, "horizontal flip (p 0.5); shift ±0 px, rotation ±0°, zoom ±0% (one random affine warp per face). No "
+         "test-time augmentation (`tta: none`)."),
+    ({"flip": False, "max_shift": 4, "max_rotate": 10, "max_scale": 0.1, "erase_prob": 0.5, "mixup": 0.2,
+      "cutmix": 0.0, "tta": "flip"},
+     "shift ±4 px, rotation ±10°, zoom ±10% (one random affine warp per face); random erasing of one rectangle "
+     "(p 0.5); plus mixup (alpha 0.2). Test-time augmentation (`tta: flip`) averages the probabilities of the face "
+     "and its mirror image."),
+    ({"augment": False, "tta": "crops"}, "none (`augment: false`). Test-time augmentation (`tta: crops`) averages the "
+                                         "probabilities of the face, its mirror and four 2-pixel shifts of each."),
+])
+def test_the_augmentation_paragraph_names_what_the_config_turns_on(cfg, augmentation):
+    run = freport.Run(Path("run"), cfg, {"device": "cpu"}, [], {"test": {}}, {})
+    text = section_paragraphs(freport._data_section(run))["Preprocessing and augmentation"]
+    assert text.endswith(f"Training augmentation, on whole batches on the cpu: {augmentation}")
+
+
+@pytest.mark.parametrize("cfg, used", [({}, ""), ({"train_limit": 1000}, " This run used the first 1,000 training "
+                                                                          "faces only (`train_limit`).")])
+def test_the_data_paragraph_mentions_a_limit_only_when_there_is_one(cfg, used):
+    run = freport.Run(Path("run"), cfg, {}, [], {"test": {}}, {})
+    assert section_paragraphs(freport._data_section(run))[""].endswith(f"touched only by `ferkit evaluate`.{used}")
+
+
+def test_the_imbalance_paragraph_says_how_the_sampler_draws():
+    run = freport.Run(Path("run"), {"imbalance": "sampler", "imbalance_power": 1.0}, {}, [], {"test": {}}, {})
+    assert section_paragraphs(freport._data_section(run))["Imbalance"].startswith(
+        "**Imbalance.** Handled with `imbalance: sampler`: training batches are drawn with replacement, each face "
+        "with probability proportional to its class weight (largest class / class size)^1 (the weights above).")
+
+
+def test_the_summary_is_set_small():
+    metrics = {"n": 10, "accuracy": 0.5, "macro_f1": 0.4, "weighted_f1": 0.45}
+    assert freport._summary(freport.Run(Path("run"), {}, {}, [], {"test": metrics}, {})).small
+
+
+@pytest.mark.parametrize("cfg, device, said", [
+    ({"optimizer": "sgd", "momentum": 0.9, "imbalance": "weighted_loss", "amp": True}, "cpu",
+     "**Procedure.** SGD with Nesterov momentum 0.9, weight decay 0, batch size 32 (3 steps per epoch over 100 "
+     "faces), cross-entropy with label smoothing 0 and the class weights of Table 1."),
+    ({"optimizer": "adamw", "imbalance": "sampler", "amp": True}, "cuda",
+     "**Procedure.** AdamW, weight decay 0, batch size 32 (3 steps per epoch over 100 faces), cross-entropy with "
+     "label smoothing 0."),
+])
+def test_the_procedure_names_the_optimizer_the_loss_and_autocast_on_a_gpu_only(tmp_path, cfg, device, said):
+    cfg = dict(cfg, batch_size=32, schedule="constant", lr=0.1)
+    info = {"device": device, "data": {"train_images": 100}}
+    procedure = section_paragraphs(freport._training_section(freport.Run(tmp_path, cfg, info, [], {"test": {}}, {})))
+    assert procedure["Procedure"].startswith(said + " Schedule: constant learning rate 0.1.")
+    assert (" with bfloat16 autocast." in procedure["Procedure"]) is (device == "cuda")
+
+
+def test_the_config_table_holds_three_keys_a_row():
+    cfg = {"schedule": "constant", "lr": 0.1, "a": 1, "b": 2, "c": 3, "d": 4}
+    table = next(b for b in freport._training_section(freport.Run(Path("run"), cfg, {}, [], {"test": {}}, {}))
+                 if isinstance(b, freport.Table))
+    assert table.rows == [["schedule", "constant", "lr", "0.1", "a", "1"], ["b", "2", "c", "3", "d", "4"]]
+    cfg.pop("d")
+    table = next(b for b in freport._training_section(freport.Run(Path("run"), cfg, {}, [], {"test": {}}, {}))
+                 if isinstance(b, freport.Table))
+    assert table.rows[-1] == ["b", "2", "c", "3", "", ""]
+    assert table.group == 2
+
+
+@pytest.mark.parametrize("started, finished", [
+    (None, "2024-05-01T10:00:40+00:00"), ("2024-05-01T10:00:00+00:00", None), ("yesterday", "today"),
+    ("2024-05-01T10:00:00", "2024-05-01T10:00:40+00:00")])  # one with a time zone and one without
+def test_the_wall_clock_is_left_out_without_two_readable_timestamps(started, finished):
+    assert freport._wall_clock({"started": started, "finished": finished}, 16.1) == ""
+
+
+@pytest.mark.parametrize("started, finished, said", [
+    # one timestamp in whole seconds may be up to 1 s early: 16.9 s cannot be told from 16.1 s
+    ("2024-05-01T10:00:00+00:00", "2024-05-01T10:00:16.900+00:00", " (about the same wall-clock"),
+    ("2024-05-01T10:00:00.000+00:00", "2024-05-01T10:00:16.900+00:00", " (16.9 s wall-clock"),
+    ("2024-05-01T10:00:00.000+00:00", "2024-05-01T10:00:16.100+00:00", " (about the same wall-clock")])
+def test_the_wall_clock_allows_for_timestamps_in_whole_seconds(started, finished, said):
+    assert freport._wall_clock({"started": started, "finished": finished}, 16.1).startswith(said)
+
+
+def test_the_layer_table_numbers_its_rows_and_marks_repeated_layers():
+    run = freport.Run(Path("run"), {}, {"model": {"name": "cnn", "kwargs": {"widths": [4, 8], "depth": 3}}}, [],
+                      {"test": {}}, {})
+    blocks, total = freport._architecture_section(run)
+    table = next(b for b in blocks if isinstance(b, freport.Table))
+    numbered = table.rows[:-1]
+    assert [row[0] for row in numbered] == [str(i) for i in range(1, len(numbered) + 1)]
+    assert table.rows[-1] == ["", "", "total", "", f"{total:,}"]
+    assert [row[2].endswith("  ×2") for row in numbered] == [False, True, False, False, True, False, False]
+    assert "×1" not in " ".join(row[2] for row in numbered)
+    assert [row[1] for row in numbered if row[1] == "-"] == ["-"]  # the pooling done in forward(), no module's name
+    details = next(b for b in blocks if isinstance(b, freport.Details)).blocks[0]
+    assert [row[0] for row in details.rows] == [str(i) for i in range(1, len(details.rows) + 1)]
+
+
+@pytest.mark.parametrize("env, device, said", [
+    ({"gpu": "NVIDIA H200", "platform": "Linux"}, "cuda", "GPU NVIDIA H200 (cuda) on Linux"),
+    ({"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "platform": "Linux"}, "cpu",
+     "CPU (AMD EPYC, 2 cores, 2 torch threads) on Linux")])
+def test_the_hardware_is_named_as_run_json_records_it(env, device, said):
+    assert freport._hardware(freport.Run(Path("run"), {}, {"environment": env, "device": device}, [], {}, {})) == said
+
+
+@pytest.mark.parametrize("cfg, shown", [({}, "training (augmented batches)"), ({"augment": False}, "training")])
+def test_the_curves_caption_says_augmented_unless_augmentation_is_off(tmp_path, cfg, shown):
+    (tmp_path / "learning_curves.png").write_bytes(b"")
+    run = freport.Run(tmp_path, dict(cfg, schedule="constant", lr=0.1), {"best_epoch": 1}, [], {"test": {}}, {})
+    caption = next(b.caption for b in freport._training_section(run) if isinstance(b, freport.Figure))
+    assert caption.startswith(f"Learning curves: loss and accuracy per epoch on {shown} and validation")

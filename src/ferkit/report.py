@@ -509,11 +509,9 @@ def _data_section(run: Run) -> list[Any]:
 
 
 def _architecture_section(run: Run) -> tuple[list[Any], int]:
-    from ferkit.models import count_parameters
+    from ferkit.models import compact_layers, count_parameters, layer_table
 
     model = _build_model(run)
-    from ferkit.models import compact_layers, layer_table
-
     rows = layer_table(model)
     total = count_parameters(model)
     compact = compact_layers(rows)
