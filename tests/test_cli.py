@@ -95,14 +95,20 @@ def test_every_option_reaches_the_function(argv, module, function, expected, che
 # Mistakes stopped before any work, with one message and no traceback
 
 
+def refused_by_the_parser(argv: list[str], capsys) -> str:
+    """What argparse says when it stops `argv` with status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["predict", "R", ""], ["data", "", "--out", "O"], ["train", "D", "--out", "R",
                                                                                       "--config", ""],
                                   ["run", "D", "--out", "S", "--set", ""]])
 def test_an_empty_argument_is_refused_by_the_parser(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:  # "" is Path("."): predict would classify the whole folder
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    assert "empty (an unset shell variable?)" in capsys.readouterr().err
+    # "" is Path("."): predict would classify the whole folder
+    assert "empty (an unset shell variable?)" in refused_by_the_parser(argv, capsys)
 
 
 def test_version(capsys):
@@ -130,10 +136,7 @@ def test_a_negative_seed_is_refused(argv, tmp_path, monkeypatch, capsys):
                                            (["label", "D"], "--out"), (["compare", "R", "L.csv"], "--out"),
                                            (["report", "R"], "--out"), ([], "COMMAND")])
 def test_a_missing_required_argument_is_refused_by_the_parser(argv, missing, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    assert f"the following arguments are required: {missing}" in capsys.readouterr().err
+    assert f"the following arguments are required: {missing}" in refused_by_the_parser(argv, capsys)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -619,6 +619,22 @@ def colour_bars(fig) -> list:
     return [ax._colorbar.mappable for ax in fig.axes if hasattr(ax, "_colorbar")]
 
 
+def grid_panels(fig) -> list:
+    """The figure's panels, in the order drawn, without the axes of its colour bars."""
+    return [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+
+
+def colour_scale(mappable) -> tuple:
+    """An image's or a colour bar's colour map and range: (name, vmin, vmax)."""
+    return (mappable.get_cmap().name, *mappable.get_clim())
+
+
+def assert_blank(ax) -> None:
+    """No ticks, no frame."""
+    assert not ax.get_xticks().size and not ax.get_yticks().size
+    assert not any(spine.get_visible() for spine in ax.spines.values())
+
+
 def face_row(line: int, true: str, pred: str, prob: float = 0.5) -> dict:
     return {"line": line, "true": true, "pred": pred, "prob_pred": prob, "correct": true == pred}
 
@@ -628,15 +644,14 @@ def assert_face_panel(ax, face: np.ndarray, overlay: np.ndarray | None = None, v
     no ticks, no frame."""
     grey = ax.images[0]
     np.testing.assert_array_equal(grey.get_array(), face)
-    assert (grey.get_cmap().name, grey.get_clim(), grey.get_interpolation()) == ("gray", (0, 255), "nearest")
+    assert (colour_scale(grey), grey.get_interpolation()) == (("gray", 0, 255), "nearest")
     assert len(ax.images) == (1 if overlay is None else 2)
     if overlay is not None:
         shown = ax.images[1]
         np.testing.assert_allclose(shown.get_array(), overlay)
-        assert (shown.get_cmap().name, shown.get_clim(), shown.get_alpha(), shown.get_interpolation()) == \
-            (ffeatures.OVERLAY_CMAP, (0, vmax), ffeatures.OVERLAY_ALPHA, "bilinear")
-    assert not ax.get_xticks().size and not ax.get_yticks().size
-    assert not any(spine.get_visible() for spine in ax.spines.values())
+        assert (colour_scale(shown), shown.get_alpha(), shown.get_interpolation()) == \
+            ((ffeatures.OVERLAY_CMAP, 0, vmax), ffeatures.OVERLAY_ALPHA, "bilinear")
+    assert_blank(ax)
 
 
 def test_faces_figure_draws_each_map_over_its_face_relative_to_its_maximum(saved_figures, tmp_path):
@@ -663,8 +678,7 @@ def test_faces_figure_draws_each_map_over_its_face_relative_to_its_maximum(saved
                       "cam_true:1": ("Happy", "black"),
                       "cam_pred:0": ("Happy (= true)", "black"),
                       "cam_pred:1": ("Sad\n(zero: no positive evidence)", "black")}
-    (bar,) = colour_bars(fig)
-    assert (bar.get_cmap().name, bar.norm.vmin, bar.norm.vmax) == (ffeatures.OVERLAY_CMAP, 0, 1)
+    assert [colour_scale(bar) for bar in colour_bars(fig)] == [(ffeatures.OVERLAY_CMAP, 0, 1)]
     assert fig._suptitle.get_text() == "Happy: what the last conv layer sees (PrivateTest)"
     assert fig.get_size_inches()[0] == pytest.approx(1.45 * 2 + 1.4)
     assert not any(ax.texts for ax in fig.axes)
@@ -675,7 +689,7 @@ def test_faces_figure_of_one_face_or_none(saved_figures, tmp_path, faces):
     images, maps = np.zeros((faces, 48, 48), np.uint8), np.ones((faces, 48, 48))
     ffeatures.faces_figure(1, [face_row(3, "Disgust", "Fear")] * faces, images, maps, maps, maps, tmp_path / "f.png")
     fig = saved_figures[0]
-    grid = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+    grid = grid_panels(fig)
     assert len(grid) == 4  # a column of four panels
     assert [ax.get_ylabel() for ax in grid] == ["face", "mean activation\n(last conv layer)", "Grad-CAM\ntrue class",
                                                 "Grad-CAM\npredicted class"]
@@ -699,7 +713,7 @@ def test_overview_figure_heads_the_first_row_only_and_says_none_where_a_face_is_
     entries = [overview_entry(k, right=k != 2, wrong=k != 4, rng=rng) for k in range(7)]
     ffeatures.overview_figure(entries, tmp_path / "o.png")
     fig = saved_figures[0]
-    axes = np.array([ax for ax in fig.axes if not hasattr(ax, "_colorbar")]).reshape(7, 6)
+    axes = np.array(grid_panels(fig)).reshape(7, 6)
     assert axes[0, 0].get_title() == "CORRECT\nline 10 (0.90)"
     assert axes[0, 1].get_title() == "Grad-CAM\nAngry"
     assert axes[0, 3].get_title() == "MISCLASSIFIED\nline 20"
@@ -729,8 +743,7 @@ def test_overview_figure_heads_the_first_row_only_and_says_none_where_a_face_is_
             (none,) = axes[k, 3].texts
             assert none.get_text() == "none" and none.get_transform() == axes[k, 3].transAxes
             assert not axes[k, 3].images
-    (bar,) = colour_bars(fig)
-    assert (bar.get_cmap().name, bar.norm.vmin, bar.norm.vmax) == (ffeatures.OVERLAY_CMAP, 0, 1)
+    assert [colour_scale(bar) for bar in colour_bars(fig)] == [(ffeatures.OVERLAY_CMAP, 0, 1)]
 
 
 @pytest.mark.parametrize("z_scale", [1.0, 0.1, 0.0])
@@ -745,9 +758,9 @@ def test_class_channels_figure_boxes_each_emotions_channels_on_both_panels(saved
     assert fig.get_size_inches()[0] == pytest.approx(max(5.0, 0.42 * len(channels) + 2.6))
     means_bar, z_bar = colour_bars(fig)
     zmax = float(np.abs(stats["z"][:, channels]).max()) or 1.0
-    assert (z_bar.get_cmap().name, z_bar.norm.vmin, z_bar.norm.vmax) == ("RdBu_r", -zmax, zmax)
+    assert colour_scale(z_bar) == ("RdBu_r", -zmax, zmax)
     assert means_bar.get_cmap().name == "viridis"
-    means_ax, z_ax = (ax for ax in fig.axes if not hasattr(ax, "_colorbar"))
+    means_ax, z_ax = grid_panels(fig)
     np.testing.assert_allclose(means_ax.images[0].get_array(), stats["class_mean"][:, channels])
     np.testing.assert_allclose(z_ax.images[0].get_array(), stats["z"][:, channels])
     assert means_ax.get_title().startswith("Mean activation per emotion (true label) over PrivateTest (35 faces)")
@@ -779,12 +792,10 @@ def test_channels_figure_shares_one_scale_across_faces_and_channels(saved_figure
             ax = panel(fig, f"channel:{j}:{channel['channel']}")
             (shown,) = ax.images
             np.testing.assert_array_equal(shown.get_array(), channel_maps[j, i])
-            assert (shown.get_cmap().name, shown.get_clim(), shown.get_interpolation()) == \
-                (ffeatures.CHANNEL_CMAP, (0, vmax), "bilinear")
+            assert (colour_scale(shown), shown.get_interpolation()) == ((ffeatures.CHANNEL_CMAP, 0, vmax), "bilinear")
             assert ax.get_title() == f"ch {channel['channel']}: {channel['mean_activation']:.2g}"
-            assert not ax.get_xticks().size and not any(spine.get_visible() for spine in ax.spines.values())
-    (bar,) = colour_bars(fig)
-    assert (bar.get_cmap().name, bar.norm.vmin, bar.norm.vmax) == (ffeatures.CHANNEL_CMAP, 0, vmax)
+            assert_blank(ax)
+    assert [colour_scale(bar) for bar in colour_bars(fig)] == [(ffeatures.CHANNEL_CMAP, 0, vmax)]
     assert fig._suptitle.get_text().startswith("Sad: the 3 strongest channels of the last conv layer per face")
     assert not any(ax.texts for ax in fig.axes)
 
@@ -795,13 +806,12 @@ def test_channels_figure_of_zero_maps_or_no_face(saved_figures, tmp_path, faces)
     ffeatures.channels_figure(2, rows, np.zeros((faces, 48, 48), np.uint8), np.zeros((faces, 1, 48, 48)),
                               tmp_path / "c.png")
     fig = saved_figures[0]
-    grid = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+    grid = grid_panels(fig)
     assert len(grid) == 2  # the face and one channel, or two blank panels
-    (bar,) = colour_bars(fig)
-    assert (bar.norm.vmin, bar.norm.vmax) == (0, 1)  # no activation: the scale stays 0 to 1
+    assert [colour_scale(bar)[1:] for bar in colour_bars(fig)] == [(0, 1)]  # no activation: the scale stays 0 to 1
     assert [t.get_text() for t in grid[0].texts] == ([] if faces else ["no PrivateTest faces\nof Fear"])
     if faces:
-        assert panel(fig, "channel:0:0").images[0].get_clim() == (0, 1)
+        assert colour_scale(panel(fig, "channel:0:0").images[0])[1:] == (0, 1)
 
 
 def test_top_faces_figure_scales_each_row_by_its_own_maximum(saved_figures, tmp_path):
@@ -822,20 +832,20 @@ def test_top_faces_figure_scales_each_row_by_its_own_maximum(saved_figures, tmp_
             ax = panel(fig, f"top:{entry['channel']}:{j}")
             assert_face_panel(ax, images[r, j], maps[r, j], vmax=vmax)
             assert ax.get_title() == f"{face['true']} ({face['activation']:.2g})"
-    grid = np.array([ax for ax in fig.axes if not hasattr(ax, "_colorbar")]).reshape(2, 3)
+    grid = np.array(grid_panels(fig)).reshape(2, 3)
     assert [ax.axison for ax in grid.ravel()] == [True, True, True, True, False, False]  # no face, no frame
     assert (grid[0, 0].get_ylabel(), grid[0, 0].yaxis.label.get_color(), grid[0, 0].yaxis.label.get_rotation()) == \
         ("ch 6\nmost selective\nfor Happy", ffeatures.EMOTION_COLOURS[3], 0)
     assert (grid[1, 0].get_ylabel(), grid[1, 0].yaxis.label.get_color()) == \
         ("ch 2\nmost selective\nfor Angry,\nNeutral", "black")
-    (bar,) = colour_bars(fig)
-    assert (bar.get_cmap().name, bar.norm.vmin, bar.norm.vmax) == (ffeatures.OVERLAY_CMAP, 0, 1)
+    assert [colour_scale(bar) for bar in colour_bars(fig)] == [(ffeatures.OVERLAY_CMAP, 0, 1)]
 
 
 def test_top_faces_figure_without_channels(saved_figures, tmp_path):
     ffeatures.top_faces_figure([], np.zeros((0, 0, 48, 48), np.uint8), np.zeros((0, 0, 48, 48)), tmp_path / "t.png")
-    (ax,) = [ax for ax in saved_figures[0].axes if not hasattr(ax, "_colorbar")]
-    assert not ax.images and not ax.get_xticks().size and not any(s.get_visible() for s in ax.spines.values())
+    (ax,) = grid_panels(saved_figures[0])
+    assert not ax.images
+    assert_blank(ax)
 
 
 def test_embedding_figure_colours_by_truth_then_by_prediction(saved_figures, tmp_path):
@@ -873,7 +883,7 @@ def test_class_channels_figure_writes_each_value_in_a_colour_its_cell_shows(save
              "class_mean": np.array([[0.0, 1.5], [4.0, 2.0]] + [[np.nan, np.nan]] * 5),  # 5 classes absent
              "z": np.array([[-2.0, 0.5], [1.2, 1.1]] + [[np.nan, np.nan]] * 5)}
     ffeatures.class_channels_figure(stats, tmp_path / "c.png", n_faces=4)
-    means_ax, z_ax = (ax for ax in saved_figures[0].axes if not hasattr(ax, "_colorbar"))
+    means_ax, z_ax = grid_panels(saved_figures[0])
     cells = {ax: {(t.get_position(), t.get_text(), t.get_color()) for t in ax.texts} for ax in (means_ax, z_ax)}
     # viridis is dark below the middle of the values (2.0); RdBu_r is dark from 0.6 of its range (1.2) on
     assert cells[means_ax] == {((0, 0), "0", "white"), ((1, 0), "1.5", "white"), ((0, 1), "4", "black"),
@@ -891,7 +901,7 @@ def test_class_channels_figure_writes_the_values_of_24_channels_at_most(saved_fi
     stats["channels"], stats["selected_for"] = stats["channels"][:n_channels], stats["selected_for"][:n_channels]
     stats["top"] = {k: [c for c in picked if c in stats["channels"]] for k, picked in stats["top"].items()}
     ffeatures.class_channels_figure(stats, tmp_path / "c.png", n_faces=70)
-    means_ax, z_ax = (ax for ax in saved_figures[0].axes if not hasattr(ax, "_colorbar"))
+    means_ax, z_ax = grid_panels(saved_figures[0])
     assert len(means_ax.texts) == len(z_ax.texts) == (7 * 24 if n_channels == 24 else 0)
 
 

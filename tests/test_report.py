@@ -95,6 +95,16 @@ def page_texts(pdf: Path) -> list[str]:
     return [page.extract_text() or "" for page in pypdf.PdfReader(str(pdf)).pages]
 
 
+def section_paragraphs(blocks: list) -> dict[str, str]:
+    """The section's paragraphs by their bold lead ("Imbalance", "Procedure", ...), "" for one without."""
+    paragraphs = {}
+    for block in blocks:
+        if isinstance(block, freport.Para):
+            lead = re.match(r"\*\*(.+?)\.\*\* ", block.text)
+            paragraphs[lead.group(1) if lead else ""] = block.text
+    return paragraphs
+
+
 # ---------------------------------------------------------------------------------------------
 # What it writes
 
@@ -265,8 +275,7 @@ def test_procedure_names_the_weight_average_only_when_there_is_one(tmp_path, ema
                 "val_macro_f1": 0.5, "lr": 0.05, "seconds": 10.0}]
     run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), ema=ema, epochs=1), {"best_epoch": 1}, history,
                       {"test": {}}, {})
-    procedure = next(b.text for b in freport._training_section(run)
-                     if isinstance(b, freport.Para) and b.text.startswith("**Procedure.**"))
+    procedure = section_paragraphs(freport._training_section(run))["Procedure"]
     assert ("moving average of the trained weights, decay 0.999 per step" in procedure) is (ema > 0)
 
 
@@ -277,7 +286,7 @@ def test_class_weights_shown_only_when_used(mode):
     run = freport.Run(Path("run"), {"imbalance": mode, "augment": False}, info, [], {"test": {}}, {})
     blocks = freport._data_section(run)
     table = next(b for b in blocks if isinstance(b, freport.Table))
-    imbalance = next(b.text for b in blocks if isinstance(b, freport.Para) and b.text.startswith("**Imbalance.**"))
+    imbalance = section_paragraphs(blocks)["Imbalance"]
     used = mode != "none"
     assert any(row[0] == "class weight" for row in table.rows) is used
     assert ("class weights" in table.caption) is used
@@ -359,8 +368,7 @@ def test_wall_clock_is_never_shorter_than_the_training(tmp_path, started, finish
 
     info = {"best_epoch": 1, "started": started, "finished": finished, "train_seconds": train_seconds}
     run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), epochs=1), info, [], {"test": {}}, {})
-    procedure = next(b.text for b in freport._training_section(run)
-                     if isinstance(b, freport.Para) and b.text.startswith("**Procedure.**"))
+    procedure = section_paragraphs(freport._training_section(run))["Procedure"]
     assert f"in 16.1 s of training ({wall} from start to finish, evaluation excluded)" in procedure
 
 
@@ -790,8 +798,7 @@ def test_data_and_training_sections_quote_the_runs_own_numbers(tmp_path):
     table = next(b for b in blocks if isinstance(b, freport.Table))
     share = next(row for row in table.rows if row[0] == "Training share")
     assert share[1:-1] == [f"{c / 248:.1%}" for c in counts["Training"]]
-    procedure = next(b.text for b in freport._training_section(run)
-                     if isinstance(b, freport.Para) and b.text.startswith("**Procedure.**"))
+    procedure = section_paragraphs(freport._training_section(run))["Procedure"]
     assert "batch size 16 (12 steps per epoch over 200 faces)" in procedure
     assert "to the peak learning rate 0.0125, then cosine decay to 0 at epoch 20" in procedure
     assert "stop after 5 epochs without" in procedure and "Time: 7 epochs in" in procedure
@@ -918,8 +925,7 @@ def test_the_wall_clock_of_a_resumed_run_says_it_holds_the_break(tmp_path):
     info = {"best_epoch": 1, "started": "2024-05-01T10:00:00+00:00", "finished": "2024-05-01T12:00:00+00:00",
             "train_seconds": 16.1, "resumed": ["2024-05-01T11:59:00+00:00"]}
     run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), epochs=1), info, [], {"test": {}}, {})
-    procedure = next(b.text for b in freport._training_section(run)
-                     if isinstance(b, freport.Para) and b.text.startswith("**Procedure.**"))
+    procedure = section_paragraphs(freport._training_section(run))["Procedure"]
     assert "(2 h 00 min from the start to the finish, including the break before resuming)" in procedure
 
 
@@ -1359,16 +1365,6 @@ def test_the_tta_remark_needs_both_evaluations(evals, said):
 # What the data and training sections say of the config
 
 
-def section_paragraphs(blocks: list) -> dict[str, str]:
-    """The section's paragraphs by their bold lead ("Imbalance", "Procedure", ...), "" for one without."""
-    paragraphs = {}
-    for block in blocks:
-        if isinstance(block, freport.Para):
-            lead = re.match(r"\*\*(.+?)\.\*\* ", block.text)
-            paragraphs[lead.group(1) if lead else ""] = block.text
-    return paragraphs
-
-
 @pytest.mark.parametrize("cfg, augmentation", [
     ({}, "horizontal flip (p 0.5); shift ±0 px, rotation ±0°, zoom ±0% (one random affine warp per face). No "
          "test-time augmentation (`tta: none`)."),
@@ -1422,13 +1418,14 @@ def test_the_procedure_names_the_optimizer_the_loss_and_autocast_on_a_gpu_only(t
 
 
 def test_the_config_table_holds_three_keys_a_row():
+    def config_table(cfg: dict) -> freport.Table:
+        blocks = freport._training_section(freport.Run(Path("run"), cfg, {}, [], {"test": {}}, {}))
+        return next(b for b in blocks if isinstance(b, freport.Table))
+
     cfg = {"schedule": "constant", "lr": 0.1, "a": 1, "b": 2, "c": 3, "d": 4}
-    table = next(b for b in freport._training_section(freport.Run(Path("run"), cfg, {}, [], {"test": {}}, {}))
-                 if isinstance(b, freport.Table))
-    assert table.rows == [["schedule", "constant", "lr", "0.1", "a", "1"], ["b", "2", "c", "3", "d", "4"]]
+    assert config_table(cfg).rows == [["schedule", "constant", "lr", "0.1", "a", "1"], ["b", "2", "c", "3", "d", "4"]]
     cfg.pop("d")
-    table = next(b for b in freport._training_section(freport.Run(Path("run"), cfg, {}, [], {"test": {}}, {}))
-                 if isinstance(b, freport.Table))
+    table = config_table(cfg)
     assert table.rows[-1] == ["b", "2", "c", "3", "", ""]
     assert table.group == 2
 
