@@ -1475,3 +1475,27 @@ def test_the_curves_caption_says_augmented_unless_augmentation_is_off(tmp_path, 
     run = freport.Run(tmp_path, dict(cfg, schedule="constant", lr=0.1), {"best_epoch": 1}, [], {"test": {}}, {})
     caption = next(b.caption for b in freport._training_section(run) if isinstance(b, freport.Figure))
     assert caption.startswith(f"Learning curves: loss and accuracy per epoch on {shown} and validation")
+
+
+@pytest.mark.parametrize("follower", ["table", "figure"])
+def test_a_heading_and_its_intro_move_with_the_table_or_figure_that_follows(tmp_path, follower):
+    """reportlab keeps a paragraph styled keepWithNext with the next flowable, unless that is a
+    KeepTogether (a short table, a figure): an extra section's heading and intro were left at the foot
+    of a page, their table on the next."""
+    Image.fromarray(np.full((100, 100, 3), 60, np.uint8)).save(tmp_path / "f.png")
+    follows = (freport.Table(["a", "b"], [["x", "1"]] * 20, "Key numbers") if follower == "table" else
+               freport.Figure(tmp_path / "f.png", "Key figure", "f.png", max_height=0.3))
+    filler = [freport.Para(f"filler {i}") for i in range(40)]
+    pdf, _ = freport.render_pdf(freport.Document("t", filler + [freport.Heading("7  Extra"),
+                                                                freport.Para("Intro.", keep_with_next=True), follows]))
+    pages = [page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages]
+    assert len(pages) == 2 and "filler 39" in pages[0]
+    assert "7 Extra\nIntro.\n" in pages[1] and "Key " in pages[1]
+
+
+@pytest.mark.parametrize("value, shown", [
+    (0.05, "0.05"), (4.0, "4"), (0.0, "0"), (True, "true"), ([0.5, 2], "0.5,2"), ([], "none"), ("cnn", "cnn"),
+    # these were rounded to 4 decimals: a learning rate of 2.5e-05 read 0.0000, and an average of 0.99995 1.0000
+    (2.5e-05, "2.5e-05"), (0.99995, "0.99995"), (0.123456789, "0.123456789"), (1234567.0, "1234567.0")])
+def test_config_values_are_shown_short_but_exact(value, shown):
+    assert freport._value(value) == shown

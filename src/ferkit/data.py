@@ -864,7 +864,6 @@ class _Cache:
         self.remember(stat_key, dataset.sha256)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # `ferkit data`: what the user sees first
 

@@ -351,8 +351,9 @@ def _duration(seconds: float | None) -> str:
 def _value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.4f}" if 0 < abs(v) < 1 and len(f"{v:g}") > 6 else f"{v:g}"
+    if isinstance(v, float):  # short (4, not 4.0), but never rounded: the config table replicates the run
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)
     if isinstance(v, (list, tuple)):
         return ",".join(_value(x) for x in v) if v else "none"
     return str(v)
@@ -1257,7 +1258,6 @@ def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name:
     return blocks
 
 
-
 def build_document(run: Run, figures_dir: Path, mlp: Run | None = None, features: Extra | None = None,
                    compare: Extra | None = None, report_command: str = "") -> Document:
     """The report's blocks; the figures it draws itself go into `figures_dir`."""
@@ -1480,7 +1480,7 @@ class PdfLayout:
     main_pages: int  # the page the main part ends on
     extra_pages: float  # pages the extras take, the last one counted by the fraction used
     scale: float  # the figure scale that made it fit
-    dropped_figures: int = 0
+    dropped_figures: int
     commands_left_out: bool = False  # the replication's commands, too long for the pages (HTML and Markdown keep them)
 
 
@@ -1697,7 +1697,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
         if nested:  # inside a SideBySide cell, where KeepTogether cannot measure
             return head + [grid, Spacer(1, 6)]
         if len(block.rows) < 25:
-            return [KeepTogether(head + [grid, Spacer(1, 5)])]
+            return [head + [grid, Spacer(1, 5)]]  # a group: kept together
         return head + [grid, Spacer(1, 5)]  # too long for one page: it splits, its header row repeated
 
     def figure_grid(figures: list[Figure], scale: float, width: float) -> list[Any]:
@@ -1716,7 +1716,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
         story = []
         for row in rows:
             if len(row) == 1:
-                story.append(KeepTogether([image(row[0], width, scale), caption("figure", row[0].caption)]))
+                story.append([image(row[0], width, scale), caption("figure", row[0].caption)])
             else:
                 cells = [[image(f, width / 2 - 6, scale), caption("figure", f.caption)] for f in row]
                 grid = RLTable([cells], colWidths=[width / 2] * 2, hAlign="LEFT")
@@ -1746,7 +1746,7 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
                 story += table(block, width, nested)
             elif isinstance(block, Figure):
                 pair = [image(block, width, scale), caption("figure", block.caption)]
-                story += pair if nested else [KeepTogether(pair)]
+                story += pair if nested else [pair]
             elif isinstance(block, FigureGrid):
                 kept = [f for f in block.figures if id(f) not in dropped]
                 story += figure_grid(kept, scale, width)
@@ -1763,7 +1763,21 @@ def render_pdf(doc: Document, main_scale: float = 1.0, extra_scale: float = 1.0,
                                              ("RIGHTPADDING", (0, 0), (-1, -1), 0)]))
                 story += [columns, Spacer(1, 5)]
             # Details: HTML and Markdown only
-        return story
+        return kept_together(story)
+
+    def kept_together(story: list[Any]) -> list[Any]:
+        """`story` with each group (a list of flowables) in a KeepTogether, joined by the headings and
+        intros before it that keep with what follows: reportlab's keepWithNext does not join a
+        KeepTogether, and would leave them at the foot of a page."""
+        joined: list[Any] = []
+        for item in story:
+            if isinstance(item, list):
+                lead = []
+                while joined and joined[-1].getKeepWithNext():
+                    lead.insert(0, joined.pop())
+                item = KeepTogether(lead + item)
+            joined.append(item)
+        return joined
 
     footer_style = ParagraphStyle("footer", base, fontSize=7, leading=8, alignment=TA_CENTER,
                                   textColor=colors.HexColor("#666666"))
