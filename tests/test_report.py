@@ -7,6 +7,7 @@ reads what it wrote. The PDF is read back with pypdf to count its pages.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import json
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.units import cm
 
 from ferkit import cli
 from ferkit import config as configs
@@ -135,6 +138,7 @@ def test_main_sections_present(world):
     for heading in ("1  Data", "2  Architecture", "3  Training", "4  Test performance", "5  Replication",
                     "6  CNN vs MLP baseline", "7  Activation figures", "8  Human vs CNN"):
         assert f"\n## {heading}\n" in md
+    assert "\n---\n\n# Extras\n\n## 6  CNN vs MLP baseline\n" in md  # the extras under a title of their own
     assert "Mean activation per emotion" in md  # the caption features.json gives its figure
     run_info = json.loads((world["cnn"] / "run.json").read_text())
     assert run_info["data"]["sha256"] in md
@@ -375,6 +379,8 @@ def test_wall_clock_is_never_shorter_than_the_training(tmp_path, started, finish
 def test_short_durations_do_not_read_as_zero():
     assert [freport._duration(x) for x in (0.001, 0.03, 0.5, 16.14, 150)] == \
         ["< 0.01 s", "0.03 s", "0.50 s", "16.1 s", "2.5 min"]
+    assert [freport._duration(x) for x in (None, 0, 0.005, 119.9, 120, 7200, 7260)] == \
+        ["-", "0.00 s", "0.01 s", "119.9 s", "2.0 min", "2 h 00 min", "2 h 01 min"]  # nothing spent reads as zero
 
 
 def test_training_time_comes_from_the_history_to_the_millisecond():
@@ -1009,7 +1015,7 @@ def test_inline_markup_quotes_any_text():
     def render(text: str) -> str:
         return freport._inline(text, lambda s: s, lambda s: f"<b>{s}</b>", lambda s: f"<code>{s}</code>")
 
-    for literal in ("plain", "a`b", "``", "`start", "end`", " both ", "**x**", "C:\\a\\b", "a\\`b"):
+    for literal in ("plain", "a`b", "``", "a`b``c", "`start", "end`", " both ", "**x**", "C:\\a\\b", "a\\`b"):
         assert render(f"see {freport._code(literal)}.") == f"see <code>{literal}</code>."
         assert render(f"**{freport._literal(literal)}**") == f"<b>{literal}</b>"
     assert render(f"see {freport._code('')}.") == "see <code> </code>."  # two backticks were no span
@@ -1059,6 +1065,50 @@ def test_a_spelled_comment_keeps_a_typed_backslash_apart_from_a_spelled_characte
     assert freport._shell_lines("# into C:\\runs", 200) == ["# into C:\\runs"]
 
 
+def test_a_wrapped_command_fills_each_line_to_its_width():
+    """A line holds its words and ` \\` in `width` columns, and a piece of a word too long for a line
+    leaves room for ` \\` too; here the words and pieces fill their lines, and bash reads the same words."""
+    words = ["ab", "--out", "runs/x", "abcdefgh", "abcdefghijklmnopqrstuvwxyz0123456"]
+    lines = freport._shell_lines(shlex.join(["printf", "%s,", *words]), 14)
+    assert lines == ["printf %s, \\", "    ab --out \\", "    runs/x \\", "    abcdefgh \\", "    abcdefgh\\",
+                     "ijklmnopqrst\\", "uvwxyz012345\\", "6"]
+    printed = subprocess.run(["bash", "-c", "\n".join(lines)], capture_output=True, text=True, check=True).stdout
+    assert printed == "".join(word + "," for word in words)
+    assert freport._shell_lines("printf %s, abcdefghi", 14) == ["printf %s, \\", "    abcdefgh\\", "i"]  # one too many
+
+
+def test_wide_and_control_characters_are_counted_and_spelled():
+    assert freport._columns("a\u6f22b") == 4  # a CJK character takes two columns
+    assert freport._spelled("a\x7f\x80b") == "a\\x7f\\u0080b"  # C0 and DEL by byte, the C1 controls as code points
+    assert freport._code_point("\uffff") == "\\uffff" and freport._code_point("\U00010000") == "\\U00010000"
+    # a line of exactly the width stays whole; a comment with wide characters wraps by columns
+    assert freport._shell_lines("ferkit train ab", 15) == ["ferkit train ab"]
+    comment = "# the run runs/\u6f22\u5b57\u6f22\u5b57 is trained again into a folder beside it"
+    assert freport._shell_lines(comment, 40) == ["# the run runs/\u6f22\u5b57\u6f22\u5b57 is trained again",
+                                                 "#   into a folder beside it"]
+
+
+def test_cjk_runs_are_set_in_the_font_of_their_language():
+    assert freport._pdf_escape("runs/\ud55c\uad6d") == 'runs/<font face="HYSMyeongJo-Medium">\ud55c\uad6d</font>'
+    assert freport._pdf_escape("\u6c49\u5b57") == '<font face="STSong-Light">\u6c49\u5b57</font>'
+    assert freport._pdf_escape("\u3072\u6f22") == '<font face="HeiseiMin-W3">\u3072\u6f22</font>'  # kana: Japanese
+
+
+def test_an_old_record_that_is_no_shell_words_is_wrapped_as_text():
+    """A command recorded before ferkit quoted it (joined by spaces) may not split into shell words; the PDF
+    wraps it as text at spaces, each line but the last ending with ` \\`, and spells what its fonts lack."""
+    assert freport._shell_line('echo "a\tb') == 'echo "a\\tb'  # its tab spelled, the rest as recorded
+    record = 'printf "%s" "an \u0915 old record, un-closed quote'
+    assert freport._shell_lines(record, 24) == ['printf "%s" "an \\u0915 \\', "    old record, \\",
+                                                "    un-closed quote"]
+
+
+def test_a_wrapped_comment_breaks_only_between_words():
+    comment = "# into runs/a-b and more text-with-hyphens so it-wraps"
+    assert freport._shell_lines(comment, 22) == ["# into runs/a-b and", "#   more", "#   text-with-hyphens",
+                                                 "#   so it-wraps"]
+
+
 def test_the_pdf_text_keeps_a_typed_backslash_apart_from_a_spelled_character():
     """In the PDF's text (outside its commands), Devanagari's `\\u0915` was spelled out as `\\u0915`, just as
     a typed one reads. Now a paragraph (a caption, a cell) that spells a character doubles each backslash,
@@ -1080,6 +1130,8 @@ def test_the_pdf_text_spells_control_characters_but_a_newline_and_decides_backsl
     characters are judged in the monospace face, and its backslashes follow the whole paragraph."""
     assert freport._pdf_escape("a\tb\x85c\nd") == "a\\tb\\u0085c\nd"
     assert freport._code_point("\x7f") == "\\x7f" and freport._code_point("\x85") == "\\u0085"
+    hebrew_text = freport._literal("C:\\runs \u05e9")  # the regular face shows it: nothing is spelled
+    assert freport._pdf_markup(hebrew_text, "Courier") == "C:\\runs \u05e9"
     hebrew_code = freport._code("a\\b \u05e9")  # Hebrew: in the regular face, not in monospace
     assert freport._pdf_markup(hebrew_code, "Courier") == '<font face="Courier">a\\\\b \\u05e9</font>'
     spelled_text = "\u0915 " + freport._code("a\\b")
@@ -1477,6 +1529,459 @@ def test_the_curves_caption_says_augmented_unless_augmentation_is_off(tmp_path, 
     assert caption.startswith(f"Learning curves: loss and accuracy per epoch on {shown} and validation")
 
 
+# ---------------------------------------------------------------------------------------------
+# The extras' JSON: key numbers, captions and figure order
+
+
+EXTRA_JSON = {"accuracy": 0.7, "loss": float("nan"), "name": "cnn", "note": "y" * 49, "limit": "y" * 48,
+              "figure": "maps.png", "table": "rows.CSV", "per_class_f1": [0.5, 0.25], "counts": [1, 2],
+              "eight": [1] * 8, "empty": [], "flags": [True], "mixed": [1, "a"], "maps.png": "a caption",
+              "nested": {"kappa": 0.5, "deeper": {"seconds": 12.5}}, "tta": True, "n": 3, "fit_seconds": 1.5}
+
+
+def test_the_leaves_of_an_extra_json_are_its_short_scalars_and_short_number_lists():
+    """Left out: not-a-number, strings over 48 characters or naming a file, lists longer than the
+    emotions, empty or not all numbers, and a figure's caption keyed by its file name; nested objects
+    come after their parent's own values."""
+    assert freport._flatten(EXTRA_JSON) == [
+        ("accuracy", 0.7), ("name", "cnn"), ("limit", "y" * 48), ("per_class_f1", [0.5, 0.25]), ("counts", [1, 2]),
+        ("tta", True), ("n", 3), ("fit_seconds", 1.5), ("nested.kappa", 0.5), ("nested.deeper.seconds", 12.5)]
+
+
+def test_a_list_of_one_to_seven_numbers_is_a_leaf():
+    assert freport._flatten({"one": [2], "seven": [1] * 7, "eight": [1] * 8}) == [("one", [2]), ("seven", [1] * 7)]
+
+
+def test_key_numbers_put_metrics_first_then_numbers_then_words_then_times():
+    # a list stays only under a metric's name: per-class F1 is a key number, counts are not
+    assert freport._key_numbers(EXTRA_JSON) == [
+        ("accuracy", 0.7), ("per_class_f1", [0.5, 0.25]), ("nested.kappa", 0.5), ("n", 3), ("name", "cnn"),
+        ("limit", "y" * 48), ("tta", True), ("fit_seconds", 1.5), ("nested.deeper.seconds", 12.5)]
+    assert freport._key_numbers({"seconds": 2.0, "name": "cnn"}) == [("name", "cnn"), ("seconds", 2.0)]
+
+
+@pytest.mark.parametrize("value, shown", [(0.12345, "0.1235"), (999.5, "999.5000"), (1000.0, "1,000"),
+                                          (1234.6, "1,235"), ([0.5, 2], "0.5000, 2"), (12345, "12,345"),
+                                          (True, "true"), ("x", "x")])
+def test_key_numbers_are_formatted_by_kind(value, shown):
+    assert freport._format_leaf(value) == shown
+
+
+def test_figure_captions_come_from_the_json_beside_their_file_names():
+    """A caption keyed by the file name wins; else an object holding one PNG gives its caption, title
+    or description, else up to three of its short scalars (no flags, no file names); an object with
+    two PNGs says nothing about either."""
+    data = {"overview.png": "given for the file", "maps": {"figure": "sub/maps.png", "caption": "Mean maps"},
+            "two": {"a": "one.png", "b": "two.png", "caption": "of which?"},
+            "runs": [{"file": "curve.png", "title": "Curves", "caption": 5},
+                     {"path": "plain.png", "layer": "conv4", "flag": True, "n": 12, "long": "z" * 41,
+                      "csv": "x.csv", "table": "t.csv", "k": 3, "m": 4},
+                     {"path": "bare.png", "flag": False}, {"path": "forty.png", "note": "w" * 40, "big": "w" * 41}],
+            "overview": {"figure": "overview.png", "caption": "a second one"}}
+    assert freport._captions(data) == {"overview.png": "given for the file", "maps.png": "Mean maps",
+                                       "curve.png": "Curves", "plain.png": "layer conv4; n 12; k 3",
+                                       "forty.png": "note " + "w" * 40}
+
+
+def test_extra_figures_are_ordered_and_captioned_known_ones_first():
+    paths = [Path(p) for p in ("z/faces_angry.png", "b.png", "embedding.png", "a.png", "overview.png",
+                               "channels_happy.png", "top_faces.png")]
+    assert [str(p) for p in freport._figure_order(paths)] == [
+        "overview.png", "top_faces.png", "embedding.png", "b.png", "a.png", "z/faces_angry.png", "channels_happy.png"]
+    found = {"overview.png": "extra words", "mine.png": "my own caption", "faces_sad.png": "not for a family"}
+    known = freport._KNOWN_CAPTIONS
+    assert freport._caption_for(Path("overview.png"), found) == f"{known['overview.png']} (extra words)"
+    assert freport._caption_for(Path("embedding.png"), found) == known["embedding.png"]
+    assert freport._caption_for(Path("mine.png"), found) == "My own caption"
+    assert freport._caption_for(Path("faces_sad.png"), found) == freport._KNOWN_FAMILIES["faces"].format(emotion="Sad")
+    assert freport._caption_for(Path("channels_fear.png"), found).startswith("Fear faces and their strongest")
+    assert freport._caption_for(Path("my_plot-v2.png"), found) == "My plot v2"
+    assert freport._caption_for(Path("other_sad.png"), found) == "Other sad"  # no family of ferkit's
+
+
+def test_an_extra_section_shows_key_numbers_in_pairs_and_cuts_a_long_json():
+    extra = freport.Extra(Path("/x/feat"), {"accuracy": 0.5, "n": 3, "name": "cnn", "blob": ["x" * 60] * 1000},
+                          [Path("/x/feat/sub/a.png"), Path("/x/feat/overview.png")])
+    heading, intro, table, details, grid = freport._extra_section(
+        extra, 7, "Activation figures", "Intro.", "features.json", "features", key_limit=2)
+    assert heading == freport.Heading("7  Activation figures", 1)
+    assert intro.text == "Intro. From `/x/feat`: features.json (3 values, 2 below), 2 figure(s)."
+    assert intro.keep_with_next
+    assert table.rows == [["accuracy", "0.5000", "n", "3"]]
+    assert table.header == ["key", "value"] * 2 and table.group == 2  # a rule between the pairs
+    _, _, table, _, _ = freport._extra_section(extra, 7, "A", "B.", "features.json", "features", key_limit=3)
+    assert table.rows == [["accuracy", "0.5000", "n", "3"], ["name", "cnn", "", ""]]
+    text = details.blocks[0].text
+    cut = "\n... (cut here: the whole file is /x/feat/features.json)"
+    assert text == json.dumps(extra.data, indent=1)[:50_000] + cut
+    assert [(f.name, f.caption.endswith(f"({f.path.relative_to(extra.path)})")) for f in grid.figures] == [
+        ("features_overview.png", True), ("features_sub_a.png", True)]
+    short = freport.Extra(Path("/x/feat"), {"name": "cnn"}, [])
+    blocks = freport._extra_section(short, 7, "A", "B.", "features.json", "features")
+    assert [type(b).__name__ for b in blocks] == ["Heading", "Para", "Table", "Details"]
+    assert blocks[3].blocks[0].text == json.dumps({"name": "cnn"}, indent=1)
+
+
+def _test_metrics(tta: str, accuracy: float, supports: list[int], classes: list[str] | None = None) -> dict:
+    f1 = dict(zip(EMOTIONS, (0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6)))
+    per_class = {c: {"precision": f1[c], "recall": f1[c], "f1": f1[c], "support": support}
+                 for c, support in zip(EMOTIONS, supports)}
+    return {"epoch": 3, "split": "PrivateTest", "n": sum(supports), "tta": tta, "accuracy": accuracy,
+            "macro_f1": 0.5, "weighted_f1": 0.4, "per_class": per_class,
+            **({"macro_f1_classes": classes} if classes else {})}
+
+
+@pytest.mark.parametrize("evals, columns, missing", [
+    ({"test": _test_metrics("none", 0.6, [10, 0, 10, 10, 10, 10, 20])}, ["no TTA"],
+     " Only the evaluation without TTA exists; `ferkit evaluate runs/cnn --tta` adds the other."),
+    ({"test-tta": _test_metrics("flip", 0.62, [10, 0, 10, 10, 10, 10, 20])}, ["TTA flip"],
+     " Only the evaluation with TTA exists; `ferkit evaluate runs/cnn` adds the other."),
+    ({"test": _test_metrics("none", 0.6, [10, 0, 10, 10, 10, 10, 20]),
+      "test-tta": _test_metrics("flip", 0.62, [10, 0, 10, 10, 10, 10, 20])}, ["no TTA", "TTA flip"], ""),
+])
+def test_the_test_section_names_a_missing_evaluation_and_reports_the_preferred_one(evals, columns, missing):
+    blocks = freport._test_section(freport.Run(Path("runs/cnn"), {}, {}, [], evals, {}), Path("unused"))
+    heading, intro, summary, report = blocks  # no confusion matrix recorded: no figure
+    assert intro.text == ("The best checkpoint (epoch 3) on PrivateTest, the split never seen in training or model "
+                          "selection." + missing)
+    assert summary.header == ["metric", *columns]
+    assert summary.caption == f"Test metrics (from eval/{'/metrics.json and eval/'.join(evals)}/metrics.json)."
+    shown = {"no TTA": ["0.6000", "0.5000", "0.4000", "70"], "TTA flip": ["0.6200", "0.5000", "0.4000", "70"]}
+    assert [row[1:] for row in summary.rows] == [list(values) for values in zip(*(shown[c] for c in columns))]
+    # the macro average over the six classes present (Disgust has no test face), the weighted by support
+    assert report.caption == f"Classification report ({columns[-1]})."
+    assert report.rows[-3:] == [["macro avg (6 classes present)", "0.3500", "0.3500", "0.3500", "70"],
+                                ["weighted avg", "0.3857", "0.3857", "0.3857", "70"],
+                                ["accuracy", "", "", shown[columns[-1]][0], "70"]]
+    assert [row[0] for row in report.rows[:-3]] == list(EMOTIONS)
+    assert report.rows[1] == ["Disgust", "0.9000", "0.9000", "0.9000", "0"]
+
+
+def test_the_macro_average_row_follows_the_classes_metrics_json_averaged():
+    every = _test_metrics("none", 0.6, [10, 1, 10, 10, 10, 10, 10])  # one test face of Disgust is enough
+    chosen = _test_metrics("none", 0.6, [10] * 7, classes=["Angry", "Disgust"])
+    rows = [freport._test_section(freport.Run(Path("r"), {}, {}, [], {"test": m}, {}), Path("unused"))[3].rows[-3]
+            for m in (every, chosen)]
+    assert rows == [["macro avg", "0.4286", "0.4286", "0.4286", "61"],
+                    ["macro avg (2 classes present)", "0.5000", "0.5000", "0.5000", "70"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML and Markdown: every kind of block
+
+
+def _every_block(png: Path) -> freport.Document:
+    return freport.Document("T <1>", [
+        freport.Heading("Title `x`", 0), freport.Para("a **b** `c<d>`"), freport.Bullets(["one", "two & three"]),
+        freport.Shell(["ferkit train a", "# c"]),
+        freport.Table(["k", "n", "s"], [["a|b", "1,234", "x"], ["b", "-", "-0.5%"]], "Cap **one**"),
+        freport.Figure(png, "a fig `(cap)`", "my plot (v1).png"),
+        freport.SideBySide([freport.Para("L")], [freport.Table(["q", "v"], [["z", "2"]])]),
+        freport.Details("sum <x>", [freport.Code("code <y>")]),
+    ], [freport.Heading("Extras", 0), freport.Heading("7  More"),
+        freport.FigureGrid([freport.Figure(png, "g1", "g1.png"), freport.Figure(png, "g2", "g2.png")]),
+        freport.Table(["a"], [["x"]], "Last")])
+
+
+def test_markdown_renders_every_kind_of_block(tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(png)
+    text, files = freport.render_markdown(_every_block(png))
+    assert text == "\n".join([
+        "# Title `x`", "", "a **b** `c<d>`", "", "- one", "- two & three", "",
+        "```", "ferkit train a", "# c", "```", "",
+        "**Table 1.** Cap **one**", "", "| k | n | s |", "| --- | ---: | --- |", "| a\\|b | 1,234 | x |",
+        "| b | - | -0.5% |", "",
+        "![a fig (cap)](<figures/my plot (v1).png>)", "", "*Figure 1. a fig `(cap)`*", "",
+        "L", "", "| q | v |", "| --- | ---: |", "| z | 2 |", "",
+        "<details>", "<summary>sum &lt;x&gt;</summary>", "", "```", "code <y>", "```", "", "</details>", "",
+        "---", "", "# Extras", "", "## 7  More", "",
+        "![g1](figures/g1.png)", "", "*Figure 2. g1*", "", "![g2](figures/g2.png)", "", "*Figure 3. g2*", "",
+        "**Table 2.** Last", "", "| a |", "| --- |", "| x |", ""])
+    assert files == {"figures/my plot (v1).png": png, "figures/g1.png": png, "figures/g2.png": png}
+
+
+def test_html_renders_every_kind_of_block(tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(png)
+    page = freport.render_html(_every_block(png))
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    assert page.startswith('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                           "<title>T &lt;1&gt;</title>")
+
+    def picture(caption: str, number: int, alt: str) -> str:
+        return (f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption><b>Figure {number}.</b> '
+                f"{caption}</figcaption></figure>")
+
+    assert page[page.index("<body>"):] == "\n".join([
+        "<body>", "<h1>Title <code>x</code></h1>", "<p>a <b>b</b> <code>c&lt;d&gt;</code></p>",
+        "<ul><li>one</li><li>two &amp; three</li></ul>", "<pre>ferkit train a\n# c</pre>",
+        '<table><caption><b>Table 1.</b> Cap <b>one</b></caption><thead><tr><th>k</th><th class="num">n</th>'
+        '<th>s</th></tr></thead><tbody><tr><td>a|b</td><td class="num">1,234</td><td>x</td></tr><tr><td>b</td>'
+        '<td class="num">-</td><td>-0.5%</td></tr></tbody></table>',
+        picture("a fig <code>(cap)</code>", 1, "a fig (cap)"),
+        '<div class="cols"><div><p>L</p></div><div><table><thead><tr><th>q</th><th class="num">v</th></tr></thead>'
+        '<tbody><tr><td>z</td><td class="num">2</td></tr></tbody></table></div></div>',
+        "<details><summary>sum &lt;x&gt;</summary><pre>code &lt;y&gt;</pre></details>",
+        '<section class="extras"><h1>Extras</h1>', "<h2>7  More</h2>",
+        '<div class="grid">' + picture("g1", 2, "g1") + picture("g2", 3, "g2") + "</div>",
+        "<table><caption><b>Table 2.</b> Last</caption><thead><tr><th>a</th></tr></thead><tbody><tr><td>x</td></tr>"
+        "</tbody></table></section>", "</body>", "</html>", ""])
+
+
+@pytest.mark.parametrize("column, numeric", [
+    (["1", "-2.5", "+3", "1,234", "45%", ".5"], True), (["-", "", "7"], True), (["-", ""], False),
+    (["1", "x"], False), (["1.2.3"], False), (["1e5"], False)])
+def test_numeric_columns_are_those_of_numbers_only(column, numeric):
+    table = freport.Table(["name", "value"], [["row", v] for v in column] + [["short"]])  # a short row: skipped
+    assert freport._numeric_column(table, 1) is numeric
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting the PDF to its pages, with a renderer whose page counts follow a formula
+
+
+def _fake_renderer(calls: list, main_fits_at: float, with_commands: bool, extra_page_per_figure: float,
+                   final_extra_pages: float | None = None):
+    """render_pdf's stand-in: the main part takes 3 pages at figure scales up to `main_fits_at` (never
+    with the commands unless `with_commands`), 4 above; each extra figure kept takes
+    `extra_page_per_figure` × its scale."""
+    def render(doc, main_scale=1.0, extra_scale=1.0, drop=0, draft=False):
+        calls.append((main_scale, extra_scale, drop, draft, bool(doc.extras)))
+        has_commands = any(isinstance(block, freport.Shell) for block in doc.main)
+        main_pages = 3 if main_scale <= main_fits_at and (with_commands or not has_commands) else 4
+        kept = len(freport._grid_figures(doc.extras)) - drop
+        extra_pages = kept * extra_page_per_figure * extra_scale if doc.extras else 0.0
+        if not draft and final_extra_pages is not None:
+            extra_pages = final_extra_pages
+        return b"pdf", freport.PdfLayout(main_pages + 1, main_pages, extra_pages, min(main_scale, extra_scale), drop)
+    return render
+
+
+def _fitted_document(figures: int) -> freport.Document:
+    main = [freport.Heading("t", 0), freport.Shell(["ferkit train a"])]
+    grid = freport.FigureGrid([freport.Figure(Path(f"f{i}.png"), "c", f"f{i}.png") for i in range(figures)])
+    return freport.Document("t", main, [freport.Heading("Extras", 0), grid] if figures else [])
+
+
+@pytest.mark.parametrize("figures, per_figure, extra_scale, drop", [
+    (0, 0.5, 1.0, 0),   # no extras: the main part alone
+    (3, 0.5, 1.0, 0),   # 1.5 pages at full size: exactly the limit
+    (3, 0.6, 0.8, 0),   # 1.8 pages at full size, 1.44 at 80%
+    (10, 0.5, 0.8, 7),  # 3 pages even at 60%: the fewest figures to leave out at 80% is 7 (3 × 0.4 = 1.2)
+    (4, 0.5, 0.7, 0),   # 2 pages at full size, 1.4 at 70%
+    (6, 0.5, 0.8, 3),   # 1.8 pages at 60%: the figures kept are shown at 80%, 3 of them in 1.2 pages
+    (6, 0.45, 0.8, 2),  # 4 figures at 80% take 1.44 pages, 5 take 1.8
+    (3, 0.9, 0.8, 1),   # 1.62 pages at 60%; 2 figures at 80% take 1.44
+])
+def test_the_pdf_shrinks_figures_then_leaves_out_as_few_as_will_do(monkeypatch, figures, per_figure, extra_scale,
+                                                                   drop):
+    calls: list = []
+    monkeypatch.setattr(freport, "render_pdf", _fake_renderer(calls, 0.8, True, per_figure))
+    _, layout = freport.layout_pdf(_fitted_document(figures))
+    assert calls[:3] == [(1.0, 1.0, 0, True, False), (0.9, 1.0, 0, True, False), (0.8, 1.0, 0, True, False)]
+    assert calls[-1] == (0.8, extra_scale if figures else 1.0, drop, False, bool(figures))  # the final render
+    assert layout.dropped_figures == drop and not layout.commands_left_out
+
+
+def test_the_pdf_leaves_the_commands_out_only_when_the_main_part_overflows_without_them(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(freport, "render_pdf", _fake_renderer(calls, 0.7, False, 0.5))
+    _, layout = freport.layout_pdf(_fitted_document(0))
+    assert [call[0] for call in calls] == [1.0, 0.9, 0.8, 0.7, 0.6, 1.0, 0.9, 0.8, 0.7, 0.7]
+    assert layout.commands_left_out and layout.main_pages == 3
+
+
+@pytest.mark.parametrize("renderer, message", [
+    (dict(main_fits_at=0.5, with_commands=False, extra_page_per_figure=0.5),
+     "needs more than 3 pages, even with figures at 60% of their size and without the replication's commands"),
+    (dict(main_fits_at=1.0, with_commands=True, extra_page_per_figure=0.5, final_extra_pages=1.6),
+     "came out with a main part of 3 pages \\(limit 3\\) and 1.60 pages of extras \\(limit 1.5\\)"),
+])
+def test_a_pdf_that_cannot_fit_is_refused(monkeypatch, renderer, message):
+    monkeypatch.setattr(freport, "render_pdf", _fake_renderer([], **renderer))
+    with pytest.raises(FerkitError, match=message):
+        freport.layout_pdf(_fitted_document(2))
+
+
+def test_extras_that_overflow_without_any_figure_are_refused(monkeypatch):
+    monkeypatch.setattr(freport, "render_pdf", _fake_renderer([], 1.0, True, 0.5))
+    monkeypatch.setattr(freport, "EXTRA_PAGES", -1)
+    with pytest.raises(FerkitError, match="extras of the report need more than -1 pages even without their figures"):
+        freport.layout_pdf(_fitted_document(2))
+
+
+def test_the_replica_folder_sits_beside_the_run_as_the_user_named_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert freport._replica_folder(Path("runs/cnn")) == Path("runs/cnn-replica")  # relative stays relative
+    assert freport._replica_folder(Path(".")) == tmp_path.with_name(f"{tmp_path.name}-replica")
+    assert freport._replica_folder(Path("runs/..")) == tmp_path.with_name(f"{tmp_path.name}-replica")
+
+
+@pytest.mark.parametrize("commit, said", [
+    ("abc123-dirty", "`abc123-dirty` (the working tree had uncommitted changes: the commit alone does not hold the "
+                     "exact code)"),
+    ("abc123", "`abc123`"), (None, "`unknown`")])
+def test_the_replication_paragraph_names_versions_data_and_device(tmp_path, commit, said):
+    (tmp_path / "config.yaml").write_text("epochs: 2\n")
+    info = {"environment": {"versions": {"ferkit": "0.1.0", "torch": "2.13.0", "numpy": "2.1"}, "git_commit": commit},
+            "data": {"path": "/d/faces.csv", "sha256": "f" * 8}, "device": "cpu"}
+    run = freport.Run(tmp_path, {"seed": 7}, info, [], {"test": {}}, {})
+    heading, shell, para, details = freport._replication_section(run, "ferkit report x --out y")
+    assert para.text == (
+        f"Seed `7` (every epoch's shuffling, augmentation and dropout derive from it and the epoch number). Config: "
+        f"`{tmp_path}/config.yaml` (Table 3). ferkit 0.1.0, git commit {said}. Libraries: torch 2.13.0, numpy 2.1. "
+        "Data: `faces.csv`, sha256 `ffffffff`. Device: cpu; results match to the last digit only with the same "
+        "hardware and library versions.")
+    assert details == freport.Details("config.yaml", [freport.Code("epochs: 2")])
+    assert shell.lines[-2:] == ["# this report, from the files of the original run", "ferkit report x --out y"]
+
+
+def test_only_a_command_other_than_ferkit_train_gets_a_remark():
+    assert freport._trained_by(None) == "" and freport._trained_by("ferkit train a.csv --out r") == ""
+    exactly = "pytest " + "x" * (freport._LONGEST_REMARK - 7)  # as long as a remark may be: shown whole
+    assert freport._trained_by(exactly) == f" (run.json records the training as started by `{exactly}`, not by a " \
+                                           "ferkit command.)"
+
+
+def test_an_evaluation_without_checksums_stands_on_the_runs(tmp_path):
+    run = freport.Run(tmp_path, {}, {"data": {"sha256": "a", "faces_sha256": "b"}}, [], {"test": {}}, {})
+    assert freport._evaluated_data(run, {}) == {"data_sha256": "a", "data_faces_sha256": "b"}
+    assert freport._evaluated_data(run, {"data_sha256": "c", "data_faces_sha256": "d"}) == \
+        {"data_sha256": "c", "data_faces_sha256": "d"}
+
+
+@pytest.mark.parametrize("cnn_params, mlp_params, ratio, shown", [
+    (2000, 1000, ", with 2.00× the MLP's parameters", "1,000"), (500, 1000, ", with 2.0× fewer parameters", "1,000"),
+    (2000, None, "", "-")])
+def test_cnn_vs_mlp_compares_parameters_when_the_mlp_records_them(cnn_params, mlp_params, ratio, shown):
+    f1 = {c: 0.5 for c in EMOTIONS}
+    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    mlp.info["model"]["parameters"] = mlp_params
+    _, para, columns = freport._mlp_section(cnn, mlp, cnn_params, 6)
+    assert para.text == ("The MLP run `mlp` sees the same pixels without convolutions. The CNN's test accuracy is 10.0 "
+                         f"points above the MLP's and its macro F1 level with the MLP's{ratio}; no class has a higher "
+                         "F1 with the CNN.")
+    assert columns.left[0].rows[3] == ["parameters", f"{cnn_params:,}", shown]
+
+
+def test_cnn_vs_mlp_takes_the_mlps_evaluation_in_the_cnns_tta_mode():
+    f1 = {c: 0.5 for c in EMOTIONS}
+    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    mlp.evals["test-tta"] = dict(mlp.evals["test"], tta="flip", accuracy=0.52)
+    assert freport._compared_evaluations(cnn, mlp)[1]["accuracy"] == 0.5  # the CNN has no TTA: nor has the MLP
+    cnn.evals = {"test-tta": dict(cnn.evals["test"], tta="flip")}
+    assert freport._compared_evaluations(cnn, mlp)[1]["accuracy"] == 0.52
+    del mlp.evals["test-tta"]
+    assert freport._compared_evaluations(cnn, mlp)[1]["accuracy"] == 0.5  # the MLP's only evaluation
+
+
+def test_cnn_vs_mlp_lists_the_classes_both_evaluations_score():
+    f1 = {c: 0.5 for c in EMOTIONS}
+    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    del mlp.evals["test"]["per_class"]["Disgust"]
+    per_class = freport._mlp_section(cnn, mlp, 2000, 6)[-1].right[0]
+    assert [row[0] for row in per_class.rows] == [c for c in EMOTIONS if c != "Disgust"]
+
+
+def test_an_extra_json_of_exactly_the_limit_is_shown_whole():
+    data = {"a": "x" * 49_988}  # 50,000 characters as json.dumps(indent=1) writes it
+    assert len(json.dumps(data, indent=1)) == 50_000
+    details = freport._extra_section(freport.Extra(Path("/x"), data, []), 7, "A", "B.", "f.json", "f")[-1]
+    assert details.blocks[0].text == json.dumps(data, indent=1)
+
+
+def test_the_pdf_numbers_tables_and_figures_and_a_draft_only_leaves_out_the_images(tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 80, 3), dtype=np.uint8)).save(png)
+    doc = _every_block(png)
+    pdf, layout = freport.render_pdf(doc)
+    draft_pdf, draft_layout = freport.render_pdf(doc, draft=True)
+    assert layout == draft_layout and (layout.pages, layout.main_pages) == (2, 1) and 0 < layout.extra_pages < 1
+    main, extras = pypdf.PdfReader(io.BytesIO(pdf)).pages
+    assert len(main.images) == 1 and len(extras.images) == 1  # the grid's two figures share one image
+    assert not any(page.images for page in pypdf.PdfReader(io.BytesIO(draft_pdf)).pages)
+    main_text, extras_text = main.extract_text(), extras.extract_text()
+    assert main_text.startswith("T <1> · page 1\nTitle x\na b c<d>\n")
+    assert "Table 1. Cap one" in main_text and "Figure 1. a fig (cap)" in main_text
+    assert "sum <x>" not in main_text and "code <y>" not in main_text  # Details: HTML and Markdown only
+    assert extras_text.startswith("T <1> · page 2\nExtras\n7 More\nFigure 2. g1\nFigure 3. g2\nTable 2. Last")
+
+
+@pytest.mark.parametrize("mlp_faces, said", [(64, ""), (32, ". The CNN was trained on 64 faces, the MLP on 32"),
+                                             (None, "")])
+def test_cnn_vs_mlp_says_when_the_two_were_trained_on_different_faces(mlp_faces, said):
+    f1 = {c: 0.5 for c in EMOTIONS}
+    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    mlp.info["data"]["train_images"] = mlp_faces
+    heading, para, _ = freport._mlp_section(cnn, mlp, 1000, 6)
+    assert heading == freport.Heading("6  CNN vs MLP baseline", 1)
+    assert para.text.endswith(f"no class has a higher F1 with the CNN{said}.")
+
+
+# The PDF's text frame: A4 less margins of 1.5 cm a side and 2.7 cm top and bottom together, and the
+# frame's padding of 6 pt a side
+TEXT_WIDTH, TEXT_HEIGHT, TEXT_LEFT = A4[0] - 3 * cm - 12, A4[1] - 2.7 * cm - 12, 1.5 * cm + 6
+
+
+def test_pdf_figures_take_their_share_of_the_text_width_at_the_scale_of_their_part(tmp_path):
+    """A figure is `width` of the text width times the scale of its part (main or extras), and no taller
+    than `max_height` of the text height times that scale."""
+    Image.fromarray(np.full((40, 80, 3), 50, np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((400, 40, 3), 90, np.uint8)).save(tmp_path / "tall.png")
+    doc = freport.Document("t", [freport.Figure(tmp_path / "wide.png", "w", "w.png", width=0.5),
+                                 freport.Figure(tmp_path / "tall.png", "t", "t.png", max_height=0.2)],
+                           [freport.Figure(tmp_path / "wide.png", "x", "x.png")])
+    pdf, _ = freport.render_pdf(doc, main_scale=0.8, extra_scale=0.6)
+    width, height = TEXT_WIDTH, TEXT_HEIGHT
+    tall = height * 0.2 * 0.8
+    expected = [[(width * 0.5 * 0.8, width * 0.2), (tall / 10, tall)], [(width * 0.6, width * 0.3)]]
+    assert _drawn_images(pdf) == [[pytest.approx(size, abs=1e-3) for size in page] for page in expected]
+
+
+def _drawn_images(pdf: bytes) -> list[list[tuple[float, float]]]:
+    """The width and height of each image drawn on each page of `pdf`, as its content stream places them."""
+    return [[(float(w), float(h)) for w, h in re.findall(r"([\d.]+) 0 0 ([\d.]+) [\d.]+ [\d.]+ cm\s*/\S+ Do",
+                                                         page.get_contents().get_data().decode("latin-1"))]
+            for page in pypdf.PdfReader(io.BytesIO(pdf)).pages]
+
+
+def test_a_pdf_grid_pairs_figures_and_gives_a_wide_one_a_row_of_its_own(tmp_path):
+    sizes = {"a": (50, 80), "b": (40, 40), "c": (40, 40), "d": (40, 40), "e": (40, 63)}  # a: 1.6 wide, e: 1.575
+    for name, (h, w) in sizes.items():
+        Image.fromarray(np.full((h, w, 3), ord(name), np.uint8)).save(tmp_path / f"{name}.png")
+    figures = [freport.Figure(tmp_path / f"{n}.png", n, f"{n}.png", max_height=0.9) for n in sizes]
+    pdf, _ = freport.render_pdf(freport.Document("t", [freport.Heading("t", 0)], [freport.FigureGrid(figures)]))
+    width = TEXT_WIDTH
+    half = width / 2 - 6  # a figure of a pair, less the gap
+    expected = [(width, width / 1.6), (half, half), (half, half), (half, half), (half, half * 40 / 63)]
+    assert [size for page in _drawn_images(pdf) for size in page] == [pytest.approx(s, abs=1e-3) for s in expected]
+
+
+def test_a_long_pdf_table_splits_across_pages_and_repeats_its_header():
+    rows = [[f"r{i}", str(i)] for i in range(70)]
+    pdf, layout = freport.render_pdf(freport.Document("t", [freport.Table(["key", "value"], rows, "Long")]))
+    first, second = (page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages)
+    assert layout.pages == 2 and first.startswith("t · page 1\nTable 1. Long\n key\n value\nr0\n 0\n")
+    assert second.startswith("t · page 2\nkey\n value\nr") and "r0\n" not in second  # the header row alone
+
+
+def test_pdf_tables_right_align_numeric_columns_but_the_first():
+    table = freport.Table(["name", "value", "word"], [["1", "1", "x"], ["1,234", "1,234", "yy"]])
+    pdf, _ = freport.render_pdf(freport.Document("t", [table]))
+    placed: dict[str, list[float]] = {}
+
+    def visit(text, cm, tm, font, size):
+        if text.strip():
+            placed.setdefault(text.strip(), []).append(tm[4] + cm[4])
+
+    pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text(visitor_text=visit)
+    assert placed["1"][0] == placed["1,234"][0] == placed["name"][0]  # the first column: left
+    assert placed["value"][0] < placed["1,234"][1] < placed["1"][1]  # the numbers: right
+    assert placed["word"][0] == placed["x"][0] == placed["yy"][0]
+
+
 @pytest.mark.parametrize("follower", ["table", "figure"])
 def test_a_heading_and_its_intro_move_with_the_table_or_figure_that_follows(tmp_path, follower):
     """reportlab keeps a paragraph styled keepWithNext with the next flowable, unless that is a
@@ -1493,9 +1998,142 @@ def test_a_heading_and_its_intro_move_with_the_table_or_figure_that_follows(tmp_
     assert "7 Extra\nIntro.\n" in pages[1] and "Key " in pages[1]
 
 
+def test_pdf_text_is_set_in_the_styles_of_its_blocks():
+    doc = freport.Document("t", [freport.Heading("Big", 0), freport.Heading("Sub"), freport.Para("body"),
+                                 freport.Para("small", small=True), freport.Shell(["ferkit x"])])
+    pdf, _ = freport.render_pdf(doc)
+    set_in = []
+
+    def visit(text, cm, tm, font, size):
+        if text.strip():
+            set_in.append((text.strip(), font["/BaseFont"], round(size * tm[0], 2)))
+
+    pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text(visitor_text=visit)
+    assert set_in == [("t · page 1", "/Helvetica", 7.0), ("Big", "/Helvetica-Bold", 13.0),
+                      ("Sub", "/Helvetica-Bold", 10.5), ("body", "/Helvetica", 8.4), ("small", "/Helvetica", 8.0),
+                      ("ferkit x", "/Courier", 7.0)]
+
+
+def test_pdf_commands_wrap_to_the_width_of_their_box():
+    """A line of 7 pt Courier (4.2 pt a character) in the text width less the box's 8 pt holds 116 characters."""
+    command = "ferkit train " + " ".join(f"--set key{i}=value{i}" for i in range(40))
+    pdf, _ = freport.render_pdf(freport.Document("t", [freport.Shell([command])]))
+    lines = pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text().splitlines()[1:]
+    assert lines == freport._shell_lines(command, 116) and max(map(len, lines)) > 110
+
+
+@pytest.mark.parametrize("length, footer", [(110, "x" * 109 + "y · page 1"), (111, "x" * 109 + "… · page 1")])
+def test_a_long_title_is_cut_to_one_line_in_the_footer(length, footer):
+    pdf, _ = freport.render_pdf(freport.Document("x" * (length - 1) + "y", [freport.Para("p")]))
+    assert pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split("\n")[0] == footer
+
+
+def test_the_pdf_layout_records_the_smaller_scale_and_the_extras_to_the_hundredth():
+    _, layout = freport.render_pdf(freport.Document("t", [freport.Para("p")], [freport.Para("q")]), 0.8, 0.6)
+    assert (layout.pages, layout.main_pages, layout.scale) == (2, 1, 0.6)
+    assert 0 < layout.extra_pages < 0.1 and layout.extra_pages == round(layout.extra_pages, 2)
+
+
+def test_a_figure_beside_a_table_takes_the_width_of_its_column(tmp_path):
+    Image.fromarray(np.full((40, 80, 3), 50, np.uint8)).save(tmp_path / "wide.png")
+    figure = freport.Figure(tmp_path / "wide.png", "w", "w.png", max_height=0.9)
+    doc = freport.Document("t", [freport.SideBySide([freport.Para("left")], [figure], split=0.47)])
+    pdf, _ = freport.render_pdf(doc, main_scale=0.9)
+    width = TEXT_WIDTH
+    column = width - (width * 0.47 - 6) - 12  # the right column: the rest of the width, less a 12 pt gap
+    assert _drawn_images(pdf) == [[pytest.approx((column * 0.9, column * 0.45), abs=1e-3)]]
+
+
+def test_html_and_markdown_keep_the_first_column_left_aligned_even_when_numeric():
+    doc = freport.Document("t", [freport.Table(["epoch", "loss"], [["1", "0.5"], ["2", "0.4"]])])
+    assert "<tr><th>epoch</th><th class=\"num\">loss</th></tr>" in freport.render_html(doc)
+    assert "| --- | ---: |" in freport.render_markdown(doc)[0]
+
+
+def _text_x(pdf: bytes, page: int) -> dict[str, float]:
+    """Where each piece of text on a page of `pdf` starts, in points from the left edge."""
+    placed: dict[str, float] = {}
+
+    def visit(text, cm, tm, font, size):
+        if text.strip():
+            placed.setdefault(text.strip(), tm[4] + cm[4])
+
+    pypdf.PdfReader(io.BytesIO(pdf)).pages[page].extract_text(visitor_text=visit)
+    return placed
+
+
+def test_pdf_columns_start_where_their_share_of_the_width_ends(tmp_path):
+    width, left = TEXT_WIDTH, TEXT_LEFT
+    beside = freport.SideBySide([freport.Para("left")], [freport.Para("right")], split=0.47)
+    placed = _text_x(freport.render_pdf(freport.Document("t", [beside]))[0], 0)
+    assert placed["left"] == pytest.approx(left) and placed["right"] == pytest.approx(left + width * 0.47 - 6 + 12)
+    for name in "bc":
+        Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / f"{name}.png")
+    pair = freport.FigureGrid([freport.Figure(tmp_path / "b.png", "first", "b.png"),
+                               freport.Figure(tmp_path / "c.png", "second", "c.png")])
+    placed = _text_x(freport.render_pdf(freport.Document("t", [freport.Heading("h", 0)], [pair]))[0], 1)
+    assert placed["first"] == pytest.approx(left) and placed["second"] == pytest.approx(left + width / 2)
+
+
+
+def test_the_best_epoch_falls_back_to_the_history_by_the_runs_selection_score(tmp_path):
+    history = [{"epoch": 1, "val_acc": 0.5, "val_macro_f1": 0.4}, {"epoch": 2, "val_acc": 0.7, "val_macro_f1": 0.3},
+               {"epoch": 3, "val_acc": 0.6, "val_macro_f1": 0.45}]
+    assert freport.Run(tmp_path, {}, {}, history, {}, {}).best_epoch == 2  # val_acc unless the config says
+    assert freport.Run(tmp_path, {"select_by": "val_macro_f1"}, {}, history, {}, {}).best_epoch == 3
+    assert freport.Run(tmp_path, {}, {"best_epoch": 1}, history, {}, {}).best_epoch == 1  # run.json's, when it has one
+    assert freport.Run(tmp_path, {}, {}, [], {}, {}).best_epoch is None
+
+
 @pytest.mark.parametrize("value, shown", [
     (0.05, "0.05"), (4.0, "4"), (0.0, "0"), (True, "true"), ([0.5, 2], "0.5,2"), ([], "none"), ("cnn", "cnn"),
     # these were rounded to 4 decimals: a learning rate of 2.5e-05 read 0.0000, and an average of 0.99995 1.0000
     (2.5e-05, "2.5e-05"), (0.99995, "0.99995"), (0.123456789, "0.123456789"), (1234567.0, "1234567.0")])
 def test_config_values_are_shown_short_but_exact(value, shown):
     assert freport._value(value) == shown
+
+
+def test_a_metrics_json_with_just_the_metrics_the_report_needs_is_read(world, tmp_path):
+    copy = shutil.copytree(world["cnn"], tmp_path / "cnn")
+    shutil.rmtree(copy / "eval" / "test")
+    bare = {key: metrics(copy)[key] for key in ("accuracy", "macro_f1", "weighted_f1", "n")}
+    (copy / "eval" / "test-tta" / "metrics.json").write_text(json.dumps(bare))
+    assert freport.read_run(copy).metrics == bare
+
+
+@pytest.mark.parametrize("recorded, shown", [
+    ("/venv/bin/ferkit train a.csv --out 'my runs/x'", "ferkit train a.csv --out 'my runs/x'"),
+    ("/src/ferkit/__main__.py run a.csv", "ferkit run a.csv"),  # python -m ferkit
+    ("/venv/bin/pytest -q", "/venv/bin/pytest -q"), ('ferkit train "unclosed', 'ferkit train "unclosed'),
+    ("/venv/lib/pytest/__main__.py -q", "/venv/lib/pytest/__main__.py -q"), ("/x/ferkit/cli.py", "/x/ferkit/cli.py"),
+    ("", None), (None, None)])
+def test_the_recorded_command_is_shortened_to_ferkit_and_kept_otherwise(recorded, shown):
+    assert freport._command(recorded) == shown
+
+
+@pytest.mark.parametrize("command, retargeted", [
+    ("ferkit train a.csv --out runs/x --tta", "ferkit train a.csv --out new --tta"),
+    ("ferkit train a.csv --out=runs/x --tta", "ferkit train a.csv --out=new --tta"),
+    ("ferkit train a.csv --out", "ferkit train a.csv --out"),  # no folder to replace
+    ('ferkit train "a.csv" --out runs/x', 'ferkit train "a.csv" --out new'),  # not shlex.join's: only --out changes
+    ('ferkit train "a.csv --out runs/x', 'ferkit train "a.csv --out new'),  # no shell words at all
+    ('ferkit train "a.csv', 'ferkit train "a.csv'),
+    ("ferkit train a --out x --tta --out y", "ferkit train a --out x --tta --out new"),  # argparse takes the last
+    ('ferkit train "a" --out x --out y', 'ferkit train "a" --out x --out new')])
+def test_the_replica_command_changes_only_the_out_folder(command, retargeted):
+    assert freport._with_out(command, "new") == retargeted
+
+
+def test_an_extra_folders_hidden_files_and_folders_are_not_its_figures(tmp_path):
+    folder = tmp_path / "features"
+    (folder / ".cache").mkdir(parents=True)
+    (folder / "sub").mkdir()
+    (folder / "features.json").write_text("{}")
+    for name in ("a.png", ".hidden.png", ".cache/b.png", "sub/c.png"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / name)
+    extra = freport.read_extra(folder, "--features", "features.json", "ferkit features")
+    assert extra.figures == [folder / "a.png", folder / "sub" / "c.png"]
+
+
+def test_tensor_shapes_read_as_products():
+    assert [freport._shape(s) for s in ([16, 48, 48], [7], [], None)] == ["16×48×48", "7", "-", "-"]

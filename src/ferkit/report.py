@@ -401,20 +401,24 @@ def _tta_label(metrics: dict[str, Any]) -> str:
 
 
 def _with_out(command: str, folder: Path | str) -> str:
-    """`command` with the folder of its (first) --out replaced. A command recorded shell-quoted
-    (shlex.join) is parsed as such; an older one, joined by spaces, by its words."""
+    """`command` with the folder of its --out replaced: the last one, which argparse takes when there
+    are two. A command recorded shell-quoted (shlex.join) is parsed as such; an older one, joined by
+    spaces, by its words."""
     try:
         words = shlex.split(command)
     except ValueError:
         words = None
     if words is not None and shlex.join(words) == command:
-        for i, word in enumerate(words):
-            if word == "--out" and i + 1 < len(words):
+        for i in reversed(range(len(words))):
+            if words[i] == "--out" and i + 1 < len(words):
                 return shlex.join(words[:i + 1] + [str(folder)] + words[i + 2:])
-            if word.startswith("--out="):
+            if words[i].startswith("--out="):
                 return shlex.join(words[:i] + [f"--out={folder}"] + words[i + 1:])
         return command
-    return re.sub(r"(?<!\S)(--out[= ])\S+", lambda m: f"{m.group(1)}{folder}", command, count=1)
+    outs = list(re.finditer(r"(?<!\S)(--out[= ])\S+", command))
+    if not outs:
+        return command
+    return f"{command[:outs[-1].start()]}{outs[-1].group(1)}{folder}{command[outs[-1].end():]}"
 
 
 def _summary(run: Run) -> Para:
