@@ -94,8 +94,10 @@ def metrics(run: Path, name: str = "test-tta") -> dict:
     return json.loads((run / "eval" / name / "metrics.json").read_text())
 
 
-def page_texts(pdf: Path) -> list[str]:
-    return [page.extract_text() or "" for page in pypdf.PdfReader(str(pdf)).pages]
+def page_texts(pdf: Path | bytes) -> list[str]:
+    """The text of each page of a PDF file, or of a PDF in memory."""
+    source = io.BytesIO(pdf) if isinstance(pdf, bytes) else str(pdf)
+    return [page.extract_text() or "" for page in pypdf.PdfReader(source).pages]
 
 
 def section_paragraphs(blocks: list) -> dict[str, str]:
@@ -384,8 +386,7 @@ def test_short_durations_do_not_read_as_zero():
 
 
 def test_training_time_comes_from_the_history_to_the_millisecond():
-    f1 = {c: 0.5 for c in EMOTIONS}
-    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    cnn, mlp = _fake_cnn_and_mlp()
     mlp.info["train_seconds"] = 0.0  # run.json rounds to 0.1 s
     mlp.history = [{"epoch": 1, "seconds": 0.014}, {"epoch": 2, "seconds": 0.016}]
     table = next(b for b in freport._mlp_section(cnn, mlp, 2000, 6) if isinstance(b, freport.SideBySide)).left[0]
@@ -423,6 +424,12 @@ def _fake_evaluated_run(name: str, model: str, f1: dict[str, float], accuracy: f
     info = {"model": {"name": model, "parameters": 1000}, "data": {"sha256": "a" * 64, "train_images": 64},
             "train_seconds": 1.0, "epochs_run": 2, "best_epoch": 2}
     return freport.Run(Path(name), {}, info, [], {"test": metrics}, {})
+
+
+def _fake_cnn_and_mlp() -> tuple[freport.Run, freport.Run]:
+    """A CNN at 0.6 accuracy and an MLP at 0.5, each with F1 0.5 on every class."""
+    f1 = {c: 0.5 for c in EMOTIONS}
+    return _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
 
 
 @pytest.mark.parametrize("cnn_gain, expected", [
@@ -1856,8 +1863,7 @@ def test_an_evaluation_without_checksums_stands_on_the_runs(tmp_path):
     (2000, 1000, ", with 2.00× the MLP's parameters", "1,000"), (500, 1000, ", with 2.0× fewer parameters", "1,000"),
     (2000, None, "", "-")])
 def test_cnn_vs_mlp_compares_parameters_when_the_mlp_records_them(cnn_params, mlp_params, ratio, shown):
-    f1 = {c: 0.5 for c in EMOTIONS}
-    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    cnn, mlp = _fake_cnn_and_mlp()
     mlp.info["model"]["parameters"] = mlp_params
     _, para, columns = freport._mlp_section(cnn, mlp, cnn_params, 6)
     assert para.text == ("The MLP run `mlp` sees the same pixels without convolutions. The CNN's test accuracy is 10.0 "
@@ -1867,8 +1873,7 @@ def test_cnn_vs_mlp_compares_parameters_when_the_mlp_records_them(cnn_params, ml
 
 
 def test_cnn_vs_mlp_takes_the_mlps_evaluation_in_the_cnns_tta_mode():
-    f1 = {c: 0.5 for c in EMOTIONS}
-    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    cnn, mlp = _fake_cnn_and_mlp()
     mlp.evals["test-tta"] = dict(mlp.evals["test"], tta="flip", accuracy=0.52)
     assert freport._compared_evaluations(cnn, mlp)[1]["accuracy"] == 0.5  # the CNN has no TTA: nor has the MLP
     cnn.evals = {"test-tta": dict(cnn.evals["test"], tta="flip")}
@@ -1878,8 +1883,7 @@ def test_cnn_vs_mlp_takes_the_mlps_evaluation_in_the_cnns_tta_mode():
 
 
 def test_cnn_vs_mlp_lists_the_classes_both_evaluations_score():
-    f1 = {c: 0.5 for c in EMOTIONS}
-    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    cnn, mlp = _fake_cnn_and_mlp()
     del mlp.evals["test"]["per_class"]["Disgust"]
     per_class = freport._mlp_section(cnn, mlp, 2000, 6)[-1].right[0]
     assert [row[0] for row in per_class.rows] == [c for c in EMOTIONS if c != "Disgust"]
@@ -1912,8 +1916,7 @@ def test_the_pdf_numbers_tables_and_figures_and_a_draft_only_leaves_out_the_imag
 @pytest.mark.parametrize("mlp_faces, said", [(64, ""), (32, ". The CNN was trained on 64 faces, the MLP on 32"),
                                              (None, "")])
 def test_cnn_vs_mlp_says_when_the_two_were_trained_on_different_faces(mlp_faces, said):
-    f1 = {c: 0.5 for c in EMOTIONS}
-    cnn, mlp = _fake_evaluated_run("cnn", "cnn", f1, 0.6), _fake_evaluated_run("mlp", "mlp", f1, 0.5)
+    cnn, mlp = _fake_cnn_and_mlp()
     mlp.info["data"]["train_images"] = mlp_faces
     heading, para, _ = freport._mlp_section(cnn, mlp, 1000, 6)
     assert heading == freport.Heading("6  CNN vs MLP baseline", 1)
@@ -1962,21 +1965,30 @@ def test_a_pdf_grid_pairs_figures_and_gives_a_wide_one_a_row_of_its_own(tmp_path
 def test_a_long_pdf_table_splits_across_pages_and_repeats_its_header():
     rows = [[f"r{i}", str(i)] for i in range(70)]
     pdf, layout = freport.render_pdf(freport.Document("t", [freport.Table(["key", "value"], rows, "Long")]))
-    first, second = (page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages)
+    first, second = page_texts(pdf)
     assert layout.pages == 2 and first.startswith("t · page 1\nTable 1. Long\n key\n value\nr0\n 0\n")
     assert second.startswith("t · page 2\nkey\n value\nr") and "r0\n" not in second  # the header row alone
+
+
+def _text_runs(pdf: bytes, page: int) -> list[tuple[str, float, str, float]]:
+    """Each piece of text on a page of `pdf` in order: the text, where it starts (points from the left
+    edge), its font and its size in points."""
+    runs = []
+
+    def visit(text, cm, tm, font, size):
+        if text.strip():
+            runs.append((text.strip(), tm[4] + cm[4], font["/BaseFont"], round(size * tm[0], 2)))
+
+    pypdf.PdfReader(io.BytesIO(pdf)).pages[page].extract_text(visitor_text=visit)
+    return runs
 
 
 def test_pdf_tables_right_align_numeric_columns_but_the_first():
     table = freport.Table(["name", "value", "word"], [["1", "1", "x"], ["1,234", "1,234", "yy"]])
     pdf, _ = freport.render_pdf(freport.Document("t", [table]))
     placed: dict[str, list[float]] = {}
-
-    def visit(text, cm, tm, font, size):
-        if text.strip():
-            placed.setdefault(text.strip(), []).append(tm[4] + cm[4])
-
-    pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text(visitor_text=visit)
+    for text, x, _, _ in _text_runs(pdf, 0):
+        placed.setdefault(text, []).append(x)
     assert placed["1"][0] == placed["1,234"][0] == placed["name"][0]  # the first column: left
     assert placed["value"][0] < placed["1,234"][1] < placed["1"][1]  # the numbers: right
     assert placed["word"][0] == placed["x"][0] == placed["yy"][0]
@@ -1993,7 +2005,7 @@ def test_a_heading_and_its_intro_move_with_the_table_or_figure_that_follows(tmp_
     filler = [freport.Para(f"filler {i}") for i in range(40)]
     pdf, _ = freport.render_pdf(freport.Document("t", filler + [freport.Heading("7  Extra"),
                                                                 freport.Para("Intro.", keep_with_next=True), follows]))
-    pages = [page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages]
+    pages = page_texts(pdf)
     assert len(pages) == 2 and "filler 39" in pages[0]
     assert "7 Extra\nIntro.\n" in pages[1] and "Key " in pages[1]
 
@@ -2002,13 +2014,7 @@ def test_pdf_text_is_set_in_the_styles_of_its_blocks():
     doc = freport.Document("t", [freport.Heading("Big", 0), freport.Heading("Sub"), freport.Para("body"),
                                  freport.Para("small", small=True), freport.Shell(["ferkit x"])])
     pdf, _ = freport.render_pdf(doc)
-    set_in = []
-
-    def visit(text, cm, tm, font, size):
-        if text.strip():
-            set_in.append((text.strip(), font["/BaseFont"], round(size * tm[0], 2)))
-
-    pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text(visitor_text=visit)
+    set_in = [(text, font, size) for text, _, font, size in _text_runs(pdf, 0)]
     assert set_in == [("t · page 1", "/Helvetica", 7.0), ("Big", "/Helvetica-Bold", 13.0),
                       ("Sub", "/Helvetica-Bold", 10.5), ("body", "/Helvetica", 8.4), ("small", "/Helvetica", 8.0),
                       ("ferkit x", "/Courier", 7.0)]
@@ -2018,14 +2024,14 @@ def test_pdf_commands_wrap_to_the_width_of_their_box():
     """A line of 7 pt Courier (4.2 pt a character) in the text width less the box's 8 pt holds 116 characters."""
     command = "ferkit train " + " ".join(f"--set key{i}=value{i}" for i in range(40))
     pdf, _ = freport.render_pdf(freport.Document("t", [freport.Shell([command])]))
-    lines = pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text().splitlines()[1:]
+    lines = page_texts(pdf)[0].splitlines()[1:]
     assert lines == freport._shell_lines(command, 116) and max(map(len, lines)) > 110
 
 
 @pytest.mark.parametrize("length, footer", [(110, "x" * 109 + "y · page 1"), (111, "x" * 109 + "… · page 1")])
 def test_a_long_title_is_cut_to_one_line_in_the_footer(length, footer):
     pdf, _ = freport.render_pdf(freport.Document("x" * (length - 1) + "y", [freport.Para("p")]))
-    assert pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text().split("\n")[0] == footer
+    assert page_texts(pdf)[0].split("\n")[0] == footer
 
 
 def test_the_pdf_layout_records_the_smaller_scale_and_the_extras_to_the_hundredth():
@@ -2051,14 +2057,10 @@ def test_html_and_markdown_keep_the_first_column_left_aligned_even_when_numeric(
 
 
 def _text_x(pdf: bytes, page: int) -> dict[str, float]:
-    """Where each piece of text on a page of `pdf` starts, in points from the left edge."""
+    """Where each piece of text on a page of `pdf` first starts, in points from the left edge."""
     placed: dict[str, float] = {}
-
-    def visit(text, cm, tm, font, size):
-        if text.strip():
-            placed.setdefault(text.strip(), tm[4] + cm[4])
-
-    pypdf.PdfReader(io.BytesIO(pdf)).pages[page].extract_text(visitor_text=visit)
+    for text, x, _, _ in _text_runs(pdf, page):
+        placed.setdefault(text, x)
     return placed
 
 

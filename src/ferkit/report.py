@@ -418,7 +418,8 @@ def _with_out(command: str, folder: Path | str) -> str:
     outs = list(re.finditer(r"(?<!\S)(--out[= ])\S+", command))
     if not outs:
         return command
-    return f"{command[:outs[-1].start()]}{outs[-1].group(1)}{folder}{command[outs[-1].end():]}"
+    last = outs[-1]
+    return f"{command[:last.start()]}{last.group(1)}{folder}{command[last.end():]}"
 
 
 def _summary(run: Run) -> Para:
