@@ -112,7 +112,14 @@ def test_branch_relu_stage_adds_each_block_to_what_reaches_it():
     x = torch.randn(2, 1, 6, 6)
     with torch.no_grad():
         entry = stage.entry(x)
-        torch.testing.assert_close(stage(x), entry + stage.blocks[0](entry))
+        torch.testing.assert_close(stage(x), entry + stage.blocks[0].branch(entry))
+
+
+def test_residual_blocks_keep_the_parameter_names_of_earlier_checkpoints():
+    names = {block: set(get_model("cnn", widths=[4], depth=3, residual=True, residual_block=block).state_dict())
+             for block in ("branch_relu", "resnet")}
+    assert {"features.0.blocks.0.0.0.weight", "features.0.blocks.0.1.1.running_var"} <= names["branch_relu"]
+    assert {"features.0.blocks.0.branch.0.0.weight", "features.0.blocks.0.branch.1.1.running_var"} <= names["resnet"]
 
 
 @pytest.mark.parametrize("name, kwargs", [("cnn", {"widths": [4, 8]}), ("mlp", {"hidden": [32, 16]})])
@@ -142,6 +149,24 @@ def test_compact_layer_table_of_a_small_cnn():
         ("Dropout p=0.3", (1, 16), 0, 1),
         ("Linear 16->7", (1, 7), 119, 1),
     ]
+
+
+@pytest.mark.parametrize("block, batch_norm, formula, parameters", [
+    ("branch_relu", True, "x + ReLU(BN(conv(ReLU(BN(conv(x))))))", (44, 2 * 2 * (144 + 8))),
+    ("resnet", True, "ReLU(x + BN(conv(ReLU(BN(conv(x))))))", (44, 2 * 2 * (144 + 8))),
+    ("resnet", False, "ReLU(x + conv(ReLU(conv(x))))", (40, 2 * 2 * (144 + 4))),
+])
+def test_a_residual_block_is_one_row_that_gives_its_sum(block, batch_norm, formula, parameters):
+    """The shortcut's sum has no module, so the leaf layers alone would not show it: each block gets one row,
+    its formula in x, and a stage's two identical blocks collapse into one row x 2."""
+    model = get_model("cnn", widths=[4], depth=5, residual=True, residual_block=block, batch_norm=batch_norm)
+    entry = "Conv2d 1->4, 3×3" + (" + BatchNorm2d" if batch_norm else "") + " + ReLU"
+    rows = compact_layers(layer_table(model))
+    assert [(r["name"], r["layer"], r["output"], r["parameters"], r["count"]) for r in rows] == [
+        ("features.0.entry.0", entry, (1, 4, 48, 48), parameters[0], 1),
+        ("features.0.blocks.0", f"{formula}; conv 4->4, 3×3", (1, 4, 48, 48), parameters[1], 2),
+        ("", "(function in forward(), no module)", (1, 8), 0, 1),
+        ("classifier", "Linear 8->7", (1, 7), 63, 1)]
 
 
 def test_layer_table_counts_a_module_called_twice_once_and_names_a_stride():

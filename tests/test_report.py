@@ -213,8 +213,20 @@ def test_compact_layers_collapse_repeats():
 
     model = get_model("cnn", widths=[8, 16], depth=5, residual=True)
     compact = compact_layers(layer_table(model))
-    assert [b["count"] for b in compact if b["count"] > 1] == [4, 4]
+    assert [b["count"] for b in compact if b["count"] > 1] == [2, 2]  # two residual blocks in each stage
     assert sum(b["parameters"] for b in compact) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_the_architecture_table_writes_a_residual_block_as_its_sum(residual):
+    kwargs = {"widths": [8], "depth": 3, "residual": residual, "residual_block": "resnet"}
+    run = freport.Run(Path("run"), {}, {"model": {"name": "cnn", "kwargs": kwargs}}, [], {}, {})
+    blocks, _ = freport._architecture_section(run)
+    table = next(block for block in blocks if isinstance(block, freport.Table))
+    assert (["2", "features.0.blocks.0", "ReLU(x + BN(conv(ReLU(BN(conv(x)))))); conv 8->8, 3×3"]
+            in [row[:3] for row in table.rows]) is residual
+    assert table.caption.endswith("; a residual block is one row, its output written as a function of its input x."
+                                  if residual else "rows).")
 
 
 @pytest.mark.parametrize("name, kwargs, dropout_rows", [
@@ -383,6 +395,9 @@ def test_short_durations_do_not_read_as_zero():
         ["< 0.01 s", "0.03 s", "0.50 s", "16.1 s", "2.5 min"]
     assert [freport._duration(x) for x in (None, 0, 0.005, 119.9, 120, 7200, 7260)] == \
         ["-", "0.00 s", "0.01 s", "119.9 s", "2.0 min", "2 h 00 min", "2 h 01 min"]  # nothing spent reads as zero
+    # a figure that rounds up to the next unit's threshold is written in that unit
+    assert [freport._duration(x) for x in (0.996, 119.96, 7196, 7199, 7229, 7259)] == \
+        ["1.0 s", "2.0 min", "119.9 min", "2 h 00 min", "2 h 00 min", "2 h 01 min"]
 
 
 def test_training_time_comes_from_the_history_to_the_millisecond():

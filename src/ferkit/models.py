@@ -83,6 +83,16 @@ def _conv_bn(cin: int, cout: int, batch_norm: bool = True, relu: bool = True) ->
     return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
+def _nested(layers: nn.Module) -> str:
+    """The leaf layers of `layers` written as one function of x: conv-BN-ReLU reads ReLU(BN(conv(x)))."""
+    short = {nn.Conv2d: "conv", nn.BatchNorm2d: "BN"}
+    text = "x"
+    for layer in layers.modules():
+        if next(layer.children(), None) is None:
+            text = f"{short.get(type(layer), type(layer).__name__)}({text})"
+    return text
+
+
 class BasicBlock(nn.Module):
     """He et al.'s basic block, ReLU(x + conv-BN-ReLU-conv-BN), its last batch norm (or conv) starting
     at zero so that the block begins as the identity (Goyal et al. 2017)."""
@@ -97,12 +107,29 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(x + self.branch(x))
 
+    def formula(self) -> str:
+        return f"ReLU(x + {_nested(self.branch)})"
+
+
+class AddedBranch(nn.Sequential):
+    """The "branch_relu" block, x + conv-BN-ReLU-conv-BN-ReLU. A Sequential, so that its parameters
+    keep the names they had in earlier checkpoints."""
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+    def formula(self) -> str:
+        return f"x + {_nested(self)}"
+
 
 class ResidualStage(nn.Module):
     """`depth` 3x3 conv-BN-ReLU layers; with `residual`, the first sets the width and the other pairs
-    get an identity shortcut (so `depth` is odd), in one of two blocks: "branch_relu" adds two
-    conv-BN-ReLU layers to its input (every block adds a non-negative signal, and the untrained deep
-    network starts far from uniform predictions), or "resnet", a `BasicBlock`."""
+    get an identity shortcut (so `depth` is odd), in one of two blocks: "branch_relu", an `AddedBranch`
+    (every block adds a non-negative signal, and the untrained deep network starts far from uniform
+    predictions), or "resnet", a `BasicBlock`."""
 
     def __init__(self, cin: int, cout: int, depth: int, residual: bool, batch_norm: bool = True,
                  residual_block: str = "branch_relu"):
@@ -117,21 +144,21 @@ class ResidualStage(nn.Module):
         elif residual_block == "resnet":
             self.blocks = nn.ModuleList(BasicBlock(cout, batch_norm) for _ in range((depth - 1) // 2))
         else:
-            self.blocks = nn.ModuleList(nn.Sequential(_conv_bn(cout, cout, batch_norm), _conv_bn(cout, cout, batch_norm))
+            self.blocks = nn.ModuleList(AddedBranch(_conv_bn(cout, cout, batch_norm), _conv_bn(cout, cout, batch_norm))
                                         for _ in range((depth - 1) // 2))
-        self.add_input = residual and residual_block == "branch_relu"  # a BasicBlock adds its own input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.entry(x)
         for block in self.blocks:
-            x = x + block(x) if self.add_input else block(x)
+            x = block(x)
         return x
 
 
 @register_model("cnn")
 class CNN(nn.Module):
-    """VGG-style: stages of 3x3 conv-BN-ReLU, 2x2 max-pool between stages, then global average
-    and max pooling, dropout (when p > 0) and a linear classifier."""
+    """VGG-style: stages of 3x3 conv-BN-ReLU (with `residual`, pairs of them after each stage's first
+    in residual blocks), 2x2 max-pool between stages, then global average and max pooling, dropout
+    (when p > 0) and a linear classifier."""
 
     # The defaults are the cpu profile's (`TrainConfig`); training always passes every argument.
     def __init__(self, widths: Sequence[int] = (16, 32, 96, 192), depth: int = 2, residual: bool = False,
@@ -201,10 +228,16 @@ def has_conv_layers(model: nn.Module) -> bool:
 
 def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 1, 48, 48)) -> list[dict[str, Any]]:
     """One row per call of a leaf module, in call order: name, type, detail, input and output shape,
-    parameters (counted at a module's first call only). Recorded with forward hooks; identities
-    (a switched-off dropout or batch norm) compute nothing and get no row."""
+    parameters (counted at a module's first call only), and the residual block it lies in (`block`: the
+    name and `formula()` of the outermost module with a `formula`, or None): the sum of a shortcut has
+    no module, so it shows only there. Recorded with forward hooks; identities (a switched-off dropout or
+    batch norm) compute nothing and get no row."""
     rows: list[dict[str, Any]] = []
     counted: set[int] = set()
+    blocks: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if callable(getattr(module, "formula", None)) and not _block_of(name, blocks):
+            blocks[name] = module.formula()
 
     def hook(name: str, module: torch.nn.Module, inputs: tuple, output: Any) -> None:
         first = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
@@ -213,7 +246,7 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 1, 48, 48)) -
         rows.append({"name": name, "type": type(module).__name__, "detail": _describe(module),
                      "input": tuple(first.shape) if first is not None else None,
                      "output": tuple(output.shape) if torch.is_tensor(output) else None,
-                     "parameters": int(params), "absorbable": _absorbable(module)})
+                     "parameters": int(params), "absorbable": _absorbable(module), "block": _block_of(name, blocks)})
 
     handles = [module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o))
                for name, module in model.named_modules()
@@ -228,6 +261,10 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 1, 48, 48)) -
             handle.remove()
         model.train(was_training)
     return rows
+
+
+def _block_of(name: str, blocks: dict[str, str]) -> tuple[str, str] | None:
+    return next(((block, formula) for block, formula in blocks.items() if name.startswith(f"{block}.")), None)
 
 
 def _describe(module: nn.Module) -> str:
@@ -254,9 +291,9 @@ def _absorbable(module: nn.Module) -> bool:
 
 
 def compact_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fold BatchNorm/activation/dropout into the layer before them (same output shape), mark
-    shape changes made in forward() without a module (e.g. global pooling), and collapse runs of
-    identical blocks into one row "× k"."""
+    """Fold BatchNorm/activation/dropout into the layer before them (same output shape), a residual
+    block into one row that gives its formula and its convs, mark shape changes made in forward()
+    without a module (e.g. global pooling), and collapse runs of identical blocks into one row "× k"."""
     blocks: list[dict[str, Any]] = []
     previous_output = None
     for row in rows:
@@ -265,7 +302,17 @@ def compact_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                            "parameters": 0, "open": False, "count": 1})
         label = row["type"] + (f" {row['detail']}" if row["detail"] else "")
         last = blocks[-1] if blocks else None
-        if row["absorbable"] and last is not None and last["open"] and row["output"] == last["output"]:
+        if row["block"]:
+            name, formula = row["block"]
+            if last is None or last["name"] != name:
+                blocks.append({"name": name, "output": None, "parameters": 0, "open": False, "count": 1, "convs": []})
+            block = blocks[-1]
+            block["parameters"] += row["parameters"]
+            block["output"] = row["output"]
+            if row["type"] == "Conv2d" and row["detail"] not in block["convs"]:
+                block["convs"].append(row["detail"])
+            block["layer"] = formula + (f"; conv {'; '.join(block['convs'])}" if block["convs"] else "")
+        elif row["absorbable"] and last is not None and last["open"] and row["output"] == last["output"]:
             last["layer"] += f" + {row['type']}" + (f" {row['detail']}" if row["type"].startswith("Dropout") else "")
             last["parameters"] += row["parameters"]
         else:

@@ -338,14 +338,16 @@ def _duration(seconds: float | None) -> str:
         return "-"
     if 0 < seconds < 0.005:
         return "< 0.01 s"  # a time that was spent must not read as zero
-    if seconds < 1:
+    # each unit up to where its rounded figure would reach the next: 7,199 s reads 2 h 00 min, not 120.0 min
+    if round(seconds, 2) < 1:
         return f"{seconds:.2f} s"
-    if seconds < 120:
+    if round(seconds, 1) < 120:
         return f"{seconds:.1f} s"
     minutes = seconds / 60
-    if minutes < 120:
+    if round(minutes, 1) < 120:
         return f"{minutes:.1f} min"
-    return f"{int(minutes // 60)} h {int(minutes % 60):02d} min"
+    hours, rest = divmod(round(minutes), 60)
+    return f"{hours} h {rest:02d} min"
 
 
 def _value(v: Any) -> str:
@@ -533,7 +535,9 @@ def _architecture_section(run: Run) -> tuple[list[Any], int]:
              f"**{_int(total)} parameters** ({total * 4 / 2**20:.2f} MiB as float32)."),
         Table(["#", "module", "layer (BatchNorm, activation, dropout folded in)", "output shape", "parameters"],
               table_rows, f"Layers for one 1×1×48×48 input, recorded with forward hooks on the leaf modules "
-                          f"({len(rows)} calls, folded into {len(compact)} rows).",
+                          f"({len(rows)} calls, folded into {len(compact)} rows)"
+                          + ("; a residual block is one row, its output written as a function of its input x."
+                             if any(row["block"] for row in rows) else "."),
               widths=[0.04, 0.2, 0.48, 0.15, 0.13]),
         Details(f"All {len(rows)} leaf-module calls", [Table(
             ["#", "module", "type", "detail", "input", "output", "parameters"],
