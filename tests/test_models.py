@@ -169,6 +169,22 @@ def test_a_residual_block_is_one_row_that_gives_its_sum(block, batch_norm, formu
         ("classifier", "Linear 8->7", (1, 7), 63, 1)]
 
 
+def test_a_leaf_lies_in_the_outermost_residual_block_whose_name_is_its_parent():
+    class Added(nn.Sequential):
+        def forward(self, x):
+            return x + super().forward(x)
+
+        def formula(self):
+            return f"x + f{len(self)}(x)"
+
+    # block "1" is no parent of "10.0": a name's prefix alone is not its parent's name
+    model = nn.Sequential(*(Added(nn.Conv2d(1, 1, 1)) for _ in range(10)),
+                          Added(Added(nn.Conv2d(1, 1, 1)), nn.Conv2d(1, 1, 1)))
+    rows = layer_table(model, input_shape=(1, 1, 3, 3))
+    assert [(r["name"], r["block"]) for r in rows[9:]] == [
+        ("9.0", ("9", "x + f1(x)")), ("10.0.0", ("10", "x + f2(x)")), ("10.1", ("10", "x + f2(x)"))]
+
+
 def test_layer_table_counts_a_module_called_twice_once_and_names_a_stride():
     class Twice(nn.Module):
         def __init__(self):

@@ -234,10 +234,9 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 1, 48, 48)) -
     batch norm) compute nothing and get no row."""
     rows: list[dict[str, Any]] = []
     counted: set[int] = set()
-    blocks: dict[str, str] = {}
-    for name, module in model.named_modules():
-        if callable(getattr(module, "formula", None)) and not _block_of(name, blocks):
-            blocks[name] = module.formula()
+    # parents come before their children here, so the first block a name lies in is the outermost
+    blocks = {name: module.formula() for name, module in model.named_modules()
+              if callable(getattr(module, "formula", None))}
 
     def hook(name: str, module: torch.nn.Module, inputs: tuple, output: Any) -> None:
         first = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
