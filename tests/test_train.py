@@ -1740,7 +1740,8 @@ def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_confi
                                                                                              monkeypatch, capsys):
     """A run sized to 6 epochs that falls behind after its first (cut to 3) and catches up after its second
     (back to 5) trains 5 epochs; the guard is asked each time with the epochs then planned and the 6 it was sized
-    to, its ceiling; config.yaml records both changes and repeats the run tensor for tensor."""
+    to, its ceiling; config.yaml records both changes and repeats the run tensor for tensor. The progress bar
+    follows: it ends full, at the 5 epochs' steps."""
     monkeypatch.setattr(train, "epochs_that_fit", lambda minutes, seconds, asked: 6)
     verdicts, asked = iter([3, 5, 5, 5]), []
 
@@ -1752,7 +1753,8 @@ def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_confi
     cfg = tiny_config(epochs=8, train_limit=96, fit_minutes=1, schedule="onecycle")
     info = train.train(tiny_csv, tmp_path / "run", cfg)
     assert info["epochs_run"] == 5 and asked == [(6, 6), (3, 6), (5, 6), (5, 6)]
-    said = re.findall(r"fit_minutes 1: (.*)", capsys.readouterr().out)
+    shown = capsys.readouterr()
+    said = re.findall(r"fit_minutes 1: (.*)", shown.out)
     assert re.fullmatch(r"behind time after epoch 1 \([\d.]+ minutes, 1.0 s an epoch\), so the run ends after epoch 3 "
                         r"instead of 6, the rest of its learning-rate schedule spread over them", said[-2])
     assert re.fullmatch(r"back on time after epoch 2 \([\d.]+ minutes, 1.0 s an epoch\), so the run goes on to epoch 5 "
@@ -1765,6 +1767,7 @@ def test_fit_minutes_takes_back_epochs_when_a_run_catches_up_and_the_saved_confi
     steps = train.steps_per_epoch(96, saved.batch_size)
     assert [row["lr"] for row in history] == [train.learning_rate(saved, (e + 1) * steps - 1, 5 * steps, steps)
                                               for e in range(5)]
+    assert re.findall(r"(\d+)/(\d+) \[", shown.err)[-1] == (str(5 * steps), str(5 * steps))
     train.train(tiny_csv, tmp_path / "again", saved, progress=False)
     assert same_last_weights(tmp_path / "run", tmp_path / "again")
 

@@ -513,7 +513,6 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
     n = len(train_idx)
     epoch_steps = steps_per_epoch(n, cfg.batch_size)
     epoch_images = epoch_steps * min(cfg.batch_size, n)
-    total_steps = epoch_steps * cfg.epochs
 
     if state is None:
         configs.save(cfg, out / "config.yaml")
@@ -549,9 +548,17 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         write_history(out / "history.csv", history)  # a kill between last.pt and history.csv left it an epoch short
 
     stopped_early = bool(state and state.get("stopped_early"))
-    bar = tqdm(total=total_steps, initial=(start_epoch - 1) * epoch_steps, disable=not progress,
+    bar = tqdm(total=epoch_steps * cfg.epochs, initial=(start_epoch - 1) * epoch_steps, disable=not progress,
                desc=f"train {cfg.model}", unit="step", dynamic_ncols=True,
                smoothing=0)  # the average rate: validation pauses would make a smoothed ETA swing
+
+    def replanned(new: TrainConfig) -> TrainConfig:
+        """`new`, whose epochs fit_minutes now goes on to: the bar follows, and config.yaml, before last.pt, so
+        that a resume goes on with them."""
+        bar.total = epoch_steps * new.epochs
+        configs.save(new, out / "config.yaml")
+        return new
+
     for epoch in itertools.count(start_epoch):
         if stopped_early or epoch > cfg.epochs:  # fit_minutes may change cfg.epochs after the first epoch
             break
@@ -561,8 +568,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         order = epoch_order(sample_weight, n, generator, device)
         model.train()
         steps = range((epoch - 1) * epoch_steps, epoch * epoch_steps)
-        trained = train_one_epoch(forward, optimizer, x_train, y_train, order, steps, total_steps, cfg, generator,
-                                  loss_weight, average, on_step=lambda: bar.update(1))
+        trained = train_one_epoch(forward, optimizer, x_train, y_train, order, steps, epoch_steps * cfg.epochs, cfg,
+                                  generator, loss_weight, average, on_step=lambda: bar.update(1))
         validated = validate(evaluated, val_images, val_labels, device, cfg)
         seconds = time.perf_counter() - started
         train_seconds += seconds
@@ -583,10 +590,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                           epochs=epochs_that_fit(fitted["minutes"], seconds, fitted["epochs_asked"]))
             resized = fitted["epochs"] != cfg.epochs
             if resized:
-                cfg = dataclasses.replace(cfg, epochs=fitted["epochs"])
-                total_steps = epoch_steps * cfg.epochs
-                bar.total = total_steps
-                configs.save(cfg, out / "config.yaml")  # before last.pt: a resume goes on with these epochs
+                cfg = replanned(dataclasses.replace(cfg, epochs=fitted["epochs"]))
             write_json(out / "run.json", run_info)
             if progress:
                 tqdm.write(f"fit_minutes {fitted['minutes']:g}: the first epoch took {seconds:.1f} s, so "
@@ -611,10 +615,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                                f"({train_seconds / 60:.1f} minutes, {pace:.1f} s an epoch), so the run {how[1]} "
                                f"epoch {kept} instead of {cfg.epochs}"
                                + ("" if exact else ", the rest of its learning-rate schedule spread over them"))
-                cfg = dataclasses.replace(cfg, epochs=kept, shortened=() if exact else (*cfg.shortened, epoch, cfg.epochs))
-                total_steps = epoch_steps * cfg.epochs
-                bar.total = total_steps
-                configs.save(cfg, out / "config.yaml")  # before last.pt: a resume goes on with these epochs
+                cfg = replanned(dataclasses.replace(cfg, epochs=kept,
+                                                    shortened=() if exact else (*cfg.shortened, epoch, cfg.epochs)))
                 write_json(out / "run.json", run_info)
         score = row[cfg.select_by]
         improved = score > best_score
