@@ -37,6 +37,16 @@ from conftest import write_fer_csv
 
 pypdf = pytest.importorskip("pypdf")
 
+
+
+def fake_run(path: str | Path = "run", config: dict | None = None, info: dict | None = None,
+             history: list | None = None, evals: dict | None = None, eval_dirs: dict | None = None) -> freport.Run:
+    """A run as `report.load_run` reads one, holding only what a test gives it: by default nothing but an
+    empty test evaluation."""
+    return freport.Run(Path(path), config or {}, info or {}, history or [], {"test": {}} if evals is None else evals,
+                       eval_dirs or {})
+
+
 TINY = {"epochs": 2, "train_limit": 64, "val_limit": 32, "batch_size": 32, "widths": "4,8", "eval_batch_size": 64}
 N_FEATURE_FIGURES = 12  # more than fit in 1.5 pages: the PDF must leave some out, the HTML none
 
@@ -220,7 +230,7 @@ def test_compact_layers_collapse_repeats():
 @pytest.mark.parametrize("residual", [True, False])
 def test_the_architecture_table_writes_a_residual_block_as_its_sum(residual):
     kwargs = {"widths": [8], "depth": 3, "residual": residual, "residual_block": "resnet"}
-    run = freport.Run(Path("run"), {}, {"model": {"name": "cnn", "kwargs": kwargs}}, [], {}, {})
+    run = fake_run(info={"model": {"name": "cnn", "kwargs": kwargs}}, evals={})
     blocks, _ = freport._architecture_section(run)
     table = next(block for block in blocks if isinstance(block, freport.Table))
     assert (["2", "features.0.blocks.0", "ReLU(x + BN(conv(ReLU(BN(conv(x)))))); conv 8->8, 3×3"]
@@ -254,7 +264,7 @@ def test_under_fitting_names_only_the_regularisers_in_use(augment, dropout, regu
     history = [{"epoch": e, "train_acc": 0.5 + e / 100, "val_acc": 0.55 + e / 100, "val_loss": 1.5 - e / 10,
                 "val_macro_f1": 0.5} for e in (1, 2)]
     cfg = {"augment": augment, "dropout": dropout, "weight_decay": 5e-4, "label_smoothing": 0.1, "epochs": 2}
-    run = freport.Run(Path("run"), cfg, {"finished": True, "best_epoch": 2}, history, {"test": {}}, {})
+    run = fake_run(config=cfg, info={"finished": True, "best_epoch": 2}, history=history)
     text = next(item for item in freport._challenges(run) if item.startswith("**No over-fitting**"))
     assert f"({regularisers}) is ample" in text
     assert "training accuracy is a running mean over the epoch" in text
@@ -276,11 +286,11 @@ def test_learning_curves_say_augmented_only_when_they_were(tmp_path, monkeypatch
 
     (tmp_path / "learning_curves.png").write_bytes(b"")
     cfg = dict(TrainConfig().to_dict(), augment=augment, epochs=2)
-    run = freport.Run(tmp_path, cfg, {"best_epoch": 2}, history, {"test": {}}, {})
+    run = fake_run(path=tmp_path, config=cfg, info={"best_epoch": 2}, history=history)
     caption = next(b.caption for b in freport._training_section(run) if isinstance(b, freport.Figure))
     assert ("augmented" in caption) is augment
     assert f"includes label smoothing {cfg['label_smoothing']:g} and the validation loss does not" in caption
-    run = freport.Run(tmp_path, dict(cfg, label_smoothing=0.0), {"best_epoch": 2}, history, {"test": {}}, {})
+    run = fake_run(path=tmp_path, config=dict(cfg, label_smoothing=0.0), info={"best_epoch": 2}, history=history)
     caption = next(b.caption for b in freport._training_section(run) if isinstance(b, freport.Figure))
     assert "label smoothing" not in caption
 
@@ -291,8 +301,8 @@ def test_procedure_names_the_weight_average_only_when_there_is_one(tmp_path, ema
 
     history = [{"epoch": 1, "train_loss": 1.5, "train_acc": 0.5, "val_loss": 1.4, "val_acc": 0.55,
                 "val_macro_f1": 0.5, "lr": 0.05, "seconds": 10.0}]
-    run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), ema=ema, epochs=1), {"best_epoch": 1}, history,
-                      {"test": {}}, {})
+    run = fake_run(path=tmp_path, config=dict(TrainConfig().to_dict(), ema=ema, epochs=1), info={"best_epoch": 1},
+                   history=history)
     procedure = section_paragraphs(freport._training_section(run))["Procedure"]
     assert ("moving average of the trained weights, decay 0.999 per step" in procedure) is (ema > 0)
 
@@ -301,7 +311,7 @@ def test_procedure_names_the_weight_average_only_when_there_is_one(tmp_path, ema
 def test_class_weights_shown_only_when_used(mode):
     counts = {"Training": [40, 5, 40, 70, 50, 30, 45]}
     info = {"data": {"counts": counts}, "class_weights": [1.0, 3.2, 1.0, 0.8, 0.9, 1.2, 1.0]}
-    run = freport.Run(Path("run"), {"imbalance": mode, "augment": False}, info, [], {"test": {}}, {})
+    run = fake_run(config={"imbalance": mode, "augment": False}, info=info)
     blocks = freport._data_section(run)
     table = next(b for b in blocks if isinstance(b, freport.Table))
     imbalance = section_paragraphs(blocks)["Imbalance"]
@@ -317,8 +327,8 @@ def test_class_weights_shown_only_when_used(mode):
 def test_rare_class_credits_rebalancing_only_when_there_is_some(mode):
     per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
     info = {"data": {"counts": {"Training": [40, 5, 40, 70, 50, 30, 45]}}, "class_weights": [1.0] * len(EMOTIONS)}
-    run = freport.Run(Path("run"), {"imbalance": mode}, info, [], {"test": {"accuracy": 0.5, "macro_f1": 0.5,
-                                                                          "per_class": per_class}}, {})
+    run = fake_run(config={"imbalance": mode}, info=info,
+                   evals={"test": {"accuracy": 0.5, "macro_f1": 0.5, "per_class": per_class}})
     text = next(item for item in freport._challenges(run) if item.startswith("**The rare class**"))
     assert "on a par with the others" in text
     assert ("the rebalancing works" in text) is (mode != "none")
@@ -328,8 +338,8 @@ def test_sampler_weight_is_relative_to_the_largest_class():
     weights = [1.0, 1.705, 1.0, 0.5, 0.9, 1.2, 1.0]  # Happy, the largest class, has the smallest weight
     per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
     info = {"data": {"counts": {"Training": [40, 5, 40, 70, 50, 30, 45]}}, "class_weights": weights}
-    run = freport.Run(Path("run"), {"imbalance": "sampler"}, info, [], {"test": {"accuracy": 0.5, "macro_f1": 0.5,
-                                                                              "per_class": per_class}}, {})
+    run = fake_run(config={"imbalance": "sampler"}, info=info,
+                   evals={"test": {"accuracy": 0.5, "macro_f1": 0.5, "per_class": per_class}})
     text = next(item for item in freport._challenges(run) if item.startswith("**The rare class**"))
     assert "the sampler draws each Disgust face 3.41× as often as each Happy face" in text
 
@@ -349,7 +359,7 @@ def test_a_model_that_did_not_learn_gets_no_regularisation_advice(history, learn
     info = {"finished": True, "best_epoch": 2,
             "data": {"counts": {"PublicTest": [10, 2, 10, 25, 20, 13, 20]}}}  # Happy: 25 of 100
     cfg = {"augment": True, "weight_decay": 5e-4, "epochs": 2}
-    run = freport.Run(Path("run"), cfg, info, history, {"test": {}}, {})
+    run = fake_run(config=cfg, info=info, history=history)
     items = freport._challenges(run)
     remark = next(item for item in items if "over-fitting" in item.lower() or "did not learn" in item)
     assert remark.startswith("**The model did not learn**") is not learned
@@ -367,7 +377,7 @@ def test_a_model_that_did_not_learn_gets_no_regularisation_advice(history, learn
 ])
 def test_resumes_are_told_as_run_json_records_them(resumes, times, command, how):
     info = {"resumed": ["2024-05-01T10:00:00+00:00"] * resumes, "environment": {"command": command}}
-    run = freport.Run(Path("run"), {}, info, [], {"test": {}}, {})
+    run = fake_run(info=info)
     text = next(item for item in freport._challenges(run) if "checkpoints/last.pt" in item)
     assert text.startswith("**Resumed**: run.json records that the run was continued from checkpoints/last.pt "
                            f"{times} ({how})")
@@ -385,7 +395,7 @@ def test_wall_clock_is_never_shorter_than_the_training(tmp_path, started, finish
     from ferkit.config import TrainConfig
 
     info = {"best_epoch": 1, "started": started, "finished": finished, "train_seconds": train_seconds}
-    run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), epochs=1), info, [], {"test": {}}, {})
+    run = fake_run(path=tmp_path, config=dict(TrainConfig().to_dict(), epochs=1), info=info)
     procedure = section_paragraphs(freport._training_section(run))["Procedure"]
     assert f"in 16.1 s of training ({wall} from start to finish, evaluation excluded)" in procedure
 
@@ -413,14 +423,14 @@ def test_training_time_comes_from_the_history_to_the_millisecond():
     ("runs/baseline", "the cnn run baseline"),
 ])
 def test_title_does_not_repeat_the_model_name(tmp_path, folder, name):
-    run = freport.Run(tmp_path / folder, {}, {"model": {"name": "cnn"}}, [], {"test": {}}, {})
+    run = fake_run(path=tmp_path / folder, info={"model": {"name": "cnn"}})
     assert freport._title(run) == f"Facial-expression recognition on FER2013: {name}"
 
 
 def test_title_of_a_relative_run_folder_named_after_its_model(tmp_path, monkeypatch):
     (tmp_path / "study").mkdir()
     monkeypatch.chdir(tmp_path / "study")
-    run = freport.Run(Path("cnn"), {}, {"model": {"name": "cnn"}}, [], {"test": {}}, {})
+    run = fake_run(path="cnn", info={"model": {"name": "cnn"}})
     assert freport._title(run).endswith(": the cnn run study/cnn")
 
 
@@ -438,7 +448,7 @@ def _fake_evaluated_run(name: str, model: str, f1: dict[str, float], accuracy: f
                "data_sha256": "a" * 64}
     info = {"model": {"name": model, "parameters": 1000}, "data": {"sha256": "a" * 64, "train_images": 64},
             "train_seconds": 1.0, "epochs_run": 2, "best_epoch": 2}
-    return freport.Run(Path(name), {}, info, [], {"test": metrics}, {})
+    return fake_run(path=name, info=info, evals={"test": metrics})
 
 
 def _fake_cnn_and_mlp() -> tuple[freport.Run, freport.Run]:
@@ -639,7 +649,7 @@ def test_replication_retargets_the_recorded_training(tmp_path, recorded):
     run_path.mkdir(parents=True)
     (run_path / "config.yaml").write_text("epochs: 2\n")
     info = {"environment": {"command": recorded}, "data": {"path": "faces.csv"}}
-    run = freport.Run(run_path, {"seed": 0}, info, [], {"test": {}}, {})
+    run = fake_run(path=run_path, config={"seed": 0}, info=info)
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
                 if isinstance(b, freport.Shell))
     trains = [line for line in code.splitlines() if line.startswith("ferkit train")]
@@ -656,7 +666,7 @@ def test_replication_names_the_study_that_trained_the_run(tmp_path, recorded, pr
     run_path.mkdir(parents=True)
     (run_path / "config.yaml").write_text("epochs: 2\n")
     info = {"environment": {"command": recorded}, "data": {"path": "faces.csv"}}
-    run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
+    run = fake_run(path=run_path, config={"seed": 0, "profile": "cpu"}, info=info)
     blocks = freport._replication_section(run, "ferkit report x --out y")
     code = next(b.text for b in blocks if isinstance(b, freport.Shell))
     text = " ".join(b.text for b in blocks if isinstance(b, freport.Para))
@@ -670,7 +680,7 @@ def test_replication_names_the_study_that_trained_the_run(tmp_path, recorded, pr
 def test_replication_names_a_training_started_outside_ferkit(tmp_path):
     (tmp_path / "config.yaml").write_text("epochs: 2\n")
     info = {"environment": {"command": "/venv/bin/pytest tests -q"}, "data": {"path": "faces.csv"}}
-    run = freport.Run(tmp_path, {"seed": 0}, info, [], {"test": {}}, {})
+    run = fake_run(path=tmp_path, config={"seed": 0}, info=info)
     text = " ".join(b.text for b in freport._replication_section(run, "ferkit report x --out y")
                     if isinstance(b, freport.Para))
     assert "started by `/venv/bin/pytest tests -q`, not by a ferkit command" in text
@@ -688,7 +698,7 @@ CUT = "`{shown}` (the first 200 of its {n:,} characters)"
 def test_a_long_recorded_command_is_cut_in_the_replication_paragraph(tmp_path, recorded, remark):
     (tmp_path / "config.yaml").write_text("epochs: 2\n")
     info = {"environment": {"command": recorded}, "data": {"path": "faces.csv"}}
-    run = freport.Run(tmp_path, {"seed": 0}, info, [], {"test": {}}, {})
+    run = fake_run(path=tmp_path, config={"seed": 0}, info=info)
     text = " ".join(b.text for b in freport._replication_section(run, "ferkit report x --out y")
                     if isinstance(b, freport.Para))
     assert remark.format(shown=recorded[:200] + " …", n=len(recorded)) in text
@@ -775,7 +785,7 @@ def test_each_number_stands_where_its_label_says(world):
                                            (["Angry", "Happy"], " (over the 2 classes these faces hold: Angry, Happy)")])
 def test_the_summary_says_when_macro_f1_averages_fewer_classes(present, said):
     m = {"n": 10, "accuracy": 0.5, "macro_f1": 0.25, "weighted_f1": 0.5, "macro_f1_classes": present}
-    run = freport.Run(Path("run"), {}, {}, [], {"test": m}, {})
+    run = fake_run(evals={"test": m})
     assert f"**macro F1 0.2500**{said}, weighted F1 0.5000." in freport._summary(run).text
 
 
@@ -818,7 +828,7 @@ def test_data_and_training_sections_quote_the_runs_own_numbers(tmp_path):
     kwargs = {"widths": (8, 16)}
     info = {"data": {"counts": counts, "train_images": 200, "val_images": 27}, "epochs_run": 7, "best_epoch": 2,
             "model": {"name": "cnn", "kwargs": kwargs}}
-    run = freport.Run(tmp_path, cfg, info, history, {"test": {}}, {})
+    run = fake_run(path=tmp_path, config=cfg, info=info, history=history)
     blocks = freport._data_section(run)
     text = " ".join(b.text for b in blocks if isinstance(b, freport.Para))
     assert "(200 faces used), PublicTest for validation and model selection (27 used)" in text
@@ -846,7 +856,7 @@ def test_replication_quotes_paths_that_need_it_and_retargets_a_quoted_out(tmp_pa
     recorded = shlex.join(["/my venv/bin/ferkit", "train", "faces of mine.csv", "--out", str(run_path),
                            "--set", "epochs=2"])
     info = {"environment": {"command": recorded}, "data": {"path": str(tmp_path / "faces of mine.csv")}}
-    run = freport.Run(run_path, {"seed": 0}, info, [], {"test": {}, "test-tta": {}}, {})
+    run = fake_run(path=run_path, config={"seed": 0}, info=info, evals={"test": {}, "test-tta": {}})
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
                 if isinstance(b, freport.Shell))
     commands = [shlex.split(line) for line in code.splitlines() if line.startswith("ferkit ")]
@@ -866,7 +876,7 @@ def test_a_newline_in_a_path_leaves_every_replication_line_whole(tmp_path):
     data = str(tmp_path / "faces.csv")
     recorded = shlex.join(["ferkit", "train", data, "--out", str(run_path)])
     info = {"environment": {"command": recorded}, "data": {"path": data}}
-    run = freport.Run(run_path, {"seed": 0}, info, [], {"test": {}}, {})
+    run = fake_run(path=run_path, config={"seed": 0}, info=info)
     shell = next(b for b in freport._replication_section(run, shlex.join(["ferkit", "report", str(run_path)]))
                  if isinstance(b, freport.Shell))
     lines = shell.text.split("\n")  # as Markdown and HTML show them
@@ -910,7 +920,7 @@ def test_the_macro_avg_row_averages_the_classes_macro_f1_averages(tmp_path):
     present = [c for c in EMOTIONS if c != "Disgust"]
     m = {"n": 60, "accuracy": 0.4, "macro_f1": 0.4, "weighted_f1": 0.4, "per_class": per_class,
          "macro_f1_classes": present, "confusion_matrix": np.eye(7, dtype=int).tolist()}
-    run = freport.Run(tmp_path, {}, {}, [], {"test": m}, {"test": tmp_path})
+    run = fake_run(path=tmp_path, evals={"test": m}, eval_dirs={"test": tmp_path})
     blocks = freport._test_section(run, tmp_path)
     tables = [b for b in blocks if isinstance(b, freport.Table)] + \
         [b for side in blocks if isinstance(side, freport.SideBySide) for b in side.left if isinstance(b, freport.Table)]
@@ -926,7 +936,8 @@ def test_the_rare_class_is_counted_among_the_faces_trained_on(tmp_path):
     for data, said in (({"counts": counts, "train_counts": [4, 1, 4, 7, 5, 3, 4]}, "Disgust has 1 training faces ("),
                        ({"counts": counts}, "Disgust has 50 training faces in the whole file (this run trained on its "
                                             "first 28)")):
-        run = freport.Run(tmp_path, {"imbalance": "none", "train_limit": 28}, {"data": data}, [], {"test": metrics_}, {})
+        run = fake_run(path=tmp_path, config={"imbalance": "none", "train_limit": 28}, info={"data": data},
+                       evals={"test": metrics_})
         text = next(item for item in freport._challenges(run) if item.startswith("**The rare class**"))
         assert said in text, text
 
@@ -941,8 +952,8 @@ def test_run_json_records_the_faces_trained_on_per_class(tmp_path):
 
 def test_an_unfinished_run_is_not_told_that_all_its_epochs_ran(tmp_path):
     history = [{"epoch": e, "val_acc": 0.3 + 0.1 * e, "val_macro_f1": 0.2} for e in (1, 2)]
-    run = freport.Run(tmp_path, {"epochs": 5, "patience": 10, "select_by": "val_acc"},
-                      {"best_epoch": 2, "finished": False}, history, {"test": {}}, {})
+    run = fake_run(path=tmp_path, config={"epochs": 5, "patience": 10, "select_by": "val_acc"},
+                   info={"best_epoch": 2, "finished": False}, history=history)
     text = freport._early_stopping(run)
     assert "had not fired when training stopped after epoch 2" in text and "all 2 epochs ran" not in text
 
@@ -952,14 +963,14 @@ def test_the_wall_clock_of_a_resumed_run_says_it_holds_the_break(tmp_path):
 
     info = {"best_epoch": 1, "started": "2024-05-01T10:00:00+00:00", "finished": "2024-05-01T12:00:00+00:00",
             "train_seconds": 16.1, "resumed": ["2024-05-01T11:59:00+00:00"]}
-    run = freport.Run(tmp_path, dict(TrainConfig().to_dict(), epochs=1), info, [], {"test": {}}, {})
+    run = fake_run(path=tmp_path, config=dict(TrainConfig().to_dict(), epochs=1), info=info)
     procedure = section_paragraphs(freport._training_section(run))["Procedure"]
     assert "(2 h 00 min from the start to the finish, including the break before resuming)" in procedure
 
 
 def test_tta_none_is_said_plainly(tmp_path):
     m = {"accuracy": 0.5, "macro_f1": 0.5, "tta": "none"}
-    run = freport.Run(tmp_path, {"tta": "none", "augment": False}, {}, [], {"test": m, "test-tta": dict(m)}, {})
+    run = fake_run(path=tmp_path, config={"tta": "none", "augment": False}, evals={"test": m, "test-tta": dict(m)})
     text = " ".join(b.text for b in freport._data_section(run) if isinstance(b, freport.Para))
     assert "No test-time augmentation (`tta: none`)." in text and "probabilities of none" not in text
     assert freport._tta_effect(run) is None
@@ -1178,7 +1189,7 @@ def test_a_moved_study_run_is_replicated_in_the_folder_the_study_names(tmp_path)
     (run_path / "config.yaml").write_text("epochs: 2\n")
     info = {"environment": {"command": "ferkit run faces.csv --out runs/study --profile cpu"},
             "data": {"path": "faces.csv"}, "model": {"name": "cnn"}}
-    run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
+    run = fake_run(path=run_path, config={"seed": 0, "profile": "cpu"}, info=info)
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
                 if isinstance(b, freport.Shell))
     assert f"{tmp_path / 'runs' / 'study-replica' / 'cnn'} replicates this run" in code
@@ -1257,7 +1268,7 @@ def test_a_run_sized_by_fit_minutes_is_replicated_from_its_saved_config(tmp_path
     info = {"environment": {"command": "ferkit train faces.csv --out cnn --set fit_minutes=20"},
             "data": {"path": "faces.csv"}, "model": {"name": "cnn"},
             "fit_minutes": {"minutes": 20, "epochs_asked": 16, "epochs": 11, "epoch_seconds": 105.2}}
-    run = freport.Run(run_path, {"seed": 0, "profile": "cpu"}, info, [], {"test": {}}, {})
+    run = fake_run(path=run_path, config={"seed": 0, "profile": "cpu"}, info=info)
     code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
                 if isinstance(b, freport.Shell))
     assert "sizes its epochs again by this machine's speed" in code and "(exact: the epochs as sized)" in code
@@ -1346,18 +1357,18 @@ HELD = ("**Over-fitting held in check**: train accuracy minus validation accurac
      "longer schedule could use the slack."),
 ])
 def test_the_fit_remark_reads_the_gap_and_the_validation_loss(history, said):
-    run = freport.Run(Path("run"), REGULARISED, {"finished": True, "best_epoch": 3}, history, {"test": {}}, {})
+    run = fake_run(config=REGULARISED, info={"finished": True, "best_epoch": 3}, history=history)
     assert freport._fit(run) == said
 
 
 def test_the_best_epoch_falls_back_to_the_last_recorded_one():
     history = curve([0.5, 0.6], [0.5, 0.55], [1.5, 1.2])
-    run = freport.Run(Path("run"), {}, {"best_epoch": 9}, history, {"test": {}}, {})  # epoch 9 is not recorded
+    run = fake_run(info={"best_epoch": 9}, history=history)  # epoch 9 is not recorded
     assert freport._at_best(run) is history[-1]
 
 
 def test_a_validation_macro_f1_of_exactly_one_seventh_counts_as_learned():
-    run = freport.Run(Path("run"), {}, {}, [], {"test": {}}, {})
+    run = fake_run()
     assert freport._not_learned(run, {"val_macro_f1": 1 / 7}) is None
     assert "below 1/7" in freport._not_learned(run, {"val_macro_f1": 0.14})
 
@@ -1371,7 +1382,7 @@ def test_a_validation_macro_f1_of_exactly_one_seventh_counts_as_learned():
 ])
 def test_a_run_is_unfinished_only_when_its_files_say_so(cfg, info, history_length, unfinished):
     history = curve([0.5] * history_length, [0.5] * history_length, [1.0] * history_length)
-    run = freport.Run(Path("run"), cfg, info, history, {"test": {}}, {})
+    run = fake_run(config=cfg, info=info, history=history)
     assert (freport._unfinished(run) is not None) is unfinished
 
 
@@ -1382,8 +1393,7 @@ def test_a_run_is_unfinished_only_when_its_files_say_so(cfg, info, history_lengt
         "3, whose checkpoint is the one evaluated, 1 epoch(s) before the end.")])
 def test_early_stopping_that_did_not_fire_says_where_the_best_epoch_was(best, said):
     history = curve([0.5] * 4, [0.5, 0.55, 0.56, 0.56], [1.0] * 4)
-    run = freport.Run(Path("run"), {"epochs": 4, "patience": 5}, {"finished": True, "best_epoch": best}, history,
-                      {"test": {}}, {})
+    run = fake_run(config={"epochs": 4, "patience": 5}, info={"finished": True, "best_epoch": best}, history=history)
     assert freport._early_stopping(run) == said
 
 
@@ -1391,8 +1401,8 @@ def rare_run(disgust: dict[str, float], mode: str = "none") -> freport.Run:
     per_class = {c: {"f1": 0.4 + 0.05 * k, "recall": 0.3 + 0.1 * k, "support": 10} for k, c in enumerate(EMOTIONS)}
     per_class["Disgust"] = dict(per_class["Disgust"], **disgust)
     info = {"data": {"train_counts": [40, 5, 40, 70, 50, 30, 45]}}
-    return freport.Run(Path("run"), {"imbalance": mode}, info, [],
-                       {"test": {"accuracy": 0.6, "macro_f1": 0.55, "per_class": per_class}}, {})
+    return fake_run(config={"imbalance": mode}, info=info,
+                    evals={"test": {"accuracy": 0.6, "macro_f1": 0.55, "per_class": per_class}})
 
 
 @pytest.mark.parametrize("disgust, ending", [
@@ -1431,7 +1441,7 @@ def test_confusions_name_the_largest_error_the_most_confused_pair_and_the_extrem
 def test_the_tta_remark_needs_both_evaluations(evals, said):
     scores = {"test": {"accuracy": 0.60, "macro_f1": 0.55}, "test-tta": {"accuracy": 0.62, "macro_f1": 0.54,
                                                                        "tta": "flip"}}
-    run = freport.Run(Path("run"), {}, {}, [], {name: scores[name] for name in evals}, {})
+    run = fake_run(evals={name: scores[name] for name in evals})
     assert freport._tta_effect(run) == said
 
 
@@ -1451,7 +1461,7 @@ def test_the_tta_remark_needs_both_evaluations(evals, said):
                                          "probabilities of the face, its mirror and four 2-pixel shifts of each."),
 ])
 def test_the_augmentation_paragraph_names_what_the_config_turns_on(cfg, augmentation):
-    run = freport.Run(Path("run"), cfg, {"device": "cpu"}, [], {"test": {}}, {})
+    run = fake_run(config=cfg, info={"device": "cpu"})
     text = section_paragraphs(freport._data_section(run))["Preprocessing and augmentation"]
     assert text.endswith(f"Training augmentation, on whole batches on the cpu: {augmentation}")
 
@@ -1459,12 +1469,12 @@ def test_the_augmentation_paragraph_names_what_the_config_turns_on(cfg, augmenta
 @pytest.mark.parametrize("cfg, used", [({}, ""), ({"train_limit": 1000}, " This run used the first 1,000 training "
                                                                           "faces only (`train_limit`).")])
 def test_the_data_paragraph_mentions_a_limit_only_when_there_is_one(cfg, used):
-    run = freport.Run(Path("run"), cfg, {}, [], {"test": {}}, {})
+    run = fake_run(config=cfg)
     assert section_paragraphs(freport._data_section(run))[""].endswith(f"touched only by `ferkit evaluate`.{used}")
 
 
 def test_the_imbalance_paragraph_says_how_the_sampler_draws():
-    run = freport.Run(Path("run"), {"imbalance": "sampler", "imbalance_power": 1.0}, {}, [], {"test": {}}, {})
+    run = fake_run(config={"imbalance": "sampler", "imbalance_power": 1.0})
     assert section_paragraphs(freport._data_section(run))["Imbalance"].startswith(
         "**Imbalance.** Handled with `imbalance: sampler`: training batches are drawn with replacement, each face "
         "with probability proportional to its class weight (largest class / class size)^1 (the weights above).")
@@ -1472,7 +1482,7 @@ def test_the_imbalance_paragraph_says_how_the_sampler_draws():
 
 def test_the_summary_is_set_small():
     metrics = {"n": 10, "accuracy": 0.5, "macro_f1": 0.4, "weighted_f1": 0.45}
-    assert freport._summary(freport.Run(Path("run"), {}, {}, [], {"test": metrics}, {})).small
+    assert freport._summary(fake_run(evals={"test": metrics})).small
 
 
 @pytest.mark.parametrize("cfg, device, said", [
@@ -1486,14 +1496,14 @@ def test_the_summary_is_set_small():
 def test_the_procedure_names_the_optimizer_the_loss_and_autocast_on_a_gpu_only(tmp_path, cfg, device, said):
     cfg = dict(cfg, batch_size=32, schedule="constant", lr=0.1)
     info = {"device": device, "data": {"train_images": 100}}
-    procedure = section_paragraphs(freport._training_section(freport.Run(tmp_path, cfg, info, [], {"test": {}}, {})))
+    procedure = section_paragraphs(freport._training_section(fake_run(path=tmp_path, config=cfg, info=info)))
     assert procedure["Procedure"].startswith(said + " Schedule: constant learning rate 0.1.")
     assert (" with bfloat16 autocast." in procedure["Procedure"]) is (device == "cuda")
 
 
 def test_the_config_table_holds_three_keys_a_row():
     def config_table(cfg: dict) -> freport.Table:
-        blocks = freport._training_section(freport.Run(Path("run"), cfg, {}, [], {"test": {}}, {}))
+        blocks = freport._training_section(fake_run(config=cfg))
         return next(b for b in blocks if isinstance(b, freport.Table))
 
     cfg = {"schedule": "constant", "lr": 0.1, "a": 1, "b": 2, "c": 3, "d": 4}
@@ -1521,8 +1531,7 @@ def test_the_wall_clock_allows_for_timestamps_in_whole_seconds(started, finished
 
 
 def test_the_layer_table_numbers_its_rows_and_marks_repeated_layers():
-    run = freport.Run(Path("run"), {}, {"model": {"name": "cnn", "kwargs": {"widths": [4, 8], "depth": 3}}}, [],
-                      {"test": {}}, {})
+    run = fake_run(info={"model": {"name": "cnn", "kwargs": {"widths": [4, 8], "depth": 3}}})
     blocks, total = freport._architecture_section(run)
     table = next(b for b in blocks if isinstance(b, freport.Table))
     numbered = table.rows[:-1]
@@ -1540,13 +1549,13 @@ def test_the_layer_table_numbers_its_rows_and_marks_repeated_layers():
     ({"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "platform": "Linux"}, "cpu",
      "CPU (AMD EPYC, 2 cores, 2 torch threads) on Linux")])
 def test_the_hardware_is_named_as_run_json_records_it(env, device, said):
-    assert freport._hardware(freport.Run(Path("run"), {}, {"environment": env, "device": device}, [], {}, {})) == said
+    assert freport._hardware(fake_run(info={"environment": env, "device": device}, evals={})) == said
 
 
 @pytest.mark.parametrize("cfg, shown", [({}, "training (augmented batches)"), ({"augment": False}, "training")])
 def test_the_curves_caption_says_augmented_unless_augmentation_is_off(tmp_path, cfg, shown):
     (tmp_path / "learning_curves.png").write_bytes(b"")
-    run = freport.Run(tmp_path, dict(cfg, schedule="constant", lr=0.1), {"best_epoch": 1}, [], {"test": {}}, {})
+    run = fake_run(path=tmp_path, config=dict(cfg, schedule="constant", lr=0.1), info={"best_epoch": 1})
     caption = next(b.caption for b in freport._training_section(run) if isinstance(b, freport.Figure))
     assert caption.startswith(f"Learning curves: loss and accuracy per epoch on {shown} and validation")
 
@@ -1662,7 +1671,7 @@ def _test_metrics(tta: str, accuracy: float, supports: list[int], classes: list[
       "test-tta": _test_metrics("flip", 0.62, [10, 0, 10, 10, 10, 10, 20])}, ["no TTA", "TTA flip"], ""),
 ])
 def test_the_test_section_names_a_missing_evaluation_and_reports_the_preferred_one(evals, columns, missing):
-    blocks = freport._test_section(freport.Run(Path("runs/cnn"), {}, {}, [], evals, {}), Path("unused"))
+    blocks = freport._test_section(fake_run(path="runs/cnn", evals=evals), Path("unused"))
     heading, intro, summary, report = blocks  # no confusion matrix recorded: no figure
     assert intro.text == ("The best checkpoint (epoch 3) on PrivateTest, the split never seen in training or model "
                           "selection." + missing)
@@ -1682,7 +1691,7 @@ def test_the_test_section_names_a_missing_evaluation_and_reports_the_preferred_o
 def test_the_macro_average_row_follows_the_classes_metrics_json_averaged():
     every = _test_metrics("none", 0.6, [10, 1, 10, 10, 10, 10, 10])  # one test face of Disgust is enough
     chosen = _test_metrics("none", 0.6, [10] * 7, classes=["Angry", "Disgust"])
-    rows = [freport._test_section(freport.Run(Path("r"), {}, {}, [], {"test": m}, {}), Path("unused"))[3].rows[-3]
+    rows = [freport._test_section(fake_run(path="r", evals={"test": m}), Path("unused"))[3].rows[-3]
             for m in (every, chosen)]
     assert rows == [["macro avg", "0.4286", "0.4286", "0.4286", "61"],
                     ["macro avg (2 classes present)", "0.5000", "0.5000", "0.5000", "70"]]
@@ -1849,7 +1858,7 @@ def test_the_replication_paragraph_names_versions_data_and_device(tmp_path, comm
     (tmp_path / "config.yaml").write_text("epochs: 2\n")
     info = {"environment": {"versions": {"ferkit": "0.1.0", "torch": "2.13.0", "numpy": "2.1"}, "git_commit": commit},
             "data": {"path": "/d/faces.csv", "sha256": "f" * 8}, "device": "cpu"}
-    run = freport.Run(tmp_path, {"seed": 7}, info, [], {"test": {}}, {})
+    run = fake_run(path=tmp_path, config={"seed": 7}, info=info)
     heading, shell, para, details = freport._replication_section(run, "ferkit report x --out y")
     assert para.text == (
         f"Seed `7` (every epoch's shuffling, augmentation and dropout derive from it and the epoch number). Config: "
@@ -1868,7 +1877,7 @@ def test_only_a_command_other_than_ferkit_train_gets_a_remark():
 
 
 def test_an_evaluation_without_checksums_stands_on_the_runs(tmp_path):
-    run = freport.Run(tmp_path, {}, {"data": {"sha256": "a", "faces_sha256": "b"}}, [], {"test": {}}, {})
+    run = fake_run(path=tmp_path, info={"data": {"sha256": "a", "faces_sha256": "b"}})
     assert freport._evaluated_data(run, {}) == {"data_sha256": "a", "data_faces_sha256": "b"}
     assert freport._evaluated_data(run, {"data_sha256": "c", "data_faces_sha256": "d"}) == \
         {"data_sha256": "c", "data_faces_sha256": "d"}
@@ -2096,10 +2105,11 @@ def test_pdf_columns_start_where_their_share_of_the_width_ends(tmp_path):
 def test_the_best_epoch_falls_back_to_the_history_by_the_runs_selection_score(tmp_path):
     history = [{"epoch": 1, "val_acc": 0.5, "val_macro_f1": 0.4}, {"epoch": 2, "val_acc": 0.7, "val_macro_f1": 0.3},
                {"epoch": 3, "val_acc": 0.6, "val_macro_f1": 0.45}]
-    assert freport.Run(tmp_path, {}, {}, history, {}, {}).best_epoch == 2  # val_acc unless the config says
-    assert freport.Run(tmp_path, {"select_by": "val_macro_f1"}, {}, history, {}, {}).best_epoch == 3
-    assert freport.Run(tmp_path, {}, {"best_epoch": 1}, history, {}, {}).best_epoch == 1  # run.json's, when it has one
-    assert freport.Run(tmp_path, {}, {}, [], {}, {}).best_epoch is None
+    assert fake_run(path=tmp_path, history=history, evals={}).best_epoch == 2  # val_acc unless the config says
+    assert fake_run(path=tmp_path, config={"select_by": "val_macro_f1"}, history=history, evals={}).best_epoch == 3
+    # run.json's, when it has one
+    assert fake_run(path=tmp_path, info={"best_epoch": 1}, history=history, evals={}).best_epoch == 1
+    assert fake_run(path=tmp_path, evals={}).best_epoch is None
 
 
 @pytest.mark.parametrize("value, shown", [
