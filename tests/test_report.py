@@ -47,6 +47,13 @@ def fake_run(path: str | Path = "run", config: dict | None = None, info: dict | 
                        eval_dirs or {})
 
 
+def per_class_scores(f1: float | dict[str, float], support: int | list[int] = 10) -> dict[str, dict[str, float]]:
+    """metrics.json's `per_class`, each class's precision and recall equal to its F1."""
+    f1s = f1 if isinstance(f1, dict) else dict.fromkeys(EMOTIONS, f1)
+    supports = support if isinstance(support, list) else [support] * len(EMOTIONS)
+    return {c: {"precision": f1s[c], "recall": f1s[c], "f1": f1s[c], "support": n} for c, n in zip(EMOTIONS, supports)}
+
+
 TINY = {"epochs": 2, "train_limit": 64, "val_limit": 32, "batch_size": 32, "widths": "4,8", "eval_batch_size": 64}
 N_FEATURE_FIGURES = 12  # more than fit in 1.5 pages: the PDF must leave some out, the HTML none
 
@@ -325,7 +332,7 @@ def test_class_weights_shown_only_when_used(mode):
 
 @pytest.mark.parametrize("mode", ["none", "sampler"])
 def test_rare_class_credits_rebalancing_only_when_there_is_some(mode):
-    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
+    per_class = per_class_scores(0.5)
     info = {"data": {"counts": {"Training": [40, 5, 40, 70, 50, 30, 45]}}, "class_weights": [1.0] * len(EMOTIONS)}
     run = fake_run(config={"imbalance": mode}, info=info,
                    evals={"test": {"accuracy": 0.5, "macro_f1": 0.5, "per_class": per_class}})
@@ -336,7 +343,7 @@ def test_rare_class_credits_rebalancing_only_when_there_is_some(mode):
 
 def test_sampler_weight_is_relative_to_the_largest_class():
     weights = [1.0, 1.705, 1.0, 0.5, 0.9, 1.2, 1.0]  # Happy, the largest class, has the smallest weight
-    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
+    per_class = per_class_scores(0.5)
     info = {"data": {"counts": {"Training": [40, 5, 40, 70, 50, 30, 45]}}, "class_weights": weights}
     run = fake_run(config={"imbalance": "sampler"}, info=info,
                    evals={"test": {"accuracy": 0.5, "macro_f1": 0.5, "per_class": per_class}})
@@ -442,7 +449,7 @@ def test_signed_differences_that_round_to_zero_have_no_sign():
 
 
 def _fake_evaluated_run(name: str, model: str, f1: dict[str, float], accuracy: float) -> freport.Run:
-    per_class = {c: {"precision": f1[c], "recall": f1[c], "f1": f1[c], "support": 10} for c in EMOTIONS}
+    per_class = per_class_scores(f1)
     metrics = {"name": model, "split": "PrivateTest", "n": 70, "tta": "none", "accuracy": accuracy,
                "macro_f1": float(np.mean(list(f1.values()))), "weighted_f1": accuracy, "per_class": per_class,
                "data_sha256": "a" * 64}
@@ -915,8 +922,7 @@ def test_the_report_command_is_recorded_shell_quoted(world, tmp_path):
 
 
 def test_the_macro_avg_row_averages_the_classes_macro_f1_averages(tmp_path):
-    per_class = {c: {"precision": 0.4, "recall": 0.4, "f1": 0.4, "support": 10} for c in EMOTIONS}
-    per_class["Disgust"] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    per_class = per_class_scores(dict(dict.fromkeys(EMOTIONS, 0.4), Disgust=0.0), [10, 0, 10, 10, 10, 10, 10])
     present = [c for c in EMOTIONS if c != "Disgust"]
     m = {"n": 60, "accuracy": 0.4, "macro_f1": 0.4, "weighted_f1": 0.4, "per_class": per_class,
          "macro_f1_classes": present, "confusion_matrix": np.eye(7, dtype=int).tolist()}
@@ -930,7 +936,7 @@ def test_the_macro_avg_row_averages_the_classes_macro_f1_averages(tmp_path):
 
 
 def test_the_rare_class_is_counted_among_the_faces_trained_on(tmp_path):
-    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for c in EMOTIONS}
+    per_class = per_class_scores(0.5)
     counts = {"Training": [400, 50, 400, 700, 500, 300, 450]}
     metrics_ = {"accuracy": 0.5, "macro_f1": 0.5, "per_class": per_class}
     for data, said in (({"counts": counts, "train_counts": [4, 1, 4, 7, 5, 3, 4]}, "Disgust has 1 training faces ("),
@@ -1654,9 +1660,7 @@ def test_an_extra_section_shows_key_numbers_in_pairs_and_cuts_a_long_json():
 
 
 def _test_metrics(tta: str, accuracy: float, supports: list[int], classes: list[str] | None = None) -> dict:
-    f1 = dict(zip(EMOTIONS, (0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6)))
-    per_class = {c: {"precision": f1[c], "recall": f1[c], "f1": f1[c], "support": support}
-                 for c, support in zip(EMOTIONS, supports)}
+    per_class = per_class_scores(dict(zip(EMOTIONS, (0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6))), supports)
     return {"epoch": 3, "split": "PrivateTest", "n": sum(supports), "tta": tta, "accuracy": accuracy,
             "macro_f1": 0.5, "weighted_f1": 0.4, "per_class": per_class,
             **({"macro_f1_classes": classes} if classes else {})}
