@@ -400,8 +400,10 @@ def test_registry_models_shapes_and_gradients(name):
 def test_registry_and_config_reject_unknown_names():
     with pytest.raises(FerkitError, match="known models are"):
         get_model("resnet1000")
-    with pytest.raises(FerkitError, match="unknown config key 'epoch'"):
+    with pytest.raises(FerkitError, match=r"unknown config key 'epoch' \(did you mean 'epochs'\?\); known keys: mod"):
         config.resolve(overrides=["epoch=3"])
+    with pytest.raises(FerkitError, match="unknown config key 'zzz'; known keys: model,"):  # nothing close: no guess
+        config.resolve(overrides=["zzz=3"])
     with pytest.raises(FerkitError, match="not a valid whole number"):
         config.resolve(overrides=["epochs=three"])
     assert config.resolve(profile="gpu").widths == (64, 128, 256, 512)

@@ -1,11 +1,13 @@
 """Training configuration: every default in one place, hardware profiles, strict overrides.
 
 Resolution order: defaults < profile < YAML file < `--set key=value`. Unknown keys are rejected
-with the list of known ones; the resolved config is saved in the run folder as config.yaml.
+with the list of known ones (and the closest, when one is close); the resolved config is saved in the
+run folder as config.yaml.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from dataclasses import dataclass, fields
@@ -205,8 +207,10 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     for origins, values in layers:
         for key in values:
             if key not in known:
-                raise FerkitError(f"{origins.get(key, 'argument')}: unknown config key {key!r}; known keys: "
-                                  f"{', '.join(known)}")
+                guess = difflib.get_close_matches(key, known, n=1)
+                raise FerkitError(f"{origins.get(key, 'argument')}: unknown config key {key!r}"
+                                  + (f" (did you mean {guess[0]!r}?)" if guess else "")
+                                  + f"; known keys: {', '.join(known)}")
     # The profile is chosen first: later layers override what it sets.
     chosen, chosen_by = profile, "--profile"
     for origins, values in layers:
