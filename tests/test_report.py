@@ -38,7 +38,6 @@ from conftest import write_fer_csv
 pypdf = pytest.importorskip("pypdf")
 
 
-
 def fake_run(path: str | Path = "run", config: dict | None = None, info: dict | None = None,
              history: list | None = None, evals: dict | None = None, eval_dirs: dict | None = None) -> freport.Run:
     """A run as `report.load_run` reads one, holding only what a test gives it: by default nothing but an
