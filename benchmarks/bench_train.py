@@ -4,13 +4,15 @@
     python benchmarks/bench_train.py --profile gpu   # on a CUDA GPU: eager vs torch.compile too
     python benchmarks/bench_train.py --profile gpu --no-compile --models cnn   # eager only: seconds, not minutes
     python benchmarks/bench_train.py --profile gpu --set residual_block=resnet   # config keys, as in training
+    python benchmarks/bench_train.py --cpu-compile --models cnn   # on the CPU: eager vs torch.compile too
 
 Prints images/s of full training steps (ferkit's `train_one_epoch`: augmentation, forward, backward,
 optimizer, weight average) after a warm-up, evaluation images/s (eager float32 forward passes,
 batch 512, no TTA), and the latency of classifying one face. Random pixels suffice: speed does not
 depend on what the faces show. `--set` takes every config key; the network, the training step, the
 optimizer, `channels_last` and `device` follow it as training does, while `compile` and `imbalance`
-do not apply (the bench times eager and, on CUDA, compiled steps itself, over a fixed order of faces).
+do not apply (the bench times eager and, on CUDA or with `--cpu-compile`, compiled steps itself, over a
+fixed order of faces).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--models", default="cnn,mlp", help="comma-separated: cnn, mlp")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison on CUDA")
+    parser.add_argument("--cpu-compile", action="store_true",
+                        help="compare torch.compile on the CPU too (it needs a C++ compiler; about 40 s of compiling)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, as `ferkit train --set` does (repeatable)")
     args = parser.parse_args()
@@ -105,7 +109,7 @@ def main() -> None:
         params = count_parameters(get_model(cfg.model, **cfg.model_kwargs()))
         eager = train_throughput(cfg, device, args.steps, compile_model=False)
         line = f"{model:4s} {params / 1e6:6.2f} M params  train {eager:9.0f} img/s (batch {cfg.batch_size}, eager)"
-        if device.type == "cuda" and model == "cnn" and not args.no_compile:
+        if model == "cnn" and (args.cpu_compile if device.type == "cpu" else not args.no_compile):
             compiled = train_throughput(cfg, device, args.steps, compile_model=True)
             line += f"  {compiled:9.0f} img/s compiled ({compiled / eager:.2f}x)"
         rate, latency = inference(cfg, device)
