@@ -1488,6 +1488,40 @@ def test_the_warmup_note_comes_only_when_a_cosine_run_would_never_decay(schedule
     assert (note in out) if note else out == ""
 
 
+@pytest.mark.parametrize("device, overrides, seconds, minutes", [
+    ("cpu", {}, 80.0, 21),  # 16 epochs of 80 s: 21.3 minutes
+    ("cpu", {"epochs": 8}, 160.0, 21),
+    ("cpu", {}, 75.0, None),  # exactly 20 minutes: within the budget
+    ("cuda", {}, 80.0, None),
+    ("cpu", {"profile": "gpu"}, 80.0, None),  # 120 epochs: the gpu profile was not made for a CPU
+    ("cpu", {"model": "mlp"}, 80.0, None),
+])
+def test_a_slow_first_cpu_epoch_names_the_recipe_that_trains_within_20_minutes(device, overrides, seconds, minutes,
+                                                                                 capsys):
+    cfg = config.resolve(profile=overrides.pop("profile", "cpu"), overrides=overrides,
+                         model=overrides.pop("model", "cnn"))
+    train._note_slow_cpu(cfg, torch.device(device), seconds)
+    out = capsys.readouterr().out
+    if minutes is None:
+        assert out == ""
+    else:
+        assert (f"note: at {seconds:.0f} s an epoch, the {cfg.epochs} epochs take about {minutes} minutes; to train "
+                "within 20 on this machine, start again in a new --out folder with --set fit_minutes=20 --set "
+                "widths=16,32,64,128 --set schedule=onecycle") in out
+
+
+def test_a_run_notes_a_slow_first_epoch_once_and_not_when_fit_minutes_sized_it(tiny_csv, tmp_path, monkeypatch,
+                                                                                 capsys):
+    each_epoch_takes(700.0, monkeypatch)  # 2 epochs: 23 minutes
+    train.train(tiny_csv, tmp_path / "slow", tiny_config(epochs=2, train_limit=64), progress=True)
+    assert capsys.readouterr().out.count("note: at 700 s an epoch, the 2 epochs take about 23 minutes") == 1
+    calls = itertools.count()  # fit_minutes reads the clock too: every reading 700 s on, so an epoch takes 700 s
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: 700.0 * next(calls)))
+    train.train(tiny_csv, tmp_path / "fitted", tiny_config(epochs=2, train_limit=64, fit_minutes=50), progress=True)
+    out = capsys.readouterr().out  # the start's timing (1,400 s an epoch) and the first epoch both size 2 epochs
+    assert "the first epoch took 700.0 s, so 2 of 2 epochs fit" in out and "note: at" not in out
+
+
 def test_an_out_folder_holding_another_models_evaluation_is_never_written_over(trained_run, tiny_csv, tmp_path):
     run, _ = trained_run
     other = tmp_path / "other"

@@ -382,6 +382,21 @@ def _note_long_warmup(cfg: TrainConfig) -> None:
                    f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
 
 
+SLOW_CPU_MINUTES = 20  # the training budget the README's recipe for slow machines keeps to
+
+
+def _note_slow_cpu(cfg: TrainConfig, device: torch.device, first_epoch_seconds: float) -> None:
+    """After the first epoch of a cpu-profile CNN (not sized by fit_minutes) whose pace puts its epochs past
+    `SLOW_CPU_MINUTES`: the recipe that trains within them, which a user on a slow machine would otherwise learn
+    of only from the README."""
+    minutes = first_epoch_seconds * cfg.epochs / 60
+    if device.type == "cpu" and cfg.profile == "cpu" and cfg.model == "cnn" and minutes > SLOW_CPU_MINUTES:
+        tqdm.write(f"note: at {first_epoch_seconds:.0f} s an epoch, the {cfg.epochs} epochs take about {minutes:.0f} "
+                   f"minutes; to train within {SLOW_CPU_MINUTES} on this machine, start again in a new --out folder "
+                   f"with --set fit_minutes={SLOW_CPU_MINUTES} --set widths=16,32,64,128 --set schedule=onecycle "
+                   f"(about 64% on PrivateTest in the README's runs), or let this run go on")
+
+
 # ---------------------------------------------------------------------------------------------
 # The training run
 
@@ -584,6 +599,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                               f"validation loss {row['val_loss']}; start again with a lower learning rate "
                               f"(now --set lr={cfg.lr}) {where}")
         history.append(row)
+        if progress and epoch == 1 and not fitted:
+            _note_slow_cpu(cfg, device, seconds)
         if fitted and epoch == 1 and warmup_only(cfg, epoch_steps):
             # the first epoch's own time sizes the run again: exactly, as its warmup does not depend on the epochs
             fitted.update(first_epoch_seconds=round(seconds, 2), epochs_timed=fitted["epochs"],
