@@ -599,8 +599,6 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                               f"validation loss {row['val_loss']}; start again with a lower learning rate "
                               f"(now --set lr={cfg.lr}) {where}")
         history.append(row)
-        if progress and epoch == 1 and not fitted:
-            _note_slow_cpu(cfg, device, seconds)
         if fitted and epoch == 1 and warmup_only(cfg, epoch_steps):
             # the first epoch's own time sizes the run again: exactly, as its warmup does not depend on the epochs
             fitted.update(first_epoch_seconds=round(seconds, 2), epochs_timed=fitted["epochs"],
@@ -662,6 +660,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
             tqdm.write(f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} macro-F1 {row['val_macro_f1']:.4f}  "
                        f"lr {row['lr']:.4g}  {seconds:.1f}s{'  *' if improved else ''}")
+            if epoch == 1 and not fitted:
+                _note_slow_cpu(cfg, device, seconds)
     bar.close()
 
     from ferkit.visualize import curve_notes, learning_curves
