@@ -21,6 +21,7 @@ import argparse
 import platform
 import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -35,8 +36,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def train_throughput(cfg: config.TrainConfig, device: torch.device, steps: int, compile_model: bool) -> float:
-    """Training images/s of ferkit's own training step (`train_one_epoch`), on random faces."""
+def training_steps(cfg: config.TrainConfig, device: torch.device, compile_model: bool = False
+                   ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Callable[[int], None]]:
+    """The network as `cfg` builds it (not compiled), its optimizer, and `run(count)`, which trains `count` of
+    ferkit's own training steps (`train_one_epoch`) on random faces; `count_denormals.py` and
+    `profile_blocks.py` watch the same steps."""
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = get_model(cfg.model, **cfg.model_kwargs()).to(device).to(memory_format=memory_format)
     forward = torch.compile(model) if compile_model else model
@@ -52,6 +56,12 @@ def train_throughput(cfg: config.TrainConfig, device: torch.device, steps: int, 
         train_one_epoch(forward, optimizer, images, labels, order, range(count), count, cfg, generator,
                         average=average)
 
+    return model, optimizer, run
+
+
+def train_throughput(cfg: config.TrainConfig, device: torch.device, steps: int, compile_model: bool) -> float:
+    """Training images/s of ferkit's own training step (`train_one_epoch`), on random faces."""
+    _, _, run = training_steps(cfg, device, compile_model)
     run(5)  # warm-up (and compilation)
     _sync(device)
     started = time.perf_counter()

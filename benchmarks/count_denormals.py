@@ -6,8 +6,9 @@ On the 2-core EPYC the `resnet` block trained about 6% slower than `branch_relu`
 and flushing denormals (`torch.set_flush_denormal(True)`) seemed to close the gap
 (benchmarks/RESULTS.md). This looks for the denormals themselves. For each block it trains the
 untrained stand-in (the gpu profile at widths 16-128, seed 0) with ferkit's own training step on
-random faces, as `bench_train.py` times it, and counts the denormal values (non-zero, below float32's
-smallest normal number, 1.18e-38) in every layer's output and output gradient in every step, and in
+random faces, as `bench_train.py` times it (`bench_train.training_steps`), and counts the denormal
+values (non-zero, below float32's smallest normal number, 1.18e-38) in every layer's output and
+output gradient in every step, and in
 every parameter, gradient and momentum after every optimizer step. It prints those counts and the
 smallest non-zero magnitude of each. Counting takes minutes: every value of every step is checked.
 """
@@ -20,9 +21,8 @@ from typing import Any
 
 import torch
 
+from bench_train import training_steps  # this folder: Python puts a script's own folder on its path
 from ferkit import config
-from ferkit.models import get_model
-from ferkit.train import make_optimizer, train_one_epoch
 
 SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
 
@@ -44,7 +44,7 @@ def count_denormals(block: str, steps: int) -> dict[str, tuple[int, int, float]]
             seen[2] = min(seen[2], float(nonzero.min()))
 
     torch.manual_seed(cfg.seed)
-    model = get_model(cfg.model, **cfg.model_kwargs()).to(memory_format=torch.channels_last)
+    model, optimizer, run = training_steps(cfg, torch.device("cpu"))
     for module in model.modules():
         if isinstance(module, torch.nn.ReLU):
             module.inplace = False  # backward hooks refuse in-place outputs; the values are the same
@@ -54,7 +54,6 @@ def count_denormals(block: str, steps: int) -> dict[str, tuple[int, int, float]]
             module.register_full_backward_hook(lambda m, grad_in, grad_out, k=kind: count(f"output grad {k}", grad_out[0]))
     # the first conv's input needs no gradient: its hook sees the output's, which is what is counted
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    optimizer = make_optimizer(model, cfg)
 
     def after_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         for parameter in model.parameters():
@@ -63,11 +62,7 @@ def count_denormals(block: str, steps: int) -> dict[str, tuple[int, int, float]]
             count("momentum", opt.state.get(parameter, {}).get("momentum_buffer"))
 
     optimizer.register_step_post_hook(after_step)
-    images = torch.randint(0, 256, (cfg.batch_size * 4, 1, 48, 48), dtype=torch.uint8)
-    labels = torch.randint(0, 7, (cfg.batch_size * 4,))
-    order = torch.arange(cfg.batch_size * 4).repeat(-(-steps // 4))
-    model.train()
-    train_one_epoch(model, optimizer, images, labels, order, range(steps), steps, cfg, torch.Generator().manual_seed(0))
+    run(steps)
     return {where: tuple(seen) for where, seen in sorted(counts.items())}
 
 

@@ -3,8 +3,8 @@
     python benchmarks/profile_blocks.py [--steps 15] [--blocks resnet,branch_relu]
 
 For each block it builds the CPU stand-in for the gpu network (the gpu profile at widths 16-128, seed 0),
-trains 5 warm-up steps and 20 timed ones with ferkit's own training step on random faces (as
-`bench_train.py` does), then profiles `--steps` more. It prints each block's images/s and total self CPU
+trains 5 warm-up steps and 20 timed ones with ferkit's own training step on random faces
+(`bench_train.training_steps`), then profiles `--steps` more. It prints each block's images/s and total self CPU
 time, and the operators whose self time differs most between the first two blocks. All in one process:
 the slower `resnet` steps seen in fresh processes (benchmarks/RESULTS.md) need fresh processes to show.
 """
@@ -17,9 +17,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bench_train import training_steps  # this folder: Python puts a script's own folder on its path
 from ferkit import config
-from ferkit.models import get_model
-from ferkit.train import make_optimizer, train_one_epoch
 
 
 def profile_block(block: str, steps: int) -> tuple[float, dict[str, float]]:
@@ -27,17 +26,7 @@ def profile_block(block: str, steps: int) -> tuple[float, dict[str, float]]:
     cfg = config.resolve(profile="gpu", overrides=["widths=16,32,64,128", f"residual_block={block}", "batch_size=128"],
                          model="cnn")
     torch.manual_seed(cfg.seed)
-    model = get_model(cfg.model, **cfg.model_kwargs()).to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
-    images = torch.randint(0, 256, (cfg.batch_size * 4, 1, 48, 48), dtype=torch.uint8)
-    labels = torch.randint(0, 7, (cfg.batch_size * 4,))
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-
-    def run(count: int) -> None:
-        order = torch.arange(cfg.batch_size * 4).repeat(-(-count // 4))
-        train_one_epoch(model, optimizer, images, labels, order, range(count), count, cfg, generator)
-
+    _, _, run = training_steps(cfg, torch.device("cpu"))
     run(5)
     started = time.perf_counter()
     run(20)
