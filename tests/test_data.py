@@ -162,6 +162,17 @@ def test_a_zip_made_on_a_mac_is_read_past_its_resource_forks(tmp_path):
     assert_faces(load(path, cache=False), faces)
 
 
+@pytest.mark.parametrize("compression", ["none", "gzip", "xz"])
+def test_a_csv_in_a_tar_is_read_as_in_a_zip(tmp_path, compression):
+    """icml_face_data.csv.tar.gz: the tar was searched for images alone and called empty."""
+    faces = make_faces(seed=4)
+    raw = _tar_of([("fer/icml_face_data.csv", fer_csv(rows_of(faces))), ("fer/._icml_face_data.csv", b"\x00\x05")])
+    path = write_file(tmp_path / "fer.tar", raw, None if compression == "none" else compression)
+    dataset = load(path, cache_dir=tmp_path / "cache")
+    assert_faces(dataset, faces, header_lines(len(faces)))
+    assert dataset.source == load(path, cache_dir=tmp_path / "cache").source == str(path)  # fresh or cached
+
+
 def test_spaces_longer_than_the_emptiness_check_reads_are_no_empty_file(tmp_path):
     faces = make_faces(n=3, seed=4)
     path = write_file(tmp_path / "faces.csv", b" " * 70_000 + fer_csv(rows_of(faces)))  # before the header
@@ -280,6 +291,36 @@ def test_image_export_rejects_a_wrong_size_and_a_misplaced_file(tmp_path):
     assert "train/joy/Training_78.png: expected <train|test>/<emotion>/" in message
 
 
+def test_image_export_refuses_a_decompression_bomb_and_a_mode_pillow_cannot_convert(tmp_path, monkeypatch):
+    """Both escaped as tracebacks: Pillow's bomb guard fires in Image.open, and a CIELab TIFF fails in convert."""
+    faces = make_faces(n=4, seed=12)
+    root = write_export(tmp_path / "images", faces, "folder")
+    (root / "train" / "happy").mkdir(exist_ok=True)
+    (root / "train" / "happy" / "Training_77.png").write_bytes(png_bytes(np.zeros((300, 300), np.uint8)))
+    lab = io.BytesIO()
+    Image.new("LAB", (48, 48)).save(lab, "TIFF")
+    (root / "train" / "happy" / "Training_78.tif").write_bytes(lab.getvalue())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 300x300 is over twice this: a bomb
+    message = _export_problem(root)
+    assert "2 problems" in message
+    assert "train/happy/Training_77.png: not a 48x48 face (Image size (90000 pixels) exceeds limit" in message
+    assert "train/happy/Training_78.tif: not a readable image (conversion from LAB to" in message
+
+
+def test_an_export_folder_with_names_that_are_not_utf8_loads_and_is_cached(tmp_path):
+    """A note unzipped from a Windows archive (Latin-1 name) beside the faces: hashing the names crashed."""
+    faces = make_faces(n=4, seed=12)
+    root = write_export(tmp_path / "images", faces, "folder")
+    try:
+        (root / os.fsdecode(b"lisez-moi-\xe9t\xe9.txt")).write_text("les visages")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    first = load(root, cache_dir=tmp_path / "cache")
+    again = load(root, cache_dir=tmp_path / "cache")
+    assert_faces(first, faces)
+    assert again.from_cache and again.sha256 == first.sha256
+
+
 def _export_problem(root: Path) -> str:
     with pytest.raises(DataFormatError) as info:
         load(root, cache=False)
@@ -369,7 +410,7 @@ def test_a_face_named_tar_member_that_is_no_file_is_refused(tmp_path):
         info = tarfile.TarInfo("train/angry/Training_77778.png")
         info.type, info.linkname = tarfile.SYMTYPE, "../angry"  # a link to a folder
         archive.addfile(info)
-    with pytest.raises(DataFormatError, match="Training_77778.png is no image file in the archive \\(it links to "):
+    with pytest.raises(DataFormatError, match="Training_77778.png is no file in the archive \\(it links to "):
         load(dest, cache=False)
 
 
@@ -537,6 +578,16 @@ def _zip_of(members: list[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
+def _tar_of(members: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
 def _garbage(tmp_path):
     raw = np.random.default_rng(23).bytes(5000)
     assert raw[:2] != b"\x1f\x8b" and raw[:4] != b"PK\x03\x04"  # not a compressed file by chance
@@ -599,6 +650,16 @@ BAD_INPUTS = {
     "zip_csv_and_images": _rows_case(lambda rows: _zip_of([("fer.csv", fer_csv(rows))]
                                                           + export_entries(make_faces(n=3, seed=21))), None,
                                      "the zip archive holds 3 face images and fer.csv", name="bad.zip"),
+    # a tar was read for its images alone: its CSV went unseen
+    "tar_csv_and_images": _rows_case(lambda rows: _tar_of([("fer/fer.csv", fer_csv(rows))]
+                                                          + export_entries(make_faces(n=3, seed=21))), None,
+                                     "the tar archive holds 3 face images and fer/fer.csv", name="bad.tar"),
+    "tar_two_csvs": _rows_case(lambda rows: _tar_of([("a.csv", fer_csv(rows)), ("b.csv", fer_csv(rows))]), None,
+                               "the tar archive holds a.csv and b.csv: ferkit cannot tell which is the data",
+                               name="bad.tar"),
+    "tar_of_neither": _rows_case(lambda rows: _tar_of([("README.txt", b"faces")]), None,
+                                 "the tar archive holds neither one FER2013 CSV nor the image folders train/ and "
+                                 "test/ (it holds 1 files)", name="bad.tar"),
 }
 
 

@@ -27,6 +27,7 @@ from ferkit.data import EMOTIONS, SPLITS
 from ferkit.errors import FerkitError
 from ferkit.features import (activation_maps, choose_faces, class_channel_stats, embed_2d, grad_cam,
                              mean_activation_map)
+from ferkit.fileio import sha256_file
 from ferkit.train import load_model, predict_proba, train
 
 from conftest import write_fer_csv
@@ -604,6 +605,25 @@ def test_n_is_bounded_and_a_rerun_cut_short_leaves_no_earlier_json(world, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         ffeatures.features(world["run"], world["csv"], out, n=2, seed=7)
     assert not (out / "features.json").exists()  # the new figures are not filed under the old numbers
+
+
+def test_the_recorded_checksum_is_that_of_the_checkpoint_read_while_training_replaces_it(world, tmp_path, monkeypatch):
+    """A run still training may write a new best.pt while features works: the record keeps the model it read."""
+    monkeypatch.setenv("FERKIT_CACHE", str(world["root"] / "cache"))
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    read = sha256_file(run / "checkpoints" / "best.pt")
+    real_embed = ffeatures.embed_2d
+
+    def embed_while_a_new_best_is_saved(*args, **kwargs):
+        checkpoint = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+        checkpoint["epoch"] += 1
+        torch.save(checkpoint, run / "checkpoints" / "best.pt")
+        return real_embed(*args, **kwargs)
+
+    monkeypatch.setattr(ffeatures, "embed_2d", embed_while_a_new_best_is_saved)
+    result = ffeatures.features(run, world["csv"], tmp_path / "features", n=1, threads=1, embedding="pca")
+    assert result["checkpoint_sha256"] == read != sha256_file(run / "checkpoints" / "best.pt")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,6 +79,40 @@ def test_the_recorded_commit_says_when_the_checkout_had_changes(monkeypatch, sta
     assert fileio.git_commit() == recorded
 
 
+def test_the_commit_of_a_project_ferkit_is_installed_in_is_not_recorded_as_ferkits(monkeypatch, tmp_path):
+    import shutil
+    import subprocess
+
+    from ferkit import fileio
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "analysis.py").write_text("print('my study')\n")
+    git("add", "analysis.py")
+    git("commit", "-q", "-m", "my study")
+    installed = tmp_path / ".venv" / "site-packages" / "ferkit" / "fileio.py"  # not tracked by the project
+    installed.parent.mkdir(parents=True)
+    shutil.copy(fileio.__file__, installed)
+    monkeypatch.setattr(fileio, "__file__", str(installed))
+    assert fileio.git_commit() is None
+    git("add", "-f", str(installed))
+    git("commit", "-q", "-m", "ferkit inside")  # now it is this checkout's own file
+    assert fileio.git_commit() == git("rev-parse", "HEAD")
+
+
+@pytest.mark.parametrize("name", ["a" * 251 + ".csv", "é" * 125 + ".csv"], ids=["ascii", "two_bytes_each"])
+# 255 bytes each: the most a name may have
+def test_a_name_as_long_as_the_file_system_allows_is_written(tmp_path, name):
+    write_text(tmp_path / name, "x")
+    assert (tmp_path / name).read_text() == "x" and len(list(tmp_path.iterdir())) == 1
+
+
 def test_json_files_take_numpy_values_and_paths_and_refuse_anything_else(tmp_path):
     write_json(tmp_path / "a.json", {"counts": np.arange(3), "accuracy": np.float32(0.5), "data": Path("x/fer.csv")})
     assert json.loads((tmp_path / "a.json").read_text()) == {"counts": [0, 1, 2], "accuracy": 0.5, "data": "x/fer.csv"}

@@ -265,6 +265,36 @@ def test_hand_edited_labels_saved_with_a_bom_or_odd_seconds(data, tmp_path):
             label.read_labels(out, load(data))
 
 
+def test_a_copy_whose_lines_moved_maps_the_answers_to_the_faces_that_were_labelled(data, tmp_path):
+    """Equal faces, other line numbers (a blank line after the header): the answers follow the faces, not
+    the lines. A version-1 sidecar recorded lines only, so it is read with the labelled file alone."""
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=5, seed=1)
+    for k in range(5):
+        session.answer(k, k, 1.0)
+    header, rest = data.read_text().split("\n", 1)
+    copy = tmp_path / "copy.csv"
+    copy.write_text(header + "\n\n" + rest)
+    original, moved = load(data), load(copy)
+    assert moved.faces_sha256 == original.faces_sha256 and moved.lines[0] == original.lines[0] + 1
+    labelled = label.read_labels(out, original)
+    again = label.read_labels(out, moved)
+    np.testing.assert_array_equal(moved.images[again.rows], original.images[labelled.rows])
+    assert again.origins == labelled.origins  # the labelled file's lines, as labels.csv holds them
+
+    side = label.sidecar_path(out)
+    meta = json.loads(side.read_text())
+    del meta["rows"]
+    side.write_text(json.dumps(dict(meta, version=1)))
+    np.testing.assert_array_equal(label.read_labels(out, original).rows, labelled.rows)
+    with pytest.raises(FerkitError, match="written by an older ferkit, it names its faces by line only.*pass the file "
+                                          "that was labelled"):
+        label.read_labels(out, moved)
+    side.write_text(json.dumps(dict(meta, rows=labelled.rows[:4].tolist() + [int(original.indices("Training")[0])])))
+    with pytest.raises(FerkitError, match="its rows are not 5 PrivateTest rows of the data"):
+        label.read_labels(out, original)
+
+
 def test_sample_sizes_at_the_edges(data):
     dataset = load(data)
     assert len(label.sample_rows(dataset, 1, seed=0)) == 1
@@ -276,10 +306,10 @@ def test_session_defaults_and_a_newer_sidecar(data, tmp_path):
     out = tmp_path / "labels.csv"
     label.LabelSession.open(data, out, n=5)
     meta = json.loads(label.sidecar_path(out).read_text())
-    assert (meta["version"], meta["seed"]) == (1, 0)  # --seed 0 unless given
-    meta["version"] = 2
+    assert (meta["version"], meta["seed"]) == (2, 0)  # --seed 0 unless given
+    meta["version"] = 3
     label.sidecar_path(out).write_text(json.dumps(meta))
-    with pytest.raises(FerkitError, match=r"written by a newer ferkit \(sidecar version 2, this one reads 1\)"):
+    with pytest.raises(FerkitError, match=r"written by a newer ferkit \(sidecar version 3, this one reads 2\)"):
         label.LabelSession.open(data, out)
 
 

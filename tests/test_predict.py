@@ -4,6 +4,7 @@ and `ferkit run` end to end on small generated data."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,30 @@ def test_a_photo_given_twice_is_classified_once(tiny_run, tiny_csv, tmp_path):
     twice = [tmp_path / "photos" / "face1.png", tmp_path / "photos", tmp_path / "photos" / ".." / "photos" / "face1.png"]
     table, _ = predict(tiny_run, twice, detect=False, progress=False)
     assert list(table["file"]) == [str(tmp_path / "photos" / "face1.png"), str(tmp_path / "photos" / "face0.png")]
+
+
+def test_a_photo_whose_name_is_not_utf8_is_classified_and_its_name_written_back_as_it_is(tiny_run, tiny_csv, tmp_path):
+    """Names unzipped from a Windows archive: cv2.imread crashed the process on them."""
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    name = b"caf\xe9.png"  # Latin-1 e-acute: not UTF-8
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    try:
+        Image.fromarray(load(tiny_csv).images[0]).save(photos / os.fsdecode(name))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    Image.fromarray(load(tiny_csv).images[0]).save(photos / "plain.png")
+    out = tmp_path / "faces.csv"
+    table, messages = predict(tiny_run, [photos], out=out, annotate=tmp_path / "annotated", detect=False,
+                              progress=False)
+    assert messages == [] and len(table) == 2
+    np.testing.assert_array_equal(table.iloc[0][list(EMOTIONS)], table.iloc[1][list(EMOTIONS)])
+    assert os.fsencode(photos / os.fsdecode(name)) in out.read_bytes()
+    assert os.fsencode(tmp_path / "annotated" / os.fsdecode(b"caf\xe9.jpg")) in map(
+        os.fsencode, (tmp_path / "annotated").iterdir())
 
 
 def test_the_emotion_is_the_most_probable_one_and_tta_is_applied(tiny_run, tiny_csv, tmp_path):

@@ -146,6 +146,7 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
             cached.load_seconds = time.perf_counter() - started
             return cached
         dataset = _load_bytes(raw, path, checksum)
+    dataset.source = str(path)  # as a cached load names it: the archive, where errors name the CSV inside it too
     dataset.load_seconds = time.perf_counter() - started
     if store is not None:
         store.put(stat_key, dataset)
@@ -206,7 +207,7 @@ def _load_bytes(raw: bytes, path: Path, checksum: str) -> Dataset:
     if raw[:4] == b"PK\x05\x06":
         raise DataFormatError(str(path), [Problem(None, None, "the zip archive is empty; download the data again")])
     if len(raw) > 262 and raw[257:262] == b"ustar" or _is_old_tar(raw):
-        return _load_image_entries(_tar_entries(raw, path), path, checksum)
+        return _load_tar(raw, path, checksum)
     return _parse_csv(raw, str(path), checksum)
 
 
@@ -242,52 +243,60 @@ def _load_zip(raw: bytes, path: Path, checksum: str) -> Dataset:
     except (zipfile.BadZipFile, EOFError) as exc:
         raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt or truncated ({exc}); "
                                                               "download it again")]) from None
-    csvs = [n for n in names if n.lower().endswith(".csv")]
-    images = [n for n in names if _is_face_file(n)]
-    if csvs and images or len(csvs) > 1:
-        held = ([f"{len(images)} face images"] if images else []) + csvs[:3] + (["more"] if len(csvs) > 3 else [])
-        raise DataFormatError(str(path), [Problem(None, None, f"the zip archive holds {', '.join(held[:-1])} and "
-                                                              f"{held[-1]}: ferkit cannot tell which is the data; "
-                                                              "extract the one you mean and give it")])
     try:
-        if csvs:
-            return _parse_csv(archive.read(csvs[0]), f"{path}!{csvs[0]}", checksum)
-        if images:
-            return _load_image_entries(((n, archive.read(n)) for n in images), path, checksum)
+        return _load_members("zip", names, archive.read, path, checksum)
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt ({exc}); download it again")]) from None
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, or a compression method Python lacks
         raise DataFormatError(str(path), [Problem(None, None, f"cannot read the zip archive ({exc}); extract it with "
                                                               "an unzip tool and give the extracted file or folder")]) from None
-    raise DataFormatError(str(path), [Problem(None, None, "the zip archive holds neither one FER2013 CSV nor the image "
-                                                          f"folders train/ and test/ (it holds {len(names)} files)")])
 
 
-def _tar_entries(raw: bytes, path: Path) -> Iterator[tuple[str, bytes]]:
+def _load_members(kind: str, names: list[str], read: Callable[[str], bytes], path: Path, checksum: str) -> Dataset:
+    """An archive's one CSV, or its face images; anything else is refused rather than guessed at."""
+    csvs = [n for n in names if n.lower().endswith(".csv") and not _is_junk(n)]
+    images = [n for n in names if _is_face_file(n)]
+    if csvs and images or len(csvs) > 1:
+        held = ([f"{len(images)} face images"] if images else []) + csvs[:3] + (["more"] if len(csvs) > 3 else [])
+        raise DataFormatError(str(path), [Problem(None, None, f"the {kind} archive holds {', '.join(held[:-1])} and "
+                                                              f"{held[-1]}: ferkit cannot tell which is the data; "
+                                                              "extract the one you mean and give it")])
+    if csvs:
+        return _parse_csv(read(csvs[0]), f"{path}!{csvs[0]}", checksum)
+    if images:
+        return _load_image_entries(((n, read(n)) for n in images), path, checksum)
+    neither = (f"the {kind} archive holds neither one FER2013 CSV nor the image folders train/ and test/ (it holds "
+               f"{len(names)} files)")
+    raise DataFormatError(str(path), [Problem(None, None, neither)])
+
+
+def _load_tar(raw: bytes, path: Path, checksum: str) -> Dataset:
     def corrupt(why: str) -> DataFormatError:
         return DataFormatError(str(path), [Problem(None, None, f"the tar archive is {why}; download it again")])
 
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
-            for member in archive:
-                name = posixpath.normpath(member.name)  # `tar -cf x.tar .` stores ./train/...
-                if member.isdir() or not _is_face_file(name):
-                    continue
+            files = [(posixpath.normpath(m.name), m) for m in archive.getmembers() if not m.isdir()]
+            members = dict(files)  # a name stored twice (`tar -r`) is read as extracting it would leave it
+            # tarfile takes a file cut between two members for the end of the archive; a whole one ends in a
+            # zero block
+            if raw[archive.offset:archive.offset + 512] != bytes(512):
+                raise corrupt("truncated: it ends without the end-of-archive marker (an interrupted download?)")
+
+            def read(name: str) -> bytes:  # `tar -cf x.tar .` stores ./train/...: the names are normalised
+                member = members[name]
                 try:
                     content = archive.extractfile(member)
                 except KeyError:  # how tarfile says a link's target is missing
                     content = None
                 if content is None:  # a link to nothing or to a folder, a pipe, a device
-                    raise DataFormatError(str(path), [Problem(None, None, f"{name} is no image file in the archive"
-                                                                          + (f" (it links to {member.linkname})"
-                                                                             if member.linkname else ""))])
-                yield name, content.read()
-            end = archive.offset
+                    raise DataFormatError(str(path), [Problem(None, None, f"{name} is no file in the archive" + (
+                        f" (it links to {member.linkname})" if member.linkname else ""))])
+                return content.read()
+
+            return _load_members("tar", [name for name, _ in files], read, path, checksum)
     except (tarfile.TarError, EOFError) as exc:
         raise corrupt(f"corrupt or truncated ({exc})") from None
-    # tarfile takes a file cut between two members for the end of the archive; a whole one ends in a zero block
-    if raw[end:end + 512] != bytes(512):
-        raise corrupt("truncated: it ends without the end-of-archive marker (an interrupted download?)")
 
 
 _SYSTEM_FOLDERS = ("lost+found",)  # at the root of a drive, unreadable, never a dataset's
@@ -339,7 +348,8 @@ def _folder_checksum(entries: list[tuple[str, bytes]]) -> str:
     """sha256 over the sorted relative paths and contents of the folder's image files."""
     digest = hashlib.sha256()
     for rel, content in entries:
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(content).digest())
+        # surrogateescape: a name that is not UTF-8 hashes as its bytes; the others exactly as UTF-8
+        digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + hashlib.sha256(content).digest())
     return digest.hexdigest()
 
 
@@ -394,6 +404,9 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
         first_seen[face] = first_seen[same_bytes] = name
         try:
             with Image.open(io.BytesIO(content)) as image:
+                if image.size != (IMAGE_SIZE, IMAGE_SIZE):  # from the header: a huge image is never decoded
+                    complain(f"{name}: image is {image.size[0]}x{image.size[1]}, expected 48x48")
+                    continue
                 if image.mode in _WIDE_MODES:
                     bits = 16 if image.mode.startswith("I;16") else 32
                     complain(f"{name}: {bits}-bit pixels (Pillow mode {image.mode}); FER2013 faces are 8-bit "
@@ -403,11 +416,11 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
         except UnidentifiedImageError:  # its message names an in-memory buffer, which tells the user nothing
             complain(f"{name}: not an image file (its bytes are no JPEG, PNG or BMP)")
             continue
-        except OSError as exc:
-            complain(f"{name}: not a readable image ({exc})")
+        except Image.DecompressionBombError as exc:  # raised before the size is known, by Image.open
+            complain(f"{name}: not a 48x48 face ({exc})")
             continue
-        if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
-            complain(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]}, expected 48x48")
+        except (OSError, ValueError) as exc:  # ValueError: a mode Pillow cannot convert, e.g. CIELab
+            complain(f"{name}: not a readable image ({exc})")
             continue
         records.append((SPLITS.index(face[0]), face[1], name, face[2], pixels))
     if not records and not problems.total:
@@ -793,7 +806,7 @@ def _stat_key(path: Path, files: list[tuple[str, Path]] | None) -> str:
                 st = file.stat()
             except OSError:  # a broken link: it changes the key too, and the load that follows names it
                 st = file.lstat()
-            digest.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
+            digest.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode("utf-8", "surrogateescape"))
         return f"dir:{path}:{digest.hexdigest()}"
     st = path.stat()
     return f"file:{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"

@@ -548,7 +548,7 @@ def features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: st
 def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: str | os.PathLike, n: int, seed: int,
               top_k: int, channels_per_class: int, faces_per_channel: int, embedding: str, device: str,
               batch_size: int) -> dict[str, Any]:
-    from ferkit.train import checkpoint_sha256, load_model, pick_device
+    from ferkit.train import load_run_model, pick_device
 
     started = time.perf_counter()
     if not 1 <= n <= MAX_FACES_PER_EMOTION:
@@ -558,7 +558,7 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
     run = Path(run_dir)
     out = output_folder(out, create=False)  # refused before the work, made when there is something to write
     target = pick_device(device)
-    model, checkpoint = load_model(run, device=target)
+    model, checkpoint, checkpoint_sha = load_run_model(run, device=target)  # the checksum of the model read
     require_cnn(model, checkpoint.get("model_name"))
     model = model.to(memory_format=torch.channels_last)  # about 1.7x faster convolutions on a CPU
     data_path = run_data_path(run, data)
@@ -679,7 +679,7 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
     channels = stats["channels"]
     result = {
         "run": str(run), "model": checkpoint.get("model_name"), "checkpoint_epoch": checkpoint.get("epoch"),
-        "checkpoint_sha256": checkpoint_sha256(run),
+        "checkpoint_sha256": checkpoint_sha,
         "data": dataset.source, **dataset.checksums(), "split": SPLIT, "faces": len(rows),
         "accuracy": accuracy, "seed": seed, "n": n,
         "row_key": dataset.origin_column,

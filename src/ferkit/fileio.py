@@ -33,7 +33,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the name cut to 200 bytes: the temporary name adds 14 to a name that may already have the 255 allowed
+        short = os.fsencode(path.name)[:200].decode("utf-8", "ignore")
+        fd, tmp = tempfile.mkstemp(prefix=f".{short}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # name the file the user asked for, not the temporary one
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
@@ -272,6 +274,18 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_record(path: str | os.PathLike, todo: str) -> dict[str, Any]:
+    """A JSON object that ferkit wrote (run.json, pipeline.json); a damaged one (a hand edit, a copy cut
+    short) is named with `todo`, the way out, instead of a traceback."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise FerkitError(f"{path}: unreadable ({exc}); {todo}") from None
+    if not isinstance(record, dict):
+        raise FerkitError(f"{path}: expected a JSON object, found {type(record).__name__}; {todo}")
+    return record
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -281,9 +295,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of ferkit's own checkout, when it runs from one."""
+    """The commit of ferkit's own checkout, when it runs from one: not that of a user's project in which
+    ferkit is installed (a virtual environment inside it), where this file is no tracked file."""
     here = Path(__file__).resolve().parent
     try:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", Path(__file__).name], cwd=here,
+                                 capture_output=True, timeout=5)
+        if tracked.returncode != 0:
+            return None
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5)

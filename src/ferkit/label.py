@@ -46,7 +46,7 @@ from ferkit.fileio import hold_lock, output_file, read_json, same_file, write_cs
 
 SPLIT = "PrivateTest"
 SIDECAR_FORMAT = "ferkit-labels"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: the sample's rows too, which every copy of the same faces shares
 DEFAULT_N = 100
 DEFAULT_SEED = 0
 DEFAULT_PORT = 8765
@@ -101,12 +101,24 @@ def _read_meta(labels_csv: Path) -> dict[str, Any]:
 
 
 def _rows_of_sample(meta: dict[str, Any], dataset: fdata.Dataset, side: Path) -> np.ndarray:
-    """Map the sample's recorded lines (or paths) back to rows of `dataset`."""
+    """The rows of `dataset` that the sample labels: those recorded (sidecar version 2), else, for an older
+    sidecar and the labelled file itself, those at the recorded lines (or paths)."""
     column = dataset.origin_column
     if meta["origin_column"] != column:
         raise FerkitError(f"{side}: the sample is recorded by {meta['origin_column']}, but the data is "
                           f"{'an image-folder export' if column == 'path' else 'a CSV'}")
     pool = dataset.indices(SPLIT)
+    if "rows" in meta:
+        # Rows, not lines: a copy of the same faces may have other line numbers (a blank line added, say)
+        rows = meta["rows"]
+        if not isinstance(rows, list) or len(rows) != meta["n"] or not all(type(r) is int for r in rows) \
+                or not np.isin(rows, pool).all():
+            raise FerkitError(f"{side}: its rows are not {meta['n']} {SPLIT} rows of the data")
+        return np.array(rows, dtype=np.int64)
+    if meta["data_sha256"] != dataset.sha256:
+        raise FerkitError(f"{side}: written by an older ferkit, it names its faces by {meta['origin_column']} only, "
+                          f"which another copy of the faces may number otherwise; pass the file that was labelled "
+                          f"({meta.get('data')}, sha256 {str(meta['data_sha256'])[:12]}...)")
     where = {origin: int(row) for origin, row in zip(dataset.origins(pool), pool)}
     try:
         return np.array([where[origin] for origin in meta["sample"]], dtype=np.int64)
@@ -275,7 +287,7 @@ class LabelSession:
                 # absolute: compare finds the file from any working folder
                 "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "data": str(Path(data).resolve()),
                 **dataset.checksums(), "layout": dataset.layout, "split": SPLIT, "seed": int(seed), "n": int(n),
-                "origin_column": dataset.origin_column, "sample": dataset.origins(rows),
+                "origin_column": dataset.origin_column, "sample": dataset.origins(rows), "rows": rows.tolist(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             write_json(side, meta)

@@ -79,16 +79,16 @@ def read_photo(path: Path) -> tuple[np.ndarray | None, str | None]:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # the message below says it once
         try:
             with _decoder_messages() as warnings:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                image = _decode_with_opencv(cv2, path)
         finally:
             cv2.utils.logging.setLogLevel(quiet)
+    if cut:  # whether OpenCV decoded its upper part or nothing
+        return None, ("the JPEG ends before its image does (an interrupted download or copy?), so its lower part "
+                      "is missing")
     if image is None:
         image = _read_with_pillow(path)  # OpenCV fails on some valid files, e.g. a TIFF with an EXIF rotation
     if image is None:
         return None, "not a readable image"
-    if cut:
-        return None, ("the JPEG ends before its image does (an interrupted download or copy?), so its lower part "
-                      "is missing")
     if warnings:
         return image, f"the image decoder warned ({'; '.join(warnings)}); classified as read, check the photo"
     return image, None
@@ -115,6 +115,16 @@ def _decoder_messages() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             messages.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def _decode_with_opencv(cv2: Any, path: Path) -> np.ndarray | None:
+    """A photo as a BGR array through OpenCV, decoded from its bytes: cv2.imread crashes the process on
+    a file name that is not UTF-8 (one unzipped from a Windows archive); None when unreadable."""
+    try:
+        encoded = np.fromfile(path, np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
 
 
 def _read_with_pillow(path: Path) -> np.ndarray | None:
@@ -263,8 +273,8 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
         table[name] = np.round(probs[:, i], 6)
     table["emotion"] = [EMOTIONS[i] for i in probs.argmax(1)]
     if out is not None:
-        with atomic_path(out) as tmp:
-            table.to_csv(tmp, index=False)
+        with atomic_path(out) as tmp:  # a file name that is not UTF-8 is written back as the bytes it has
+            table.to_csv(tmp, index=False, errors="surrogateescape")
     if annotate is not None:
         _annotate(annotations, table, Path(annotate), names)
     return table, messages
