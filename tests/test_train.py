@@ -96,6 +96,18 @@ def test_seed_reproduces_bit_for_bit(tiny_csv, tmp_path):
     assert not same_last_weights(tmp_path / "a", tmp_path / "c")
 
 
+def test_a_runs_threads_do_not_outlive_it(tiny_csv, tmp_path, monkeypatch):
+    """`ferkit run --set threads=1` trained the MLP after the CNN on the CNN's thread, but on torch's default
+    when resumed in a new process: two different MLPs from one seed."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # what the caller had set
+    given = []
+    monkeypatch.setattr(torch, "set_num_threads", given.append)
+    train.train(tiny_csv, tmp_path / "cnn", tiny_config(epochs=1, train_limit=64, threads=1), progress=False)
+    train.train(tiny_csv, tmp_path / "mlp", tiny_config(model="mlp", epochs=1, train_limit=64, threads=0),
+                progress=False)
+    assert given == [1, 3, 3]  # the CNN's one thread, then the caller's count back after each run
+
+
 @pytest.mark.parametrize("ema, decay_norm_and_bias", [(0.0, True), (0.9, True), (0.0, False)])
 def test_resume_after_interruption_equals_uninterrupted(tiny_csv, tmp_path, monkeypatch, ema, decay_norm_and_bias):
     cfg = tiny_config(epochs=3, train_limit=96, mixup=0.4, ema=ema, decay_norm_and_bias=decay_norm_and_bias)
@@ -446,8 +458,9 @@ def test_config_rejects_values_out_of_range(override, message):
 
 
 def test_config_takes_lists_in_brackets_and_as_many_stages_as_a_face_has_pixels_for():
-    for text in ("8,16", "[8, 16]", "(8,16)", "8,16,"):
+    for text in ("8,16", "[8, 16]", "(8,16)", "8,16,", "8 16", " 8  16 "):  # spaces joined "8 16" into 816
         assert config.resolve(overrides=[f"widths={text}"]).widths == (8, 16), text
+    assert config.resolve(overrides=["snapshot_minutes=1 5"]).snapshot_minutes == (1, 5)
     assert config.resolve(overrides=["epochs = 3"]).epochs == 3  # --set "epochs = 3": one word, spaces and all
     cfg = config.resolve(overrides=["widths=4,4,4,4,4,4"])  # 48, 24, 12, 6, 3 and 1 pixels
     assert get_model("cnn", **cfg.model_kwargs())(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
@@ -1094,6 +1107,10 @@ def test_config_file_must_be_a_mapping_of_values(tmp_path):
     path.write_text("lr: 0.1\n\nepochs: two\n")
     with pytest.raises(FerkitError, match="c.yaml, line 3: config key 'epochs': 'two' is not a valid whole number"):
         config.resolve(config_file=path)
+    for key, kind in (("yes", "bool"), ("1", "int"), ("~", "null")):  # difflib's guess at a key raised a TypeError
+        path.write_text(f"lr: 0.1\n{key}: 3\n")
+        with pytest.raises(FerkitError, match=f"c.yaml, line 2: '{key}' is no config key \\(YAML reads it as {kind}"):
+            config.resolve(config_file=path)
     path.write_text("epochs: 2\nlr: 0.1\nepochs: 3\n")  # YAML itself would keep the 3 without a word
     with pytest.raises(FerkitError, match="c.yaml, line 3: 'epochs' is set twice \\(also on line 1\\); keep one"):
         config.resolve(config_file=path)
@@ -1158,6 +1175,24 @@ def test_the_classification_report_says_which_classes_macro_f1_averages(tiny_csv
     text = (tmp_path / "classification_report.txt").read_text()
     assert (f"Disgust: no face of this split here, so metrics.json's macro F1 ({metrics['macro_f1']:.4f}) averages "
             f"the other {len(present)} classes") in text
+
+
+def test_a_re_evaluation_cut_short_leaves_no_evaluation_for_ensemble_to_misread(tiny_csv, tmp_path, monkeypatch):
+    """metrics.json is written last: cut short, the folder held new numbers beside the old predictions."""
+    import ferkit.visualize
+
+    dataset = load(tiny_csv)
+    rows = dataset.indices("PrivateTest")
+    write_evaluation(tmp_path, dataset, rows, np.eye(7)[dataset.labels[rows]], {"split": "PrivateTest"})
+    assert is_evaluation_folder(tmp_path)
+
+    def cut_short(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ferkit.visualize, "confusion_matrices", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        write_evaluation(tmp_path, dataset, rows, np.full((len(rows), 7), 1 / 7), {"split": "PrivateTest"})
+    assert not is_evaluation_folder(tmp_path) and not (tmp_path / "metrics.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1321,6 +1356,11 @@ def test_evaluate_names_a_damaged_history(trained_run, tmp_path):
     (copy / "history.csv").write_text("\n".join([lines[0], lines[1].replace(",", ",x", 1), *lines[2:]]) + "\n")
     with pytest.raises(FerkitError, match="history.csv: unreadable"):
         evaluate(copy, out=tmp_path / "never")
+    without_val_acc = [",".join(cells[:4] + cells[5:]) for cells in (line.split(",") for line in lines)]
+    (copy / "history.csv").write_text("\n".join(without_val_acc) + "\n")  # a column cut out: a KeyError in the plot
+    with pytest.raises(FerkitError, match=r"history.csv: no column val_acc in its header \(line 1\)"):
+        evaluate(copy, out=tmp_path / "never")
+    assert not is_evaluation_folder(tmp_path / "never")
 
 
 def test_a_kill_after_the_last_checkpoint_leaves_a_history_that_the_resume_completes(tiny_csv, tmp_path, monkeypatch):
@@ -1409,6 +1449,19 @@ def test_a_resumed_run_shows_its_progress_from_the_steps_already_trained(tiny_cs
                      r"[\d.]+s", said.out, re.MULTILINE)
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"data": ', "unreadable \\(Expecting value"),  # a copy cut short
+    ("[]", "expected a JSON object, found list"),
+    ("{}", "no data path in it"),
+])
+def test_a_damaged_run_json_is_named_on_resume(tiny_csv, tmp_path, monkeypatch, text, message):
+    run = tmp_path / "r"
+    _interrupted_after_epoch_1(tiny_csv, run, monkeypatch)
+    (run / "run.json").write_text(text)
+    with pytest.raises(FerkitError, match=f"run.json: {message}.*restore it, or train again in another --out"):
+        train.train(tiny_csv, run, resume=True, progress=False)
+
+
 def test_a_resume_may_change_the_device_only(tiny_csv, tmp_path, monkeypatch):
     run = tmp_path / "r"
     _interrupted_after_epoch_1(tiny_csv, run, monkeypatch)
@@ -1422,6 +1475,7 @@ def test_a_resume_may_change_the_device_only(tiny_csv, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("override, message", [
     (["model=mlp", "batch_size=1"], "batch norm needs batches of at least 2"),
+    (["widths=4,4,4,4,4,4", "batch_size=1"], "the cnn's last stage of 6 is 1 pixel, where batch norm needs batches"),
     (["widths=8,8,8,8,8,8,8"], "at most 6 fit"),
 ])
 def test_config_rejects_what_would_fail_inside_pytorch(override, message):

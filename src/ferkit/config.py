@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -172,7 +173,8 @@ def _parse_value(name: str, text: Any, default: Any) -> Any:
             raise FerkitError(f"config key {name!r}: YAML reads an unquoted yes/no/on/off/true/false as {text}; "
                               f"quote the word, e.g. {name}: \"no\"")
         if isinstance(default, tuple):
-            items = text if isinstance(text, (list, tuple)) else str(text).replace(" ", "").strip("()[]").split(",")
+            # commas or spaces between the items: "16 32" is two widths, not 1632
+            items = text if isinstance(text, (list, tuple)) else re.split(r"[,\s]+", str(text).strip().strip("()[]"))
             return tuple(_parse_value(name, v, 0) for v in items if str(v) != "")
         if isinstance(default, (int, float)):
             value = float(text)
@@ -255,6 +257,11 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     if resolved["model"] == "mlp" and resolved["batch_norm"] and resolved["batch_size"] < 2:
         raise FerkitError(f"{where('batch_size')}config key 'batch_size': the mlp's batch norm needs batches of at "
                           "least 2 faces; raise it, or set batch_norm=false")
+    if resolved["model"] == "cnn" and resolved["batch_norm"] and resolved["batch_size"] < 2 \
+            and len(resolved["widths"]) == MAX_STAGES:
+        raise FerkitError(f"{where('batch_size')}config key 'batch_size': the cnn's last stage of {MAX_STAGES} is 1 "
+                          "pixel, where batch norm needs batches of at least 2 faces; raise it, use fewer stages, or "
+                          "set batch_norm=false")
     if (changes := resolved["shortened"]) and not _valid_changes(changes, resolved["epochs"]):
         raise FerkitError(f"{where('shortened')}config key 'shortened': {','.join(map(str, changes))} should be empty "
                           f"or pairs of epochs, in order: the epoch after which a run's epochs changed and the epochs "
@@ -290,11 +297,19 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise FerkitError(f"{path}: expected a mapping of key: value")
     lines: dict[str, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag != "tag:yaml.org,2002:str":  # `yes:` or `1:`: YAML made it a boolean or a number
+            raise FerkitError(f"{path}, line {key_node.start_mark.line + 1}: {_yaml_text(key_node)} is no config key "
+                              f"(YAML reads it as {key_node.tag.rsplit(':', 1)[-1]}); keys are names such as epochs")
         if key_node.value in lines:
             raise FerkitError(f"{path}, line {key_node.start_mark.line + 1}: {key_node.value!r} is set twice (also "
                               f"on line {lines[key_node.value]}); keep one")
         lines[key_node.value] = key_node.start_mark.line + 1
     return values, lines
+
+
+def _yaml_text(node: yaml.Node) -> str:
+    """A YAML node as typed, for a message: a scalar's text, or the kind of a list or mapping."""
+    return repr(node.value) if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
 
 
 def parse_overrides(items: list[str], option: str = "--set") -> dict[str, str]:

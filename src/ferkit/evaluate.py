@@ -86,7 +86,9 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
     y_true = dataset.labels[rows]
     y_pred = probs.argmax(1)
     metrics = dict(info, **compute_metrics(y_true, y_pred), **dataset.checksums())
-    write_json(out / "metrics.json", metrics)
+    # metrics.json is the set's mark, removed first and written last: a re-evaluation cut short must not leave
+    # new numbers beside the predictions of another model, which `ensemble` would read as this one's
+    (out / "metrics.json").unlink(missing_ok=True)
     report = classification_report(y_true, y_pred, labels=list(range(len(EMOTIONS))), target_names=list(EMOTIONS),
                                    digits=4, zero_division=0)
     absent = [name for name in EMOTIONS if name not in metrics["macro_f1_classes"]]
@@ -108,6 +110,7 @@ def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs:
     if history:
         learning_curves(history, out / "learning_curves.png", best_epoch=best_epoch, mark=mark,
                         **curve_notes(training or {}))
+    write_json(out / "metrics.json", metrics)
     return dict(metrics, folder=str(out))
 
 

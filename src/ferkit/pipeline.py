@@ -16,8 +16,8 @@ from typing import Any, Callable
 from ferkit import config as configs
 from ferkit.data import Dataset, load, require_recorded
 from ferkit.errors import FerkitError
-from ferkit.fileio import (folder_lock, output_folder, read_json, remove_stale_temporaries, require_only,
-                           require_outside, write_json)
+from ferkit.fileio import (folder_lock, output_folder, read_json, read_record, remove_stale_temporaries,
+                           require_only, require_outside, write_json)
 
 
 def _stage_banner(number: int, total: int, name: str) -> None:
@@ -36,7 +36,8 @@ def _require_same_config(run: Path, cfg: configs.TrainConfig, option: str) -> No
     if not saved_path.exists():
         return
     saved, wanted = configs.load(saved_path).to_dict(), cfg.to_dict()
-    fitted = read_json(run / "run.json").get("fit_minutes") if (run / "run.json").exists() else None
+    fitted = read_record(run / "run.json", "restore it, or choose another --out").get("fit_minutes") \
+        if (run / "run.json").exists() else None
     if fitted:  # config.yaml holds the epochs that fit the minutes: compare what the study asked for
         saved.update(epochs=fitted["epochs_asked"], fit_minutes=fitted["minutes"], shortened=[])
     changed = [f"{key} {saved[key]} (now {wanted[key]})" for key in saved
@@ -48,7 +49,7 @@ def _require_same_config(run: Path, cfg: configs.TrainConfig, option: str) -> No
 
 def _study_record(record_path: Path, dataset: Dataset, data: str | os.PathLike, out: Path) -> dict[str, Any]:
     """The study's pipeline.json, or a new record; a study of other data is refused."""
-    record = read_json(record_path) if record_path.exists() else {
+    record = read_record(record_path, "restore it, or choose another --out") if record_path.exists() else {
         "data": str(Path(data).resolve()), **dataset.checksums(), "stages": {}}
     require_recorded(dataset, record, f"the study {out} was run on", record.get("data"),
                      todo="choose another --out, or resume it with that file")

@@ -34,7 +34,7 @@ from ferkit.augment import augment_batch, mix
 from ferkit.config import RESUME_KEYS, TrainConfig
 from ferkit.errors import FerkitError
 from ferkit.evaluate import macro_f1
-from ferkit.fileio import (atomic_path, check_folder_path, environment, folder_lock, is_run_folder, read_json,
+from ferkit.fileio import (atomic_path, check_folder_path, environment, folder_lock, is_run_folder, read_record,
                            remove_stale_temporaries, require_only, require_outside, sha256_file, write_csv, write_json)
 from ferkit.models import count_parameters, get_model, preprocess
 
@@ -415,6 +415,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
     out = check_folder_path(out_dir)
     require_outside(data_path, out)
     created = not out.exists()
+    threads = torch.get_num_threads()  # a run's `threads` hold for it alone, not for a training after it
     try:
         with folder_lock(out, "`ferkit train`"):
             return _train(data_path, out, cfg, resume, progress)
@@ -423,6 +424,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainCo
             (out / ".ferkit.lock").unlink(missing_ok=True)  # a refused start leaves no folder behind
             out.rmdir()
         raise
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str, Any] | None, resume: bool,
@@ -444,7 +447,10 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         if not is_run_folder(out):
             raise FerkitError(f"{out}: cannot resume without the run's run.json and config.yaml, which `ferkit train` "
                               "wrote first; restore them, or start a new run in another folder")
-        run_info = read_json(out / "run.json")
+        todo = "restore it, or train again in another --out"
+        run_info = read_record(out / "run.json", todo)
+        if not isinstance(run_info.get("data"), dict) or not isinstance(run_info["data"].get("path"), str):
+            raise FerkitError(f"{out / 'run.json'}: no data path in it; {todo}")
         if "finished" in run_info:  # nothing left to train: the record stays as it is
             if progress:
                 tqdm.write(f"{out}: the run had finished already; nothing more to train")
@@ -760,7 +766,11 @@ def write_history(path: str | os.PathLike, history: list[dict[str, Any]]) -> Non
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
     """The rows of a run's history.csv; a damaged one (a hand edit) is named, not a traceback."""
     with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if missing := [name for name in HISTORY_FIELDS if name not in (reader.fieldnames or ())]:
+            raise FerkitError(f"{path}: no column {', '.join(missing)} in its header (line 1); restore it or train "
+                              "the run again")
         try:
-            return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in reader]
         except (ValueError, TypeError) as exc:  # TypeError: a short row's missing cells are None
             raise FerkitError(f"{path}: unreadable ({exc}); restore it or train the run again") from None
