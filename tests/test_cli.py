@@ -139,6 +139,12 @@ def test_a_missing_required_argument_is_refused_by_the_parser(argv, missing, cap
     assert f"the following arguments are required: {missing}" in refused_by_the_parser(argv, capsys)
 
 
+@pytest.mark.parametrize("argv", [["train", "D", "--o", "R"], ["run", "D", "--ou", "S"]])
+def test_an_abbreviated_option_is_refused(argv, capsys):
+    """run.json records the command as typed, and the report's replica swaps its --out: `--o R` stayed R."""
+    assert "the following arguments are required: --out" in refused_by_the_parser(argv, capsys)
+
+
 # ---------------------------------------------------------------------------------------------
 # What each command prints, from what its function returns
 

@@ -447,3 +447,17 @@ def test_an_mlp_run_is_named_mlp_not_cnn(study, tmp_path, capsys, monkeypatch):
     assert "  MLP   accuracy" in out and "human-MLP" in out and "CNN" not in out
     (panels, suptitle), = drawn
     assert panels[1].startswith("MLP: accuracy") and suptitle.startswith("Human versus MLP on the same 15")
+
+
+def test_a_comparison_cut_short_leaves_no_earlier_numbers_beside_its_figures(study, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    cmp.compare(study["run"], study["labels"], out, data=study["data"], resamples=20, seed=0)
+    assert (out / "comparison.json").exists()
+
+    def cut_short(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmp, "disagreement_figure", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        cmp.compare(study["run"], study["labels"], out, data=study["data"], resamples=20, seed=1)
+    assert not (out / "comparison.json").exists()  # report would take the new figures for the old numbers

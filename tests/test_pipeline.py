@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,8 @@ def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_setting
     assert (trained["cnn"].widths, trained["cnn"].epochs, trained["cnn"].augment) == ((4, 8), 2, True)
     assert (trained["mlp"].model, trained["mlp"].hidden, trained["mlp"].epochs, trained["mlp"].augment) == \
         ("mlp", (32,), 3, False)
-    assert [c[:2] for c in calls if c[0] == "evaluate"] == [("evaluate", "cnn"), ("evaluate", "cnn"), ("evaluate", "mlp")]
+    assert [c for c in calls if c[0] == "evaluate"] == [("evaluate", "cnn", False), ("evaluate", "cnn", True),
+                                                        ("evaluate", "mlp", False), ("evaluate", "mlp", True)]
     # the resume, on a machine that would pick the gpu profile, keeps the study's cpu profile and runs
     # only the stages that did not finish
     monkeypatch.setattr(config, "auto_profile", lambda: "gpu")
@@ -73,7 +75,13 @@ def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_setting
     assert [c[0] for c in calls] == ["features", "report"]
     assert record["profile"] == "cpu" and all(s["done"] for s in record["stages"].values())
     assert record["results"] == {"cnn_test_accuracy_tta": 0.5, "cnn_test_macro_f1_tta": 0.4,
-                                 "mlp_test_accuracy": 0.25, "mlp_test_macro_f1": 0.15}
+                                 "mlp_test_accuracy_tta": 0.25, "mlp_test_macro_f1_tta": 0.15}
+    # an evaluation whose files are gone, as in a study begun before the MLP was evaluated with TTA, is done again
+    shutil.rmtree(out / "mlp" / "eval" / "test-tta")
+    calls.clear()
+    pipeline.run_study(tiny_csv, out, cnn_overrides=["widths=4,8", "epochs=2"], mlp_overrides=["hidden=32", "epochs=3"],
+                       progress=False)
+    assert calls == [("evaluate", "mlp", False), ("evaluate", "mlp", True)]
 
 
 def test_a_resumed_study_removes_what_a_kill_in_an_atomic_write_left(tiny_csv, tmp_path, stand_ins):

@@ -553,6 +553,53 @@ def test_extras_of_this_model_are_accepted(world, tmp_path):
     assert freport.build_report(world["cnn"], tmp_path / "out", features=extra)["pages"] >= 1
 
 
+def test_a_report_that_fails_leaves_the_previous_one_whole(world, tmp_path, monkeypatch):
+    """The report drew its confusion matrix into OUT/figures before its layout: a failed report of another
+    run replaced the previous report's figure."""
+    out = tmp_path / "out"
+    freport.build_report(world["cnn"], out)
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def no_room(doc):
+        raise FerkitError("no room")
+
+    monkeypatch.setattr(freport, "layout_pdf", no_room)
+    with pytest.raises(FerkitError, match="no room"):
+        freport.build_report(world["mlp"], out)
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+COMPARISON = {
+    "n": 60, "model": {"name": "mlp"},
+    "human": {"correct": 39, "accuracy": 0.65, "accuracy_ci95": [0.524, 0.758], "macro_f1": 0.61,
+              "macro_f1_ci95": [0.48, 0.72]},
+    "cnn": {"correct": 30, "accuracy": 0.5, "accuracy_ci95": [0.376, 0.624], "macro_f1": 0.44,
+            "macro_f1_ci95": [0.31, 0.57]},
+    "difference": {"accuracy": {"human_minus_cnn": 0.15, "ci95": [0.02, 0.28]},
+                   "macro_f1": {"human_minus_cnn": 0.17, "ci95": [0.01, 0.33]}},
+    "agreement_human_cnn": 0.55, "kappa": {"human_vs_truth": 0.58, "cnn_vs_truth": 0.41, "human_vs_cnn": None},
+    "mcnemar": {"human_correct_cnn_wrong": 14, "human_wrong_cnn_correct": 5, "p_value": 0.0636},
+    "human_seconds": {"mean": 2.5, "median": 2.0, "total": 150.0},
+}
+
+
+def test_the_comparison_section_shows_both_sides_and_names_the_network(world, tmp_path):
+    """Its ten key numbers were all the human's: the network's accuracy never reached the report; and an
+    MLP run's comparison was headed Human vs CNN."""
+    folder = make_extra(tmp_path / "cmp", "comparison.json", COMPARISON, 0)
+    Image.new("RGB", (64, 48)).save(folder / "disagreements.png")
+    extra = freport.read_extra(folder, "--compare", "comparison.json", "ferkit compare")
+    markdown, _ = freport.render_markdown(freport.build_document(freport.read_run(world["cnn"]), tmp_path,
+                                                                 compare=extra))
+    section = markdown.split("Human vs MLP")[1]
+    assert "| human | 39 | 0.650 [0.524, 0.758] | 0.610 [0.480, 0.720] |" in section
+    assert "| MLP | 30 | 0.500 [0.376, 0.624] | 0.440 [0.310, 0.570] |" in section
+    assert ("Human minus MLP: accuracy +15.0 points [+2.0, +28.0]; macro F1 +17.0 points [+1.0, +33.0]. Cohen's kappa "
+            "with the truth: human 0.580, MLP 0.410; between them n/a. McNemar exact p = 0.0636 (human right and MLP "
+            "wrong on 14 faces, the reverse on 5).") in section
+    assert "The faces where the human and the MLP disagree" in section and "CNN" not in section
+
+
 def test_not_a_run(tmp_path):
     with pytest.raises(FerkitError, match="ferkit train"):
         freport.build_report(tmp_path / "nothing", tmp_path / "out")
@@ -681,6 +728,45 @@ def test_replication_names_the_study_that_trained_the_run(tmp_path, recorded, pr
     assert f"{tmp_path / 'runs' / 'study-replica' / 'cnn'} replicates this run" in code
     assert "not by a ferkit command" not in text and "not the ferkit command" not in text
     assert f"trained by the `ferkit run` study `{recorded.split('/bin/')[1]}`" in text
+
+
+@pytest.mark.parametrize("started_in", ["work", "."])
+def test_the_recorded_training_is_run_where_it_was_started_and_pinned_to_its_profile(tmp_path, monkeypatch,
+                                                                                      started_in):
+    """Its data path was relative to where it ran, and without --profile `ferkit train` picks one by the
+    machine: copied from another folder, or run on a machine with a GPU, the line trained nothing or another
+    network."""
+    monkeypatch.chdir(tmp_path)
+    run_path = Path("work") / "r1"
+    (tmp_path / run_path).mkdir(parents=True)
+    (tmp_path / run_path / "config.yaml").write_text("epochs: 2\n")
+    info = {"environment": {"command": "/venv/bin/ferkit train ../faces.csv --out r1",
+                            "cwd": str(tmp_path / started_in)}, "data": {"path": str(tmp_path / "faces.csv")}}
+    run = fake_run(path=run_path, config={"seed": 0, "profile": "cpu"}, info=info)
+    code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                if isinstance(b, freport.Shell))
+    line = next(line for line in code.splitlines() if "../faces.csv" in line)
+    if started_in == "work":
+        replica = tmp_path / "work" / "r1-replica"
+        assert line == f"cd {tmp_path / 'work'} && ferkit train ../faces.csv --out {replica} --profile cpu"
+    else:  # this report's folder: the line as it was typed
+        assert line == "ferkit train ../faces.csv --out work/r1-replica --profile cpu"
+    assert "# as recorded in run.json, but for --out and --profile" in code
+
+
+def test_a_report_on_the_run_in_the_current_folder_names_the_study_beside_the_study(tmp_path, monkeypatch):
+    """`ferkit report .` in STUDY/cnn put the study's replica in the study itself."""
+    run_dir = tmp_path / "runs" / "study" / "cnn"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("epochs: 2\n")
+    monkeypatch.chdir(run_dir)
+    info = {"environment": {"command": "ferkit run faces.csv --out runs/study --profile cpu", "cwd": str(tmp_path)},
+            "data": {"path": "faces.csv"}, "model": {"name": "cnn"}}
+    run = fake_run(path=Path("."), config={"seed": 0, "profile": "cpu"}, info=info)
+    code = next(b.text for b in freport._replication_section(run, "ferkit report . --out y")
+                if isinstance(b, freport.Shell))
+    assert f"{tmp_path / 'runs' / 'study-replica' / 'cnn'} replicates this run" in code
+    assert f"cd {tmp_path} && ferkit run faces.csv --out {tmp_path / 'runs' / 'study-replica'} --profile cpu" in code
 
 
 def test_replication_names_a_training_started_outside_ferkit(tmp_path):
@@ -987,6 +1073,11 @@ def test_out_inside_an_extra_folder_is_refused(world, tmp_path):
     with pytest.raises(FerkitError, match="lies in the --features folder"):
         freport.build_report(world["cnn"], features / "report", features=features)
     assert not (features / "report").exists()
+    inside = tmp_path / "report" / "figures"  # the other way round: the report's figures joined the extra's
+    shutil.copytree(world["features"], inside)
+    with pytest.raises(FerkitError, match="--features .*figures: lies in the report's --out folder"):
+        freport.build_report(world["cnn"], tmp_path / "report", features=inside)
+    assert sorted(p.name for p in inside.iterdir()) == sorted(p.name for p in world["features"].iterdir())
 
 
 def test_features_of_an_mlp_run_are_refused_plainly(world):
@@ -1415,6 +1506,10 @@ def rare_run(disgust: dict[str, float], mode: str = "none") -> freport.Run:
     ({"f1": 0.0, "recall": 0.0}, ": the model never gets it right; the imbalance is not overcome."),
     ({"f1": 0.0, "recall": 0.0, "support": 0}, "; the test set holds none of it, so these numbers say nothing."),
     ({"f1": 0.54, "recall": 0.2}, ": on a par with the others without any rebalancing."),
+    ({"f1": 0.59, "recall": 0.2}, ": on a par with the others without any rebalancing."),  # 2.3 points ahead
+    # a model that answers Disgust for most faces was said to be "on a par"
+    ({"f1": 0.8, "recall": 1.0}, ": 23.3 F1 points ahead of the others, which says less of the rare class than of how "
+                                 "poorly the others are told apart."),
 ])
 def test_the_rare_class_remark_compares_it_with_the_mean_of_the_six_others(disgust, ending):
     # the six others: F1 0.40, 0.50, 0.55, ..., 0.70 (mean 0.5667), recall 0.3, 0.5, 0.6, ..., 0.9 (mean 0.6333)

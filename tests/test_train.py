@@ -1424,6 +1424,34 @@ def _interrupted_after_epoch_1(tiny_csv, run, monkeypatch) -> None:
             train.train(tiny_csv, run, tiny_config(epochs=2, train_limit=64), progress=False)
 
 
+def test_a_resume_with_other_libraries_is_recorded_and_reported(tiny_csv, tmp_path, monkeypatch):
+    """run.json kept the start's device and versions only: the report described the first session alone."""
+    from ferkit import report
+
+    run = tmp_path / "r"
+    _interrupted_after_epoch_1(tiny_csv, run, monkeypatch)
+    real = train.environment
+
+    def upgraded():
+        env = real()
+        return dict(env, versions=dict(env["versions"], torch="9.9.9+cu999"))
+
+    monkeypatch.setattr(train, "environment", upgraded)
+    info = train.train(tiny_csv, run, resume=True, progress=False)
+    (elsewhere,) = info["resumed_elsewhere"]
+    assert elsewhere["versions"]["torch"] == "9.9.9+cu999" and elsewhere["at"] == info["resumed"][0]
+    assert elsewhere["device"] == info["device"] == "cpu"
+    evaluate(run)
+    text = report._resumed(report.read_run(run))
+    first = info["environment"]["versions"]["torch"]
+    assert f"but it went on elsewhere (from {elsewhere['at'][:16]}: torch 9.9.9+cu999 (first {first}))" in text
+
+    monkeypatch.setattr(train, "environment", real)
+    again = tmp_path / "again"
+    _interrupted_after_epoch_1(tiny_csv, again, monkeypatch)
+    assert "resumed_elsewhere" not in train.train(tiny_csv, again, resume=True, progress=False)  # the same machine
+
+
 def test_a_resume_records_where_the_data_is_only_when_the_file_has_moved(tiny_csv, tmp_path, monkeypatch):
     """Resumed with a copy, a run keeps the file it recorded while that file exists; once the file has
     moved, run.json records where it is now, where evaluate, features and report look for it."""

@@ -78,9 +78,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     record = run_study(args.data, args.out, profile=args.profile, cnn_overrides=args.set, mlp_overrides=args.mlp_set)
     results = record["results"]
-    print(f"\nCNN on PrivateTest (TTA): accuracy {results['cnn_test_accuracy_tta']:.4f}, macro F1 "
-          f"{results['cnn_test_macro_f1_tta']:.4f}; MLP: accuracy {results['mlp_test_accuracy']:.4f}, macro F1 "
-          f"{results['mlp_test_macro_f1']:.4f}")
+    print(f"\nOn PrivateTest with TTA: CNN accuracy {results['cnn_test_accuracy_tta']:.4f}, macro F1 "
+          f"{results['cnn_test_macro_f1_tta']:.4f}; MLP accuracy {results['mlp_test_accuracy_tta']:.4f}, macro F1 "
+          f"{results['mlp_test_macro_f1_tta']:.4f}")
     print(f"everything is in {args.out}; the report is {args.out}/report/report.pdf")
 
 
@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        # no abbreviated options: run.json records the command as typed, and its report edits that command's --out
+        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
         p.set_defaults(handler=handler)
         return p
 

@@ -225,6 +225,9 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
     }
 
     destination = output_folder(out)
+    # comparison.json is written last: a comparison cut short must not leave an earlier one's numbers beside
+    # these figures, where `report` would take them for one set
+    (destination / "comparison.json").unlink(missing_ok=True)
     _write_faces_csv(destination / "faces.csv", labels, y_true, human, cnn, probs)
     network = model_label(result)  # the keys say cnn; the figures name what the run trained
     titles = tuple(f"{name}: accuracy {result[key]['accuracy']:.3f}, macro F1 {result[key]['macro_f1']:.3f}"

@@ -337,4 +337,5 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "command": shlex.join(sys.argv),  # quoted: a path with spaces stays one word
+        "cwd": os.getcwd(),  # where the command's relative paths start
     }

@@ -34,6 +34,7 @@ import os
 import re
 import shlex
 import shutil
+import tempfile
 import textwrap
 import unicodedata
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import yaml
 
+from ferkit.compare import model_label
 from ferkit.config import epoch_changes
 from ferkit.data import EMOTIONS, same_data
 from ferkit.errors import FerkitError
@@ -824,6 +826,9 @@ def _rare_class(run: Run) -> str | None:
         text += "; the test set holds none of it, so these numbers say nothing."
     elif f1_rare == 0:
         text += ": the model never gets it right; the imbalance is not overcome."
+    elif f1_rare > f1_others + 0.03:  # a model that answers the rare class for most faces
+        text += (f": {_pts(f1_rare - f1_others)} F1 points ahead of the others, which says less of the rare class "
+                 "than of how poorly the others are told apart.")
     elif f1_rare >= f1_others - 0.03:
         text += ": on a par with the others" + (" without any rebalancing." if mode == "none" else
                                                  ", so the rebalancing works.")
@@ -873,9 +878,26 @@ def _resumed(run: Run) -> str | None:
         return None
     study = _is_study(_command(run.info.get("environment", {}).get("command")))
     how = "by running its `ferkit run` study again" if study else "with `ferkit train --resume`"
-    return (f"**Resumed**: run.json records that the run was continued from checkpoints/last.pt "
+    text = (f"**Resumed**: run.json records that the run was continued from checkpoints/last.pt "
             f"{_times(resumes)} ({how}); every epoch draws its randomness from (seed, epoch) alone, so it "
-            "ends where a run without a break would.")
+            "ends where a run without a break would")
+    elsewhere = run.info.get("resumed_elsewhere") or []
+    if not elsewhere:
+        return text + "."
+    env = run.info.get("environment", {})
+    first = {"device": run.info.get("device"),
+             **{key: env.get(key) for key in ("git_commit", "platform", "cpu", "gpu")}}
+    changes = []
+    for session in elsewhere:
+        changed = [f"{key} {_value(session.get(key))} (first {_value(first.get(key))})" for key in first
+                   if session.get(key) != first[key]]
+        versions = session.get("versions") or {}
+        changed += [f"{name} {versions.get(name)} (first {version})"
+                    for name, version in env.get("versions", {}).items() if versions.get(name) != version]
+        changes.append(f"from {str(session.get('at', '?'))[:16]}: {', '.join(changed) or 'the same'}")
+    return text + (" on the same machine and versions; but it went on elsewhere (" + "; ".join(changes) + "), so the "
+                   "numbers of its later epochs may differ in the last digits from a run without a break, and the "
+                   "hardware and libraries of Section 5 are those of its start.")
 
 
 def _test_section(run: Run, figures_dir: Path) -> list[Any]:
@@ -947,6 +969,19 @@ def _replica_folder(run_path: Path) -> Path:
     return named.with_name(f"{named.name}-replica")
 
 
+def _parent(path: Path) -> Path:
+    """The folder that holds `path`, also for "." or "..", whose parent as written is themselves."""
+    return path.parent if path.name not in ("", ".", "..") else Path(os.path.abspath(path)).parent
+
+
+def _recorded_there(command: str, replica: Path, cwd: str | None) -> str:
+    """A recorded command with its --out set to `replica`, run in the folder it was recorded in (`cwd`), where
+    its relative paths start, when that is not the folder of this report's command."""
+    if cwd and os.path.realpath(cwd) != os.path.realpath(os.getcwd()):
+        return f"cd {shlex.quote(cwd)} && {_with_out(command, Path(os.path.abspath(replica)))}"
+    return _with_out(command, replica)
+
+
 def _replication_section(run: Run, report_command: str) -> list[Any]:
     info, cfg = run.info, run.config
     env = info.get("environment", {})
@@ -956,9 +991,13 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
     lines = [f"# training into a new folder, {replica}: ferkit train refuses {run.path}, which holds the run"]
     # a run sized by fit_minutes: its command sizes the epochs again, by the speed of the machine it runs on
     resized = ", which sizes its epochs again by this machine's speed" if info.get("fit_minutes") else ""
+    # without --profile, `ferkit train` and `ferkit run` pick one by the machine they run on
+    pinned = f" --profile {cfg['profile']}" if recorded and " --profile" not in f" {recorded}" and cfg.get("profile") \
+        else ""
+    changed = f"--out{' and --profile' if pinned else ''}"
     if recorded and recorded.startswith("ferkit train"):
-        lines += [f"# as recorded in run.json, but for --out{resized}",
-                  _with_out(recorded, replica)]
+        lines += [f"# as recorded in run.json, but for {changed}{resized}",
+                  _recorded_there(recorded, replica, env.get("cwd")) + pinned]
     q = shlex.quote
     lines += ["# with every key from the saved config" + (" (exact: the epochs as sized)" if resized else " (equivalent)"),
               f"ferkit train {q(str(data.get('path', 'DATA')))} --out {q(str(replica))} "
@@ -966,16 +1005,11 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
     lines += ["# evaluation of the replica"] + [f"ferkit evaluate {q(str(replica))}{' --tta' if name == 'test-tta' else ''}"
                                                for name in ("test-tta", "test") if name in run.evals]
     if _is_study(recorded):
-        study_replica = _replica_folder(run.path.parent)
-        study_command = _with_out(recorded, study_replica)
-        # without --profile, `ferkit run` picks one by the machine it runs on
-        pinned = " --profile" not in f" {recorded}" and cfg.get("profile")
-        if pinned:
-            study_command += f" --profile {cfg['profile']}"
-        lines += [f"# or the whole study that trained it, as recorded in run.json but for --out"
-                  f"{' and --profile' if pinned else ''}: {study_replica / (_model_name(run) or run.path.name)} "
-                  f"replicates this run{resized}",  # a study names its runs after their models
-                  study_command]
+        study_replica = _replica_folder(_parent(run.path))
+        lines += [f"# or the whole study that trained it, as recorded in run.json but for {changed}: "
+                  f"{study_replica / (_model_name(run) or run.path.name)} replicates this run{resized}",
+                  # a study names its runs after their models
+                  _recorded_there(recorded, study_replica, env.get("cwd")) + pinned]
     lines += ["# this report, from the files of the original run", report_command]
     versions = env.get("versions", {})
     commit = env.get("git_commit")
@@ -1029,8 +1063,9 @@ def _evaluated_data(run: Run, metrics: dict[str, Any]) -> dict[str, str | None]:
 
 
 def _compared_evaluations(cnn: Run, mlp: Run) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The CNN's and the MLP's test metrics for the CNN vs MLP section (the MLP's in the CNN's TTA mode
-    where it has it). A FerkitError unless RUN_DIR is no MLP, --mlp is one, and both were evaluated
+    """The CNN's and the MLP's test metrics for the CNN vs MLP section, like for like: the MLP's in the CNN's
+    TTA mode where it has it, else the CNN's in the MLP's where the CNN has it. A FerkitError unless RUN_DIR
+    is no MLP, --mlp is one, and both were evaluated
     on the same test faces (the same file, or the same faces in another file): on other faces the
     comparison would say nothing."""
     if _model_name(cnn) == "mlp":
@@ -1041,7 +1076,7 @@ def _compared_evaluations(cnn: Run, mlp: Run) -> tuple[dict[str, Any], dict[str,
         raise FerkitError(f"--mlp {mlp.path}: a run of the `{model}` model, not of `mlp`; pass a run trained with "
                           f"`ferkit train DATA --model mlp --out RUN_DIR` (and evaluated), or leave out --mlp")
     name = cnn.preferred if cnn.preferred in mlp.evals else mlp.preferred
-    a, b = cnn.metrics, mlp.evals[name]
+    a, b = cnn.evals.get(name, cnn.metrics), mlp.evals[name]
     data_a, data_b = _evaluated_data(cnn, a), _evaluated_data(mlp, b)
     differences = [f"{key} {a.get(key)} vs {b.get(key)}" for key in ("split", "n") if a.get(key) != b.get(key)]
     if not same_data(data_a, data_b):
@@ -1112,9 +1147,10 @@ _KNOWN_CAPTIONS = {
                      "over each.",
     "embedding.png": "A 2-D map of the penultimate features of the test faces, coloured by true and by predicted "
                      "emotion.",
-    "confusion_matrices.png": "Confusion matrices of the human labeller and of the CNN on the same faces "
+    "confusion_matrices.png": "Confusion matrices of the human labeller and of the {network} on the same faces "
                               "(rows: truth).",
-    "disagreements.png": "The faces where the human and the CNN disagree: the truth, the human's and the CNN's answer.",
+    "disagreements.png": "The faces where the human and the {network} disagree: the truth, the human's and the "
+                         "{network}'s answer.",
 }
 _KNOWN_FAMILIES = {
     "faces": "{emotion} faces: the face, the channel-mean activation of the last conv layer, Grad-CAM for the true "
@@ -1221,13 +1257,49 @@ def _figure_order(paths: list[Path]) -> list[Path]:
     return singles + [p for p in paths if per_emotion(p)]
 
 
-def _caption_for(path: Path, captions: dict[str, str]) -> str:
+def _comparison_summary(data: dict[str, Any], network: str) -> list[Any]:
+    """The human's and the network's scores side by side, and what tells them apart, from comparison.json;
+    nothing where it lacks their scores."""
+    def interval(scores: dict[str, Any], key: str) -> str:
+        ci = scores.get(f"{key}_ci95")
+        value = f"{scores[key]:.3f}" if isinstance(scores.get(key), (int, float)) else "-"
+        return value + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else "")
+
+    sides = [(name, data.get(key)) for key, name in (("human", "human"), ("cnn", network))]
+    if not all(isinstance(scores, dict) and "accuracy" in scores for _, scores in sides):
+        return []
+    rows = [[name, _int(scores["correct"]) if isinstance(scores.get("correct"), int) else "-",
+             interval(scores, "accuracy"), interval(scores, "macro_f1")] for name, scores in sides]
+    said = []
+    difference = data.get("difference", {})
+    for metric, words in (("accuracy", "accuracy"), ("macro_f1", "macro F1")):
+        given = difference.get(metric, {}) if isinstance(difference, dict) else {}
+        if isinstance(given.get("human_minus_cnn"), (int, float)) and isinstance(given.get("ci95"), list):
+            low, high = given["ci95"]
+            said.append(f"{words} {_signed_pts(given['human_minus_cnn'])} points [{low * 100:+.1f}, {high * 100:+.1f}]")
+    kappas = data.get("kappa", {}) if isinstance(data.get("kappa"), dict) else {}
+    shown = {k: "n/a" if v is None else f"{v:.3f}" for k, v in kappas.items() if v is None or isinstance(v, float)}
+    test = data.get("mcnemar", {}) if isinstance(data.get("mcnemar"), dict) else {}
+    text = f"Human minus {network}: {'; '.join(said)}." if said else ""
+    if {"human_vs_truth", "cnn_vs_truth", "human_vs_cnn"} <= set(shown):
+        text += (f" Cohen's kappa with the truth: human {shown['human_vs_truth']}, {network} {shown['cnn_vs_truth']}; "
+                 f"between them {shown['human_vs_cnn']}.")
+    if isinstance(test.get("p_value"), float):
+        text += (f" McNemar exact p = {test['p_value']:.3g} (human right and {network} wrong on "
+                 f"{test.get('human_correct_cnn_wrong')} faces, the reverse on {test.get('human_wrong_cnn_correct')}).")
+    faces = f"the same {_int(data['n'])} PrivateTest faces" if isinstance(data.get("n"), int) else "the same faces"
+    blocks: list[Any] = [Table(["", "correct", "accuracy [95% CI]", "macro F1 [95% CI]"], rows,
+                               f"The human and the {network} on {faces}.", widths=[0.2, 0.14, 0.33, 0.33])]
+    return blocks + ([Para(text.strip())] if text else [])
+
+
+def _caption_for(path: Path, captions: dict[str, str], network: str = "CNN") -> str:
     stem = path.stem.lower()
     for emotion in EMOTIONS:
         family = stem[: -len(emotion) - 1]
         if stem.endswith(f"_{emotion.lower()}") and family in _KNOWN_FAMILIES:
             return _KNOWN_FAMILIES[family].format(emotion=emotion)
-    known = _KNOWN_CAPTIONS.get(path.name)
+    known = _KNOWN_CAPTIONS.get(path.name, "").format(network=network)
     found = captions.get(path.name)
     if known and found:
         return f"{known} ({found})"
@@ -1237,12 +1309,14 @@ def _caption_for(path: Path, captions: dict[str, str]) -> str:
 
 
 def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name: str, prefix: str,
-                   key_limit: int = 10) -> list[Any]:
+                   key_limit: int = 10, summary: Sequence[Any] = (), network: str = "CNN") -> list[Any]:
+    """An extra's section: `summary` (blocks of its own), then its JSON's key numbers and its figures."""
     blocks: list[Any] = [Heading(f"{number}  {title}", 1)]
     leaves = _key_numbers(extra.data)
     shown = leaves[:key_limit]
     blocks.append(Para(f"{intro} From {_code(extra.path)}: {json_name} ({len(leaves)} values, {len(shown)} below), "
                        f"{len(extra.figures)} figure(s).", keep_with_next=True))
+    blocks += summary
     if shown:
         per_row = 2
         rows = []
@@ -1260,7 +1334,7 @@ def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name:
     figures = []
     for path in _figure_order(extra.figures):
         relative = path.relative_to(extra.path)
-        figures.append(Figure(path, f"{_caption_for(path, captions)} ({relative})",
+        figures.append(Figure(path, f"{_caption_for(path, captions, network)} ({relative})",
                               f"{prefix}_{'_'.join(relative.parts)}", max_height=0.42))
     if figures:
         blocks.append(FigureGrid(figures))
@@ -1283,8 +1357,10 @@ def build_document(run: Run, figures_dir: Path, mlp: Run | None = None, features
                                  "features.json", "features")
         number += 1
     if compare is not None:
-        extras += _extra_section(compare, number, "Human vs CNN", "People and the network on the same faces.",
-                                 "comparison.json", "compare")
+        network = model_label(compare.data)
+        extras += _extra_section(compare, number, f"Human vs {network}", "People and the network on the same faces.",
+                                 "comparison.json", "compare", summary=_comparison_summary(compare.data, network),
+                                 network=network)
     if extras:
         extras.insert(0, Heading("Extras", 0))
     return Document(_plain(_title(run)), main, extras)
@@ -2051,20 +2127,27 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
         if extra is not None and Path(os.path.realpath(out)).is_relative_to(os.path.realpath(extra.path)):
             raise FerkitError(f"--out {out}: lies in the {option} folder {extra.path}, whose figures the report reads "
                               "(the next report would take its own figures for that folder's); name another folder")
+        if extra is not None and Path(os.path.realpath(extra.path)).is_relative_to(os.path.realpath(out)):
+            raise FerkitError(f"{option} {extra.path}: lies in the report's --out folder {out}, where the report "
+                              "writes its own figures, which the next report would take for that folder's; keep the "
+                              f"{option} folder elsewhere")
     given = (("--mlp", mlp), ("--features", features), ("--compare", compare), ("--out", out))
     command = shlex.join(["ferkit", "report", str(run_dir)] +
                          [word for flag, value in given if value is not None for word in (flag, str(value))])
     target = output_folder(out)
-    doc = build_document(run, target / "figures", mlp_run, extras["--features"], extras["--compare"], command)
-    pdf, layout = layout_pdf(doc)
-
-    markdown, files = render_markdown(doc)
-    for relative, source in files.items():
-        if (target / relative).resolve() != source.resolve():
-            with atomic_path(target / relative) as tmp:
-                shutil.copyfile(source, tmp)
+    # the report's own figures are drawn apart and copied in with the rest once the layout holds: a report
+    # that fails or is cut short leaves the previous one whole
+    with tempfile.TemporaryDirectory(prefix="ferkit-report-") as drawn:
+        doc = build_document(run, Path(drawn), mlp_run, extras["--features"], extras["--compare"], command)
+        pdf, layout = layout_pdf(doc)
+        markdown, files = render_markdown(doc)
+        page = render_html(doc)
+        for relative, source in files.items():
+            if (target / relative).resolve() != source.resolve():
+                with atomic_path(target / relative) as tmp:
+                    shutil.copyfile(source, tmp)
     write_text(target / "report.md", markdown)
-    write_text(target / "report.html", render_html(doc))
+    write_text(target / "report.html", page)
     with atomic_path(target / "report.pdf") as tmp:
         tmp.write_bytes(pdf)
     return {"pdf": str(target / "report.pdf"), "html": str(target / "report.html"), "md": str(target / "report.md"),

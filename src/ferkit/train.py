@@ -562,7 +562,14 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         history = state["history"]
         best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
-        run_info.setdefault("resumed", []).append(datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+        resumed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        run_info.setdefault("resumed", []).append(resumed_at)
+        # run.json describes where the run started; a session elsewhere (another device, library or code) is
+        # recorded beside it, since its epochs match an unbroken run's only on the same machine and versions
+        here = _session(str(device), environment())
+        first = _session(run_info.get("device"), run_info.get("environment"))
+        if here != first:
+            run_info.setdefault("resumed_elsewhere", []).append({"at": resumed_at, **here})
         if cfg != saved:  # another device: config.yaml says where the run goes on
             configs.save(cfg, out / "config.yaml")
         write_json(out / "run.json", run_info)
@@ -761,6 +768,13 @@ def validate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, dev
 
 def write_history(path: str | os.PathLike, history: list[dict[str, Any]]) -> None:
     write_csv(path, HISTORY_FIELDS, ([row[field] for field in HISTORY_FIELDS] for row in history))
+
+
+def _session(device: str | None, env: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: the device, the machine, the library versions and
+    ferkit's commit."""
+    env = env or {}
+    return {"device": device, **{key: env.get(key) for key in ("versions", "git_commit", "platform", "cpu", "gpu")}}
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
