@@ -175,6 +175,18 @@ def test_evaluate_prints_the_scores_and_a_note_if_any(note, err, monkeypatch, ca
         "R/eval/test-tta\n", err)
 
 
+def test_evaluate_tta_on_a_run_without_tta_says_so_and_an_ensemble_on_publictest_is_called_optimistic(monkeypatch,
+                                                                                                        capsys):
+    metrics = {"name": "cnn", "split": "PublicTest", "n": 9, "tta": "none", "accuracy": 0.5, "macro_f1": 0.5,
+               "weighted_f1": 0.5, "folder": "E"}
+    _, err = printed(["evaluate", "R", "--tta"], "ferkit.evaluate", "evaluate", metrics, monkeypatch, capsys)
+    assert err == "note: --tta: this run's tta setting is none, so each face was classified once\n"
+    ensembled = dict(metrics, members=[], note="these scores are optimistic")
+    _, err = printed(["ensemble", "R1", "R2", "--split", "val", "--out", "E"], "ferkit.evaluate", "ensemble",
+                     ensembled, monkeypatch, capsys)
+    assert err == "note: these scores are optimistic\n"
+
+
 def test_predict_prints_the_table_as_csv_unless_given_a_file(monkeypatch, capsys):
     import pandas as pd
 

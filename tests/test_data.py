@@ -657,6 +657,9 @@ BAD_INPUTS = {
     "tar_two_csvs": _rows_case(lambda rows: _tar_of([("a.csv", fer_csv(rows)), ("b.csv", fer_csv(rows))]), None,
                                "the tar archive holds a.csv and b.csv: ferkit cannot tell which is the data",
                                name="bad.tar"),
+    "an_image_given_as_data": _rows_case(lambda rows: png_bytes(np.zeros((48, 48), np.uint8)), None,
+                                         "this is a PNG image, not a FER2013 CSV: give the CSV, or the image-folder "
+                                         "export", name="face.png"),  # was "line 2: binary data"
     "tar_of_neither": _rows_case(lambda rows: _tar_of([("README.txt", b"faces")]), None,
                                  "the tar archive holds neither one FER2013 CSV nor the image folders train/ and "
                                  "test/ (it holds 1 files)", name="bad.tar"),

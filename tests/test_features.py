@@ -55,8 +55,8 @@ def make_csv(path: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def tiny_train(csv_path: Path, run_dir: Path, **extra) -> None:
-    overrides = {"epochs": 1, "train_limit": 64, "val_limit": 32, "batch_size": 32, "widths": "4,8",
-                 "eval_batch_size": 64, **extra}
+    overrides = {"epochs": 1, "train_limit": 64, "val_limit": 32, "batch_size": 32, "eval_batch_size": 64,
+                 **({"widths": "4,8"} if extra.get("model", "cnn") == "cnn" else {}), **extra}
     train(csv_path, run_dir, configs.resolve(overrides=overrides), progress=False)
 
 

@@ -377,6 +377,19 @@ def test_refused_starts_make_no_folder(data, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_a_refused_server_leaves_no_lock_file_but_keeps_that_of_labels_begun(data, tmp_path):
+    out = tmp_path / "labels"
+    out.mkdir()
+    for n, message in ((0, "--n 0: label at least one face"), (31, "only 30")):
+        with pytest.raises(FerkitError, match=message):
+            label.make_server(data, out / "labels.csv", n=n, seed=0, port=0)
+        assert list(out.iterdir()) == []
+    label.make_server(data, out / "labels.csv", n=3, seed=0, port=0).server_close()
+    with pytest.raises(FerkitError, match="was started with --n 3, not 4"):
+        label.make_server(data, out / "labels.csv", n=4, seed=0, port=0)
+    assert (out / "labels.csv.lock").exists()  # the lock of a labels file stays beside it, as the docs say
+
+
 def test_labels_without_a_sidecar(data, tmp_path):
     out = tmp_path / "labels.csv"
     out.write_bytes(b"")  # an empty file (made by hand, or by a start that failed) is no answers
@@ -740,6 +753,18 @@ def test_a_second_server_is_refused_while_the_first_still_loads_the_data(data, t
         assert post_answer(server.url, 0, 5)[0] == 200
     assert second == ["tried"] and answers_in(out) == {0: 5}
     assert label._read_meta(out)["seed"] == 0
+
+
+def test_the_data_given_as_the_labels_is_named_as_such(data, tmp_path):
+    """It was told that data.csv.json, a sidecar it never had, was missing."""
+    with pytest.raises(FerkitError, match="not a labels file of `ferkit label` \\(whose header begins index,line or "
+                                          "index,path\\)"):
+        label.read_labels(data, load(data))
+    out = tmp_path / "labels.csv"
+    label.LabelSession.open(data, out, n=3, seed=0)
+    label.sidecar_path(out).unlink()  # labels that lost their sidecar are still told so
+    with pytest.raises(FerkitError, match="labels.csv.json: missing; it records which faces"):
+        label.read_labels(out, load(data))
 
 
 def test_a_sidecar_removed_while_serving_is_written_again(data, tmp_path):

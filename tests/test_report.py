@@ -91,7 +91,8 @@ def world(tmp_path_factory):
         train(csv_path, cnn, configs.resolve(overrides=TINY), progress=False)
         evaluate(cnn, tta=True, device="cpu")
         evaluate(cnn, tta=False, device="cpu")
-        train(csv_path, mlp, configs.resolve(overrides=dict(TINY, model="mlp", hidden="32")), progress=False)
+        mlp_settings = {k: v for k, v in TINY.items() if k != "widths"}  # the CNN's shape: refused for an MLP
+        train(csv_path, mlp, configs.resolve(overrides=dict(mlp_settings, model="mlp", hidden="32")), progress=False)
         evaluate(mlp, tta=True, device="cpu")
         features = make_extra(root / "features", "features.json",
                               {"accuracy": 0.5, "layer": {"name": "last conv", "shape": [8, 24, 24]},

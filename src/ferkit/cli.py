@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -49,8 +50,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate(args.run_dir, split=args.split, tta=args.tta, data=args.data, out=args.out,
                        checkpoint=args.checkpoint, device=args.device)
     _print_metrics(metrics)
-    if metrics.get("note"):
-        print(f"note: {metrics['note']}", file=sys.stderr)
+    if args.tta and metrics.get("tta") == "none":
+        print("note: --tta: this run's tta setting is none, so each face was classified once", file=sys.stderr)
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> None:
@@ -108,6 +109,8 @@ def _print_metrics(metrics: dict) -> None:
     print(f"{metrics['name']} on {metrics['split']} ({metrics['n']} faces, TTA {metrics['tta']}): "
           f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
           f"weighted F1 {metrics['weighted_f1']:.4f}; files in {metrics['folder']}")
+    if metrics.get("note"):
+        print(f"note: {metrics['note']}", file=sys.stderr)
 
 
 def _cmd_label(args: argparse.Namespace) -> None:
@@ -217,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "nor one holding an evaluation of other models)")
         p.add_argument("--split", choices=("test", "val"), default="test",
                        help="test = PrivateTest, val = PublicTest (it chose the best epoch: optimistic)")
-        p.add_argument("--tta", action="store_true", help="test-time augmentation (the run's tta setting; saved "
-                       "predictions are used as they are)")
+        p.add_argument("--tta", action="store_true", help="test-time augmentation (the run's tta setting" + (
+            "; saved predictions are used as they are)" if name == "ensemble" else ")"))
         p.add_argument("--data", help="the dataset (default: the file the run was trained on)")
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
@@ -236,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice; 1 is much "
                    "faster on a machine that other jobs keep busy)")
 
-    p = command("run", _cmd_run, "the whole study: data, CNN, evaluation, MLP, features, report (resumable)")
+    p = command("run", _cmd_run, "the whole study: data, CNN, MLP (each evaluated), features, report (resumable)")
     p.add_argument("data", help="the dataset file or folder")
     p.add_argument("--out", required=True, help="the study folder")
     p.add_argument("--profile", choices=("cpu", "gpu"), help="default: a resumed study's own profile; for a new one, "
@@ -301,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     except FerkitError as exc:
         print(f"ferkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ferkit data ... | head -1`: the reader has what it wanted, and the files are written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 0
     except OSError as exc:  # a path the system refuses (no space, no permission, a file for a folder): no traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"ferkit {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -208,7 +208,16 @@ def _load_bytes(raw: bytes, path: Path, checksum: str) -> Dataset:
         raise DataFormatError(str(path), [Problem(None, None, "the zip archive is empty; download the data again")])
     if len(raw) > 262 and raw[257:262] == b"ustar" or _is_old_tar(raw):
         return _load_tar(raw, path, checksum)
+    if kind := next((name for magic, name in _IMAGE_MAGIC if raw.startswith(magic)), None):
+        raise DataFormatError(str(path), [Problem(None, None, f"this is a {kind} image, not a FER2013 CSV: give the "
+                                                              "CSV, or the image-folder export (the folder that holds "
+                                                              "train/ and test/, or its archive)")])
     return _parse_csv(raw, str(path), checksum)
+
+
+# How image files begin: one given as the data was read as a CSV and refused for binary bytes on "line 2"
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 
 
 def _is_old_tar(raw: bytes) -> bool:

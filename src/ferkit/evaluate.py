@@ -147,14 +147,28 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
             "checkpoint_sha256": checkpoint_sha,
             "split": name, "tta": mode,
             "checkpoint": which, "epoch": state["epoch"]}
+    notes = []
     if name == "PublicTest":  # the validation split: say so beside its numbers
         limit = int(state["config"].get("val_limit") or 0)
         chose = f"its first {limit} faces" if 0 < limit < len(rows) else "it"
-        info["note"] = (f"PublicTest validated the run every epoch ({chose} chose the best epoch and when to stop), "
-                        "so these scores are optimistic; --split test (PrivateTest) is the held-out estimate")
+        notes.append(f"PublicTest validated the run every epoch ({chose} chose the best epoch and when to stop), "
+                     "so these scores are optimistic; --split test (PrivateTest) is the held-out estimate")
+    if not _finished(run):
+        notes.append(f"the run has not finished training (interrupted, or still running): this is its {which} "
+                     f"checkpoint so far, of epoch {state['epoch']}; evaluate it again once the run has ended")
+    if notes:
+        info["note"] = "; ".join(notes)
     return write_evaluation(destination, dataset, rows, probs, info, history, state["epoch"],
                             mark="best epoch {epoch}" if which == "best" else
                             "evaluated: epoch {epoch} (" + which + " checkpoint)", training=state["config"])
+
+
+def _finished(run: Path) -> bool:
+    """Whether run.json says the run ended (all its epochs, or stopped early); True where it cannot say."""
+    try:
+        return "finished" in read_json(run / "run.json")
+    except (OSError, ValueError, TypeError):
+        return True
 
 
 def is_evaluation_folder(path: str | os.PathLike) -> bool:
@@ -338,4 +352,7 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
         total += probs
     info = {"name": f"ensemble of {len(members)}", "split": name,
             "tta": ", ".join(sorted({summary["tta"] for summary in summaries})), "members": summaries}
+    if name == "PublicTest":  # as evaluate says of one run
+        info["note"] = ("PublicTest validated each member every epoch (it chose their best epochs and when to stop), "
+                        "so these scores are optimistic; --split test (PrivateTest) is the held-out estimate")
     return write_evaluation(output, dataset, rows, total / len(members), info)

@@ -141,6 +141,9 @@ def require_run_folder(path: str | os.PathLike, where: str | None = None, needs:
     if not Path(path).is_dir():
         raise FerkitError(f"{where}: no such run folder; train one with `ferkit train DATA --out {path}`")
     missing = [name for name in needs if not (Path(path) / name).exists()]
+    if missing and is_run_folder(path) and not (Path(path) / "history.csv").exists():
+        raise FerkitError(f"{where}: its training stopped before its first epoch ended, so it has no checkpoint yet; "
+                          "run the same `ferkit train` command again, which starts it anew in this folder")
     if missing:
         raise FerkitError(f"{where}: not a trained ferkit run (no {', no '.join(missing)}); give the folder that "
                           f"`ferkit train DATA --out {path}` wrote")

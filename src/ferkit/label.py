@@ -80,11 +80,25 @@ def _columns(origin_column: str) -> list[str]:
 # The sidecar and labels.csv on disk
 
 
+def _starts_as_labels(labels_csv: Path) -> bool:
+    """Whether the file's first line is the header `ferkit label` writes."""
+    try:
+        with open(labels_csv, encoding="utf-8", errors="replace", newline="") as f:
+            first = f.readline(1000).rstrip("\r\n")
+    except OSError:
+        return True  # unreadable: the message about its sidecar stands
+    return first in (",".join(_columns("line")), ",".join(_columns("path")))
+
+
 def _read_meta(labels_csv: Path) -> dict[str, Any]:
     side = sidecar_path(labels_csv)
     try:
         meta = read_json(side)
     except FileNotFoundError:
+        if not _starts_as_labels(labels_csv):  # the data, or an --export-with-truth file, given as the labels
+            raise FerkitError(f"{labels_csv}: not a labels file of `ferkit label` (whose header begins "
+                              f"{','.join(_columns('line')[:2])} or {','.join(_columns('path')[:2])}); give the "
+                              "labels.csv that `ferkit label DATA --out labels.csv` wrote") from None
         raise FerkitError(f"{side}: missing; it records which faces {labels_csv.name} labels (data checksum, "
                           "seed, n): keep it beside the labels") from None
     except (OSError, ValueError) as exc:
@@ -535,14 +549,19 @@ def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int |
     except OSError as exc:
         raise FerkitError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
                           "(0 picks a free one), or another --host") from None
+    lock, made = None, False
     try:
         # on labels.csv.lock, not on the sidecar, which a starting session writes: two servers started
         # together would each have locked a sidecar of its own
         labels_csv = output_file(labels_csv, "--out", create_folder=False)
-        server._lock_file = hold_lock(Path(f"{labels_csv}.lock"), f"another `ferkit label` is already serving "
-                                      f"{labels_csv}: use its page, or stop it first")
+        lock = Path(f"{labels_csv}.lock")
+        made = not lock.exists()
+        server._lock_file = hold_lock(lock, f"another `ferkit label` is already serving {labels_csv}: use its page, "
+                                            "or stop it first")
         server.session = LabelSession.open(data, labels_csv, n=n, seed=seed)
     except BaseException:
+        if made and server._lock_file is not None and not labels_csv.exists():  # refused before any labelling
+            lock.unlink(missing_ok=True)
         server.server_close()  # also releases the lock
         raise
     return server

@@ -92,6 +92,11 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
     # a resumed study keeps its profile unless one is named, also on a machine that would pick another
     chosen = profile or record.get("profile") or configs.auto_profile()
     record["profile"] = chosen
+    for model, overrides, option in (("cnn", cnn_overrides, "--set"), ("mlp", mlp_overrides, "--mlp-set")):
+        pairs = overrides if isinstance(overrides, dict) else configs.parse_overrides(overrides or [], option)
+        if "model" in pairs and str(pairs["model"]).strip() != model:  # each stage trains its own
+            raise FerkitError(f"{option} model={pairs['model']}: this stage of the study trains the {model}; leave "
+                              f"`model` out of {option}")
     cnn_cfg = configs.resolve(profile=chosen, overrides=cnn_overrides)
     if isinstance(mlp_overrides, dict):  # after the MLP's own two settings, which a user may change
         mlp_overrides = [f"{key}={value}" for key, value in mlp_overrides.items()]
@@ -101,10 +106,6 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
     # test-time views are flips only (the gpu profile's shifted crops cut its macro F1 from 0.45 to 0.38).
     mlp_cfg = configs.resolve(profile=chosen, overrides=["model=mlp", "augment=false", "tta=flip",
                                                          *(mlp_overrides or [])], option="--mlp-set")
-    for model, cfg, option in (("cnn", cnn_cfg, "--set"), ("mlp", mlp_cfg, "--mlp-set")):
-        if cfg.model != model:  # the study compares a CNN with an MLP: each stage trains its own
-            raise FerkitError(f"{option} model={cfg.model}: this stage of the study trains the {model}; leave "
-                              f"`model` out of {option}")
     _require_same_configs(out, cnn_cfg, mlp_cfg)
     output_folder(out)
     lock.enter_context(folder_lock(out, "`ferkit run`"))
