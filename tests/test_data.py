@@ -14,6 +14,7 @@ import io
 import json
 import lzma
 import os
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -482,6 +483,18 @@ def test_a_pipe_or_a_folder_of_data_files_is_refused_with_advice(tmp_path):
     write_file(folder / "icml_face_data.csv", fer_csv(rows_of(make_faces(n=3, seed=19))))
     with pytest.raises(FerkitError, match="holds no face images but icml_face_data.csv: give that file instead"):
         load(folder)
+
+
+def test_an_export_folder_with_a_csv_beside_the_faces_is_refused_as_an_archive_is(tmp_path):
+    """The faces were read and the CSV ignored, where a zip or tar of the same files is refused."""
+    faces = make_faces(n=4, seed=19)
+    root = write_export(tmp_path / "images", faces, "folder")
+    shutil.copy(write_export(tmp_path / "images.tar.xz", faces, "tar.xz"), root / "images.tar.xz")
+    assert_faces(load(root, cache=False), faces)  # an archive of the same faces is no other data
+    write_file(root / "icml_face_data.csv.gz", fer_csv(rows_of(faces)), "gzip")
+    with pytest.raises(FerkitError, match="holds 4 face images and icml_face_data.csv.gz: ferkit cannot tell which "
+                                          "is the data; give the CSV itself"):
+        load(root, cache=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -136,6 +136,13 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
             which = "that file" if len(inside) == 1 else "one of them"
             raise FerkitError(f"{path}: this folder holds no face images but {', '.join(inside[:3])}"
                               f"{' ...' if len(inside) > 3 else ''}: give {which} instead of the folder")
+        # as in an archive: faces and a CSV beside them are two candidates for the data, and neither is guessed
+        # (an archive of the same faces beside them is no other data)
+        if entries and (csvs := [rel for rel, _ in files if re.search(r"\.csv(\.(gz|xz|bz2))?$", rel.lower())
+                                 and not _is_junk(rel)]):
+            raise FerkitError(f"{path}: this folder holds {len(entries)} face images and {', '.join(csvs[:3])}"
+                              f"{' ...' if len(csvs) > 3 else ''}: ferkit cannot tell which is the data; give the "
+                              "CSV itself, or move it out of the image folder")
         dataset = _load_image_entries(entries, path, _folder_checksum(entries))
     else:
         raw = _read_bytes(path)
