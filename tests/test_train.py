@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import itertools
 import json
+import os
 import re
 import shutil
 import types
@@ -1434,6 +1435,22 @@ def _interrupted_after_epoch_1(tiny_csv, run, monkeypatch) -> None:
         patch.setattr(train, "write_history", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train.train(tiny_csv, run, tiny_config(epochs=2, train_limit=64), progress=False)
+
+
+def test_an_ensemble_of_saved_predictions_says_when_their_run_has_moved_on(trained_run, tiny_csv, tmp_path):
+    """Predictions saved from an epoch-1 checkpoint were averaged in silence after the run had trained on."""
+    run, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    saved = tmp_path / "saved"
+    evaluate(copy, out=saved)
+    assert "note" not in ensemble([saved], tmp_path / "now", data=tiny_csv)
+    best = torch.load(copy / "checkpoints" / "best.pt", weights_only=True)
+    torch.save(dict(best, epoch=best["epoch"] + 1), copy / "checkpoints" / "best.pt")  # it trained on
+    note = ensemble([saved], tmp_path / "later", data=tiny_csv)["note"]
+    assert note == (f"{saved} holds the predictions of an earlier best checkpoint of {os.path.realpath(copy)} than "
+                    "the run holds now (it trained on, or again); they were averaged as saved: evaluate the run "
+                    "again, or give its folder")
 
 
 def test_evaluating_an_unfinished_run_says_so(tiny_csv, tmp_path, monkeypatch):

@@ -238,6 +238,24 @@ def _owners(folder: Path, metrics: dict) -> set[str]:
     return owners
 
 
+def _stale_evaluation(folder: Path, recorded: dict) -> str | None:
+    """What to say of saved predictions whose run now holds another checkpoint of that name (it trained on,
+    or was trained again), None when it holds the one evaluated or cannot tell."""
+    from ferkit.train import checkpoint_sha256
+
+    run, which, sha = (recorded.get(key) for key in ("run_folder", "checkpoint", "checkpoint_sha256"))
+    if not all(isinstance(value, str) for value in (run, which, sha)):
+        return None
+    try:
+        now = checkpoint_sha256(run, which)
+    except FerkitError:
+        return None
+    if now is None or now == sha:
+        return None
+    return (f"{folder} holds the predictions of an earlier {which} checkpoint of {run} than the run holds now (it "
+            "trained on, or again); they were averaged as saved: evaluate the run again, or give its folder")
+
+
 def _member_owners(member: Path) -> set[str]:
     """The models an ensemble member brings: a run folder's own, or those of the evaluation it saved."""
     if not is_evaluation_folder(member):  # its folder, and its best checkpoint wherever that is now
@@ -326,13 +344,14 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     name = split_name(split)
     rows = dataset.indices(name)
     total = np.zeros((len(rows), len(EMOTIONS)))
-    summaries = []
+    summaries, notes = [], []
     models: dict[tuple, str] = {}  # what names each member's model(s): one model counts once
     for member in members:
         if is_evaluation_folder(member):
             probs, recorded = saved_probabilities(Path(member), dataset, rows, name)
             mode, source = str(recorded.get("tta", "none")), "saved predictions"
             keys = _model_keys(Path(member), recorded)
+            notes += [stale] if (stale := _stale_evaluation(Path(member), recorded)) else []
         else:
             model, state, checkpoint_sha = load_run_model(member, device=target)
             fdata.require_recorded(dataset, state, f"the run {member} was trained on",
@@ -353,6 +372,8 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     info = {"name": f"ensemble of {len(members)}", "split": name,
             "tta": ", ".join(sorted({summary["tta"] for summary in summaries})), "members": summaries}
     if name == "PublicTest":  # as evaluate says of one run
-        info["note"] = ("PublicTest validated each member every epoch (it chose their best epochs and when to stop), "
+        notes.insert(0, "PublicTest validated each member every epoch (it chose their best epochs and when to stop), "
                         "so these scores are optimistic; --split test (PrivateTest) is the held-out estimate")
+    if notes:
+        info["note"] = "; ".join(notes)
     return write_evaluation(output, dataset, rows, total / len(members), info)
