@@ -218,8 +218,10 @@ def test_report_prints_its_pages_and_the_extras_pages_if_any(pages, shown, monke
 
 @pytest.mark.parametrize("error, message", [
     (FerkitError("D: line 3, column 2: not a number"), "D: line 3, column 2: not a number"),
-    (OSError(28, "No space left on device", "O/summary.json"), "O/summary.json: No space left on device"),
-    (OSError(13, "Permission denied"), "Permission denied"),
+    (OSError(28, "No space left on device", "O/summary.json"), "O/summary.json: No space left on device; the disk "
+     "is full: free some space, or choose another disk"),
+    (OSError(13, "Permission denied"), "Permission denied; choose a place you may write to (or read from)"),
+    (OSError(5, "Input/output error", "O/a.png"), "O/a.png: Input/output error"),  # nothing a user can mend
     (OSError("image file is truncated"), "image file is truncated")])
 def test_a_user_error_is_one_line_and_status_2(error, message, monkeypatch, capsys):
     def failing(*args, **kwargs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import sys
@@ -297,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What to do about the system's refusals that a user can mend
+_WAY_OUT = {errno.EACCES: "; choose a place you may write to (or read from)", errno.EPERM: "; choose a place you may "
+            "write to (or read from)", errno.EROFS: "; the disk is read-only: choose another place",
+            errno.ENOSPC: "; the disk is full: free some space, or choose another disk",
+            errno.ENOENT: "; check the path"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -309,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as exc:  # a path the system refuses (no space, no permission, a file for a folder): no traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"ferkit {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        todo = _WAY_OUT.get(exc.errno or 0, "")
+        print(f"ferkit {args.command}: error: {where}{exc.strerror or exc}{todo}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # train refuses a second start in a run folder that has a checkpoint: name the flag that continues it
