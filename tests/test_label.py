@@ -280,7 +280,13 @@ def test_a_copy_whose_lines_moved_maps_the_answers_to_the_faces_that_were_labell
     labelled = label.read_labels(out, original)
     again = label.read_labels(out, moved)
     np.testing.assert_array_equal(moved.images[again.rows], original.images[labelled.rows])
-    assert again.origins == labelled.origins  # the labelled file's lines, as labels.csv holds them
+    assert again.origins == [line + 1 for line in labelled.origins]  # the lines of the file read, where the truth is
+    export = tmp_path / "truth.csv"
+    label.export_with_truth(copy, out, export)
+    with open(export, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [(int(r["line"]), int(r["true_label"])) for r in table] == [
+        (int(moved.lines[row]), int(moved.labels[row])) for row in again.rows]
 
     side = label.sidecar_path(out)
     meta = json.loads(side.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from ferkit import config, data, evaluate, features, pipeline, report
 from ferkit import train as ftrain
+from ferkit.errors import FerkitError
 
 
 class Broken(Exception):
@@ -81,7 +83,7 @@ def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_setting
     calls.clear()
     pipeline.run_study(tiny_csv, out, cnn_overrides=["widths=4,8", "epochs=2"], mlp_overrides=["hidden=32", "epochs=3"],
                        progress=False)
-    assert calls == [("evaluate", "mlp", False), ("evaluate", "mlp", True)]
+    assert calls == [("evaluate", "mlp", False), ("evaluate", "mlp", True), ("report", None, None)]  # shown anew
 
 
 def test_a_resumed_study_removes_what_a_kill_in_an_atomic_write_left(tiny_csv, tmp_path, stand_ins):
@@ -157,3 +159,17 @@ def test_a_study_resumes_with_another_device_or_thread_count_but_not_other_setti
         pipeline._require_same_config(run, config.resolve(overrides={"epochs": 3, **place}), "--set")
     with pytest.raises(config.FerkitError, match="started with other settings: epochs 3 \\(now 4\\)\\. Resume"):
         pipeline._require_same_config(run, config.resolve(overrides={"epochs": 4, "threads": 1}), "--set")
+
+
+@pytest.mark.parametrize("cnn_overrides, mlp_overrides, message", [
+    (["hidden=64"], None, "--set hidden=...: shapes the mlp, and --set sets the study's cnn; give it to --mlp-set"),
+    (None, ["widths=4,8"], "--mlp-set widths=...: shapes the cnn, and --mlp-set sets the study's mlp; give it to "
+                           "--set"),
+])
+def test_a_key_given_to_the_other_models_option_names_the_right_one(tiny_csv, tmp_path, stand_ins, cnn_overrides,
+                                                                    mlp_overrides, message):
+    """The refusal of ferkit train ('or set model=mlp') was advice the study then refused too."""
+    with pytest.raises(FerkitError, match=re.escape(message)):
+        pipeline.run_study(tiny_csv, tmp_path / "study", profile="cpu", cnn_overrides=cnn_overrides,
+                           mlp_overrides=mlp_overrides, progress=False)
+    assert stand_ins[0] == []

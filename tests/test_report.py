@@ -749,7 +749,7 @@ def test_the_recorded_training_is_run_where_it_was_started_and_pinned_to_its_pro
     line = next(line for line in code.splitlines() if "../faces.csv" in line)
     if started_in == "work":
         replica = tmp_path / "work" / "r1-replica"
-        assert line == f"cd {tmp_path / 'work'} && ferkit train ../faces.csv --out {replica} --profile cpu"
+        assert line == f"(cd {tmp_path / 'work'} && ferkit train ../faces.csv --out {replica} --profile cpu)"
     else:  # this report's folder: the line as it was typed
         assert line == "ferkit train ../faces.csv --out work/r1-replica --profile cpu"
     assert "# as recorded in run.json, but for --out and --profile" in code
@@ -767,7 +767,7 @@ def test_a_report_on_the_run_in_the_current_folder_names_the_study_beside_the_st
     code = next(b.text for b in freport._replication_section(run, "ferkit report . --out y")
                 if isinstance(b, freport.Shell))
     assert f"{tmp_path / 'runs' / 'study-replica' / 'cnn'} replicates this run" in code
-    assert f"cd {tmp_path} && ferkit run faces.csv --out {tmp_path / 'runs' / 'study-replica'} --profile cpu" in code
+    assert f"(cd {tmp_path} && ferkit run faces.csv --out {tmp_path / 'runs' / 'study-replica'} --profile cpu)" in code
 
 
 def test_replication_names_a_training_started_outside_ferkit(tmp_path):
@@ -1076,9 +1076,12 @@ def test_out_inside_an_extra_folder_is_refused(world, tmp_path):
     assert not (features / "report").exists()
     inside = tmp_path / "report" / "figures"  # the other way round: the report's figures joined the extra's
     shutil.copytree(world["features"], inside)
-    with pytest.raises(FerkitError, match="--features .*figures: lies in the report's --out folder"):
+    with pytest.raises(FerkitError, match="--features .*figures: lies in .*report/figures, where the report writes"):
         freport.build_report(world["cnn"], tmp_path / "report", features=inside)
     assert sorted(p.name for p in inside.iterdir()) == sorted(p.name for p in world["features"].iterdir())
+    beside = tmp_path / "report" / "features"  # elsewhere in --out: the report's figures never go there
+    shutil.copytree(world["features"], beside)
+    assert freport.build_report(world["cnn"], tmp_path / "report", features=beside)["pages"] >= 1
 
 
 def test_features_of_an_mlp_run_are_refused_plainly(world):

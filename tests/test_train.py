@@ -460,6 +460,9 @@ def test_config_rejects_values_out_of_range(override, message):
 
 
 def test_config_takes_lists_in_brackets_and_as_many_stages_as_a_face_has_pixels_for():
+    with pytest.raises(FerkitError, match=r"--set widths=\.\.\.: shapes the cnn, but this run trains the mlp; leave "
+                                          r"it out, or train the cnn \(--model cnn\)"):  # --model wins over --set
+        config.resolve(overrides=["widths=8,16", "model=cnn"], model="mlp")
     for text in ("8,16", "[8, 16]", "(8,16)", "8,16,", "8 16", " 8  16 "):  # spaces joined "8 16" into 816
         assert config.resolve(overrides=[f"widths={text}"]).widths == (8, 16), text
     assert config.resolve(overrides=["snapshot_minutes=1 5"]).snapshot_minutes == (1, 5)

@@ -108,7 +108,7 @@ class TrainConfig:
 PLACE_KEYS = ("device", "threads")
 RESUME_KEYS = ("device",)
 RESIDUAL_BLOCKS = ("branch_relu", "resnet")  # models.ResidualStage builds both
-_MODEL_KEYS = {"cnn": ("widths", "depth", "residual", "residual_block"), "mlp": ("hidden",)}  # one model's shape
+MODEL_KEYS = {"cnn": ("widths", "depth", "residual", "residual_block"), "mlp": ("hidden",)}  # one model's shape
 MAX_STAGES = 6  # cnn: 48, 24, 12, 6, 3, 1 pixels; a seventh stage would pool 1 pixel to 0
 
 # Each profile overrides only what differs from the defaults above (which are the cpu profile).
@@ -250,12 +250,14 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
     if resolved["model"] not in list_models():
         raise FerkitError(f"{where('model')}config key 'model': unknown model {resolved['model']!r}; known models are "
                           f"{', '.join(list_models())}")
-    for model, keys in _MODEL_KEYS.items():  # accepted and saved, they would change nothing
+    for model, keys in MODEL_KEYS.items():  # accepted and saved, they would change nothing
         given = [key for key in keys if set_by.get(key) == option]
         if resolved["model"] != model and given:
+            # --model (an explicit value) wins over --set model=...
+            other = f", or train the {model} (--model {model})" if explicit.get("model") else \
+                f", or set model={model}" if option == "--set" else ""
             raise FerkitError(f"{option} {given[0]}=...: shapes the {model}, but this run trains the "
-                              f"{resolved['model']}; leave it out" + (", or set model=" + model if option == "--set"
-                                                                      else ""))
+                              f"{resolved['model']}; leave it out{other}")
     if resolved["model"] == "cnn" and resolved["residual"] and resolved["depth"] % 2 == 0:
         raise FerkitError(f"config keys 'residual' and 'depth': {residual_depth_message(resolved['depth'])}")
     if resolved["model"] == "cnn" and len(resolved["widths"]) > MAX_STAGES:

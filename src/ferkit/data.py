@@ -293,7 +293,7 @@ def _load_tar(raw: bytes, path: Path, checksum: str) -> Dataset:
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
             files = [(posixpath.normpath(m.name), m) for m in archive.getmembers() if not m.isdir()]
-            members = dict(files)  # a name stored twice (`tar -r`) is read as extracting it would leave it
+            members = dict(files)  # a name stored twice (`tar -r`) stays listed twice: refused as a second copy
             # tarfile takes a file cut between two members for the end of the archive; a whole one ends in a
             # zero block
             if raw[archive.offset:archive.offset + 512] != bytes(512):

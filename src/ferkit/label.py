@@ -83,7 +83,7 @@ def _columns(origin_column: str) -> list[str]:
 def _starts_as_labels(labels_csv: Path) -> bool:
     """Whether the file's first line is the header `ferkit label` writes."""
     try:
-        with open(labels_csv, encoding="utf-8", errors="replace", newline="") as f:
+        with open(labels_csv, encoding="utf-8-sig", errors="replace", newline="") as f:  # as _read_answers reads
             first = f.readline(1000).rstrip("\r\n")
     except OSError:
         return True  # unreadable: the message about its sidecar stands
@@ -196,7 +196,7 @@ class Labels:
     human: np.ndarray  # (k,) int64, index into EMOTIONS
     seconds: np.ndarray  # (k,) float
     origin_column: str  # "line" or "path"
-    origins: list  # (k,) the line (or path) of each face
+    origins: list  # (k,) the line (or path) of each face in the dataset read, which a copy may number otherwise
     meta: dict[str, Any]  # the sidecar
 
     def __len__(self) -> int:
@@ -219,10 +219,10 @@ def read_labels(labels_csv: str | os.PathLike, dataset: fdata.Dataset) -> Labels
     sample = _rows_of_sample(meta, dataset, side)
     answers = _read_answers(labels_csv, meta["origin_column"], meta["sample"])
     index = np.array(sorted(answers), dtype=np.int64)
-    return Labels(index=index, rows=sample[index] if len(index) else np.zeros(0, np.int64),
-                  human=np.array([answers[i][0] for i in index], dtype=np.int64),
+    rows = sample[index] if len(index) else np.zeros(0, np.int64)
+    return Labels(index=index, rows=rows, human=np.array([answers[i][0] for i in index], dtype=np.int64),
                   seconds=np.array([answers[i][1] for i in index], dtype=np.float64),
-                  origin_column=meta["origin_column"], origins=[meta["sample"][i] for i in index], meta=meta)
+                  origin_column=meta["origin_column"], origins=dataset.origins(rows), meta=meta)
 
 
 def export_with_truth(data: str | os.PathLike, labels_csv: str | os.PathLike, out: str | os.PathLike) -> int:

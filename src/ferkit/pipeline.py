@@ -97,6 +97,10 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
         if "model" in pairs and str(pairs["model"]).strip() != model:  # each stage trains its own
             raise FerkitError(f"{option} model={pairs['model']}: this stage of the study trains the {model}; leave "
                               f"`model` out of {option}")
+        other, other_option = ("mlp", "--mlp-set") if model == "cnn" else ("cnn", "--set")
+        if shaping := [key for key in configs.MODEL_KEYS[other] if key in pairs]:
+            raise FerkitError(f"{option} {shaping[0]}=...: shapes the {other}, and {option} sets the study's {model}; "
+                              f"give it to {other_option}")
     cnn_cfg = configs.resolve(profile=chosen, overrides=cnn_overrides)
     if isinstance(mlp_overrides, dict):  # after the MLP's own two settings, which a user may change
         mlp_overrides = [f"{key}={value}" for key, value in mlp_overrides.items()]
@@ -148,10 +152,14 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
         ("features", "last-conv-layer activations and Grad-CAM", features_stage),
         ("report", "the report (PDF, HTML, Markdown)", report_stage),
     ]
+    redo: set[str] = set()
     for number, (key, title, action) in enumerate(stages, 1):
-        # an evaluation whose files are gone (deleted, or a study begun before the MLP's TTA) is done again
+        # an evaluation whose files are gone (deleted, or a study begun before the MLP's TTA) is done again, and
+        # the report, which shows it, with it
         missing = [folder for folder in _EVALUATIONS.get(key, ()) if not (out / folder / "metrics.json").is_file()]
-        if record["stages"].get(key, {}).get("done") and not missing:
+        if record["stages"].get(key, {}).get("done") and missing:
+            redo.add("report")
+        elif record["stages"].get(key, {}).get("done") and key not in redo:
             print(f"[{number}/{len(stages)}] {title}: done already, skipped")
             continue
         _stage_banner(number, len(stages), title)

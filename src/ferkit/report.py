@@ -977,8 +977,8 @@ def _parent(path: Path) -> Path:
 def _recorded_there(command: str, replica: Path, cwd: str | None) -> str:
     """A recorded command with its --out set to `replica`, run in the folder it was recorded in (`cwd`), where
     its relative paths start, when that is not the folder of this report's command."""
-    if cwd and os.path.realpath(cwd) != os.path.realpath(os.getcwd()):
-        return f"cd {shlex.quote(cwd)} && {_with_out(command, Path(os.path.abspath(replica)))}"
+    if cwd and os.path.realpath(cwd) != os.path.realpath(os.getcwd()):  # a subshell: the lines after it stay here
+        return f"(cd {shlex.quote(cwd)} && {_with_out(command, Path(os.path.abspath(replica)))})"
     return _with_out(command, replica)
 
 
@@ -997,7 +997,7 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
     changed = f"--out{' and --profile' if pinned else ''}"
     if recorded and recorded.startswith("ferkit train"):
         lines += [f"# as recorded in run.json, but for {changed}{resized}",
-                  _recorded_there(recorded, replica, env.get("cwd")) + pinned]
+                  _recorded_there(recorded + pinned, replica, env.get("cwd"))]
     q = shlex.quote
     lines += ["# with every key from the saved config" + (" (exact: the epochs as sized)" if resized else " (equivalent)"),
               f"ferkit train {q(str(data.get('path', 'DATA')))} --out {q(str(replica))} "
@@ -1009,7 +1009,7 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
         lines += [f"# or the whole study that trained it, as recorded in run.json but for {changed}: "
                   f"{study_replica / (_model_name(run) or run.path.name)} replicates this run{resized}",
                   # a study names its runs after their models
-                  _recorded_there(recorded, study_replica, env.get("cwd")) + pinned]
+                  _recorded_there(recorded + pinned, study_replica, env.get("cwd"))]
     lines += ["# this report, from the files of the original run", report_command]
     versions = env.get("versions", {})
     commit = env.get("git_commit")
@@ -2127,9 +2127,10 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
         if extra is not None and Path(os.path.realpath(out)).is_relative_to(os.path.realpath(extra.path)):
             raise FerkitError(f"--out {out}: lies in the {option} folder {extra.path}, whose figures the report reads "
                               "(the next report would take its own figures for that folder's); name another folder")
-        if extra is not None and Path(os.path.realpath(extra.path)).is_relative_to(os.path.realpath(out)):
-            raise FerkitError(f"{option} {extra.path}: lies in the report's --out folder {out}, where the report "
-                              "writes its own figures, which the next report would take for that folder's; keep the "
+        if extra is not None and Path(os.path.realpath(extra.path)).is_relative_to(os.path.realpath(Path(out) /
+                                                                                                  "figures")):
+            raise FerkitError(f"{option} {extra.path}: lies in {Path(out) / 'figures'}, where the report writes its "
+                              "own figures, which the next report would take for that folder's; keep the "
                               f"{option} folder elsewhere")
     given = (("--mlp", mlp), ("--features", features), ("--compare", compare), ("--out", out))
     command = shlex.join(["ferkit", "report", str(run_dir)] +
