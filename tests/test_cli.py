@@ -187,6 +187,16 @@ def test_evaluate_tta_on_a_run_without_tta_says_so_and_an_ensemble_on_publictest
     assert err == "note: these scores are optimistic\n"
 
 
+def test_run_prints_each_models_test_scores_with_the_views_it_was_classified_by(monkeypatch, capsys):
+    """With --mlp-set tta=none, the MLP's line said 'with TTA' of faces classified once."""
+    results = {"cnn_test_accuracy_tta": 0.65671, "cnn_test_macro_f1_tta": 0.6224, "mlp_test_accuracy_tta": 0.4742,
+               "mlp_test_macro_f1_tta": 0.474, "cnn_tta": "flip", "mlp_tta": "none"}
+    out, _ = printed(["run", "D", "--out", "S"], "ferkit.pipeline", "run_study", {"results": results}, monkeypatch,
+                     capsys)
+    assert out.splitlines()[1] == ("On PrivateTest: CNN (TTA flip) accuracy 0.6567, macro F1 0.6224; MLP (TTA none) "
+                                   "accuracy 0.4742, macro F1 0.4740")
+
+
 def test_predict_prints_the_table_as_csv_unless_given_a_file(monkeypatch, capsys):
     import pandas as pd
 

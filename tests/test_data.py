@@ -473,6 +473,18 @@ def test_no_output_goes_inside_an_image_folder_dataset(tmp_path, capsys):
     assert len(load(root, cache=False)) == 6
 
 
+def test_a_cache_that_cannot_be_written_is_said_once_the_data_is_loaded(tmp_path):
+    """FERKIT_CACHE naming a file disabled the cache without a word."""
+    faces = make_faces(n=4, seed=19)
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
+    (tmp_path / "notes.txt").write_text("not a folder")
+    dataset = load(path, cache_dir=tmp_path / "notes.txt")
+    assert_faces(dataset, faces, header_lines(len(faces)))
+    assert f"the cache {tmp_path / 'notes.txt'} cannot be written (it is a file), so the file is parsed again at " \
+           "every load; set FERKIT_CACHE to a folder you can write in" in dataset.notes
+    assert not any("cache" in note for note in load(path, cache_dir=tmp_path / "cache").notes)
+
+
 def test_a_pipe_or_a_folder_of_data_files_is_refused_with_advice(tmp_path):
     fifo = tmp_path / "data.csv"
     os.mkfifo(fifo)  # reading it would wait for a writer forever

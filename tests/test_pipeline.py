@@ -77,7 +77,8 @@ def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_setting
     assert [c[0] for c in calls] == ["features", "report"]
     assert record["profile"] == "cpu" and all(s["done"] for s in record["stages"].values())
     assert record["results"] == {"cnn_test_accuracy_tta": 0.5, "cnn_test_macro_f1_tta": 0.4,
-                                 "mlp_test_accuracy_tta": 0.25, "mlp_test_macro_f1_tta": 0.15}
+                                 "mlp_test_accuracy_tta": 0.25, "mlp_test_macro_f1_tta": 0.15, "cnn_tta": None,
+                                 "mlp_tta": None}
     # an evaluation whose files are gone, as in a study begun before the MLP was evaluated with TTA, is done again
     shutil.rmtree(out / "mlp" / "eval" / "test-tta")
     calls.clear()

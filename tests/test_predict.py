@@ -216,7 +216,8 @@ def test_run_end_to_end_and_resume(tiny_csv, tmp_path, capsys):
     mlp_tta = json.loads((out / "mlp" / "eval" / "test-tta" / "metrics.json").read_text())
     assert record["results"] == {
         "cnn_test_accuracy_tta": cnn_tta["accuracy"], "cnn_test_macro_f1_tta": cnn_tta["macro_f1"],
-        "mlp_test_accuracy_tta": mlp_tta["accuracy"], "mlp_test_macro_f1_tta": mlp_tta["macro_f1"]}
+        "mlp_test_accuracy_tta": mlp_tta["accuracy"], "mlp_test_macro_f1_tta": mlp_tta["macro_f1"],
+        "cnn_tta": "flip", "mlp_tta": "flip"}
     assert cnn_tta["tta"] == "flip" and mlp_tta["tta"] == "flip"
     assert json.loads((out / "mlp" / "eval" / "test" / "metrics.json").read_text())["tta"] == "none"
     # the MLP baseline trains without augmentation, the CNN with it

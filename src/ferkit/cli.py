@@ -80,9 +80,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     record = run_study(args.data, args.out, profile=args.profile, cnn_overrides=args.set, mlp_overrides=args.mlp_set)
     results = record["results"]
-    print(f"\nOn PrivateTest with TTA: CNN accuracy {results['cnn_test_accuracy_tta']:.4f}, macro F1 "
-          f"{results['cnn_test_macro_f1_tta']:.4f}; MLP accuracy {results['mlp_test_accuracy_tta']:.4f}, macro F1 "
-          f"{results['mlp_test_macro_f1_tta']:.4f}")
+    print(f"\nOn PrivateTest: CNN (TTA {results.get('cnn_tta')}) accuracy {results['cnn_test_accuracy_tta']:.4f}, "
+          f"macro F1 {results['cnn_test_macro_f1_tta']:.4f}; MLP (TTA {results.get('mlp_tta')}) accuracy "
+          f"{results['mlp_test_accuracy_tta']:.4f}, macro F1 {results['mlp_test_macro_f1_tta']:.4f}")
     print(f"everything is in {args.out}; the report is {args.out}/report/report.pdf")
 
 

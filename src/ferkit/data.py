@@ -155,8 +155,9 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
         dataset = _load_bytes(raw, path, checksum)
     dataset.source = str(path)  # as a cached load names it: the archive, where errors name the CSV inside it too
     dataset.load_seconds = time.perf_counter() - started
-    if store is not None:
-        store.put(stat_key, dataset)
+    if store is not None and (refused := store.put(stat_key, dataset)):
+        dataset.notes.append(f"the cache {store.root} cannot be written ({refused}), so the file is parsed again at "
+                             "every load; set FERKIT_CACHE to a folder you can write in")
     return dataset
 
 
@@ -869,7 +870,8 @@ class _Cache:
         except OSError:
             pass  # a read-only cache only costs speed
 
-    def put(self, stat_key: str, dataset: Dataset) -> None:
+    def put(self, stat_key: str, dataset: Dataset) -> str | None:
+        """Keep `dataset`; the reason when the cache cannot be written (a read-only cache only costs speed)."""
         arrays = {"images": dataset.images, "labels": dataset.labels, "splits": dataset.splits}
         if dataset.lines is not None:
             arrays["lines"] = dataset.lines
@@ -886,11 +888,12 @@ class _Cache:
             if folder.exists():
                 shutil.rmtree(folder)  # a stale or damaged copy of the same checksum
             os.replace(tmp, folder)  # the folder appears whole or not at all
-        except OSError:
+        except OSError as exc:
             if tmp is not None:  # None: the cache folder itself cannot be made
                 shutil.rmtree(tmp, ignore_errors=True)
-            return
+            return "it is a file" if self.root.is_file() else exc.strerror or str(exc)
         self.remember(stat_key, dataset.sha256)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

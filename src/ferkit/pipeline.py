@@ -170,7 +170,8 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
     cnn = read_json(out / "cnn" / "eval" / "test-tta" / "metrics.json")
     mlp = read_json(out / "mlp" / "eval" / "test-tta" / "metrics.json")
     record["results"] = {"cnn_test_accuracy_tta": cnn["accuracy"], "cnn_test_macro_f1_tta": cnn["macro_f1"],
-                         "mlp_test_accuracy_tta": mlp["accuracy"], "mlp_test_macro_f1_tta": mlp["macro_f1"]}
+                         "mlp_test_accuracy_tta": mlp["accuracy"], "mlp_test_macro_f1_tta": mlp["macro_f1"],
+                         "cnn_tta": cnn.get("tta"), "mlp_tta": mlp.get("tta")}  # the views, none where tta is none
     record["total_seconds"] = round(sum(s["seconds"] for s in record["stages"].values()), 1)
     write_json(record_path, record)
     return record
