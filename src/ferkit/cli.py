@@ -299,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What to do about the system's refusals that a user can mend
-_WAY_OUT = {errno.EACCES: "; choose a place you may write to (or read from)", errno.EPERM: "; choose a place you may "
-            "write to (or read from)", errno.EROFS: "; the disk is read-only: choose another place",
+_ELSEWHERE = "; choose a place you may write to (or read from)"
+_WAY_OUT = {errno.EACCES: _ELSEWHERE, errno.EPERM: _ELSEWHERE,
+            errno.EROFS: "; the disk is read-only: choose another place",
             errno.ENOSPC: "; the disk is full: free some space, or choose another disk",
             errno.ENOENT: "; check the path"}
 

@@ -351,7 +351,8 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             probs, recorded = saved_probabilities(Path(member), dataset, rows, name)
             mode, source = str(recorded.get("tta", "none")), "saved predictions"
             keys = _model_keys(Path(member), recorded)
-            notes += [stale] if (stale := _stale_evaluation(Path(member), recorded)) else []
+            if stale := _stale_evaluation(Path(member), recorded):
+                notes.append(stale)
         else:
             model, state, checkpoint_sha = load_run_model(member, device=target)
             fdata.require_recorded(dataset, state, f"the run {member} was trained on",

@@ -549,7 +549,7 @@ def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int |
     except OSError as exc:
         raise FerkitError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
                           "(0 picks a free one), or another --host") from None
-    lock, made = None, False
+    made = False
     try:
         # on labels.csv.lock, not on the sidecar, which a starting session writes: two servers started
         # together would each have locked a sidecar of its own

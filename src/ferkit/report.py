@@ -884,16 +884,16 @@ def _resumed(run: Run) -> str | None:
     elsewhere = run.info.get("resumed_elsewhere") or []
     if not elsewhere:
         return text + "."
-    env = run.info.get("environment", {})
-    first = {"device": run.info.get("device"),
-             **{key: env.get(key) for key in ("git_commit", "platform", "cpu", "gpu")}}
+    from ferkit.train import run_session
+
+    first = run_session(run.info.get("device"), run.info.get("environment"))
     changes = []
     for session in elsewhere:
-        changed = [f"{key} {_value(session.get(key))} (first {_value(first.get(key))})" for key in first
-                   if session.get(key) != first[key]]
+        changed = [f"{key} {_value(session.get(key))} (first {_value(first[key])})" for key in first
+                   if key != "versions" and session.get(key) != first[key]]
         versions = session.get("versions") or {}
         changed += [f"{name} {versions.get(name)} (first {version})"
-                    for name, version in env.get("versions", {}).items() if versions.get(name) != version]
+                    for name, version in (first["versions"] or {}).items() if versions.get(name) != version]
         changes.append(f"from {str(session.get('at', '?'))[:16]}: {', '.join(changed) or 'the same'}")
     return text + (" on the same machine and versions; but it went on elsewhere (" + "; ".join(changes) + "), so the "
                    "numbers of its later epochs may differ in the last digits from a run without a break, and the "

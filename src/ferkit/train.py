@@ -566,8 +566,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         run_info.setdefault("resumed", []).append(resumed_at)
         # run.json describes where the run started; a session elsewhere (another device, library or code) is
         # recorded beside it, since its epochs match an unbroken run's only on the same machine and versions
-        here = _session(str(device), environment())
-        first = _session(run_info.get("device"), run_info.get("environment"))
+        here = run_session(str(device), environment())
+        first = run_session(run_info.get("device"), run_info.get("environment"))
         if here != first:
             run_info.setdefault("resumed_elsewhere", []).append({"at": resumed_at, **here})
         if cfg != saved:  # another device: config.yaml says where the run goes on
@@ -770,9 +770,9 @@ def write_history(path: str | os.PathLike, history: list[dict[str, Any]]) -> Non
     write_csv(path, HISTORY_FIELDS, ([row[field] for field in HISTORY_FIELDS] for row in history))
 
 
-def _session(device: str | None, env: dict[str, Any] | None) -> dict[str, Any]:
+def run_session(device: str | None, env: dict[str, Any] | None) -> dict[str, Any]:
     """What a run's numbers depend on besides its config: the device, the machine, the library versions and
-    ferkit's commit."""
+    ferkit's commit (`env`: what `fileio.environment` recorded)."""
     env = env or {}
     return {"device": device, **{key: env.get(key) for key in ("versions", "git_commit", "platform", "cpu", "gpu")}}
 
