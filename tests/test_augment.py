@@ -161,3 +161,29 @@ def test_cutmix_pastes_a_box_of_the_share_its_draw_gives_and_the_draws_are_symme
         mixed_x, _ = mix(x, torch.eye(b), _cfg(cutmix=1.0), torch.Generator().manual_seed(seed))
         pasted.append(float((mixed_x != x).float().mean(dim=(1, 2, 3)).max()))
     assert max(pasted) == 0.25
+
+
+def test_train_crop_cuts_a_window_of_the_face_at_its_own_pixel_scale_anywhere_it_fits():
+    columns = torch.arange(48).float().view(1, 1, 1, 48).expand(256, 1, 48, 48).contiguous()  # pixel = its column
+    rows = columns.transpose(2, 3).contiguous()
+    for x in (columns, rows):
+        out = random_affine(x, _only(train_crop=40), torch.Generator().manual_seed(0))
+        assert out.shape == (256, 1, 40, 40)
+        along = out[:, 0, 0, :] if x is columns else out[:, 0, :, 0]
+        torch.testing.assert_close(along.diff(dim=1), torch.ones(256, 39), atol=1e-4, rtol=0)  # no zoom
+        first = along[:, 0]
+        assert float(first.min()) >= 0 and float(first.max()) <= 8  # inside the face: no border smear
+        assert float(first.min()) < 1 and float(first.max()) > 7  # and all over it
+    # a crop of the whole face is no crop: its place is drawn after the warp's draws, which stay those of a run
+    # without a crop (so that every earlier run repeats), and it changes nothing else of the warp
+    x = torch.rand(16, 1, 48, 48)
+    torch.testing.assert_close(random_affine(x, _cfg(), torch.Generator().manual_seed(3)),
+                               random_affine(x, _cfg(train_crop=48), torch.Generator().manual_seed(3)), atol=0, rtol=0)
+
+
+def test_a_cropped_batch_takes_the_rest_of_the_augmentation_and_mixing():
+    cfg = _cfg(train_crop=32, cutmix=1.0)
+    x = augment_batch(torch.rand(32, 1, 48, 48), cfg, torch.Generator().manual_seed(0))
+    assert x.shape == (32, 1, 32, 32)
+    mixed, targets = mix(x, torch.eye(7)[torch.arange(32) % 7], cfg, torch.Generator().manual_seed(0))
+    assert mixed.shape == x.shape and torch.allclose(targets.sum(1), torch.ones(32))

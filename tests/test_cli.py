@@ -240,3 +240,22 @@ def test_a_user_error_is_one_line_and_status_2(error, message, monkeypatch, caps
     monkeypatch.setattr(importlib.import_module("ferkit.data"), "summarize", failing)
     assert cli.main(["data", "D", "--out", "O"]) == 2
     assert capsys.readouterr().err == f"ferkit data: error: {message}\n"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`ferkit data ... | head -1`: the closed pipe is no error, and no traceback follows at exit."""
+    import subprocess
+    import sys
+
+    child = (  # the summary's stand-in prints far more than a pipe holds, so the writes hit the closed pipe
+        "import sys\nimport ferkit.data\nfrom ferkit import cli\n"
+        "def summarize(*args, **kwargs):\n"
+        "    for _ in range(20000):\n        print('x' * 100)\n"
+        "    raise AssertionError('the pipe never broke')\n"
+        "ferkit.data.summarize = summarize\n"
+        "sys.exit(cli.main(['data', 'D', '--out', 'O']))\n")
+    process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"x" * 100 + b"\n"
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""

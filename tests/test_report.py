@@ -1563,11 +1563,15 @@ def test_the_tta_remark_needs_both_evaluations(evals, said):
      "and its mirror image."),
     ({"augment": False, "tta": "crops"}, "none (`augment: false`). Test-time augmentation (`tta: crops`) averages the "
                                          "probabilities of the face, its mirror and four 2-pixel shifts of each."),
+    ({"flip": False, "train_crop": 40}, "shift ±0 px, rotation ±0°, zoom ±0% (one random affine warp per face); a "
+     "random 40×40 crop of the warped face (`train_crop`; validation and testing see whole faces). No test-time "
+     "augmentation (`tta: none`)."),
 ])
 def test_the_augmentation_paragraph_names_what_the_config_turns_on(cfg, augmentation):
     run = fake_run(config=cfg, info={"device": "cpu"})
     text = section_paragraphs(freport._data_section(run))["Preprocessing and augmentation"]
     assert text.endswith(f"Training augmentation, on whole batches on the cpu: {augmentation}")
+    assert ("there is no alignment." if cfg.get("train_crop") else "there is no cropping or alignment.") in text
 
 
 @pytest.mark.parametrize("cfg, used", [({}, ""), ({"train_limit": 1000}, " This run used the first 1,000 training "

@@ -98,6 +98,20 @@ def test_seed_reproduces_bit_for_bit(tiny_csv, tmp_path):
     assert not same_last_weights(tmp_path / "a", tmp_path / "c")
 
 
+def test_a_run_trained_on_crops_sees_whole_faces_everywhere_else(tiny_csv, tmp_path, monkeypatch):
+    shapes = []
+    augment = train.augment_batch
+    monkeypatch.setattr(train, "augment_batch", lambda x, cfg, generator: shapes.append(
+        tuple((out := augment(x, cfg, generator)).shape[1:])) or out)
+    cfg = tiny_config(epochs=2, train_limit=96, train_crop=40, tta="crops")
+    train.train(tiny_csv, tmp_path / "a", cfg, progress=False)
+    assert set(shapes) == {(1, 40, 40)}
+    train.train(tiny_csv, tmp_path / "b", cfg, progress=False)
+    assert same_last_weights(tmp_path / "a", tmp_path / "b")  # a seed still fixes the run
+    metrics = evaluate(tmp_path / "a", tta=True)
+    assert metrics["tta"] and metrics["n"] == len(pd.read_csv(Path(metrics["folder"]) / "predictions.csv")) > 0
+
+
 def test_a_runs_threads_do_not_outlive_it(tiny_csv, tmp_path, monkeypatch):
     """`ferkit run --set threads=1` trained the MLP after the CNN on the CNN's thread, but on torch's default
     when resumed in a new process: two different MLPs from one seed."""
@@ -1548,6 +1562,10 @@ def test_a_resume_may_change_the_device_only(tiny_csv, tmp_path, monkeypatch):
     (["model=mlp", "batch_size=1"], "batch norm needs batches of at least 2"),
     (["widths=4,4,4,4,4,4", "batch_size=1"], "the cnn's last stage of 6 is 1 pixel, where batch norm needs batches"),
     (["widths=8,8,8,8,8,8,8"], "at most 6 fit"),
+    (["widths=8,8,8,8,8,8", "train_crop=24"], "24 pixels halve to nothing over 6 stages; use at least 32"),
+    (["model=mlp", "train_crop=40"], "the mlp takes whole 48x48 faces"),
+    (["augment=false", "train_crop=40"], "part of the augmentation, which augment=false turns off"),
+    (["train_crop=49"], "must be in \\[0, 48\\]"),
 ])
 def test_config_rejects_what_would_fail_inside_pytorch(override, message):
     with pytest.raises(FerkitError, match=message):

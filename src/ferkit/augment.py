@@ -1,5 +1,6 @@
-"""Augmentation of whole batches on the device: one affine warp (shift, rotation, zoom, flip),
-random erasing, and optional mixup/cutmix. No per-image Python, no DataLoader workers."""
+"""Augmentation of whole batches on the device: one affine warp (shift, rotation, zoom, flip, and
+optionally a smaller random crop), random erasing, and optional mixup/cutmix. No per-image Python, no
+DataLoader workers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from ferkit.config import TrainConfig
 
 
 def random_affine(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Warp each image of x (B, 1, H, W) by its own random shift, rotation, zoom and flip."""
+    """Warp each image of x (B, 1, H, W) by its own random shift, rotation, zoom and flip; with
+    `cfg.train_crop`, keep a square of that many pixels at a random place of each warped image, at the
+    same pixel scale (B, 1, train_crop, train_crop)."""
     b, _, h, w = x.shape
     device = x.device
 
@@ -26,10 +29,15 @@ def random_affine(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator)
         else torch.ones(b, device=device)
     shift_x = uniform(-cfg.max_shift, cfg.max_shift) * (2 / w)  # grid units span 2 across the image
     shift_y = uniform(-cfg.max_shift, cfg.max_shift) * (2 / h)
+    out_h, out_w = (cfg.train_crop, cfg.train_crop) if cfg.train_crop else (h, w)
+    if cfg.train_crop:  # drawn last, so that the draws above stay those of a run without a crop
+        shift_x = shift_x + uniform(-1, 1) * ((w - out_w) / w)  # the crop's centre: anywhere it fits
+        shift_y = shift_y + uniform(-1, 1) * ((h - out_h) / h)
+    # grid units span 2 across the output, so a crop's spans shrink by crop/size to keep the pixel scale
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift_x], 1),
-                         torch.stack([sin * flip, cos, shift_y], 1)], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    theta = torch.stack([torch.stack([cos * flip * (out_w / w), -sin * (out_h / h), shift_x], 1),
+                         torch.stack([sin * flip * (out_w / w), cos * (out_h / h), shift_y], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, [b, x.shape[1], out_h, out_w], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

@@ -75,6 +75,9 @@ class TrainConfig:
     max_rotate: float = 10.0  # degrees
     max_scale: float = 0.1  # relative zoom in or out
     erase_prob: float = 0.5  # random erasing of one rectangle
+    # cnn: train on a random square of this many pixels of each augmented face (0: the whole 48), cheaper by
+    # about crop²/48²; validation, testing and prediction see whole faces, which global pooling allows
+    train_crop: int = 0
     mixup: float = 0.0  # Beta(alpha, alpha) mixing; 0 turns it off
     cutmix: float = 0.0  # Beta(alpha, alpha) box mixing; 0 turns it off
     tta: str = "flip"  # flip | crops (flip and 4 shifts) | none: what `evaluate --tta` does
@@ -138,6 +141,7 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "shortened": (lambda v: v >= 1, "must hold epochs of at least 1"),
     **dict.fromkeys(("train_limit", "val_limit"), (lambda v: v >= 0, "must not be negative (0 = all)")),
     "threads": (lambda v: v >= 0, "must not be negative (0 = torch's choice)"),
+    "train_crop": (lambda v: 0 <= v <= 48, "must be in [0, 48]: pixels of a 48-pixel face (0 = the whole face)"),
     **dict.fromkeys(("dropout", "label_smoothing", "momentum", "max_scale", "ema"), _FRACTION),
     "erase_prob": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     **dict.fromkeys(("warmup_epochs", "max_shift", "max_rotate", "mixup", "cutmix", "fit_minutes"), _NOT_NEGATIVE),
@@ -271,6 +275,8 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
         raise FerkitError(f"{where('batch_size')}config key 'batch_size': the cnn's last stage of {MAX_STAGES} is 1 "
                           "pixel, where batch norm needs batches of at least 2 faces; raise it, use fewer stages, or "
                           "set batch_norm=false")
+    if resolved["train_crop"]:
+        _check_train_crop(resolved, where("train_crop"))
     if (changes := resolved["shortened"]) and not _valid_changes(changes, resolved["epochs"]):
         raise FerkitError(f"{where('shortened')}config key 'shortened': {','.join(map(str, changes))} should be empty "
                           f"or pairs of epochs, in order: the epoch after which a run's epochs changed and the epochs "
@@ -280,6 +286,21 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
         raise FerkitError(f"config key 'widths' is empty: give the channels of each stage (the default is "
                           f"{_shown_default('widths')})")
     return TrainConfig(**resolved)
+
+
+def _check_train_crop(resolved: dict[str, Any], where: str) -> None:
+    """Stop where a crop cannot train: an MLP (a weight per pixel of the whole face), no augmentation (of which
+    the crop is part), or a crop that the network's pooling would shrink below one pixel."""
+    crop = resolved["train_crop"]
+    if resolved["model"] != "cnn":
+        raise FerkitError(f"{where}config key 'train_crop': the {resolved['model']} takes whole 48x48 faces (one "
+                          "input per pixel); leave train_crop at 0")
+    if not resolved["augment"]:
+        raise FerkitError(f"{where}config key 'train_crop': the crop is part of the augmentation, which augment=false "
+                          "turns off; set augment=true, or leave train_crop at 0")
+    if crop < (least := 2 ** (len(resolved["widths"]) - 1)):
+        raise FerkitError(f"{where}config key 'train_crop': {crop} pixels halve to nothing over "
+                          f"{len(resolved['widths'])} stages; use at least {least}")
 
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:

@@ -151,8 +151,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     if name == "PublicTest":  # the validation split: say so beside its numbers
         limit = int(state["config"].get("val_limit") or 0)
         chose = f"its first {limit} faces" if 0 < limit < len(rows) else "it"
-        notes.append(f"PublicTest validated the run every epoch ({chose} chose the best epoch and when to stop), "
-                     "so these scores are optimistic; --split test (PrivateTest) is the held-out estimate")
+        notes.append(_validated_note("the run", f"{chose} chose the best epoch"))
     if not _finished(run):
         notes.append(f"the run has not finished training (interrupted, or still running): this is its {which} "
                      f"checkpoint so far, of epoch {state['epoch']}; evaluate it again once the run has ended")
@@ -161,6 +160,12 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     return write_evaluation(destination, dataset, rows, probs, info, history, state["epoch"],
                             mark="best epoch {epoch}" if which == "best" else
                             "evaluated: epoch {epoch} (" + which + " checkpoint)", training=state["config"])
+
+
+def _validated_note(trained: str, choice: str) -> str:
+    """What an evaluation on PublicTest says beside its numbers: that split chose the model."""
+    return (f"PublicTest validated {trained} every epoch ({choice} and when to stop), so these scores are optimistic; "
+            "--split test (PrivateTest) is the held-out estimate")
 
 
 def _finished(run: Path) -> bool:
@@ -373,8 +378,7 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     info = {"name": f"ensemble of {len(members)}", "split": name,
             "tta": ", ".join(sorted({summary["tta"] for summary in summaries})), "members": summaries}
     if name == "PublicTest":  # as evaluate says of one run
-        notes.insert(0, "PublicTest validated each member every epoch (it chose their best epochs and when to stop), "
-                        "so these scores are optimistic; --split test (PrivateTest) is the held-out estimate")
+        notes.insert(0, _validated_note("each member", "it chose their best epochs"))
     if notes:
         info["note"] = "; ".join(notes)
     return write_evaluation(output, dataset, rows, total / len(members), info)
