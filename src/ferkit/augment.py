@@ -29,8 +29,9 @@ def random_affine(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator)
         else torch.ones(b, device=device)
     shift_x = uniform(-cfg.max_shift, cfg.max_shift) * (2 / w)  # grid units span 2 across the image
     shift_y = uniform(-cfg.max_shift, cfg.max_shift) * (2 / h)
-    out_h, out_w = (cfg.train_crop, cfg.train_crop) if cfg.train_crop else (h, w)
+    out_h, out_w = h, w
     if cfg.train_crop:  # drawn last, so that the draws above stay those of a run without a crop
+        out_h = out_w = cfg.train_crop
         shift_x = shift_x + uniform(-1, 1) * ((w - out_w) / w)  # the crop's centre: anywhere it fits
         shift_y = shift_y + uniform(-1, 1) * ((h - out_h) / h)
     # grid units span 2 across the output, so a crop's spans shrink by crop/size to keep the pixel scale

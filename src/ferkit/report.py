@@ -493,13 +493,14 @@ def _data_section(run: Run) -> list[Any]:
         imbalance = f"Handled with `imbalance: {mode}`" + (f": {handling}." if handling else ".")
     blocks.append(Para(f"**Imbalance.** {rarity}{imbalance} Macro F1, the mean of the per-class F1 scores, is "
                        "reported beside accuracy because it weighs every class alike."))
+    crop = cfg.get("train_crop", 0) if cfg.get("augment", True) else 0  # the crop is part of the augmentation
     if cfg.get("augment", True):
         parts = []
         if cfg.get("flip", True):
             parts.append("horizontal flip (p 0.5)")
         parts.append(f"shift ±{cfg.get('max_shift', 0):g} px, rotation ±{cfg.get('max_rotate', 0):g}°, "
                      f"zoom ±{cfg.get('max_scale', 0) * 100:g}% (one random affine warp per face)")
-        if crop := cfg.get("train_crop", 0):
+        if crop:
             parts.append(f"a random {crop}×{crop} crop of the warped face (`train_crop`; validation and testing "
                          "see whole faces)")
         if cfg.get("erase_prob", 0) > 0:
@@ -511,10 +512,9 @@ def _data_section(run: Run) -> list[Any]:
     tta = cfg.get("tta", "none")
     tta_text = {"flip": "the face and its mirror image", "crops": "the face, its mirror and four 2-pixel shifts of "
                 "each", "none": "none"}.get(tta, tta)
-    cropped = cfg.get("augment", True) and cfg.get("train_crop", 0)
     blocks.append(Para(
         f"**Preprocessing and augmentation.** Each 48×48 grey face (uint8) is scaled to (x - {PIXEL_CENTER:g}) / "
-        f"{PIXEL_SCALE:g}; there is no {'alignment' if cropped else 'cropping or alignment'}. Training "
+        f"{PIXEL_SCALE:g}; there is no {'alignment' if crop else 'cropping or alignment'}. Training "
         f"augmentation, on whole batches on the {run.info.get('device', 'device')}: "
         f"{augmentation}" + (f"; plus {' and '.join(mixing)}" if mixing else "") +
         (". No test-time augmentation (`tta: none`)." if tta == "none" else
