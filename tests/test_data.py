@@ -163,6 +163,21 @@ def test_a_zip_made_on_a_mac_is_read_past_its_resource_forks(tmp_path):
     assert_faces(load(path, cache=False), faces)
 
 
+@pytest.mark.parametrize("archive", ["zip", "tar"])
+def test_an_archive_holding_a_compressed_csv_reads_it_as_a_folder_would(tmp_path, archive):
+    """A folder counted fer.csv.gz as the data, an archive called it neither a CSV nor images."""
+    faces = make_faces(seed=4)
+    packed = gzip.compress(fer_csv(rows_of(faces)))
+    pack = _zip_of if archive == "zip" else _tar_of
+    path = tmp_path / f"fer.{archive}"
+    path.write_bytes(pack([("fer/icml_face_data.csv.gz", packed)]))
+    assert_faces(load(path, cache=False), faces, header_lines(len(faces)))
+    path.write_bytes(pack([("fer/icml_face_data.csv.gz", packed)] + export_entries(make_faces(n=3, seed=21))))
+    with pytest.raises(DataFormatError, match=f"the {archive} archive holds 3 face images and "
+                                              "fer/icml_face_data.csv.gz: ferkit cannot tell which is the data"):
+        load(path, cache=False)
+
+
 @pytest.mark.parametrize("compression", ["none", "gzip", "xz"])
 def test_a_csv_in_a_tar_is_read_as_in_a_zip(tmp_path, compression):
     """icml_face_data.csv.tar.gz: the tar was searched for images alone and called empty."""

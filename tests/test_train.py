@@ -1481,6 +1481,19 @@ def test_evaluating_an_unfinished_run_says_so(tiny_csv, tmp_path, monkeypatch):
     assert "note" not in evaluate(run)
 
 
+def test_an_ensemble_of_an_unfinished_run_says_so_for_the_run_and_for_its_saved_predictions(tiny_csv, tmp_path,
+                                                                                          monkeypatch):
+    run = tmp_path / "r"
+    _interrupted_after_epoch_1(tiny_csv, run, monkeypatch)
+    saved = evaluate(run)["folder"]
+    for member, out in ((run, "of-run"), (saved, "of-saved")):
+        assert ensemble([member], tmp_path / out)["note"] == (
+            f"the run of {member} has not finished training (interrupted, or still running): the ensemble holds its "
+            "best checkpoint so far, of epoch 1; make the ensemble again once the run has ended")
+    train.train(tiny_csv, run, resume=True, progress=False)
+    assert "note" not in ensemble([run], tmp_path / "of-run")
+
+
 def test_a_resume_with_other_libraries_is_recorded_and_reported(tiny_csv, tmp_path, monkeypatch):
     """run.json kept the start's device and versions only: the report described the first session alone."""
     from ferkit import report

@@ -25,7 +25,7 @@ from ferkit import data as fdata
 from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.evaluate import macro_f1, recorded_data_path
+from ferkit.evaluate import macro_f1, recorded_data_path, require_trained_on
 from ferkit.fileio import output_folder, read_json, require_outside, same_file, write_csv, write_json
 
 CONFIDENCE = 0.95
@@ -177,8 +177,7 @@ def compare(run_dir: str | os.PathLike, labels_csv: str | os.PathLike, out: str 
         raise FerkitError(f"{labels_path} holds no answers yet: label some faces with `ferkit label` first")
     target = pick_device(device)
     model, checkpoint, checkpoint_sha = load_run_model(run, device=target)
-    fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run),
-                           todo="compare a run trained on the faces you labelled")
+    require_trained_on(dataset, checkpoint, run, todo="compare a run trained on the faces you labelled")
     probs, mode = predict_as_trained(model, checkpoint, dataset.images[labels.rows], target, tta)
 
     y_true = dataset.labels[labels.rows].astype(np.int64)

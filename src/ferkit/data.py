@@ -138,8 +138,7 @@ def load(path: str | os.PathLike, cache: bool = True, cache_dir: str | os.PathLi
                               f"{' ...' if len(inside) > 3 else ''}: give {which} instead of the folder")
         # as in an archive: faces and a CSV beside them are two candidates for the data, and neither is guessed
         # (an archive of the same faces beside them is no other data)
-        if entries and (csvs := [rel for rel, _ in files if re.search(r"\.csv(\.(gz|xz|bz2))?$", rel.lower())
-                                 and not _is_junk(rel)]):
+        if entries and (csvs := [rel for rel, _ in files if _is_csv_name(rel)]):
             raise FerkitError(f"{path}: this folder holds {len(entries)} face images and {', '.join(csvs[:3])}"
                               f"{' ...' if len(csvs) > 3 else ''}: ferkit cannot tell which is the data; give the "
                               "CSV itself, or move it out of the image folder")
@@ -271,7 +270,7 @@ def _load_zip(raw: bytes, path: Path, checksum: str) -> Dataset:
 
 def _load_members(kind: str, names: list[str], read: Callable[[str], bytes], path: Path, checksum: str) -> Dataset:
     """An archive's one CSV, or its face images; anything else is refused rather than guessed at."""
-    csvs = [n for n in names if n.lower().endswith(".csv") and not _is_junk(n)]
+    csvs = [n for n in names if _is_csv_name(n)]
     images = [n for n in names if _is_face_file(n)]
     if csvs and images or len(csvs) > 1:
         held = ([f"{len(images)} face images"] if images else []) + csvs[:3] + (["more"] if len(csvs) > 3 else [])
@@ -279,7 +278,7 @@ def _load_members(kind: str, names: list[str], read: Callable[[str], bytes], pat
                                                               f"{held[-1]}: ferkit cannot tell which is the data; "
                                                               "extract the one you mean and give it")])
     if csvs:
-        return _parse_csv(read(csvs[0]), f"{path}!{csvs[0]}", checksum)
+        return _load_bytes(read(csvs[0]), Path(f"{path}!{csvs[0]}"), checksum)  # a compressed one too
     if images:
         return _load_image_entries(((n, read(n)) for n in images), path, checksum)
     neither = (f"the {kind} archive holds neither one FER2013 CSV nor the image folders train/ and test/ (it holds "
@@ -375,6 +374,11 @@ def _is_face_file(name: str) -> bool:
     be read or refused, not skipped); hidden files and macOS resource forks are not."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     return (base.lower().endswith(_IMAGE_SUFFIXES) or _IMAGE_NAME.match(base) is not None) and not _is_junk(name)
+
+
+def _is_csv_name(name: str) -> bool:
+    """Whether a file in a folder or an archive is named as a CSV, plain or gzip, xz or bz2 compressed."""
+    return re.search(r"\.csv(\.(gz|xz|bz2))?$", name.lower()) is not None and not _is_junk(name)
 
 
 def _is_junk(name: str) -> bool:

@@ -71,6 +71,14 @@ def recorded_data_path(run_dir: Path) -> str | None:
         return None
 
 
+def require_trained_on(dataset: fdata.Dataset, state: dict[str, Any], run: str | os.PathLike,
+                       todo: str = "pass that file with --data") -> None:
+    """Stop unless the run `run`, whose checkpoint is `state`, was trained on `dataset`'s faces; the
+    message names the data file its run.json records."""
+    if not dataset.is_recorded_as(state):
+        fdata.require_recorded(dataset, state, f"the run {run} was trained on", recorded_data_path(Path(run)), todo)
+
+
 def write_evaluation(out: Path, dataset: fdata.Dataset, rows: np.ndarray, probs: np.ndarray,
                      info: dict[str, Any], history: list[dict] | None = None, best_epoch: int | None = None,
                      mark: str = "best epoch {epoch}", training: dict[str, Any] | None = None) -> dict:
@@ -138,7 +146,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
     if out is not None:
         _require_replaceable(destination, {checkpoint_sha, os.path.realpath(run)}, f"the run {run}")
     dataset = fdata.load(data_path)
-    fdata.require_recorded(dataset, state, f"the run {run} was trained on", recorded_data_path(run))
+    require_trained_on(dataset, state, run)
     rows = dataset.indices(name)
     probs, mode = predict_as_trained(model, state, dataset.images[rows], target, tta)
     history_path = run / "history.csv"
@@ -174,6 +182,12 @@ def _finished(run: Path) -> bool:
         return "finished" in read_json(run / "run.json")
     except (OSError, ValueError, TypeError):
         return True
+
+
+def _unfinished_note(member: str | os.PathLike, epoch: Any) -> str:
+    """What an ensemble says of a member whose run has not ended: its best epoch may still change."""
+    return (f"the run of {member} has not finished training (interrupted, or still running): the ensemble holds its "
+            f"best checkpoint so far, of epoch {epoch}; make the ensemble again once the run has ended")
 
 
 def is_evaluation_folder(path: str | os.PathLike) -> bool:
@@ -358,10 +372,13 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             keys = _model_keys(Path(member), recorded)
             if stale := _stale_evaluation(Path(member), recorded):
                 notes.append(stale)
+            elif isinstance(run := recorded.get("run_folder"), str) and not _finished(Path(run)):
+                notes.append(_unfinished_note(member, recorded.get("epoch")))
         else:
             model, state, checkpoint_sha = load_run_model(member, device=target)
-            fdata.require_recorded(dataset, state, f"the run {member} was trained on",
-                                   recorded_data_path(Path(member)), todo="an ensemble needs runs on the same data")
+            require_trained_on(dataset, state, member, todo="an ensemble needs runs on the same data")
+            if not _finished(Path(member)):
+                notes.append(_unfinished_note(member, state["epoch"]))
             source = "its best checkpoint"
             probs, mode = predict_as_trained(model, state, dataset.images[rows], target, tta)
             keys = [("checkpoint", checkpoint_sha), ("run", os.path.realpath(member), state.get("epoch"))]

@@ -28,7 +28,7 @@ from ferkit import data as fdata
 from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.evaluate import recorded_data_path, run_data_path
+from ferkit.evaluate import require_trained_on, run_data_path
 from ferkit.fileio import output_folder, require_outside, write_csv, write_json
 from ferkit.models import has_conv_layers, preprocess
 from ferkit.visualize import plt, save
@@ -564,7 +564,7 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
     data_path = run_data_path(run, data)
     require_outside(data_path, out)
     dataset = fdata.load(data_path)
-    fdata.require_recorded(dataset, checkpoint, f"the run {run} was trained on", recorded_data_path(run))
+    require_trained_on(dataset, checkpoint, run)
     rows = dataset.indices(SPLIT)
     if len(rows) == 0:
         raise FerkitError(f"{dataset.source} has no {SPLIT} rows: features are drawn on {SPLIT}")
