@@ -1655,7 +1655,11 @@ def test_the_layer_table_numbers_its_rows_and_marks_repeated_layers():
 @pytest.mark.parametrize("env, device, said", [
     ({"gpu": "NVIDIA H200", "platform": "Linux"}, "cuda", "GPU NVIDIA H200 (cuda) on Linux"),
     ({"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "platform": "Linux"}, "cpu",
-     "CPU (AMD EPYC, 2 cores, 2 torch threads) on Linux")])
+     "CPU (AMD EPYC, 2 cores, 2 torch threads) on Linux"),  # as run.json was before it named the model
+    ({"cpu": "x86_64", "cpu_model": "Intel(R) Xeon(R) Processor (family 6, model 167)", "cpu_capability": "AVX512",
+      "cpu_count": 2, "torch_threads": 2, "platform": "Linux"}, "cpu",
+     "CPU (Intel(R) Xeon(R) Processor (family 6, model 167), torch's AVX512 kernels, 2 cores, 2 torch threads) on "
+     "Linux")])
 def test_the_hardware_is_named_as_run_json_records_it(env, device, said):
     assert freport._hardware(fake_run(info={"environment": env, "device": device}, evals={})) == said
 

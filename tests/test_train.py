@@ -1522,6 +1522,33 @@ def test_a_resume_with_other_libraries_is_recorded_and_reported(tiny_csv, tmp_pa
     assert "resumed_elsewhere" not in train.train(tiny_csv, again, resume=True, progress=False)  # the same machine
 
 
+def test_a_resume_on_another_processor_is_recorded_and_one_of_a_run_that_named_none_is_not(tiny_csv, tmp_path,
+                                                                                           monkeypatch):
+    """The processor's name and torch's kernels are recorded from 2026-12-02 on: the same seed gives other last
+    digits on another processor, while a run from before, which lacks them, resumes as on the same machine."""
+    from ferkit import report
+
+    older = tmp_path / "older"
+    _interrupted_after_epoch_1(tiny_csv, older, monkeypatch)
+    info = json.loads((older / "run.json").read_text())
+    for key in ("cpu_model", "cpu_capability"):
+        del info["environment"][key]
+    (older / "run.json").write_text(json.dumps(info))
+    assert "resumed_elsewhere" not in train.train(tiny_csv, older, resume=True, progress=False)
+
+    run = tmp_path / "r"
+    _interrupted_after_epoch_1(tiny_csv, run, monkeypatch)
+    real = train.environment
+    monkeypatch.setattr(train, "environment", lambda: dict(real(), cpu_model="Another CPU", cpu_capability="DEFAULT"))
+    info = train.train(tiny_csv, run, resume=True, progress=False)
+    (elsewhere,) = info["resumed_elsewhere"]
+    first = info["environment"]
+    assert (elsewhere["cpu_model"], elsewhere["cpu_capability"]) == ("Another CPU", "DEFAULT")
+    evaluate(run)
+    assert (f"cpu_model Another CPU (first {first['cpu_model']}), cpu_capability DEFAULT (first "
+            f"{first['cpu_capability']})") in report._resumed(report.read_run(run))
+
+
 def test_a_resume_records_where_the_data_is_only_when_the_file_has_moved(tiny_csv, tmp_path, monkeypatch):
     """Resumed with a copy, a run keeps the file it recorded while that file exists; once the file has
     moved, run.json records where it is now, where evaluate, features and report look for it."""

@@ -316,6 +316,27 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_model() -> str | None:
+    """The processor's name, as Linux's /proc/cpuinfo or macOS's sysctl gives it (with the family and model
+    numbers where cpuinfo has them: a virtual machine's name can be as plain as "Intel(R) Xeon(R) Processor")."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        fields = {}
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    if name := fields.get("model name"):
+        family, model = fields.get("cpu family"), fields.get("model")
+        return f"{name} (family {family}, model {model})" if family and model else name
+    if sys.platform == "darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return None
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware, recorded by every run so that it can be replicated."""
     import numpy
@@ -336,6 +357,8 @@ def environment() -> dict[str, Any]:
         "git_commit": git_commit(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),  # the same seed gives other last digits on another processor
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch picked: AVX2, AVX512, ...
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,

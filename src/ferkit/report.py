@@ -587,8 +587,9 @@ def _hardware(run: Run) -> str:
     if env.get("gpu"):
         where = f"GPU {env['gpu']} ({device})"
     else:
-        where = f"CPU ({env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} " \
-                f"torch threads)"
+        kernels = f", torch's {env['cpu_capability']} kernels" if env.get("cpu_capability") else ""
+        where = f"CPU ({env.get('cpu_model') or env.get('cpu', '?')}{kernels}, {env.get('cpu_count', '?')} cores, " \
+                f"{env.get('torch_threads', '?')} torch threads)"
     return f"{where} on {env.get('platform', '?')}"
 
 

@@ -568,7 +568,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         # recorded beside it, since its epochs match an unbroken run's only on the same machine and versions
         here = run_session(str(device), environment())
         first = run_session(run_info.get("device"), run_info.get("environment"))
-        if here != first:
+        if any(here.get(key) != value for key, value in first.items()):  # what the first session recorded
             run_info.setdefault("resumed_elsewhere", []).append({"at": resumed_at, **here})
         if cfg != saved:  # another device: config.yaml says where the run goes on
             configs.save(cfg, out / "config.yaml")
@@ -774,7 +774,12 @@ def run_session(device: str | None, env: dict[str, Any] | None) -> dict[str, Any
     """What a run's numbers depend on besides its config: the device, the machine, the library versions and
     ferkit's commit (`env`: what `fileio.environment` recorded)."""
     env = env or {}
-    return {"device": device, **{key: env.get(key) for key in ("versions", "git_commit", "platform", "cpu", "gpu")}}
+    return {"device": device, **{key: env.get(key) for key in SESSION_KEYS if key in env or key not in LATER_KEYS}}
+
+
+# what run_session compares; LATER_KEYS were recorded from 2026-12-02 on, so an older run lacks them
+SESSION_KEYS = ("versions", "git_commit", "platform", "cpu", "cpu_model", "cpu_capability", "gpu")
+LATER_KEYS = ("cpu_model", "cpu_capability")
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
