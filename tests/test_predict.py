@@ -539,3 +539,135 @@ def test_a_transparent_16_bit_grayscale_photo_keeps_its_greys(tmp_path):
     assert problem is None and image.shape == (20, 30, 3)
     assert image[0, 0].tolist() == [255, 255, 255]  # the transparent grey: on white
     np.testing.assert_array_equal(image[:, :, 0].ravel()[1:], (values.ravel()[1:] >> 8).astype(np.uint8))
+
+
+def test_no_output_replaces_the_checkpoint_it_is_made_with(tiny_run, tiny_csv, tmp_path, capsys):
+    """A checkpoint copied out of its run is protected by nothing else: the CSV or the ONNX took its place."""
+    import shutil
+
+    from PIL import Image
+
+    checkpoint = tmp_path / "best.pt"
+    shutil.copy(tiny_run / "checkpoints" / "best.pt", checkpoint)
+    original = checkpoint.read_bytes()
+    Image.fromarray(load(tiny_csv).images[0]).save(tmp_path / "face.png")
+    assert main(["predict", str(checkpoint), str(tmp_path / "face.png"), "--no-detect", "--out", str(checkpoint)]) == 2
+    assert "is the checkpoint to classify with; name the CSV otherwise" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--onnx", str(tmp_path / "." / "best.pt")]) == 2
+    assert "is the checkpoint to export; name the model .onnx" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == original and not (tmp_path / "best.json").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_as_its_bytes_on_a_strict_stdout(tiny_run, tiny_csv, tmp_path,
+                                                                                 monkeypatch):
+    """Under a UTF-8 locale (not C.UTF-8) stdout is strict: printing such a name raised UnicodeEncodeError."""
+    import io
+    import sys
+
+    from PIL import Image
+
+    name = os.fsdecode(b"caf\xe9.png")
+    try:
+        Image.fromarray(load(tiny_csv).images[0]).save(tmp_path / name)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    for args, expected in ((["predict", str(tiny_run), str(tmp_path / name), "--no-detect"], tmp_path / name),
+                           (["export", str(tiny_run), "--onnx", str(tmp_path / "caf\udce9.onnx")],
+                            tmp_path / "caf\udce9.onnx")):
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(args) == 0
+        stdout.flush()
+        assert os.fsencode(expected) in stdout.buffer.getvalue()
+
+
+def test_a_photo_larger_than_opencv_reads_is_skipped_not_a_traceback(tiny_run, tiny_csv, tmp_path):
+    """A header of more than 2^30 pixels (a huge panorama, or a damaged file) made cv2.imdecode raise."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (tmp_path / "photos").mkdir()
+    header = struct.pack(">IIBBBBB", 40000, 30000, 8, 0, 0, 0, 0)  # 1.2 gigapixels, grey
+    (tmp_path / "photos" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(
+        b"IDAT", zlib.compress(b"\x00" + bytes(16))) + chunk(b"IEND", b""))
+    Image.fromarray(load(tiny_csv).images[0]).save(tmp_path / "photos" / "face.png")
+    table, messages = predict(tiny_run, tmp_path / "photos", detect=False, progress=False)
+    assert list(table["file"]) == [str(tmp_path / "photos" / "face.png")]
+    assert messages == [f"{tmp_path / 'photos' / 'huge.png'}: not a readable image, skipped"]
+
+
+def test_annotating_keeps_no_photo_in_memory_until_the_end(tiny_run, tiny_csv, tmp_path, monkeypatch):
+    """Every photo was kept whole until the copies were drawn: 36 MB for each of 12 megapixels, so a few hundred
+    photos took more memory than a laptop has. Each is read again when drawn; one changed meanwhile is said."""
+    import gc
+    import weakref
+
+    from PIL import Image
+
+    from ferkit import predict as predict_module
+
+    (tmp_path / "photos").mkdir()
+    for i in range(4):
+        Image.fromarray(load(tiny_csv).images[i]).save(tmp_path / "photos" / f"face{i}.png")
+    read, alive = [], []
+    real_read, real_classify = predict_module.read_photo, train.predict_as_trained
+
+    def reading(path):
+        image, note = real_read(path)
+        if image is not None:
+            read.append(weakref.ref(image))
+        return image, note
+
+    def classifying(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in read))
+        (tmp_path / "photos" / "face3.png").unlink()  # removed before its copy is drawn
+        return real_classify(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "read_photo", reading)
+    monkeypatch.setattr(train, "predict_as_trained", classifying)
+    table, messages = predict_module.predict(tiny_run, tmp_path / "photos", detect=False,
+                                             annotate=tmp_path / "boxes", progress=False)
+    assert len(table) == 4 and alive == [1]  # the last photo read, still named by the loop
+    assert annotated_names(tmp_path / "boxes") == ["face0.jpg", "face1.jpg", "face2.jpg"]
+    assert messages == [f"{tmp_path / 'photos' / 'face3.png'}: changed or removed while it was classified, so it has "
+                        "no annotated copy"]
+
+
+def test_a_folder_s_hidden_files_and_macos_resource_forks_are_not_photos(tiny_run, tiny_csv, tmp_path):
+    """A Mac's zip unzips with __MACOSX/._NAME files (each was "not a readable image"), and a drive's
+    .Trash-1000/ holds deleted photos (they were classified); a hidden file given by name is a photo."""
+    from PIL import Image
+
+    from ferkit.predict import find_images
+
+    photos = tmp_path / "photos"
+    for name in ("face.png", ".face.png", ".Trash-1000/files/old.png", "__MACOSX/photos/._face.png"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(load(tiny_csv).images[0]).save(photos / name, format="PNG")
+    hidden = tmp_path / ".album"
+    hidden.mkdir()
+    Image.fromarray(load(tiny_csv).images[0]).save(hidden / "face.png")
+    files, missing = find_images([photos, photos / ".face.png", hidden])
+    assert files == [photos / "face.png", photos / ".face.png", hidden / "face.png"] and missing == []
+
+
+def test_inputs_given_as_a_generator_are_checked_against_annotate_too(tiny_run, tiny_csv, tmp_path):
+    """The --annotate check read the inputs a second time: a generator was spent, and the check passed."""
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(load(tiny_csv).images[0]).save(tmp_path / "photos" / "face.png")
+    with pytest.raises(FerkitError, match="this folder is or lies in"):
+        predict(tiny_run, (p for p in [tmp_path / "photos"]), detect=False, annotate=tmp_path / "photos" / "boxes",
+                progress=False)
+    assert not (tmp_path / "photos" / "boxes").exists()

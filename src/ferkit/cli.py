@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import os
 import shlex
 import sys
@@ -308,6 +309,10 @@ _WAY_OUT = {errno.EACCES: _ELSEWHERE, errno.EPERM: _ELSEWHERE,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # a file name that is not UTF-8 is printed as the bytes it has, as the files ferkit writes hold it: a UTF-8
+        # locale's stdout is strict, and such a name raised UnicodeEncodeError once the work was done
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         args.handler(args)
     except FerkitError as exc:

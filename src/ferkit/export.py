@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, output_file, read_json, write_json
+from ferkit.fileio import atomic_path, output_file, read_json, same_file, write_json
 from ferkit.models import preprocess
 
 
@@ -39,6 +39,8 @@ def export_onnx(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLi
         raise FerkitError(f"--onnx {onnx_path}: the model's .json sidecar takes this name; name the model .onnx")
     target = output_file(onnx_path, "--onnx")
     sidecar = output_file(target.with_suffix(".json"), "--onnx's sidecar")
+    if same_file(target, run_or_checkpoint):  # the export replaced the checkpoint it was made of: the model was lost
+        raise FerkitError(f"--onnx {onnx_path}: is the checkpoint to export; name the model .onnx")
     if sidecar.exists() and not _is_sidecar(sidecar):
         raise FerkitError(f"--onnx {onnx_path}: the model's sidecar {sidecar} would replace a file that is no ferkit "
                           "export's sidecar; name the model otherwise or move that file")

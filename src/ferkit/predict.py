@@ -124,7 +124,10 @@ def _decode_with_opencv(cv2: Any, path: Path) -> np.ndarray | None:
         encoded = np.fromfile(path, np.uint8)
     except OSError:
         return None
-    return cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    try:
+        return cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    except cv2.error:  # a header of more than OpenCV's 2^30 pixels raises instead of returning None: one such file
+        return None  # ended the whole command with a traceback
 
 
 def _read_with_pillow(path: Path) -> np.ndarray | None:
@@ -187,7 +190,8 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not _is_hidden(p.relative_to(path)))
         elif path.is_file():
             files = [path]
         else:
@@ -198,6 +202,13 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
     return list(found.values()), problems
 
 
+def _is_hidden(relative: Path) -> bool:
+    """Whether a file found in a folder is hidden or lies in a hidden folder, or is a macOS resource fork
+    (__MACOSX/._IMG.jpg, unzipped from a Mac's archive): not the user's photos, as the data loader holds
+    too; each was "not a readable image", and a .Trash-1000/ folder's deleted photos were classified."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
+
+
 def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterable[str | os.PathLike],
             out: str | os.PathLike | None = None, annotate: str | os.PathLike | None = None, detect: bool = True,
             tta: bool = False, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
@@ -205,9 +216,10 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
 
     `inputs` is one path or several; a photo reached twice is classified once. Returns the table
     (one row per face) and the messages: skipped files (unreadable, a cut JPEG, or without a face),
-    what the image decoder warned of in a photo it read, and a note when `tta` meets a run whose
-    tta is none. A missing input, or an `out` that names an image or a photo given, stops it before
-    any work, and photos without a single face stop it before it writes anything.
+    what the image decoder warned of in a photo it read, a photo changed before its annotated copy
+    was drawn, and a note when `tta` meets a run whose tta is none. A missing input, or an `out`
+    that names an image, a photo given or the checkpoint, stops it before any work, and photos
+    without a single face stop it before it writes anything. A folder's hidden files are passed by.
     Example: ``predict("runs/study/cnn", "photos/", out="faces.csv")``, which is
     ``ferkit predict runs/study/cnn photos/ --out faces.csv``
     """
@@ -221,15 +233,17 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
                               "given after --out?); name it .csv")
     if annotate is not None:
         output_folder(annotate, "--annotate", create=False)
-    if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of its characters
-        inputs = [inputs]
+    # one path, not an iterable of its characters; a generator as a list, read again by the --annotate check
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     files, missing = find_images(inputs)
     if missing:
         raise FerkitError("; ".join(missing) + " (nothing was classified)")
     if not files:
-        raise FerkitError("no input images given (a folder is searched for .jpg, .png, ... files)")
+        raise FerkitError("no input images given (a folder is searched for .jpg, .png, ... files, hidden ones aside)")
     if out is not None and any(same_file(out, file) for file in files):
         raise FerkitError(f"--out {out}: is one of the photos to classify; name the CSV otherwise")
+    if out is not None and same_file(out, model_or_run):  # the table replaced the checkpoint: the model was lost
+        raise FerkitError(f"--out {out}: is the checkpoint to classify with; name the CSV otherwise")
     names = _annotation_names(files) if annotate is not None else {}
     if annotate is not None:
         _require_apart(Path(annotate), inputs, files)
@@ -238,7 +252,9 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     messages: list[str] = []
     detector = face_detector() if detect else None
     rows, crops = [], []
-    annotations: dict[Path, tuple[np.ndarray, list[int]]] = {}
+    # each annotated photo's shape and rows; not its pixels, read again when drawn: every photo kept until the end
+    # took 36 MB for each 12-megapixel one, and a few hundred photos more memory than a laptop has
+    annotations: dict[Path, tuple[tuple[int, ...], list[int]]] = {}
     for path in tqdm(files, desc="photos", unit="img", disable=not progress or len(files) < 2):
         image, note = read_photo(path)
         if image is None:
@@ -262,7 +278,7 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
             rows.append({"file": str(path), "face": number, "x": x, "y": y, "width": w, "height": h})
             crops.append(face.crop)
         if annotate is not None:
-            annotations[path] = (image, list(range(first_row, len(rows))))
+            annotations[path] = (image.shape, list(range(first_row, len(rows))))
     if not crops:
         raise FerkitError("no face was classified, so nothing was written:\n  " + "\n  ".join(messages))
     table = pd.DataFrame(rows, columns=["file", "face", "x", "y", "width", "height"])
@@ -276,7 +292,7 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
         with atomic_path(out) as tmp:  # a file name that is not UTF-8 is written back as the bytes it has
             table.to_csv(tmp, index=False, errors="surrogateescape")
     if annotate is not None:
-        _annotate(annotations, table, Path(annotate), names)
+        messages += _annotate(annotations, table, Path(annotate), names)
     return table, messages
 
 
@@ -324,15 +340,20 @@ def _require_no_foreign(folder: Path, names: dict[Path, str]) -> None:
                           "which the annotated copies would replace; pick an empty folder")
 
 
-def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.DataFrame, folder: Path,
-              names: dict[Path, str]) -> None:
+def _annotate(annotations: dict[Path, tuple[tuple[int, ...], list[int]]], table: pd.DataFrame, folder: Path,
+              names: dict[Path, str]) -> list[str]:
+    """Write the annotated copies, each photo read again; returns what kept a copy from being written."""
     cv2 = _cv2()
     output_folder(folder, "--annotate")
     _require_no_foreign(folder, names)  # again: a file may have come meanwhile
     written = _written_before(folder) | {names[path] for path in annotations}
     write_json(folder / ANNOTATED, sorted(written))  # first: a kill below leaves no copy unaccounted for
-    for path, (image, row_numbers) in annotations.items():
-        canvas = image.copy()
+    messages = []
+    for path, (shape, row_numbers) in annotations.items():
+        canvas, _ = read_photo(path)  # its decoder's warnings were said at the first reading
+        if canvas is None or canvas.shape != shape:
+            messages.append(f"{path}: changed or removed while it was classified, so it has no annotated copy")
+            continue
         thickness = max(1, round(max(canvas.shape[:2]) / 400))
         for r in row_numbers:
             row = table.iloc[r]
@@ -351,3 +372,4 @@ def _annotate(annotations: dict[Path, tuple[np.ndarray, list[int]]], table: pd.D
             if not ok:
                 raise FerkitError(f"{target}: OpenCV could not encode the annotated photo as JPEG")
             tmp.write_bytes(encoded.tobytes())
+    return messages
