@@ -17,7 +17,7 @@ from ferkit.data import EMOTIONS, SPLITS, load
 from ferkit.errors import FerkitError
 from ferkit.evaluate import compute_metrics, macro_f1
 
-from conftest import write_fer_csv
+from conftest import Faces, write_export, write_fer_csv
 
 statsmodels = pytest.importorskip("statsmodels", reason="statsmodels is a dev dependency: pip install -e .[dev]")
 from statsmodels.stats.contingency_tables import mcnemar  # noqa: E402
@@ -313,6 +313,22 @@ def test_compare_accepts_a_copy_of_the_labelled_faces(study, tmp_path):
     copy = cmp.compare(study["run"], study["labels"], tmp_path / "copy", data=packed, resamples=50)
     original = cmp.compare(study["run"], study["labels"], tmp_path / "original", data=study["data"], resamples=50)
     assert copy["human"] == original["human"] and copy["cnn"] == original["cnn"]
+
+
+def test_compare_accepts_the_image_export_of_the_labelled_csv(study, tmp_path):
+    """Refused before: "the sample is recorded by line, but the data is an image-folder export"."""
+    dataset = load(study["data"])
+    ids = np.zeros(len(dataset), int)
+    for split in range(len(SPLITS)):
+        ids[dataset.splits == split] = np.arange(np.sum(dataset.splits == split))
+    (tmp_path / "export").mkdir()
+    export = write_export(tmp_path / "export", Faces(dataset.images, dataset.labels, dataset.splits, ids), "folder")
+    copy = cmp.compare(study["run"], study["labels"], tmp_path / "copy", data=export, resamples=50)
+    original = cmp.compare(study["run"], study["labels"], tmp_path / "original", data=study["data"], resamples=50)
+    assert copy["human"] == original["human"] and copy["cnn"] == original["cnn"]
+    with open(tmp_path / "copy" / "faces.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["path"] for row in rows] == load(export).origins(label.read_labels(study["labels"], dataset).rows)
 
 
 def test_compare_never_writes_over_the_labels(study, tmp_path):

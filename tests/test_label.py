@@ -35,7 +35,7 @@ from ferkit import cli, label
 from ferkit.data import EMOTIONS, SPLITS, load
 from ferkit.errors import FerkitError
 
-from conftest import write_fer_csv
+from conftest import Faces, write_export, write_fer_csv
 
 CHROMIUM = os.environ.get("FERKIT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -396,6 +396,16 @@ def test_a_refused_server_leaves_no_lock_file_but_keeps_that_of_labels_begun(dat
     assert (out / "labels.csv.lock").exists()  # the lock of a labels file stays beside it, as the docs say
 
 
+def test_a_refused_server_leaves_no_folder(data, tmp_path):
+    """The lock made --out's new folders, which a refusal (a mistyped data path) left behind, empty."""
+    (tmp_path / "kept").mkdir()
+    for dataset, out in ((data, tmp_path / "new" / "deeper" / "labels.csv"),
+                         (tmp_path / "no-such.csv", tmp_path / "kept" / "new" / "labels.csv")):
+        with pytest.raises(FerkitError, match="only 30|no such file"):
+            label.make_server(dataset, out, n=31, seed=0, port=0)
+    assert not (tmp_path / "new").exists() and list((tmp_path / "kept").iterdir()) == []
+
+
 def test_labels_without_a_sidecar(data, tmp_path):
     out = tmp_path / "labels.csv"
     out.write_bytes(b"")  # an empty file (made by hand, or by a start that failed) is no answers
@@ -684,6 +694,11 @@ def test_one_server_per_labels_file(data, tmp_path):
         with pytest.raises(FerkitError, match="already serving"):
             label.make_server(data, out, port=0)
         assert post_answer(server.url, 0, 5)[0] == 200
+        # an export written in the lock's place let a second server lock the new file and serve beside this one
+        with pytest.raises(FerkitError, match="the labels and their sidecar or lock"):
+            label.export_with_truth(data, out, f"{out}.lock")
+        with pytest.raises(FerkitError, match="already serving"):
+            label.make_server(data, out, port=0)
     with running(data, out) as server:  # the lock went with the first server; the answer stayed
         assert json.loads(request(server.url + "api/state")[2])["answers"][0] == 5
 
@@ -771,6 +786,74 @@ def test_the_data_given_as_the_labels_is_named_as_such(data, tmp_path):
     label.sidecar_path(out).unlink()  # labels that lost their sidecar are still told so
     with pytest.raises(FerkitError, match="labels.csv.json: missing; it records which faces"):
         label.read_labels(out, load(data))
+
+
+def test_labels_given_as_their_folder_are_named_as_such(data, tmp_path):
+    """It was told that FOLDER.json, the sidecar of the folder, was missing."""
+    out = tmp_path / "study" / "labels.csv"
+    label.LabelSession.open(data, out, n=3, seed=0)
+    with pytest.raises(FerkitError, match="study: is a folder; give the labels CSV .*such as .*labels.csv"):
+        label.read_labels(out.parent, load(data))
+
+
+def test_a_field_over_the_csv_limit_is_a_message_not_a_traceback(data, tmp_path):
+    out = tmp_path / "labels.csv"
+    label.LabelSession.open(data, out, n=3, seed=0).answer(0, 1, 1.0)
+    out.write_text(out.read_text() + "x" * 200_000 + "\n")
+    with pytest.raises(FerkitError, match="labels.csv: line 3: field larger than field limit"):
+        label.read_labels(out, load(data))
+
+
+def image_export_of(data: Path, dest: Path) -> Path:
+    """The image-folder export of the faces of the CSV `data`, in its rows' order."""
+    dataset = load(data)
+    ids = np.zeros(len(dataset), int)
+    for split in range(len(SPLITS)):
+        ids[dataset.splits == split] = np.arange(np.sum(dataset.splits == split))
+    dest.mkdir()
+    return write_export(dest, Faces(dataset.images, dataset.labels, dataset.splits, ids), "folder")
+
+
+def test_the_image_export_of_the_labelled_csv_follows_the_answers(data, tmp_path):
+    """The same faces in the other layout were refused ("the sample is recorded by line"), though the
+    sidecar's rows name them in both."""
+    out = tmp_path / "labels.csv"
+    session = label.LabelSession.open(data, out, n=5, seed=1)
+    for k in range(3):
+        session.answer(k, k, 1.0)
+    export = image_export_of(data, tmp_path / "export")
+    original, copy = load(data), load(export)
+    assert copy.faces_sha256 == original.faces_sha256 and copy.origin_column == "path"
+    labelled, again = label.read_labels(out, original), label.read_labels(out, copy)
+    np.testing.assert_array_equal(again.rows, labelled.rows)
+    assert again.origin_column == "path" and again.origins == copy.origins(labelled.rows)
+    truth = tmp_path / "truth.csv"
+    label.export_with_truth(export, out, truth)
+    assert [(r["path"], int(r["true_label"])) for r in read_csv_rows(truth)] == [
+        (copy.paths[row], int(copy.labels[row])) for row in labelled.rows]
+    before = out.read_text()
+    resumed = label.LabelSession.open(export, out)  # the labels keep the lines of the file that was labelled
+    assert resumed.state()["answered"] == 3
+    resumed.answer(1, 1, 1.0)
+    assert out.read_text() == before
+
+
+def test_labels_are_kept_out_of_an_image_folder_dataset(tmp_path):
+    """labels.csv (or an export of it) written into the export made the next load refuse the folder."""
+    data = tmp_path / "fer.csv"
+    write_csv(data)
+    export = image_export_of(data, tmp_path / "export")
+    for out in (export / "labels.csv", export / "test" / "new" / "labels.csv"):
+        with pytest.raises(FerkitError, match="is inside the image folder"):
+            label.make_server(export, out, n=3, seed=0, port=0)
+        with pytest.raises(FerkitError, match="is inside the image folder"):
+            label.LabelSession.open(export, out, n=3, seed=0)
+    out = tmp_path / "labels.csv"
+    label.LabelSession.open(export, out, n=3, seed=0).answer(0, 1, 1.0)
+    with pytest.raises(FerkitError, match="--export-with-truth .* is inside the image folder"):
+        label.export_with_truth(export, out, export / "truth.csv")
+    assert sorted(p.name for p in export.iterdir()) == ["test", "train"] and not (export / "test" / "new").exists()
+    assert len(load(export)) == len(load(data))
 
 
 def test_a_sidecar_removed_while_serving_is_written_again(data, tmp_path):

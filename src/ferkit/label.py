@@ -42,7 +42,7 @@ from ferkit import data as fdata
 from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import hold_lock, output_file, read_json, same_file, write_csv, write_json
+from ferkit.fileio import hold_lock, output_file, read_json, require_outside, same_file, write_csv, write_json
 
 SPLIT = "PrivateTest"
 SIDECAR_FORMAT = "ferkit-labels"
@@ -117,18 +117,20 @@ def _read_meta(labels_csv: Path) -> dict[str, Any]:
 def _rows_of_sample(meta: dict[str, Any], dataset: fdata.Dataset, side: Path) -> np.ndarray:
     """The rows of `dataset` that the sample labels: those recorded (sidecar version 2), else, for an older
     sidecar and the labelled file itself, those at the recorded lines (or paths)."""
-    column = dataset.origin_column
-    if meta["origin_column"] != column:
-        raise FerkitError(f"{side}: the sample is recorded by {meta['origin_column']}, but the data is "
-                          f"{'an image-folder export' if column == 'path' else 'a CSV'}")
     pool = dataset.indices(SPLIT)
     if "rows" in meta:
-        # Rows, not lines: a copy of the same faces may have other line numbers (a blank line added, say)
+        # Rows, not lines: a copy of the same faces may have other line numbers (a blank line added, say), or
+        # be the image-folder export of the labelled CSV (or the reverse), whose faces come in the same rows
         rows = meta["rows"]
         if not isinstance(rows, list) or len(rows) != meta["n"] or not all(type(r) is int for r in rows) \
                 or not np.isin(rows, pool).all():
             raise FerkitError(f"{side}: its rows are not {meta['n']} {SPLIT} rows of the data")
         return np.array(rows, dtype=np.int64)
+    column = dataset.origin_column
+    if meta["origin_column"] != column:
+        raise FerkitError(f"{side}: the sample is recorded by {meta['origin_column']}, but the data is "
+                          f"{'an image-folder export' if column == 'path' else 'a CSV'}; pass the file that was "
+                          f"labelled ({meta.get('data')})")
     if meta["data_sha256"] != dataset.sha256:
         raise FerkitError(f"{side}: written by an older ferkit, it names its faces by {meta['origin_column']} only, "
                           f"which another copy of the faces may number otherwise; pass the file that was labelled "
@@ -155,12 +157,17 @@ def _read_answers(labels_csv: Path, origin_column: str, origins: list) -> dict[i
     except (OSError, UnicodeDecodeError) as exc:
         raise FerkitError(f"{labels_csv}: cannot read it ({exc})") from None
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+    try:
+        records = list(reader)
+    except csv.Error as exc:  # a field over csv's 128 KiB limit, say: a broken edit, or not a labels file
+        raise FerkitError(f"{labels_csv}: line {reader.line_num}: {exc}; give the labels.csv that `ferkit label` "
+                          "wrote") from None
+    header = records[0] if records else None
     if header != _columns(origin_column):
         raise FerkitError(f"{labels_csv}: expected the columns {','.join(_columns(origin_column))}, "
                           f"found {','.join(header or [])}")
     answers: dict[int, tuple[int, float]] = {}
-    for line_no, row in enumerate(reader, start=2):
+    for line_no, row in enumerate(records[1:], start=2):
         if not row:
             continue
 
@@ -195,7 +202,7 @@ class Labels:
     rows: np.ndarray  # (k,) rows of the dataset
     human: np.ndarray  # (k,) int64, index into EMOTIONS
     seconds: np.ndarray  # (k,) float
-    origin_column: str  # "line" or "path"
+    origin_column: str  # "line" or "path": the dataset's, which a copy in the other layout names otherwise
     origins: list  # (k,) the line (or path) of each face in the dataset read, which a copy may number otherwise
     meta: dict[str, Any]  # the sidecar
 
@@ -213,6 +220,9 @@ def read_labels(labels_csv: str | os.PathLike, dataset: fdata.Dataset) -> Labels
     labels_csv = Path(labels_csv)
     if not labels_csv.exists():
         raise FerkitError(f"{labels_csv}: no such file; label faces with `ferkit label DATA --out {labels_csv}`")
+    if labels_csv.is_dir():  # else its sidecar, FOLDER.json, would be reported missing
+        raise FerkitError(f"{labels_csv}: is a folder; give the labels CSV that `ferkit label` wrote (such as "
+                          f"{labels_csv / 'labels.csv'})")
     meta = _read_meta(labels_csv)
     _require_labelled_data(dataset, meta, labels_csv, "pass the file that was labelled")
     side = sidecar_path(labels_csv)
@@ -222,7 +232,7 @@ def read_labels(labels_csv: str | os.PathLike, dataset: fdata.Dataset) -> Labels
     rows = sample[index] if len(index) else np.zeros(0, np.int64)
     return Labels(index=index, rows=rows, human=np.array([answers[i][0] for i in index], dtype=np.int64),
                   seconds=np.array([answers[i][1] for i in index], dtype=np.float64),
-                  origin_column=meta["origin_column"], origins=dataset.origins(rows), meta=meta)
+                  origin_column=dataset.origin_column, origins=dataset.origins(rows), meta=meta)
 
 
 def export_with_truth(data: str | os.PathLike, labels_csv: str | os.PathLike, out: str | os.PathLike) -> int:
@@ -230,10 +240,12 @@ def export_with_truth(data: str | os.PathLike, labels_csv: str | os.PathLike, ou
 
     Example: ``ferkit label icml_face_data.csv --out labels.csv --export-with-truth labels_truth.csv``
     """
-    if any(same_file(out, kept) for kept in (data, labels_csv, sidecar_path(labels_csv))):
+    # the lock too: a new file in its place would let a second server lock it while the first still serves
+    if any(same_file(out, kept) for kept in (data, labels_csv, sidecar_path(labels_csv), f"{labels_csv}.lock")):
         raise FerkitError(f"--export-with-truth {out}: choose a file other than the data, the labels and their "
-                          "sidecar")
+                          "sidecar or lock")
     output_file(out, "--export-with-truth", create_folder=False)
+    require_outside(data, out, "--export-with-truth")  # a CSV in an image-folder export stops its next load
     dataset = fdata.load(data)
     labels = read_labels(labels_csv, dataset)
     truths = dataset.labels[labels.rows].astype(int)
@@ -279,6 +291,7 @@ class LabelSession:
              seed: int | None = None) -> LabelSession:
         """Start a new sample in `labels_csv`, or resume the one recorded beside it."""
         labels_csv = output_file(labels_csv, "--out", create_folder=False)
+        require_outside(data, labels_csv)  # in an image-folder export, labels.csv would stop the next load of it
         side = sidecar_path(labels_csv)
         dataset = fdata.load(data)
         if side.exists():
@@ -550,18 +563,26 @@ def make_server(data: str | os.PathLike, labels_csv: str | os.PathLike, n: int |
         raise FerkitError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port "
                           "(0 picks a free one), or another --host") from None
     made = False
+    new_folders: list[Path] = []  # deepest first: those the lock is about to make
     try:
         # on labels.csv.lock, not on the sidecar, which a starting session writes: two servers started
         # together would each have locked a sidecar of its own
         labels_csv = output_file(labels_csv, "--out", create_folder=False)
+        require_outside(data, labels_csv)  # before the lock, which would be made in the image folder
         lock = Path(f"{labels_csv}.lock")
         made = not lock.exists()
+        new_folders = [folder for folder in Path(os.path.abspath(labels_csv)).parents if not folder.exists()]
         server._lock_file = hold_lock(lock, f"another `ferkit label` is already serving {labels_csv}: use its page, "
                                             "or stop it first")
         server.session = LabelSession.open(data, labels_csv, n=n, seed=seed)
     except BaseException:
         if made and server._lock_file is not None and not labels_csv.exists():  # refused before any labelling
             lock.unlink(missing_ok=True)
+            for folder in new_folders:  # a mistyped data path left `--out new/labels.csv`'s folder behind
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: the session began to write in it
+                    break
         server.server_close()  # also releases the lock
         raise
     return server
