@@ -119,6 +119,17 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"ferkit {__version__}"
 
 
+@pytest.mark.parametrize("extra, where", [(["--config", "c.yaml"], "--config c.yaml"),
+                                          (["--set", "profile=gpu"], "--set profile=...")])
+def test_a_profile_that_overrides_the_profile_flag_is_refused(extra, where, tmp_path, monkeypatch, capsys):
+    """--profile cpu with a config file (or --set) of profile gpu trained the gpu profile in silence."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("profile: gpu\n")
+    monkeypatch.setattr(importlib.import_module("ferkit.train"), "train", lambda *args, **kwargs: pytest.fail())
+    assert cli.main(["train", "D", "--out", "R", "--profile", "cpu", *extra]) == 2
+    assert f"--profile cpu: {where} chooses the gpu profile, which overrides it" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["data", "D.csv", "--out", "O", "--seed", "-3"],
                                   ["features", "R", "--out", "O", "--seed", "-1"],
                                   ["compare", "R", "L.csv", "--out", "O", "--seed", "-1"]])

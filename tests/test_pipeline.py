@@ -26,8 +26,9 @@ def stand_ins(monkeypatch):
 
     def fake_train(data_path, folder, cfg, resume=False, progress=True):
         calls.append(("train", Path(folder).name, cfg))
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "checkpoints").mkdir(parents=True, exist_ok=True)
         config.save(cfg, Path(folder) / "config.yaml")
+        (Path(folder) / "checkpoints" / "best.pt").write_bytes(b"")
 
     def fake_evaluate(run, data=None, tta=False, **kwargs):
         calls.append(("evaluate", Path(run).name, tta))
@@ -38,17 +39,31 @@ def stand_ins(monkeypatch):
 
     state = {"features_fail": True}
 
-    def fake_features(*args, **kwargs):
+    def written(folder: Path, *names: str) -> None:  # the files by which the study sees a stage's work
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (Path(folder) / name).write_text("{}")
+
+    def fake_summarize(data_path, out):
+        calls.append(("data", None, None))
+        written(out, "summary.json")
+
+    def fake_features(run, data_path, out, **kwargs):
         calls.append(("features", None, None))
         if state["features_fail"]:
             raise Broken
+        written(out, "features.json")
+
+    def fake_report(run, out, **kwargs):
+        calls.append(("report", None, None))
+        written(out, "report.pdf", "report.html", "report.md")
+        return {"commands_left_out": False, "notes": []}
 
     monkeypatch.setattr(ftrain, "train", fake_train)
     monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
-    monkeypatch.setattr(data, "summarize", lambda *a, **k: calls.append(("data", None, None)))
+    monkeypatch.setattr(data, "summarize", fake_summarize)
     monkeypatch.setattr(features, "features", fake_features)
-    monkeypatch.setattr(report, "build_report", lambda *a, **k: calls.append(("report", None, None)) or
-                        {"commands_left_out": False, "notes": []})
+    monkeypatch.setattr(report, "build_report", fake_report)
     return calls, state
 
 
@@ -85,6 +100,28 @@ def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_setting
     pipeline.run_study(tiny_csv, out, cnn_overrides=["widths=4,8", "epochs=2"], mlp_overrides=["hidden=32", "epochs=3"],
                        progress=False)
     assert calls == [("evaluate", "mlp", False), ("evaluate", "mlp", True), ("report", None, None)]  # shown anew
+
+
+@pytest.mark.parametrize("gone, redone", [("report", ["report"]), ("report/report.html", ["report"]),
+                                          ("features", ["features", "report"]), ("data", ["data"]),
+                                          ("cnn", ["train", "evaluate", "evaluate", "features", "report"]),
+                                          ("mlp", ["train", "evaluate", "evaluate", "report"])])
+def test_a_finished_stage_whose_files_are_gone_is_done_again(tiny_csv, tmp_path, stand_ins, gone, redone):
+    """A deleted report was skipped as done, and the command then named its report.pdf, which was not there."""
+    calls, state = stand_ins
+    state["features_fail"] = False
+    out = tmp_path / "study"
+    settings = dict(profile="cpu", cnn_overrides=["widths=4,8", "epochs=1"], mlp_overrides=["hidden=8", "epochs=1"],
+                    progress=False)
+    pipeline.run_study(tiny_csv, out, **settings)
+    if (out / gone).is_dir():
+        shutil.rmtree(out / gone)
+    else:
+        (out / gone).unlink()
+    calls.clear()
+    pipeline.run_study(tiny_csv, out, **settings)
+    assert [call[0] for call in calls] == redone
+    assert (out / "report" / "report.pdf").is_file() and (out / "data" / "summary.json").is_file()
 
 
 def test_a_resumed_study_removes_what_a_kill_in_an_atomic_write_left(tiny_csv, tmp_path, stand_ins):

@@ -500,6 +500,19 @@ def test_no_evaluation_names_the_command(world, tmp_path):
     assert not (tmp_path / "out" / "report.pdf").exists()
 
 
+def test_the_commands_that_errors_name_are_shell_quoted(world, tmp_path):
+    """`ferkit evaluate my runs/cnn --tta`, copied from the message, named the folders `my` and `runs/cnn`."""
+    bare = _without_eval(world["cnn"], tmp_path / "my runs" / "it's cnn")
+    with pytest.raises(FerkitError) as error:
+        freport.build_report(bare, tmp_path / "out")
+    assert shlex.split(re.search("`(ferkit evaluate .*)`", str(error.value)).group(1)) == [
+        "ferkit", "evaluate", str(bare), "--tta"]
+    with pytest.raises(FerkitError) as error:
+        freport.build_report(world["cnn"], tmp_path / "out", features=tmp_path / "my features")
+    assert shlex.split(re.search("make it with `(.*)`", str(error.value)).group(1)) == [
+        "ferkit", "features", str(world["cnn"]), "--out", str(tmp_path / "my features")]
+
+
 def test_mlp_without_metrics_names_the_command(world, tmp_path):
     bare = _without_eval(world["mlp"], tmp_path / "mlp-bare")
     with pytest.raises(FerkitError, match=r"--mlp .*mlp-bare.*ferkit evaluate"):
@@ -521,6 +534,20 @@ def test_a_folder_of_figures_without_its_json_is_refused(world, tmp_path, option
     (folder / json_name).write_text("[1, 2]")
     with pytest.raises(FerkitError, match=f"{json_name}: not what `ferkit {option}"):
         freport.build_report(world["cnn"], tmp_path / "out", **{option: folder})
+
+
+@pytest.mark.parametrize("json_name, key", [("features.json", "figures"), ("comparison.json", "files")])
+def test_an_extra_shows_only_the_figures_its_json_lists(tmp_path, json_name, key):
+    """`ferkit features RUN --out STUDY/data` put the data summary's samples.png and class_balance.png beside
+    the features' figures, and the report showed them as activation figures."""
+    folder = make_extra(tmp_path / "extra", json_name, {}, 3)  # figure_00.png to figure_02.png
+    (folder / "runs" / "cnn").mkdir(parents=True)
+    shutil.copyfile(folder / "figure_00.png", folder / "runs" / "cnn" / "learning_curves.png")
+    (folder / json_name).write_text(json.dumps({key: ["figure_00.png", "figure_02.png", "gone.png", "x.csv"]}))
+    extra = freport.read_extra(folder, "--x", json_name, "ferkit x")
+    assert [p.name for p in extra.figures] == ["figure_00.png", "figure_02.png"]
+    (folder / json_name).write_text(json.dumps({key: {"figure_00.png": "a caption"}}))  # no list: every PNG
+    assert len(freport.read_extra(folder, "--x", json_name, "ferkit x").figures) == 4
 
 
 def test_empty_compare_folder(world, tmp_path):
@@ -1187,6 +1214,23 @@ def test_a_control_character_in_a_command_is_spelled_out():
     assert freport._shell_line("# into runs/a\nb: ferkit") == "# into runs/a\\nb: ferkit"
     assert freport._shell_line("ferkit run plain") == "ferkit run plain"
 
+
+@pytest.mark.parametrize("width", [40, 200])
+def test_a_command_run_where_it_was_recorded_stays_a_subshell_when_wrapped_or_spelled(tmp_path, monkeypatch, width):
+    """The PDF wrapped `(cd DIR && ferkit run ...)` word by word and quoted `(cd`, `&&` and the last word with
+    its `)`: bash looked for a command named `(cd`. A control character in a path did the same in every format."""
+    started = tmp_path / "it's here"
+    started.mkdir()
+    monkeypatch.chdir(tmp_path)
+    words = ["ferkit", "run", "my data/faces 'q'.csv", "--out", "study", "--set", "epochs=2", "--data", "a\tb c"]
+    line = freport._recorded_there(shlex.join(words), Path("study-replica"), str(started))
+    assert line.startswith("(cd ") and line.endswith(")")
+    shown = [freport._shell_line(line)] if width == 200 else freport._shell_lines(line, width)
+    assert width == 200 or len(shown) > 2  # the PDF's lines, wrapped
+    script = "ferkit() { pwd; printf '%s\\n' \"$@\"; }\n" + "\n".join(shown)
+    printed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert printed.splitlines() == [str(started), "run", words[2], "--out", str(tmp_path / "study-replica"),
+                                    *words[5:8], "a\tb c"]
 
 def test_a_spelled_comment_keeps_a_typed_backslash_apart_from_a_spelled_character():
     """A folder named `a`, newline, `b` and one named `a\\nb` were both shown as `a\\nb` in a comment (in the
@@ -1958,6 +2002,30 @@ def test_the_replica_folder_sits_beside_the_run_as_the_user_named_it(tmp_path, m
     assert freport._replica_folder(Path("runs/cnn")) == Path("runs/cnn-replica")  # relative stays relative
     assert freport._replica_folder(Path(".")) == tmp_path.with_name(f"{tmp_path.name}-replica")
     assert freport._replica_folder(Path("runs/..")) == tmp_path.with_name(f"{tmp_path.name}-replica")
+
+
+def test_the_replica_of_a_study_run_sits_beside_the_study_which_it_would_stop(tmp_path, monkeypatch):
+    """Trained into STUDY/cnn-replica as the report said, the replica made the study's next `ferkit run` stop:
+    its folder held other files."""
+    from ferkit import pipeline
+
+    study = tmp_path / "study one"
+    (study / "cnn").mkdir(parents=True)
+    (study / "pipeline.json").write_text("{}")
+    (study / "cnn" / "config.yaml").write_text("epochs: 2\n")
+    info = {"environment": {"command": "ferkit run faces.csv --out 'study one'"}, "data": {"path": "faces.csv"},
+            "model": {"name": "cnn"}}
+    run = fake_run(path=study / "cnn", config={"seed": 0, "profile": "cpu"}, info=info)
+    code = next(b.text for b in freport._replication_section(run, "ferkit report x --out y")
+                if isinstance(b, freport.Shell))
+    replica = tmp_path / "study one-cnn-replica"
+    train = shlex.split(next(line for line in code.splitlines() if line.startswith("ferkit train")))
+    assert train[train.index("--out") + 1] == str(replica) and f"ferkit evaluate {shlex.quote(str(replica))}" in code
+    assert f"{tmp_path / 'study one-replica' / 'cnn'} replicates this run" in code  # the whole study's, as before
+    replica.mkdir()
+    pipeline.require_only(study, pipeline._STUDY_ENTRIES, "a study")  # the study may still be run again
+    monkeypatch.chdir(study / "cnn")
+    assert freport._replica_folder(Path(".")) == replica
 
 
 @pytest.mark.parametrize("commit, said", [

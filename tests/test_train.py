@@ -493,6 +493,16 @@ def test_config_accepts_both_ends_of_each_closed_range_and_picks_the_gpu_profile
     assert config.auto_profile() == "gpu"
 
 
+def test_a_residual_block_is_refused_for_a_cnn_without_residual_stages(tmp_path):
+    """--set residual_block=resnet on the cpu profile (residual=false) was saved and changed nothing."""
+    with pytest.raises(FerkitError, match=r"--set residual_block=\.\.\.: shapes the residual blocks, but this cnn "
+                                          r"has none \(residual=false\)"):
+        config.resolve(overrides=["residual_block=resnet"])
+    assert config.resolve(profile="gpu", overrides=["residual_block=resnet"]).residual_block == "resnet"
+    (tmp_path / "c.yaml").write_text("residual_block: resnet\n")  # as a saved config.yaml holds it: no --set
+    assert config.resolve(config_file=tmp_path / "c.yaml").residual_block == "resnet"
+
+
 def test_config_rejects_an_unknown_model_and_a_residual_stage_of_even_depth():
     with pytest.raises(FerkitError, match="'model': unknown model 'cnnn'; known models are cnn, mlp"):
         config.resolve(model="cnnn")
@@ -1120,9 +1130,10 @@ def test_config_file_must_be_a_mapping_of_values(tmp_path):
     path.write_text("lr: 0.1\nepochs: [3\n")
     with pytest.raises(FerkitError, match=r"c.yaml, line 3, column 1: not valid YAML \(expected ',' or ']'"):
         config.resolve(config_file=path)
-    path.write_text("lr: 0.1\nepochs:\n")  # a key left empty is a mistake, not the default
-    with pytest.raises(FerkitError, match="c.yaml, line 2: config key 'epochs' has no value"):
-        config.resolve(config_file=path)
+    for key in ("epochs", "tta", "widths"):  # a key left empty is a mistake, not the default; not 'None' either
+        path.write_text(f"lr: 0.1\n{key}:\n")
+        with pytest.raises(FerkitError, match=f"c.yaml, line 2: config key '{key}' has no value$"):
+            config.resolve(config_file=path)
     path.write_text("lr: 0.1\n\nepochs: two\n")
     with pytest.raises(FerkitError, match="c.yaml, line 3: config key 'epochs': 'two' is not a valid whole number"):
         config.resolve(config_file=path)
@@ -1247,6 +1258,19 @@ def test_an_ensemble_counts_each_model_once_and_never_writes_over_a_member(train
     (tmp_path / "empty").mkdir()
     with pytest.raises(FerkitError, match="empty: neither a trained run folder .* nor an evaluation folder"):
         ensemble([tmp_path / "empty"], tmp_path / "never", data=tiny_csv)
+
+
+def test_an_ensemble_counts_the_best_and_last_checkpoints_of_one_epoch_once(tiny_csv, tmp_path):
+    """best.pt and last.pt of the same epoch are one model in two files of other checksums: their saved
+    predictions were averaged as two models."""
+    run = tmp_path / "run"
+    train.train(tiny_csv, run, tiny_config(epochs=1, train_limit=64), progress=False)
+    last = evaluate(run, checkpoint="last", out=tmp_path / "last")
+    best = evaluate(run, out=tmp_path / "best")
+    assert last["epoch"] == best["epoch"] == 1 and last["checkpoint_sha256"] != best["checkpoint_sha256"]
+    for members in ([tmp_path / "best", tmp_path / "last"], [run, tmp_path / "last"], [tmp_path / "last", run]):
+        with pytest.raises(FerkitError, match="hold the same model \\(the epoch-1 checkpoint of "):
+            ensemble(members, tmp_path / "never", data=tiny_csv)
 
 
 def test_a_hand_edited_saved_evaluation_is_named_not_a_traceback(trained_run, tiny_csv, tmp_path):
@@ -1598,6 +1622,21 @@ def test_a_resume_may_change_the_device_only(tiny_csv, tmp_path, monkeypatch):
     assert config.load(run / "config.yaml").device == "cpu"
 
 
+@pytest.mark.parametrize("edit, message", [
+    (("- 8\n", "- 6\n"), "line 3: widths is 6,16, but the run trained with 8,16"),  # was a load_state_dict traceback
+    (("lr: 0.05", "lr: 0.2"), "line 19: lr is 0.2, but the run trained with 0.05"),  # went on in silence
+])
+def test_a_resume_refuses_a_config_yaml_edited_since_last_pt(tiny_csv, tmp_path, monkeypatch, edit, message):
+    """The epochs so far were trained with last.pt's config: an edited config.yaml would go on as another run."""
+    run = tmp_path / "r"
+    _interrupted_after_epoch_1(tiny_csv, run, monkeypatch)
+    text = (run / "config.yaml").read_text()
+    assert edit[0] in text
+    (run / "config.yaml").write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(FerkitError, match=f"config.yaml, {message} \\(checkpoints/last.pt\\); a resumed run goes on"):
+        train.train(tiny_csv, run, resume=True, progress=False)
+
+
 @pytest.mark.parametrize("override, message", [
     (["model=mlp", "batch_size=1"], "batch norm needs batches of at least 2"),
     (["widths=4,4,4,4,4,4", "batch_size=1"], "the cnn's last stage of 6 is 1 pixel, where batch norm needs batches"),
@@ -1886,6 +1925,15 @@ def test_a_run_cut_short_runs_the_rest_of_its_schedule_faster():
             tiny_config(epochs=6, shortened=malformed)
 
 
+def test_a_saved_shortened_config_is_refused_with_fit_minutes():
+    """`--config RUN/config.yaml --set fit_minutes=...` kept RUN's cuts while fit_minutes sized the run again: to 1
+    epoch here, saving a config.yaml that its own resume and --config refused (after 1 is no cut of 1 epoch)."""
+    with pytest.raises(FerkitError, match="--set: config key 'shortened': 1,3 records how fit_minutes changed an "
+                                          "earlier run's epochs, but fit_minutes=0.001 sizes this run again"):
+        tiny_config(epochs=2, shortened="1,3", fit_minutes=0.001)
+    assert tiny_config(epochs=2, shortened="", fit_minutes=0.001).shortened == ()
+
+
 def test_a_run_whose_epochs_change_twice_spreads_the_rest_of_its_schedule_each_time():
     """shortened=(after, planned, after, planned): cut from 14 to 9 epochs after epoch 6, lengthened to 11 after
     epoch 7 (the measured run below): the rates of the single cut until the second change, then the rest of the
@@ -2095,3 +2143,8 @@ def test_fit_minutes_names_a_warmup_longer_than_the_epochs_it_fitted(tiny_csv, t
     train.train(tiny_csv, tmp_path / "tight", tiny_config(epochs=1, train_limit=96, fit_minutes=0.5))
     assert ("fit_minutes 0.5: 1 of 1 epochs fit (about 45.0 s an epoch, timed in 12 s): even one epoch takes longer\n"
             in capsys.readouterr().out)
+    monkeypatch.setattr(train, "fit_epochs", lambda *args: {"minutes": 1, "epochs_asked": 9, "epochs": 9,
+                                                            "epoch_seconds": 6.67, "timing_seconds": 0.1})
+    train.train(tiny_csv, tmp_path / "fits", tiny_config(epochs=9, train_limit=64, fit_minutes=1))
+    out = capsys.readouterr().out  # 9 epochs of 6.666 s fit a minute: their rounded 6.67 s must not say otherwise
+    assert "fit_minutes 1: 9 of 9 epochs fit" in out and "even one epoch takes longer" not in out

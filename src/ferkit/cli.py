@@ -36,6 +36,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     else:  # train() refuses these on a resume too
         cfg = config.resolve(profile=args.profile or config.auto_profile(), config_file=args.config,
                              overrides=args.set, model=args.model)
+        if args.profile and cfg.profile != args.profile:  # the file's or --set's profile won in silence
+            where = "--set profile=..." if "profile" in config.parse_overrides(args.set) else f"--config {args.config}"
+            raise FerkitError(f"--profile {args.profile}: {where} chooses the {cfg.profile} profile, which "
+                              f"overrides it; drop one of them")
     info = train(args.data, args.out, cfg, resume=args.resume)
     stopped = (f"stopped early after {info['epochs_run']} epochs (no better validation score for "
                f"{info['epochs_run'] - info['best_epoch']}); " if info.get("stopped_early") else "")

@@ -162,6 +162,8 @@ def check_seed(seed: int, flag: str = "--seed") -> None:
 
 def _parse_value(name: str, text: Any, default: Any) -> Any:
     """Convert a --set string (or a YAML value) to the type of the field's default."""
+    if text is None:  # `epochs:` with nothing after it in a YAML file; str() made it 'None' for `tta:` or `widths:`
+        raise FerkitError(f"config key {name!r} has no value")
     try:
         if isinstance(default, bool):
             if isinstance(text, bool):
@@ -188,8 +190,6 @@ def _parse_value(name: str, text: Any, default: Any) -> Any:
             return int(value) if isinstance(default, int) else value
         return str(text)
     except (TypeError, ValueError):
-        if text is None:  # `epochs:` with nothing after it in a YAML file
-            raise FerkitError(f"config key {name!r} has no value") from None
         kind = "true/false" if isinstance(default, bool) else "comma-separated integers" if isinstance(default, tuple) \
             else "whole number" if isinstance(default, int) else "finite number" if isinstance(default, float) \
             else "text"
@@ -262,6 +262,11 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
                 f", or set model={model}" if option == "--set" else ""
             raise FerkitError(f"{option} {given[0]}=...: shapes the {model}, but this run trains the "
                               f"{resolved['model']}; leave it out{other}")
+    if resolved["model"] == "cnn" and not resolved["residual"] and set_by.get("residual_block") == option:
+        # the block of residual stages only: without them it was saved, and changed nothing (the cpu profile)
+        raise FerkitError(f"{option} residual_block=...: shapes the residual blocks, but this cnn has none "
+                          f"(residual=false); leave it out, or set residual=true with an odd depth (the gpu profile "
+                          f"uses 5)")
     if resolved["model"] == "cnn" and resolved["residual"] and resolved["depth"] % 2 == 0:
         raise FerkitError(f"config keys 'residual' and 'depth': {residual_depth_message(resolved['depth'])}")
     if resolved["model"] == "cnn" and len(resolved["widths"]) > MAX_STAGES:
@@ -282,6 +287,12 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
                           f"or pairs of epochs, in order: the epoch after which a run's epochs changed and the epochs "
                           f"planned until then, each such epoch later than the one before and below the epochs planned "
                           f"before and after it (epochs now {resolved['epochs']}); fit_minutes writes it")
+    if changes and resolved["fit_minutes"]:
+        # fit_minutes sizes the run again from its start, after which these changes fell at other epochs or broke the
+        # order that config.yaml must keep: `--config RUN/config.yaml --set fit_minutes=5` saved one refused back
+        raise FerkitError(f"{where('shortened')}config key 'shortened': {','.join(map(str, changes))} records how "
+                          f"fit_minutes changed an earlier run's epochs, but fit_minutes={resolved['fit_minutes']:g} "
+                          f"sizes this run again; set shortened= (empty) with it, or fit_minutes=0 to repeat that run")
     if not resolved["widths"]:
         raise FerkitError(f"config key 'widths' is empty: give the channels of each stage (the default is "
                           f"{_shown_default('widths')})")
@@ -335,6 +346,11 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
                               f"on line {lines[key_node.value]}); keep one")
         lines[key_node.value] = key_node.start_mark.line + 1
     return values, lines
+
+
+def key_line(path: str | os.PathLike, key: str) -> int | None:
+    """The line of `key` in the YAML config file `path`, None where the file does not set it."""
+    return _read_yaml(Path(path))[1].get(key)
 
 
 def _yaml_text(node: yaml.Node) -> str:

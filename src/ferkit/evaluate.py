@@ -242,7 +242,20 @@ def _model_keys(folder: Path, metrics: dict) -> list[tuple]:
         return [tuple(key) for member in metrics["members"] if isinstance(member, dict)
                 for key in member.get("model_keys", []) if isinstance(key, list)]
     if isinstance(metrics.get("checkpoint_sha256"), str):
-        return [("checkpoint", metrics["checkpoint_sha256"])]
+        keys = [("checkpoint", metrics["checkpoint_sha256"])]
+        # best.pt and last.pt (or a snapshot) of one epoch hold the same weights in files of other checksums: the
+        # run folder and epoch name them too, as a run folder member's keys do, while the run still holds the
+        # checkpoint evaluated (a stale one's epoch may be of an earlier training)
+        if isinstance(run := metrics.get("run_folder"), str):
+            from ferkit.train import checkpoint_sha256
+
+            try:
+                current = checkpoint_sha256(run, str(metrics.get("checkpoint")))
+            except FerkitError:
+                current = None
+            if current == metrics["checkpoint_sha256"]:
+                keys.append(("run", os.path.realpath(run), metrics.get("epoch")))
+        return keys
     run = run_folder_around(folder)
     return [("run", os.path.realpath(run), metrics.get("epoch"))] if run is not None else []
 

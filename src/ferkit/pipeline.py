@@ -2,7 +2,8 @@
 
 DIR/data (summary, figures) -> DIR/cnn (training) -> DIR/cnn/eval/test and test-tta -> DIR/mlp
 (training, evaluation) -> DIR/features -> DIR/report. DIR/pipeline.json records each finished
-stage; running the same command again skips those and resumes the unfinished one.
+stage; running the same command again skips those (but one whose files are gone, and the stages
+that read them) and resumes the unfinished one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ _PLACE_KEYS = configs.PLACE_KEYS  # a study may resume with other values of thes
 # The evaluations each evaluate stage writes: both models without and with TTA, so that the report compares them
 # like for like
 _EVALUATIONS = {f"evaluate_{model}": (f"{model}/eval/test", f"{model}/eval/test-tta") for model in ("cnn", "mlp")}
+# The files without which a finished stage is done again (deleted, or a study begun before the MLP's TTA): a
+# deleted report was skipped as done, and the command named its report.pdf, which was not there
+_OUTPUTS = {"data": ("data/summary.json",), "train_cnn": ("cnn/checkpoints/best.pt",),
+            "train_mlp": ("mlp/checkpoints/best.pt",),
+            **{key: tuple(f"{folder}/metrics.json" for folder in folders) for key, folders in _EVALUATIONS.items()},
+            "features": ("features/features.json",),
+            "report": ("report/report.pdf", "report/report.html", "report/report.md")}
+# The stages that read what a stage writes, done again after it
+_READERS = {"train_cnn": {"evaluate_cnn", "features", "report"}, "train_mlp": {"evaluate_mlp", "report"},
+            "evaluate_cnn": {"report"}, "evaluate_mlp": {"report"}, "features": {"report"}}
 
 
 def _require_same_config(run: Path, cfg: configs.TrainConfig, option: str) -> None:
@@ -154,14 +165,12 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
     ]
     redo: set[str] = set()
     for number, (key, title, action) in enumerate(stages, 1):
-        # an evaluation whose files are gone (deleted, or a study begun before the MLP's TTA) is done again, and
-        # the report, which shows it, with it
-        missing = [folder for folder in _EVALUATIONS.get(key, ()) if not (out / folder / "metrics.json").is_file()]
-        if record["stages"].get(key, {}).get("done") and missing:
-            redo.add("report")
-        elif record["stages"].get(key, {}).get("done") and key not in redo:
+        # a stage whose files are gone is done again, and the stages that read them with it
+        missing = [name for name in _OUTPUTS.get(key, ()) if not (out / name).is_file()]
+        if record["stages"].get(key, {}).get("done") and not missing and key not in redo:
             print(f"[{number}/{len(stages)}] {title}: done already, skipped")
             continue
+        redo |= _READERS.get(key, set())
         _stage_banner(number, len(stages), title)
         started = time.perf_counter()
         action()

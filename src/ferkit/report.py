@@ -191,6 +191,12 @@ class Run:
         return float(self.info.get("train_seconds") or 0.0)
 
 
+def _evaluate(path: Path, name: str) -> str:
+    """The command that writes the evaluation `name` (test or test-tta) of the run in `path`, shell-quoted: a path
+    with a space, copied from the message, named two folders."""
+    return shlex.join(["ferkit", "evaluate", str(path), *(["--tta"] if name == "test-tta" else [])])
+
+
 def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
     """The files of a trained and evaluated run; a FerkitError names what to run when one is missing."""
     from ferkit.train import read_history
@@ -213,28 +219,27 @@ def read_run(run_dir: str | os.PathLike, option: str = "RUN_DIR") -> Run:
             try:
                 evals[name] = read_json(metrics_path)
             except (OSError, ValueError) as exc:
-                raise FerkitError(f"{metrics_path}: unreadable ({exc}); run `ferkit evaluate {path}"
-                                  f"{' --tta' if name == 'test-tta' else ''}` again") from None
+                raise FerkitError(f"{metrics_path}: unreadable ({exc}); run `{_evaluate(path, name)}` again") from None
             if not (isinstance(evals[name], dict) and _METRIC_KEYS <= evals[name].keys()
                     and isinstance(evals[name].get("per_class", {}), dict)):
                 raise FerkitError(f"{metrics_path}: not what `ferkit evaluate` writes (damaged or edited); run "
-                                  f"`ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
+                                  f"`{_evaluate(path, name)}` again")
             eval_dirs[name] = metrics_path.parent
     if not evals:
         raise FerkitError(f"{where}: no test evaluation (neither eval/test-tta/metrics.json nor "
-                          f"eval/test/metrics.json); run `ferkit evaluate {path} --tta` first")
+                          f"eval/test/metrics.json); run `{_evaluate(path, 'test-tta')}` first")
     run = Run(path, config, info, history, evals, eval_dirs)
     best = run.best_epoch
     for name, metrics in evals.items():
         if best is not None and metrics.get("epoch") not in (None, best):
             raise FerkitError(f"{path}/eval/{name} evaluates the epoch-{metrics['epoch']} checkpoint but the run's "
                               f"best epoch is {best} (the run went on after the evaluation); run "
-                              f"`ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
+                              f"`{_evaluate(path, name)}` again")
         trained_on = _trained_data(run)
         # another file with the same faces (a re-saved or compressed copy) is the same data
         if trained_on["data_sha256"] and metrics.get("data_sha256") and not same_data(trained_on, metrics):
             raise FerkitError(f"{path}/eval/{name} was computed on other data than the run was trained on; "
-                              f"run `ferkit evaluate {path}{' --tta' if name == 'test-tta' else ''}` again")
+                              f"run `{_evaluate(path, name)}` again")
     return run
 
 
@@ -250,20 +255,27 @@ class Extra:
 def read_extra(folder: str | os.PathLike, option: str, json_name: str, command: str) -> Extra:
     path = Path(folder)
     if not path.is_dir():
-        raise FerkitError(f"{option} {path}: no such folder; make it with `{command} --out {path}`")
+        raise FerkitError(f"{option} {path}: no such folder; make it with `{command} --out {shlex.quote(str(path))}`")
     # Without its JSON a folder's figures could be anyone's (another run's, an interrupted command's),
     # and the report would file them under this run
     if not (path / json_name).is_file():
         raise FerkitError(f"{option} {path}: holds no {json_name}, so it is not (or not yet) the output of `{command}`; "
-                          f"make it with `{command} --out {path}`")
+                          f"make it with `{command} --out {shlex.quote(str(path))}`")
     try:
         data = read_json(path / json_name)
     except (OSError, ValueError) as exc:
-        raise FerkitError(f"{path / json_name}: unreadable ({exc}); run `{command} --out {path}` again") from None
+        raise FerkitError(f"{path / json_name}: unreadable ({exc}); run `{command} --out {shlex.quote(str(path))}` "
+                          "again") from None
     if not isinstance(data, dict):
         raise FerkitError(f"{path / json_name}: not what `{command}` writes; run it again with --out {path}")
     figures = sorted(p for p in path.rglob("*.png")
                      if not any(part.startswith(".") for part in p.relative_to(path).parts))
+    # Where the JSON lists the files its command wrote (features.json's "figures", comparison.json's "files"),
+    # only those: the other PNGs of the folder (a data summary's, the runs' in it) were shown as its figures
+    listed = next((set(names) for names in (data.get("figures"), data.get("files"))
+                   if isinstance(names, list) and all(isinstance(name, str) for name in names)), None)
+    if listed is not None:
+        figures = [p for p in figures if p.relative_to(path).as_posix() in listed]
     return Extra(path, data, figures)
 
 
@@ -291,7 +303,8 @@ def require_extra_of(run: Run, extra: Extra, option: str, command: str) -> None:
         problems.append("other data")
     if problems:
         raise FerkitError(f"{option} {extra.path}: made from another model than the best checkpoint of {run.path} "
-                          f"({'; '.join(problems)}); make it again with `{command} --out {extra.path}`")
+                          f"({'; '.join(problems)}); make it again with `{command} --out "
+                          f"{shlex.quote(str(extra.path))}`")
 
 
 def _shape(shape: Sequence[int] | None) -> str:
@@ -968,9 +981,19 @@ def confusion_figure(matrix: Sequence[Sequence[int]], path: Path, title: str) ->
     return save(fig, path, dpi=200)
 
 
+def _named(path: Path) -> Path:
+    """`path`, or its absolute form where it has no name of its own ("." or "..")."""
+    return path if path.name not in ("", "..") else path.resolve()
+
+
 def _replica_folder(run_path: Path) -> Path:
-    """A new folder beside the run to train its replica in: `ferkit train` refuses one that holds a run."""
-    named = run_path if run_path.name not in ("", "..") else run_path.resolve()
+    """A new folder beside the run to train its replica in: `ferkit train` refuses one that holds a run. A
+    study's run gets it beside the study (STUDY-cnn-replica): in the study, the study's next `ferkit run`
+    refused the folder as holding other files."""
+    named = _named(run_path)
+    if (named.parent / "pipeline.json").is_file():
+        study = _named(named.parent)
+        return study.with_name(f"{study.name}-{named.name}-replica")
     return named.with_name(f"{named.name}-replica")
 
 
@@ -1499,6 +1522,17 @@ def _spelled(text: str, pdf: bool = False) -> str:
     return _spelled_unless(text, lambda char: _seen(char, pdf))
 
 
+def _shell_words(line: str) -> list[tuple[str, bool]]:
+    """The words of a line of shell (shlex.split: a ValueError when it is none), each with whether it is an
+    operator, written as it is: the `(cd`, `&&` and `)` of the subshell `_recorded_there` writes, which
+    quoted as words made a command named `(cd` and a last word that ends in `)`."""
+    words = shlex.split(line)
+    if line.startswith("(cd ") and line.endswith(")") and len(words) > 3 and words[2] == "&&":
+        return [("(cd", True), (words[1], False), ("&&", True), *((word, False) for word in words[3:-1]),
+                (words[-1][:-1], False), (")", True)]
+    return [(word, False) for word in words]
+
+
 def _shell_line(line: str) -> str:
     """A line of shell without control characters, so that it stays one line that shows in every
     format: a command's words that hold them in $'...' form, a comment's spelled out."""
@@ -1507,7 +1541,7 @@ def _shell_line(line: str) -> str:
     if line.lstrip().startswith("#"):
         return _spelled(line)
     try:
-        return " ".join(map(_shell_word, shlex.split(line)))
+        return " ".join(word if operator else _shell_word(word) for word, operator in _shell_words(line))
     except ValueError:  # not shell words (an old record joined by spaces): shown as recorded
         return _spelled(line)
 
@@ -1526,13 +1560,13 @@ def _shell_lines(line: str, width: int) -> list[str]:
         room = max(20, width - (_columns(line) - len(line)))
         return textwrap.wrap(line, room, subsequent_indent="#   ", break_on_hyphens=False)
     try:
-        words = shlex.split(line)
+        words = _shell_words(line)
     except ValueError:  # not shell words (an odd old record): cut as text
         wrapped = textwrap.wrap(_spelled(line, pdf=True), width - 2, subsequent_indent="    ", break_on_hyphens=False)
         return [text + " \\" for text in wrapped[:-1]] + wrapped[-1:]
     lines, current = [], ""
-    for word in words:
-        quoted = _shell_word(word, pdf=True)
+    for word, operator in words:
+        quoted = word if operator else _shell_word(word, pdf=True)
         if current and _columns(current) + 1 + _columns(quoted) <= width - 2:
             current += " " + quoted
             continue
@@ -2123,8 +2157,8 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
         _compared_evaluations(run, mlp_run)  # stop before anything is written
     extras: dict[str, Extra | None] = {}
     for option, folder, json_name, made_by in (
-            ("--features", features, "features.json", f"ferkit features {run_dir}"),
-            ("--compare", compare, "comparison.json", f"ferkit compare {run_dir} LABELS.csv")):
+            ("--features", features, "features.json", f"ferkit features {shlex.quote(str(run_dir))}"),
+            ("--compare", compare, "comparison.json", f"ferkit compare {shlex.quote(str(run_dir))} LABELS.csv")):
         extras[option] = read_extra(folder, option, json_name, made_by) if folder is not None else None
         if extras[option] is not None:
             require_extra_of(run, extras[option], option, made_by)

@@ -462,6 +462,8 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         except FerkitError:
             raise FerkitError(f"{last_path}: damaged, so the run cannot continue (its best.pt still serves "
                               "`ferkit evaluate`); train again in another --out") from None
+        guarded = ("epochs", "shortened") if "fit_minutes" in run_info else ()  # the guard's, in config.yaml first
+        _require_config_of(state, saved, out, changing=RESUME_KEYS + guarded)
     else:
         if last_path.exists():
             raise FerkitError(f"{out} already holds a run: continue it with --resume, or choose another --out")
@@ -527,8 +529,10 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         if progress:
             tqdm.write(f"fit_minutes {fitted['minutes']:g}: {fitted['epochs']} of {fitted['epochs_asked']} epochs fit "
                        f"(about {fitted['epoch_seconds']:.1f} s an epoch, timed in {fitted['timing_seconds']:.0f} s)"
-                       + (": even one epoch takes longer" if fitted["epochs"] * fitted["epoch_seconds"]
-                          > 60 * fitted["minutes"] else ""))
+                       # only of one epoch: epoch_seconds is rounded, so that 9 epochs of 6.666 s, which fit a
+                       # minute, made 9 * 6.67 > 60 and said so
+                       + (": even one epoch takes longer" if fitted["epochs"] == 1
+                          and fitted["epoch_seconds"] > 60 * fitted["minutes"] else ""))
     if progress:
         _note_long_warmup(cfg)
     n = len(train_idx)
@@ -695,6 +699,21 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
     })
     write_json(out / "run.json", run_info)
     return run_info
+
+
+def _require_config_of(state: dict[str, Any], saved: TrainConfig, out: Path, changing: tuple[str, ...]) -> None:
+    """Stop a resume whose config.yaml was edited since `state` (last.pt) was saved: other widths made
+    load_state_dict fail with a traceback, and another lr or augmentation went on in silence with a run that no
+    config describes. `changing` may differ: the device, and the epochs that fit_minutes' guard writes into
+    config.yaml just before last.pt."""
+    trained = state.get("config", {})
+    for key, value in saved.to_dict().items():
+        if key in trained and key not in changing and trained[key] != value:
+            line = configs.key_line(out / "config.yaml", key)
+            shown = [",".join(map(str, v)) if isinstance(v, list) else v for v in (value, trained[key])]
+            raise FerkitError(f"{out / 'config.yaml'}{f', line {line}' if line else ''}: {key} is {shown[0]}, but "
+                              f"the run trained with {shown[1]} (checkpoints/last.pt); a resumed run goes on with the "
+                              f"config it started with: set {key} back to {shown[1]}, or train again in another --out")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
