@@ -270,3 +270,19 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     process.stdout.close()
     assert process.wait(timeout=60) == 0
     assert process.stderr.read() == b""
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "{study}"], ["ensemble", "{study}", "--out", "{tmp}/e"], ["features", "{study}", "--out", "{tmp}/f"],
+    ["report", "{study}", "--out", "{tmp}/r"], ["predict", "{study}", "{tmp}/photo.png"],
+    ["export", "{study}", "--onnx", "{tmp}/m.onnx"], ["train", "{tmp}/data.csv", "--out", "{study}", "--resume"]])
+def test_a_study_given_for_a_run_is_named_with_its_runs(argv, tmp_path, capsys):
+    """Given a `ferkit run` study, these commands said to train a run there, or that it held no checkpoint."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "pipeline.json").write_text("{}")
+    (tmp_path / "photo.png").write_bytes(b"")
+    (tmp_path / "data.csv").write_bytes(b"")
+    assert cli.main([arg.format(study=study, tmp=tmp_path) for arg in argv]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{study}: is a `ferkit run` study, not a run; give one of its "
+                                                    f"runs: {study / 'cnn'} (or {study / 'mlp'})")

@@ -450,7 +450,8 @@ def test_registry_and_config_reject_unknown_names():
     ("dropout=1.5", "'dropout': 1.5 must be in \\[0, 1\\)"),
     ("label_smoothing=2", "'label_smoothing': 2.0 must be in"),
     ("erase_prob=2", "'erase_prob': 2.0 must be in \\[0, 1\\]"),
-    ("threads=-1", "'threads': -1 must not be negative"),
+    ("threads=-1", "'threads': -1 must be in \\[0, 1024\\] \\(0 = torch's choice\\)"),
+    ("threads=1e6", "'threads': 1000000 must be in \\[0, 1024\\]"),  # libgomp aborted the process
     ("train_limit=-5", "'train_limit': -5 must not be negative \\(0 = all\\)"),
     ("val_limit=-1", "'val_limit': -1 must not be negative"),
     ("depth=0", "'depth': 0 must be at least 1 \\(the default is 2\\)"),
@@ -622,6 +623,23 @@ def test_training_that_diverges_stops_and_says_what_to_change(tiny_csv, tmp_path
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing of the diverged epoch is kept
     monkeypatch.undo()
     train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=1), progress=False)  # as the message says
+
+
+def test_a_run_that_diverged_after_its_first_epoch_is_evaluated_and_reported_as_such(tiny_csv, tmp_path, monkeypatch):
+    """Its evaluation said "not finished: evaluate it again once the run has ended", which it never would."""
+    from ferkit import report
+
+    real, calls = train.validate, itertools.count(1)
+    monkeypatch.setattr(train, "validate", lambda *args: {**real(*args), **({"val_loss": float("nan")}
+                                                                          if next(calls) == 2 else {})})
+    run = tmp_path / "r"
+    with pytest.raises(FerkitError, match="training diverged in epoch 2"):
+        train.train(tiny_csv, run, tiny_config(epochs=3, train_limit=64), progress=False)
+    assert evaluate(run)["note"] == ("the run diverged in epoch 2 and stopped there: this is its best checkpoint, of "
+                                     "epoch 1")
+    text = report._unfinished(report.read_run(run))
+    assert text.startswith("**Training diverged** in epoch 2 (a loss that is not finite) and stopped: 1 of 3 epochs")
+    assert "note" not in ensemble([run], tmp_path / "e")  # it ended
 
 
 @pytest.mark.parametrize("step, loss", [("train_one_epoch", "train_loss"), ("validate", "val_loss")])

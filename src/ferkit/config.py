@@ -140,7 +140,8 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "snapshot_minutes": (lambda v: v >= 0, "must hold minutes that are not negative"),
     "shortened": (lambda v: v >= 1, "must hold epochs of at least 1"),
     **dict.fromkeys(("train_limit", "val_limit"), (lambda v: v >= 0, "must not be negative (0 = all)")),
-    "threads": (lambda v: v >= 0, "must not be negative (0 = torch's choice)"),
+    # a thread count beyond a machine's made libgomp abort the process on its first operation (1e6, say)
+    "threads": (lambda v: 0 <= v <= 1024, "must be in [0, 1024] (0 = torch's choice)"),
     "train_crop": (lambda v: 0 <= v <= 48, "must be in [0, 48]: pixels of a 48-pixel face (0 = the whole face)"),
     **dict.fromkeys(("dropout", "label_smoothing", "momentum", "max_scale", "ema"), _FRACTION),
     "erase_prob": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),

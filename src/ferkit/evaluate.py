@@ -15,8 +15,8 @@ from sklearn.metrics import (accuracy_score, classification_report, confusion_ma
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import (atomic_path, is_run_folder, output_folder, read_json, require_outside, require_run_folder,
-                           run_folder_around, write_json, write_text)
+from ferkit.fileio import (atomic_path, is_run_folder, output_folder, read_json, require_not_study, require_outside,
+                           require_run_folder, run_folder_around, write_json, write_text)
 
 SPLIT_NAMES = {alias: fdata.SPLIT_ALIASES[alias] for alias in ("test", "val")}  # never evaluated on Training
 
@@ -160,7 +160,10 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
         limit = int(state["config"].get("val_limit") or 0)
         chose = f"its first {limit} faces" if 0 < limit < len(rows) else "it"
         notes.append(_validated_note("the run", f"{chose} chose the best epoch"))
-    if not _finished(run):
+    if (diverged := _diverged_epoch(run)) is not None:
+        notes.append(f"the run diverged in epoch {diverged} and stopped there: this is its {which} checkpoint, of "
+                     f"epoch {state['epoch']}")
+    elif not _finished(run):
         notes.append(f"the run has not finished training (interrupted, or still running): this is its {which} "
                      f"checkpoint so far, of epoch {state['epoch']}; evaluate it again once the run has ended")
     if notes:
@@ -177,11 +180,20 @@ def _validated_note(trained: str, choice: str) -> str:
 
 
 def _finished(run: Path) -> bool:
-    """Whether run.json says the run ended (all its epochs, or stopped early); True where it cannot say."""
+    """Whether run.json says the run ended (all its epochs, stopped early, or diverged); True where it cannot say."""
     try:
-        return "finished" in read_json(run / "run.json")
+        info = read_json(run / "run.json")
+        return "finished" in info or "diverged_epoch" in info
     except (OSError, ValueError, TypeError):
         return True
+
+
+def _diverged_epoch(run: Path) -> int | None:
+    """The epoch whose loss was not finite, where run.json records that the run stopped there."""
+    try:
+        return int(read_json(run / "run.json")["diverged_epoch"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _unfinished_note(member: str | os.PathLike, epoch: Any) -> str:
@@ -360,6 +372,7 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
             again = "" if str(first) == str(member) else f" (again as {member})"
             raise FerkitError(f"{first} is listed twice{again}; each member counts once in the average")
         if not is_evaluation_folder(member) and not (Path(member) / "checkpoints" / "best.pt").is_file():
+            require_not_study(member)
             raise FerkitError(f"{member}: neither a trained run folder (no checkpoints/best.pt) nor an evaluation "
                               f"folder (metrics.json and predictions.csv, as `ferkit evaluate RUN` writes in "
                               f"RUN/eval/test)")

@@ -132,10 +132,18 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "run.json").is_file() and (Path(path) / "config.yaml").is_file()
 
 
+def require_not_study(path: str | os.PathLike, where: str | None = None) -> None:
+    """Stop when `path` is a `ferkit run` study given where one of its runs belongs: it was told to train one."""
+    if (Path(path) / "pipeline.json").is_file():
+        raise FerkitError(f"{where or path}: is a `ferkit run` study, not a run; give one of its runs: "
+                          f"{Path(path) / 'cnn'} (or {Path(path) / 'mlp'})")
+
+
 def require_run_folder(path: str | os.PathLike, where: str | None = None, needs: tuple[str, ...] = ()) -> None:
-    """Stop, saying what to run, when `path` (called `where` in the message) is no folder or lacks one of
-    the files `needs` names (a trailing / for a folder)."""
+    """Stop, saying what to run, when `path` (called `where` in the message) is no folder, a study, or lacks
+    one of the files `needs` names (a trailing / for a folder)."""
     where = where or str(path)
+    require_not_study(path, where)
     if Path(path).is_file():
         raise FerkitError(f"{where}: is a file, not a run folder; give the folder that `ferkit train --out` wrote")
     if not Path(path).is_dir():

@@ -719,6 +719,10 @@ def _unfinished(run: Run) -> str | None:
     cfg, info, history = run.config, run.info, run.history
     if info.get("finished") or len(history) >= int(cfg.get("epochs", 0)) or info.get("stopped_early"):
         return None
+    if info.get("diverged_epoch"):  # a resume would only repeat it
+        return (f"**Training diverged** in epoch {info['diverged_epoch']} (a loss that is not finite) and stopped: "
+                f"{len(history)} of {cfg.get('epochs')} epochs are recorded, and the best checkpoint is of those; "
+                f"a lower `lr` in a new folder trains it again.")
     return (f"**Training did not finish**: {len(history)} of {cfg.get('epochs')} epochs are recorded; "
             f"continue it with {_code(shlex.join(['ferkit', 'train', 'DATA', '--out', str(run.path), '--resume']))}.")
 

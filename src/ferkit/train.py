@@ -35,7 +35,8 @@ from ferkit.config import RESUME_KEYS, TrainConfig
 from ferkit.errors import FerkitError
 from ferkit.evaluate import macro_f1
 from ferkit.fileio import (atomic_path, check_folder_path, environment, folder_lock, is_run_folder, read_record,
-                           remove_stale_temporaries, require_only, require_outside, sha256_file, write_csv, write_json)
+                           remove_stale_temporaries, require_not_study, require_only, require_outside, sha256_file,
+                           write_csv, write_json)
 from ferkit.models import count_parameters, get_model, preprocess
 
 # What a run folder holds; any other entry means the folder belongs to something else.
@@ -73,6 +74,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
+        require_not_study(path)
         path = path / "checkpoints" / "best.pt"
     if not path.exists():
         there = sorted(p.stem for p in path.parent.glob("*.pt"))
@@ -115,6 +117,7 @@ def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
     """Rebuild the model of a run folder (its `which` checkpoint) or of a checkpoint file."""
     path = Path(run_or_checkpoint)
     if path.is_dir():
+        require_not_study(path)
         path = path / "checkpoints" / f"{checkpoint_name(which, path)}.pt"
     checkpoint = load_checkpoint(path)
     model = get_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
@@ -440,6 +443,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                                   "where it goes on")
             place = cfg
         if not last_path.exists():
+            require_not_study(out)
             if (out / "history.csv").exists():  # epochs were recorded: last.pt was deleted, not never written
                 raise FerkitError(f"{out}: cannot resume, checkpoints/last.pt is missing (the run's other files "
                                   "stay as they are); train again in another --out")
@@ -612,6 +616,9 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
             # nothing of this epoch is saved: last.pt keeps the previous one, which --resume would only repeat
             where = "in a new --out folder (this one keeps the epochs before)" if last_path.exists() else \
                 "(the same --out will do: nothing was saved)"
+            if last_path.exists():  # so that evaluate says the run ended here, not that it is still to finish
+                run_info["diverged_epoch"] = epoch
+                write_json(out / "run.json", run_info)
             raise FerkitError(f"training diverged in epoch {epoch}: the training loss is {row['train_loss']}, the "
                               f"validation loss {row['val_loss']}; start again with a lower learning rate "
                               f"(now --set lr={cfg.lr}) {where}")
