@@ -1171,8 +1171,8 @@ _KEY_WORDS = ("accuracy", "f1", "kappa", "agreement", "p_value", "auc", "correla
 # Captions for the figures that `ferkit features` and `ferkit compare` write today; any other PNG is
 # captioned from its JSON (a "caption"/"title" beside its file name) or from its file name.
 _KNOWN_CAPTIONS = {
-    "overview.png": "One face per emotion: the face, the channel-mean activation of the last conv layer, and "
-                    "Grad-CAM for the true and for the predicted class.",
+    "overview.png": "Per emotion, a correctly classified face with its Grad-CAM, and a misclassified one with "
+                    "Grad-CAM for the true and for the predicted class (last conv layer).",
     "class_channels.png": "The last conv layer's channels most selective for each emotion: mean activation per "
                           "class, and its selectivity (z-score).",
     "top_faces.png": "For each emotion's most selective channel, the test faces that excite it most, its map drawn "
