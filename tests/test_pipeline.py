@@ -102,6 +102,33 @@ def test_a_failed_stage_is_not_recorded_and_the_resume_keeps_profile_and_setting
     assert calls == [("evaluate", "mlp", False), ("evaluate", "mlp", True), ("report", None, None)]  # shown anew
 
 
+def test_a_study_stopped_before_its_mlp_refuses_other_mlp_settings(tiny_csv, tmp_path, monkeypatch, stand_ins):
+    """The MLP not started yet took the new --mlp-set in silence, while the report replicates the study by the
+    command that started it."""
+    calls, state = stand_ins
+    state["features_fail"] = False
+    out = tmp_path / "study"
+    settings = dict(profile="cpu", cnn_overrides=["widths=4,8", "epochs=1"], progress=False)
+    stand_in = ftrain.train
+
+    def stopped_at_the_mlp(data_path, folder, *args, **kwargs):  # as by a Ctrl-C as the MLP's stage begins
+        if Path(folder).name == "mlp":
+            raise KeyboardInterrupt
+        return stand_in(data_path, folder, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ftrain, "train", stopped_at_the_mlp)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_study(tiny_csv, out, mlp_overrides=["hidden=32"], **settings)
+    assert not (out / "mlp").exists()
+    with pytest.raises(FerkitError, match=re.escape(f"{out} was started with other settings for its mlp: hidden [32] "
+                                                    "(now [64]). Resume it with the --mlp-set and --profile")):
+        pipeline.run_study(tiny_csv, out, mlp_overrides=["hidden=64"], **settings)
+    calls.clear()
+    pipeline.run_study(tiny_csv, out, mlp_overrides=["hidden=32", "threads=1"], **settings)  # where it runs may change
+    assert [call[:2] for call in calls if call[0] == "train"] == [("train", "mlp")]
+
+
 @pytest.mark.parametrize("gone, redone", [("report", ["report"]), ("report/report.html", ["report"]),
                                           ("features", ["features", "report"]), ("data", ["data"]),
                                           ("cnn", ["train", "evaluate", "evaluate", "features", "report"]),

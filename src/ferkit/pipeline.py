@@ -54,11 +54,25 @@ def _require_same_config(run: Path, cfg: configs.TrainConfig, option: str) -> No
         if (run / "run.json").exists() else None
     if fitted:  # config.yaml holds the epochs that fit the minutes: compare what the study asked for
         saved.update(epochs=fitted["epochs_asked"], fit_minutes=fitted["minutes"], shortened=[])
-    changed = [f"{key} {saved[key]} (now {wanted[key]})" for key in saved
-               if saved[key] != wanted[key] and key not in _PLACE_KEYS]
-    if changed:
-        raise FerkitError(f"{run} was started with other settings: {'; '.join(changed)}. Resume it with the "
+    if changed := _changed(saved, wanted):
+        raise FerkitError(f"{run} was started with other settings: {changed}. Resume it with the "
                           f"{option} and --profile options it was started with, or choose another --out")
+
+
+def _changed(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """The settings of `saved` that `wanted` changes, but where a run executes; "" when none."""
+    return "; ".join(f"{key} {saved[key]} (now {wanted[key]})" for key in saved
+                     if key in wanted and saved[key] != wanted[key] and key not in _PLACE_KEYS)
+
+
+def _require_same_asked(record: dict[str, Any], out: Path, asked: dict[str, dict[str, Any]]) -> None:
+    """Stop when the study asked its models for other settings when it started (pipeline.json's `asked`): a run
+    not started yet took the new ones in silence, while the report replicates the study by its first command."""
+    for model, option in (("cnn", "--set"), ("mlp", "--mlp-set")):
+        before = (record.get("asked") or {}).get(model)
+        if isinstance(before, dict) and (changed := _changed(before, asked[model])):
+            raise FerkitError(f"{out} was started with other settings for its {model}: {changed}. Resume it with "
+                              f"the {option} and --profile options it was started with, or choose another --out")
 
 
 def _study_record(record_path: Path, dataset: Dataset, data: str | os.PathLike, out: Path) -> dict[str, Any]:
@@ -127,6 +141,9 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
     # checked again under the lock: a study that ended meanwhile may have recorded stages or started runs
     record = dict(_study_record(record_path, dataset, data, out), profile=chosen)
     _require_same_configs(out, cnn_cfg, mlp_cfg)
+    asked = {"cnn": cnn_cfg.to_dict(), "mlp": mlp_cfg.to_dict()}
+    _require_same_asked(record, out, asked)
+    record.setdefault("asked", asked)  # a study recorded before `asked` takes this command's
     for folder in (out / "data", out / "features", out / "report", out / "cnn" / "eval", out / "mlp" / "eval"):
         remove_stale_temporaries(folder, recursive=True)  # what a kill in an atomic write left (train cleans its own)
 
