@@ -1203,9 +1203,16 @@ def test_a_folder_that_is_no_run_and_a_run_without_its_records_get_advice(traine
     early.mkdir()
     for name in ("run.json", "config.yaml"):
         shutil.copy(run / name, early / name)
-    with pytest.raises(FerkitError, match="early: its training stopped before its first epoch ended, so it has no "
-                                          "checkpoint yet; run the same `ferkit train` command again"):
-        evaluate(early)
+    from ferkit.export import export_onnx
+    from ferkit.features import features
+    from ferkit.predict import predict
+
+    # predict, export and features said "no checkpoint here; train one with `ferkit train`"
+    for command in (lambda: evaluate(early), lambda: predict(early, tiny_csv),
+                    lambda: features(early, tiny_csv, tmp_path / "f"), lambda: export_onnx(early, tmp_path / "m.onnx")):
+        with pytest.raises(FerkitError, match="early: its training stopped before its first epoch ended, so it has "
+                                              "no checkpoint yet; run the same `ferkit train` command again"):
+            command()
     train.train(tiny_csv, early, tiny_config(epochs=1, train_limit=64), progress=False)  # which starts it anew
     assert (early / "checkpoints" / "best.pt").exists()
 

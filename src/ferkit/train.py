@@ -35,8 +35,8 @@ from ferkit.config import RESUME_KEYS, TrainConfig
 from ferkit.errors import FerkitError
 from ferkit.evaluate import macro_f1
 from ferkit.fileio import (atomic_path, check_folder_path, environment, folder_lock, is_run_folder, read_record,
-                           remove_stale_temporaries, require_not_study, require_only, require_outside, sha256_file,
-                           write_csv, write_json)
+                           remove_stale_temporaries, require_not_study, require_only, require_outside,
+                           require_run_folder, sha256_file, write_csv, write_json)
 from ferkit.models import count_parameters, get_model, preprocess
 
 # What a run folder holds; any other entry means the folder belongs to something else.
@@ -117,7 +117,7 @@ def load_model(run_or_checkpoint: str | os.PathLike, which: str = "best",
     """Rebuild the model of a run folder (its `which` checkpoint) or of a checkpoint file."""
     path = Path(run_or_checkpoint)
     if path.is_dir():
-        require_not_study(path)
+        require_run_folder(path, needs=("checkpoints/",))  # a study, or a run stopped in its first epoch, named so
         path = path / "checkpoints" / f"{checkpoint_name(which, path)}.pt"
     checkpoint = load_checkpoint(path)
     model = get_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
