@@ -371,6 +371,18 @@ def test_image_export_keeps_one_id_on_different_faces_of_different_emotions(tmp_
     assert_faces(load(write_export(tmp_path / "images", faces, "folder"), cache=False), faces)
 
 
+def test_image_export_refuses_a_png_whose_chunk_is_broken(tmp_path):
+    """A wrong IDAT length: Pillow says so with a SyntaxError when it decodes the pixels, which escaped as a
+    traceback."""
+    faces = make_faces(n=4, seed=14)
+    root = write_export(tmp_path / "images", faces, "folder")
+    face = root / export_entries(faces)[1][0]
+    raw = bytearray(face.read_bytes())
+    idat = raw.find(b"IDAT")
+    raw[idat - 4:idat] = (int.from_bytes(raw[idat - 4:idat], "big") - 100).to_bytes(4, "big")
+    face.write_bytes(bytes(raw))
+    assert f"{face.relative_to(root)}: not a readable image (broken PNG file" in _export_problem(root)
+
 def test_image_export_reads_any_image_named_as_a_face_and_refuses_wide_pixels(tmp_path):
     faces = make_faces(n=4, seed=15)
     root = write_export(tmp_path / "images", faces, "folder")
@@ -465,6 +477,31 @@ def test_an_unreadable_zip_member_is_a_data_error(tmp_path, flaw):
     path = tmp_path / "data.zip"
     path.write_bytes(bytes(raw))
     with pytest.raises(DataFormatError, match="cannot read the zip archive .*extract it with an unzip tool"):
+        load(path, cache=False)
+
+
+@pytest.mark.parametrize("flaw", ["bz2", "lzma", "offset"])
+@pytest.mark.parametrize("what", ["csv", "images"])
+def test_a_damaged_zip_member_is_a_data_error(tmp_path, flaw, what):
+    """Each escaped as a traceback: zipfile's bz2 reader says OSError, its lzma reader LZMAError, and a
+    member's offset damaged below the archive's start ValueError (negative seek)."""
+    faces = make_faces(n=3, seed=19)
+    members = [("icml_face_data.csv", fer_csv(rows_of(faces)))] if what == "csv" else export_entries(faces)
+    buffer = io.BytesIO()
+    method = {"bz2": zipfile.ZIP_BZIP2, "lzma": zipfile.ZIP_LZMA, "offset": zipfile.ZIP_DEFLATED}[flaw]
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, content in members:
+            archive.writestr(name, content)
+    raw = bytearray(buffer.getvalue())
+    if flaw == "offset":  # the end record places the central directory 1000 bytes later than it lies
+        end = raw.rfind(b"PK\x05\x06")
+        raw[end + 16:end + 20] = (int.from_bytes(raw[end + 16:end + 20], "little") + 1000).to_bytes(4, "little")
+    else:  # garbage in the first member's compressed bytes: bz2's 'BZh9'; lzma's stream, past its 9-byte header
+        start = 30 + len(members[0][0]) + (9 if flaw == "lzma" else 0)
+        raw[start:start + 8] = b"garbage!"
+    path = tmp_path / "data.zip"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataFormatError, match="the zip archive is corrupt \\(.+\\); download it again"):
         load(path, cache=False)
 
 

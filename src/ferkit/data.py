@@ -259,8 +259,18 @@ def _load_zip(raw: bytes, path: Path, checksum: str) -> Dataset:
     except (zipfile.BadZipFile, EOFError) as exc:
         raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt or truncated ({exc}); "
                                                               "download it again")]) from None
+
+    def read(name: str) -> bytes:
+        try:
+            return archive.read(name)
+        # a damaged member, as zipfile lets its decompressors say it: bz2 an OSError, lzma an LZMAError; a
+        # member's offset damaged below 0, a ValueError (negative seek)
+        except (OSError, lzma.LZMAError, ValueError) as exc:
+            raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt ({exc}); "
+                                                                  "download it again")]) from None
+
     try:
-        return _load_members("zip", names, archive.read, path, checksum)
+        return _load_members("zip", names, read, path, checksum)
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DataFormatError(str(path), [Problem(None, None, f"the zip archive is corrupt ({exc}); download it again")]) from None
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, or a compression method Python lacks
@@ -440,7 +450,9 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
         except Image.DecompressionBombError as exc:  # raised before the size is known, by Image.open
             complain(f"{name}: not a 48x48 face ({exc})")
             continue
-        except (OSError, ValueError) as exc:  # ValueError: a mode Pillow cannot convert, e.g. CIELab
+        # ValueError: a mode Pillow cannot convert, e.g. CIELab; SyntaxError: how Pillow's PNG reader says a
+        # chunk is broken (a wrong IDAT length), found only when the pixels are decoded
+        except (OSError, ValueError, SyntaxError) as exc:
             complain(f"{name}: not a readable image ({exc})")
             continue
         records.append((SPLITS.index(face[0]), face[1], name, face[2], pixels))
