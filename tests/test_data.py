@@ -737,6 +737,10 @@ BAD_INPUTS = {
     "an_image_given_as_data": _rows_case(lambda rows: png_bytes(np.zeros((48, 48), np.uint8)), None,
                                          "this is a PNG image, not a FER2013 CSV: give the CSV, or the image-folder "
                                          "export", name="face.png"),  # was "line 2: binary data"
+    # two downloads joined, each with its header: was "emotion 'emotion' is not an integer 0-6"
+    "header_repeated": _rows_case(lambda rows: b"\n".join((lines := fer_csv(rows).split(b"\n"))[:3] + lines[:1]
+                                                       + lines[3:]), 4, "line 4, column 1: the header line again, "
+                                  "inside the data (two files joined?): keep only the first header line"),
     "tar_of_neither": _rows_case(lambda rows: _tar_of([("README.txt", b"faces")]), None,
                                  "the tar archive holds neither one FER2013 CSV nor the image folders train/ and "
                                  "test/ (it holds 1 files)", name="bad.tar"),

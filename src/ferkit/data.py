@@ -550,6 +550,11 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
         (la, lb), (ua, ub), (pa, pb) = (bounds[i] for i in order)
         label = _LABELS.get(raw[la:lb].strip().strip(b'"'))
         usage = _USAGES.get(raw[ua:ub].strip().strip(b'"'))
+        if label is None and raw[la:lb].strip().strip(b'"').lower() == b"emotion":  # files joined, each with its header
+            problems.add(line_no, _column(raw, pos, la), "the header line again, inside the data (two files "
+                                                         "joined?): keep only the first header line")
+            pos = nxt
+            continue
         if label is None:
             problems.add(line_no, _column(raw, pos, la), _bad_label(raw[la:lb]))
         if usage is None:
