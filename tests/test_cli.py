@@ -286,3 +286,11 @@ def test_a_study_given_for_a_run_is_named_with_its_runs(argv, tmp_path, capsys):
     assert cli.main([arg.format(study=study, tmp=tmp_path) for arg in argv]) == 2
     assert capsys.readouterr().err.strip().endswith(f"{study}: is a `ferkit run` study, not a run; give one of its "
                                                     f"runs: {study / 'cnn'} (or {study / 'mlp'})")
+
+
+@pytest.mark.parametrize("extra, named", [(["--n", "50"], "--n sets"), (["--seed", "3", "--port", "0"],
+                                                                          "--seed and --port set")])
+def test_server_options_with_export_with_truth_are_refused_not_ignored(extra, named, monkeypatch, capsys):
+    monkeypatch.setattr("ferkit.label.export_with_truth", lambda *args: pytest.fail("exported"))
+    assert cli.main(["label", "D", "--out", "L.csv", "--export-with-truth", "T.csv", *extra]) == 2
+    assert f"error: {named} the labelling server, which --export-with-truth does not start" in capsys.readouterr().err

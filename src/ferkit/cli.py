@@ -120,9 +120,17 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _cmd_label(args: argparse.Namespace) -> None:
-    from ferkit.label import export_with_truth, serve
+    from ferkit.label import DEFAULT_PORT, export_with_truth, serve
 
     if args.export_with_truth:
+        # the server's options: given here they would be ignored in silence
+        serving = [f"--{name}" for name, default in (("n", None), ("seed", None), ("host", "127.0.0.1"),
+                                                      ("port", DEFAULT_PORT)) if getattr(args, name) != default]
+        if serving:
+            one = len(serving) == 1
+            raise FerkitError(f"{' and '.join(serving)} set{'s' if one else ''} the labelling server, which "
+                              f"--export-with-truth does not start; leave {'it' if one else 'them'} out (the answers "
+                              "keep their sample)")
         count = export_with_truth(args.data, args.out, args.export_with_truth)
         print(f"wrote {args.export_with_truth}: {count} answers of {args.out} with the true labels")
         return
