@@ -1950,6 +1950,19 @@ def test_a_run_cut_short_runs_the_rest_of_its_schedule_faster():
             tiny_config(epochs=6, shortened=malformed)
 
 
+def test_other_epochs_for_a_saved_shortened_config_are_refused_unless_its_cuts_go_too(tmp_path):
+    """`--config RUN/config.yaml --set epochs=20` replayed RUN's first epochs on its old schedule, then went on
+    with 20: a schedule no one asked for."""
+    saved = tmp_path / "config.yaml"
+    config.save(tiny_config(epochs=2, shortened="1,3"), saved)
+    with pytest.raises(FerkitError, match=re.escape(f"--set epochs=5: {saved}, line ") + r"\d+: shortened=1,3 "
+                                          "records how fit_minutes changed an earlier run's epochs, whose schedule "
+                                          "this run would replay; add --set shortened= \\(empty\\) for a run of 5"):
+        config.resolve(config_file=saved, overrides=["epochs=5"])
+    assert config.resolve(config_file=saved, overrides=["epochs=5", "shortened="]).shortened == ()
+    assert config.resolve(config_file=saved).shortened == (1, 3)  # the run as it was, replayed
+
+
 def test_a_saved_shortened_config_is_refused_with_fit_minutes():
     """`--config RUN/config.yaml --set fit_minutes=...` kept RUN's cuts while fit_minutes sized the run again: to 1
     epoch here, saving a config.yaml that its own resume and --config refused (after 1 is no cut of 1 epoch)."""

@@ -288,6 +288,13 @@ def resolve(profile: str | None = None, config_file: str | os.PathLike | None = 
                           f"or pairs of epochs, in order: the epoch after which a run's epochs changed and the epochs "
                           f"planned until then, each such epoch later than the one before and below the epochs planned "
                           f"before and after it (epochs now {resolved['epochs']}); fit_minutes writes it")
+    if changes and set_by.get("epochs") == option and set_by.get("shortened") != option:
+        # `--config RUN/config.yaml --set epochs=20`: the saved changes replayed the old run's first epochs on its
+        # schedule, then went on with 20, a schedule no one asked for
+        raise FerkitError(f"{option} epochs={resolved['epochs']}: {where('shortened')}shortened="
+                          f"{','.join(map(str, changes))} records how fit_minutes changed an earlier run's epochs, "
+                          f"whose schedule this run would replay; add {option} shortened= (empty) for a run of "
+                          f"{resolved['epochs']} epochs")
     if changes and resolved["fit_minutes"]:
         # fit_minutes sizes the run again from its start, after which these changes fell at other epochs or broke the
         # order that config.yaml must keep: `--config RUN/config.yaml --set fit_minutes=5` saved one refused back
