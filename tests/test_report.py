@@ -1816,6 +1816,19 @@ def _test_metrics(tta: str, accuracy: float, supports: list[int], classes: list[
             **({"macro_f1_classes": classes} if classes else {})}
 
 
+@pytest.mark.parametrize("folder, shown", [("runs/ta\tb", "$'runs/ta\\tb'"),
+                                           ("runs/dev_\u0915", "$'runs/dev_\\xe0\\xa4\\x95'")])
+def test_a_command_in_a_sentence_is_quoted_as_the_shell_blocks_are(folder, shown):
+    """shlex.join kept a tab as it is, and the PDF spelled a letter its fonts lack as \\u0915 inside the quotes:
+    copied, either named another folder."""
+    blocks = freport._test_section(fake_run(path=folder, evals={"test": _test_metrics("none", 0.6, [10] * 7)}),
+                                   Path("unused"))
+    assert blocks[1].text.endswith(f" Only the evaluation without TTA exists; `ferkit evaluate {shown} --tta` adds the "
+                                   "other.")
+    unfinished = freport._unfinished(fake_run(path=folder, config={"epochs": 3}, history=[{}]))
+    assert f"`ferkit train DATA --out {shown} --resume`" in unfinished
+
+
 @pytest.mark.parametrize("evals, columns, missing", [
     ({"test": _test_metrics("none", 0.6, [10, 0, 10, 10, 10, 10, 20])}, ["no TTA"],
      " Only the evaluation without TTA exists; `ferkit evaluate runs/cnn --tta` adds the other."),

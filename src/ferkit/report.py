@@ -724,7 +724,7 @@ def _unfinished(run: Run) -> str | None:
                 f"{len(history)} of {cfg.get('epochs')} epochs are recorded, and the best checkpoint is of those; "
                 f"a lower `lr` in a new folder trains it again.")
     return (f"**Training did not finish**: {len(history)} of {cfg.get('epochs')} epochs are recorded; "
-            f"continue it with {_code(shlex.join(['ferkit', 'train', 'DATA', '--out', str(run.path), '--resume']))}.")
+            f"continue it with {_inline_command(['ferkit', 'train', 'DATA', '--out', str(run.path), '--resume'])}.")
 
 
 def _at_best(run: Run) -> dict[str, float]:
@@ -935,7 +935,7 @@ def _test_section(run: Run, figures_dir: Path) -> list[Any]:
                        "never seen in training or model selection." +
                        ("" if len(order) == 2 else
                         f" Only the evaluation {'with' if order[0] == 'test-tta' else 'without'} TTA exists; "
-                        f"{_code(shlex.join(['ferkit', 'evaluate', str(run.path), *other_tta]))} adds the other.")))
+                        f"{_inline_command(['ferkit', 'evaluate', str(run.path), *other_tta])} adds the other.")))
     summary = Table(["metric"] + [label[name] for name in order], rows,
                     f"Test metrics (from eval/{'/metrics.json and eval/'.join(order)}/metrics.json).",
                     widths=[0.4] + [0.3] * len(order))
@@ -1417,6 +1417,13 @@ def _code(value: Any) -> str:
     fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
     padded = text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip())
     return f"{fence} {text} {fence}" if padded else f"{fence}{text}{fence}"  # CommonMark drops the spaces
+
+
+def _inline_command(words: Sequence[str]) -> str:
+    """A command in a sentence, as a code span: each word quoted as in the PDF's shell blocks, so that a path with
+    a tab, or with letters the PDF's fonts lack, copies as the same word from every format (shlex.join kept a tab
+    as it is, and the PDF spelled a Devanagari letter as \\u0915 inside its quotes, which bash reads literally)."""
+    return _code(" ".join(_shell_word(word, pdf=True) for word in words))
 
 
 def _literal(value: Any) -> str:
