@@ -454,8 +454,25 @@ def _fake_evaluated_run(name: str, model: str, f1: dict[str, float], accuracy: f
                "macro_f1": float(np.mean(list(f1.values()))), "weighted_f1": accuracy, "per_class": per_class,
                "data_sha256": "a" * 64}
     info = {"model": {"name": model, "parameters": 1000}, "data": {"sha256": "a" * 64, "train_images": 64},
-            "train_seconds": 1.0, "epochs_run": 2, "best_epoch": 2}
+            "train_seconds": 1.0, "epochs_run": 2, "best_epoch": 2,
+            "environment": {"command": "ferkit run d.csv --out study"}}  # a study's runs, as `ferkit run` trains them
     return fake_run(path=name, info=info, evals={"test": metrics})
+
+
+def test_an_mlp_and_features_outside_a_study_are_given_the_commands_that_make_them_again(tmp_path):
+    """A study's command (Section 5) trains its MLP and draws its features; for runs trained one by one the
+    report named no command for either."""
+    cnn, mlp = _fake_cnn_and_mlp()
+    for run in (cnn, mlp):
+        run.info.update(environment={"command": f"ferkit train d.csv --out {run.path}"}, data={"path": "d.csv"})
+    para = freport._mlp_section(cnn, mlp, 2000, 6)[1]
+    assert para.text.endswith(" To train it again: `ferkit train d.csv --out mlp-replica --config mlp/config.yaml`.")
+    features = freport.Extra(tmp_path / "f", {"n": 3, "seed": 7, "data": "copy.csv", "data_sha256": "b" * 64,
+                                              "embedding": {"method": "PCA of the standardised features"}}, [])
+    assert freport._features_command(cnn, features) == (f" (made by `ferkit features cnn --out {tmp_path / 'f'} "
+                                                        "--data copy.csv --n 3 --seed 7 --embedding pca`)")
+    cnn.info["environment"]["command"] = "ferkit run d.csv --out study"
+    assert freport._features_command(cnn, features) == ""
 
 
 def _fake_cnn_and_mlp() -> tuple[freport.Run, freport.Run]:

@@ -1158,6 +1158,12 @@ def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
     if None not in trained and trained[0] != trained[1]:
         text += f". The CNN was trained on {_int(trained[0])} faces, the MLP on {_int(trained[1])}"
     text += "."
+    if not _is_study(_command(mlp.info.get("environment", {}).get("command"))):
+        # a study's command (Section 5) trains its MLP too; another MLP run would have no command in the report
+        data = str(mlp.info.get("data", {}).get("path", "DATA"))
+        text += (" To train it again: " + _inline_command(["ferkit", "train", data, "--out",
+                                                            str(_replica_folder(mlp.path)), "--config",
+                                                            str(mlp.path / "config.yaml")]) + ".")
     faces = f"the same {_int(a['n'])} {a.get('split', 'PrivateTest')} faces"
     return [Heading(f"{number}  CNN vs MLP baseline", 1), Para(text),
             SideBySide([Table(["", cnn_label, mlp_label], rows, f"The CNN and the MLP on {faces}.",
@@ -1373,6 +1379,20 @@ def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name:
     return blocks
 
 
+def _features_command(run: Run, features: Extra) -> str:
+    """How the features of a run outside a study are made again (a study's command makes them), from what
+    features.json records; "" in a study."""
+    if _is_study(_command(run.info.get("environment", {}).get("command"))):
+        return ""
+    data, method = features.data, str((features.data.get("embedding") or {}).get("method", ""))
+    words = ["ferkit", "features", str(run.path), "--out", str(features.path)]
+    if isinstance(data.get("data"), str) and data.get("data_sha256") != run.info.get("data", {}).get("sha256"):
+        words += ["--data", data["data"]]  # another file of the faces than the run's (its default)
+    words += [word for key in ("n", "seed") if isinstance(data.get(key), int) for word in (f"--{key}", str(data[key]))]
+    words += ["--embedding", "pca"] if method.startswith("PCA") else []
+    return f" (made by {_inline_command(words)})"
+
+
 def build_document(run: Run, figures_dir: Path, mlp: Run | None = None, features: Extra | None = None,
                    compare: Extra | None = None, report_command: str = "") -> Document:
     """The report's blocks; the figures it draws itself go into `figures_dir`."""
@@ -1385,8 +1405,8 @@ def build_document(run: Run, figures_dir: Path, mlp: Run | None = None, features
         extras += _mlp_section(run, mlp, parameters, number)
         number += 1
     if features is not None:
-        extras += _extra_section(features, number, "Activation figures", "What the trained network responds to.",
-                                 "features.json", "features")
+        extras += _extra_section(features, number, "Activation figures", "What the trained network responds to"
+                                 + _features_command(run, features) + ".", "features.json", "features")
         number += 1
     if compare is not None:
         network = model_label(compare.data)
