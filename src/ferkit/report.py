@@ -1161,9 +1161,9 @@ def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
     if not _is_study(_command(mlp.info.get("environment", {}).get("command"))):
         # a study's command (Section 5) trains its MLP too; another MLP run would have no command in the report
         data = str(mlp.info.get("data", {}).get("path", "DATA"))
-        text += (" To train it again: " + _inline_command(["ferkit", "train", data, "--out",
-                                                            str(_replica_folder(mlp.path)), "--config",
-                                                            str(mlp.path / "config.yaml")]) + ".")
+        command = ["ferkit", "train", data, "--out", str(_replica_folder(mlp.path)), "--config",
+                   str(mlp.path / "config.yaml")]
+        text += f" To train it again: {_inline_command(command)}."
     faces = f"the same {_int(a['n'])} {a.get('split', 'PrivateTest')} faces"
     return [Heading(f"{number}  CNN vs MLP baseline", 1), Para(text),
             SideBySide([Table(["", cnn_label, mlp_label], rows, f"The CNN and the MLP on {faces}.",
