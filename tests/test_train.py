@@ -642,6 +642,21 @@ def test_a_run_that_diverged_after_its_first_epoch_is_evaluated_and_reported_as_
     assert "note" not in ensemble([run], tmp_path / "e")  # it ended
 
 
+def test_a_diverged_run_resumed_past_its_divergence_is_no_longer_said_to_have_stopped(tiny_csv, tmp_path,
+                                                                                        monkeypatch):
+    """A resume (on another device, say) that trains past the epoch that diverged: evaluate still said the run
+    stopped there, and a resume interrupted again passed for an ended run."""
+    real, calls = train.validate, itertools.count(1)
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "validate", lambda *args: {**real(*args), **({"val_loss": float("nan")}
+                                                                          if next(calls) == 2 else {})})
+        with pytest.raises(FerkitError, match="training diverged in epoch 2"):
+            train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=3, train_limit=64), progress=False)
+    info = train.train(tiny_csv, tmp_path / "r", resume=True, progress=False)
+    assert info["epochs_run"] == 3 and "diverged_epoch" not in info
+    assert "note" not in evaluate(tmp_path / "r")
+
+
 @pytest.mark.parametrize("step, loss", [("train_one_epoch", "train_loss"), ("validate", "val_loss")])
 def test_either_loss_alone_going_non_finite_stops_the_run(tiny_csv, tmp_path, monkeypatch, step, loss):
     real = getattr(train, step)

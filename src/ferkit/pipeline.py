@@ -32,9 +32,10 @@ _PLACE_KEYS = configs.PLACE_KEYS  # a study may resume with other values of thes
 # like for like
 _EVALUATIONS = {f"evaluate_{model}": (f"{model}/eval/test", f"{model}/eval/test-tta") for model in ("cnn", "mlp")}
 # The files without which a finished stage is done again (deleted, or a study begun before the MLP's TTA): a
-# deleted report was skipped as done, and the command named its report.pdf, which was not there
-_OUTPUTS = {"data": ("data/summary.json",), "train_cnn": ("cnn/checkpoints/best.pt",),
-            "train_mlp": ("mlp/checkpoints/best.pt",),
+# deleted report was skipped as done, and the command named its report.pdf, which was not there. A run counts as
+# gone with its folder (config.yaml, its first file), not with its checkpoints: `ferkit train` cannot train again
+# in a folder that holds its history, so a finished study whose checkpoints were removed (to save space) stopped
+_OUTPUTS = {"data": ("data/summary.json",), "train_cnn": ("cnn/config.yaml",), "train_mlp": ("mlp/config.yaml",),
             **{key: tuple(f"{folder}/metrics.json" for folder in folders) for key, folders in _EVALUATIONS.items()},
             "features": ("features/features.json",),
             "report": ("report/report.pdf", "report/report.html", "report/report.md")}

@@ -572,6 +572,9 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
         resumed_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         run_info.setdefault("resumed", []).append(resumed_at)
+        # it goes on past the epoch that diverged (on another device, say): evaluate said it stopped there, and a
+        # resume interrupted again passed for an ended run
+        run_info.pop("diverged_epoch", None)
         # run.json describes where the run started; a session elsewhere (another device, library or code) is
         # recorded beside it, since its epochs match an unbroken run's only on the same machine and versions
         here = run_session(str(device), environment())
