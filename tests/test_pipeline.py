@@ -127,6 +127,9 @@ def test_a_study_stopped_before_its_mlp_refuses_other_mlp_settings(tiny_csv, tmp
     calls.clear()
     pipeline.run_study(tiny_csv, out, mlp_overrides=["hidden=32", "threads=1"], **settings)  # where it runs may change
     assert [call[:2] for call in calls if call[0] == "train"] == [("train", "mlp")]
+    record = json.loads((out / "pipeline.json").read_text())
+    (out / "pipeline.json").write_text(json.dumps(dict(record, asked=["edited"])))  # by hand: read as unrecorded
+    assert pipeline.run_study(tiny_csv, out, mlp_overrides=["hidden=32"], **settings)["asked"] == record["asked"]
 
 
 @pytest.mark.parametrize("gone, redone", [("report", ["report"]), ("report/report.html", ["report"]),

@@ -70,7 +70,7 @@ def _require_same_asked(record: dict[str, Any], out: Path, asked: dict[str, dict
     """Stop when the study asked its models for other settings when it started (pipeline.json's `asked`): a run
     not started yet took the new ones in silence, while the report replicates the study by its first command."""
     for model, option in (("cnn", "--set"), ("mlp", "--mlp-set")):
-        before = (record.get("asked") or {}).get(model)
+        before = record["asked"].get(model) if isinstance(record.get("asked"), dict) else None  # hand-edited: unread
         if isinstance(before, dict) and (changed := _changed(before, asked[model])):
             raise FerkitError(f"{out} was started with other settings for its {model}: {changed}. Resume it with "
                               f"the {option} and --profile options it was started with, or choose another --out")
@@ -144,7 +144,8 @@ def _run_study(data: str | os.PathLike, out: str | os.PathLike, profile: str | N
     _require_same_configs(out, cnn_cfg, mlp_cfg)
     asked = {"cnn": cnn_cfg.to_dict(), "mlp": mlp_cfg.to_dict()}
     _require_same_asked(record, out, asked)
-    record.setdefault("asked", asked)  # a study recorded before `asked` takes this command's
+    if not isinstance(record.get("asked"), dict):  # a study recorded before `asked` takes this command's
+        record["asked"] = asked
     for folder in (out / "data", out / "features", out / "report", out / "cnn" / "eval", out / "mlp" / "eval"):
         remove_stale_temporaries(folder, recursive=True)  # what a kill in an atomic write left (train cleans its own)
 
