@@ -160,10 +160,11 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", tta: bool = False,
         limit = int(state["config"].get("val_limit") or 0)
         chose = f"its first {limit} faces" if 0 < limit < len(rows) else "it"
         notes.append(_validated_note("the run", f"{chose} chose the best epoch"))
-    if (diverged := _diverged_epoch(run)) is not None:
+    record = _run_record(run)
+    if (diverged := _diverged_epoch(record)) is not None:
         notes.append(f"the run diverged in epoch {diverged} and stopped there: this is its {which} checkpoint, of "
                      f"epoch {state['epoch']}")
-    elif not _finished(run):
+    elif not _finished(record):
         notes.append(f"the run has not finished training (interrupted, or still running): this is its {which} "
                      f"checkpoint so far, of epoch {state['epoch']}; evaluate it again once the run has ended")
     if notes:
@@ -179,20 +180,25 @@ def _validated_note(trained: str, choice: str) -> str:
             "--split test (PrivateTest) is the held-out estimate")
 
 
-def _finished(run: Path) -> bool:
-    """Whether run.json says the run ended (all its epochs, stopped early, or diverged); True where it cannot say."""
+def _run_record(run: Path) -> dict[str, Any] | None:
+    """A run's run.json, None where it cannot be read as one."""
     try:
         info = read_json(run / "run.json")
-        return "finished" in info or "diverged_epoch" in info
-    except (OSError, ValueError, TypeError):
-        return True
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
-def _diverged_epoch(run: Path) -> int | None:
-    """The epoch whose loss was not finite, where run.json records that the run stopped there."""
+def _finished(record: dict[str, Any] | None) -> bool:
+    """Whether a run.json says the run ended (all its epochs, stopped early, or diverged); True where it cannot say."""
+    return record is None or "finished" in record or "diverged_epoch" in record
+
+
+def _diverged_epoch(record: dict[str, Any] | None) -> int | None:
+    """The epoch whose loss was not finite, where a run.json records that the run stopped there."""
     try:
-        return int(read_json(run / "run.json")["diverged_epoch"])
-    except (OSError, ValueError, TypeError, KeyError):
+        return int(record["diverged_epoch"]) if record is not None else None
+    except (ValueError, TypeError, KeyError):
         return None
 
 
@@ -247,9 +253,24 @@ def saved_probabilities(folder: Path, dataset: fdata.Dataset, rows: np.ndarray, 
     return probs, metrics
 
 
-def _model_keys(folder: Path, metrics: dict) -> list[tuple]:
+def _checkpoint_now(recorded: dict) -> str | None:
+    """The checksum of the checkpoint an evaluation names (its run folder's, of that name) as the run holds it
+    now; None where there is none or it cannot tell."""
+    from ferkit.train import checkpoint_sha256
+
+    run, which = recorded.get("run_folder"), recorded.get("checkpoint")
+    if not (isinstance(run, str) and isinstance(which, str)):
+        return None
+    try:
+        return checkpoint_sha256(run, which)
+    except FerkitError:
+        return None
+
+
+def _model_keys(folder: Path, metrics: dict, now: str | None) -> list[tuple]:
     """What names the model(s) behind an evaluation folder: the checksum of the checkpoint it evaluated
-    (recorded since), else its run folder and epoch; an ensemble's folder names its members' models."""
+    (recorded since), else its run folder and epoch; an ensemble's folder names its members' models. `now`:
+    what `_checkpoint_now` says of `metrics`."""
     if isinstance(metrics.get("members"), list):
         return [tuple(key) for member in metrics["members"] if isinstance(member, dict)
                 for key in member.get("model_keys", []) if isinstance(key, list)]
@@ -258,15 +279,8 @@ def _model_keys(folder: Path, metrics: dict) -> list[tuple]:
         # best.pt and last.pt (or a snapshot) of one epoch hold the same weights in files of other checksums: the
         # run folder and epoch name them too, as a run folder member's keys do, while the run still holds the
         # checkpoint evaluated (a stale one's epoch may be of an earlier training)
-        if isinstance(run := metrics.get("run_folder"), str):
-            from ferkit.train import checkpoint_sha256
-
-            try:
-                current = checkpoint_sha256(run, str(metrics.get("checkpoint")))
-            except FerkitError:
-                current = None
-            if current == metrics["checkpoint_sha256"]:
-                keys.append(("run", os.path.realpath(run), metrics.get("epoch")))
+        if now == metrics["checkpoint_sha256"]:
+            keys.append(("run", os.path.realpath(metrics["run_folder"]), metrics.get("epoch")))
         return keys
     run = run_folder_around(folder)
     return [("run", os.path.realpath(run), metrics.get("epoch"))] if run is not None else []
@@ -274,7 +288,8 @@ def _model_keys(folder: Path, metrics: dict) -> list[tuple]:
 
 def _owners(folder: Path, metrics: dict) -> set[str]:
     """The models an evaluation folder speaks for, as checkpoint checksums and run folders (real paths)."""
-    owners = {str(key[1]) for key in _model_keys(folder, metrics) if len(key) > 1}
+    now = _checkpoint_now(metrics) if isinstance(metrics.get("checkpoint_sha256"), str) else None  # else unread
+    owners = {str(key[1]) for key in _model_keys(folder, metrics, now) if len(key) > 1}
     if "members" not in metrics:  # `run` is as typed: relative to a working folder that is not recorded
         run = metrics.get("run_folder", metrics.get("run"))
         if isinstance(run, str) and os.path.isabs(run):
@@ -282,19 +297,12 @@ def _owners(folder: Path, metrics: dict) -> set[str]:
     return owners
 
 
-def _stale_evaluation(folder: Path, recorded: dict) -> str | None:
+def _stale_evaluation(folder: Path, recorded: dict, now: str | None) -> str | None:
     """What to say of saved predictions whose run now holds another checkpoint of that name (it trained on,
-    or was trained again), None when it holds the one evaluated or cannot tell."""
-    from ferkit.train import checkpoint_sha256
-
+    or was trained again), None when it holds the one evaluated or cannot tell. `now`: what
+    `_checkpoint_now` says of `recorded`."""
     run, which, sha = (recorded.get(key) for key in ("run_folder", "checkpoint", "checkpoint_sha256"))
-    if not all(isinstance(value, str) for value in (run, which, sha)):
-        return None
-    try:
-        now = checkpoint_sha256(run, which)
-    except FerkitError:
-        return None
-    if now is None or now == sha:
+    if now is None or not isinstance(sha, str) or now == sha:
         return None
     return (f"{folder} holds the predictions of an earlier {which} checkpoint of {run} than the run holds now (it "
             "trained on, or again); they were averaged as saved: evaluate the run again, or give its folder")
@@ -395,15 +403,16 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
         if is_evaluation_folder(member):
             probs, recorded = saved_probabilities(Path(member), dataset, rows, name)
             mode, source = str(recorded.get("tta", "none")), "saved predictions"
-            keys = _model_keys(Path(member), recorded)
-            if stale := _stale_evaluation(Path(member), recorded):
+            now = _checkpoint_now(recorded)  # a checkpoint hashed once for both
+            keys = _model_keys(Path(member), recorded, now)
+            if stale := _stale_evaluation(Path(member), recorded, now):
                 notes.append(stale)
-            elif isinstance(run := recorded.get("run_folder"), str) and not _finished(Path(run)):
+            elif isinstance(run := recorded.get("run_folder"), str) and not _finished(_run_record(Path(run))):
                 notes.append(_unfinished_note(member, recorded.get("epoch")))
         else:
             model, state, checkpoint_sha = load_run_model(member, device=target)
             require_trained_on(dataset, state, member, todo="an ensemble needs runs on the same data")
-            if not _finished(Path(member)):
+            if not _finished(_run_record(Path(member))):
                 notes.append(_unfinished_note(member, state["epoch"]))
             source = "its best checkpoint"
             probs, mode = predict_as_trained(model, state, dataset.images[rows], target, tta)
