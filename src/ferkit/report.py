@@ -183,6 +183,11 @@ class Run:
         return max(self.history, key=lambda r: r[key])["epoch"] if self.history else None
 
     @property
+    def recorded_command(self) -> str | None:
+        """The command that run.json records as having started the training."""
+        return _command(self.info.get("environment", {}).get("command"))
+
+    @property
     def train_seconds(self) -> float:
         # the history keeps each epoch's time to the millisecond, run.json the total to 0.1 s only
         # (a 0.03 s run records 0.0)
@@ -254,18 +259,18 @@ class Extra:
 
 def read_extra(folder: str | os.PathLike, option: str, json_name: str, command: str) -> Extra:
     path = Path(folder)
+    making = f"{command} --out {shlex.quote(str(path))}"  # shell-quoted: copied, a path with a space is one word
     if not path.is_dir():
-        raise FerkitError(f"{option} {path}: no such folder; make it with `{command} --out {shlex.quote(str(path))}`")
+        raise FerkitError(f"{option} {path}: no such folder; make it with `{making}`")
     # Without its JSON a folder's figures could be anyone's (another run's, an interrupted command's),
     # and the report would file them under this run
     if not (path / json_name).is_file():
         raise FerkitError(f"{option} {path}: holds no {json_name}, so it is not (or not yet) the output of `{command}`; "
-                          f"make it with `{command} --out {shlex.quote(str(path))}`")
+                          f"make it with `{making}`")
     try:
         data = read_json(path / json_name)
     except (OSError, ValueError) as exc:
-        raise FerkitError(f"{path / json_name}: unreadable ({exc}); run `{command} --out {shlex.quote(str(path))}` "
-                          "again") from None
+        raise FerkitError(f"{path / json_name}: unreadable ({exc}); run `{making}` again") from None
     if not isinstance(data, dict):
         raise FerkitError(f"{path / json_name}: not what `{command}` writes; run it again with --out {path}")
     figures = sorted(p for p in path.rglob("*.png")
@@ -898,7 +903,7 @@ def _resumed(run: Run) -> str | None:
     resumes = len(run.info.get("resumed") or [])
     if not resumes:
         return None
-    study = _is_study(_command(run.info.get("environment", {}).get("command")))
+    study = _is_study(run.recorded_command)
     how = "by running its `ferkit run` study again" if study else "with `ferkit train --resume`"
     text = (f"**Resumed**: run.json records that the run was continued from checkpoints/last.pt "
             f"{_times(resumes)} ({how}); every epoch draws its randomness from (seed, epoch) alone, so it "
@@ -1018,7 +1023,7 @@ def _replication_section(run: Run, report_command: str) -> list[Any]:
     info, cfg = run.info, run.config
     env = info.get("environment", {})
     data = info.get("data", {})
-    recorded = _command(env.get("command"))
+    recorded = run.recorded_command
     replica = _replica_folder(run.path)
     lines = [f"# training into a new folder, {replica}: ferkit train refuses {run.path}, which holds the run"]
     # a run sized by fit_minutes: its command sizes the epochs again, by the speed of the machine it runs on
@@ -1158,7 +1163,7 @@ def _mlp_section(cnn: Run, mlp: Run, cnn_params: int, number: int) -> list[Any]:
     if None not in trained and trained[0] != trained[1]:
         text += f". The CNN was trained on {_int(trained[0])} faces, the MLP on {_int(trained[1])}"
     text += "."
-    if not _is_study(_command(mlp.info.get("environment", {}).get("command"))):
+    if not _is_study(mlp.recorded_command):
         # a study's command (Section 5) trains its MLP too; another MLP run would have no command in the report
         data = str(mlp.info.get("data", {}).get("path", "DATA"))
         command = ["ferkit", "train", data, "--out", str(_replica_folder(mlp.path)), "--config",
@@ -1382,7 +1387,7 @@ def _extra_section(extra: Extra, number: int, title: str, intro: str, json_name:
 def _features_command(run: Run, features: Extra) -> str:
     """How the features of a run outside a study are made again (a study's command makes them), from what
     features.json records; "" in a study."""
-    if _is_study(_command(run.info.get("environment", {}).get("command"))):
+    if _is_study(run.recorded_command):
         return ""
     data, method = features.data, str((features.data.get("embedding") or {}).get("method", ""))
     words = ["ferkit", "features", str(run.path), "--out", str(features.path)]
