@@ -548,9 +548,10 @@ def _parse_csv(raw: bytes, name: str, checksum: str) -> Dataset:
             continue
         bounds = ((pos, c1), (c1 + 1, c2), (c2 + 1, stop))
         (la, lb), (ua, ub), (pa, pb) = (bounds[i] for i in order)
-        label = _LABELS.get(raw[la:lb].strip().strip(b'"'))
+        label_text = raw[la:lb].strip().strip(b'"')
+        label = _LABELS.get(label_text)
         usage = _USAGES.get(raw[ua:ub].strip().strip(b'"'))
-        if label is None and raw[la:lb].strip().strip(b'"').lower() == b"emotion":  # files joined, each with its header
+        if label is None and label_text.lower() == b"emotion":  # files joined, each with its header
             problems.add(line_no, _column(raw, pos, la), "the header line again, inside the data (two files "
                                                          "joined?): keep only the first header line")
             pos = nxt
