@@ -1202,6 +1202,12 @@ def test_override_mistakes_name_the_option_that_made_them():
         config.resolve(overrides=["epochs"], option="--mlp-set")
 
 
+def test_a_key_given_twice_with_two_values_is_refused_and_with_one_is_taken():
+    with pytest.raises(FerkitError, match="--set lr is given twice, as 0.1 and as 0.2: keep the one you mean"):
+        config.resolve(overrides=["lr=0.1", " lr = 0.2"])
+    assert config.resolve(overrides=["lr=0.2", "lr= 0.2"]).lr == 0.2
+
+
 def test_a_folder_that_is_no_run_and_a_run_without_its_records_get_advice(trained_run, tiny_csv, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

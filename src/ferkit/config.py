@@ -372,8 +372,11 @@ def parse_overrides(items: list[str], option: str = "--set") -> dict[str, str]:
     for item in items:
         if "=" not in item:
             raise FerkitError(f"{option} {item!r}: expected key=value, e.g. {option} epochs=5")
-        key, value = item.split("=", 1)
-        pairs[key.strip()] = value.strip()
+        key, value = (word.strip() for word in item.split("=", 1))
+        # the later of two values would win in silence, and a run's config would not be the one the user read
+        if pairs.get(key, value) != value:
+            raise FerkitError(f"{option} {key} is given twice, as {pairs[key]} and as {value}: keep the one you mean")
+        pairs[key] = value
     return pairs
 
 
