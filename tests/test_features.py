@@ -401,6 +401,14 @@ def test_embed_2d_on_few_faces_or_few_dimensions():
     assert embed_2d(rng.normal(size=(20, 2)))[1].endswith("of PCA-2 of the standardised features")
 
 
+def test_embed_2d_of_features_that_are_the_same_for_every_face():
+    """A network whose last conv layer is dead gives every face the same features: t-SNE's PCA start
+    divided by their zero spread, and its NaNs crashed the process (a segmentation fault)."""
+    for n, value in ((40, 0.0), (40, 0.3), (5, 0.0)):
+        coords, method = embed_2d(np.full((n, 16), value))
+        assert np.array_equal(coords, np.zeros((n, 2))) and method == "none (the features are the same for every face)"
+
+
 def test_embed_2d_runs_t_sne_on_one_thread(monkeypatch):
     import threadpoolctl
 

@@ -216,6 +216,10 @@ def embed_2d(features: np.ndarray, seed: int = 0, method: str = "tsne") -> tuple
     if n < 3:
         return np.zeros((n, 2)), "none (fewer than 3 faces)"
     x = StandardScaler().fit_transform(x)
+    # standardised, a feature that varies has unit spread and a constant one none (or rounding's); with none
+    # varying (a dead last layer), t-SNE's PCA start divides by their zero spread, and its NaNs crash the process
+    if x.std(axis=0).max() < 0.5:
+        return np.zeros((n, 2)), "none (the features are the same for every face)"
     dims = min(50, x.shape[1], n - 1)
     reduced = PCA(n_components=dims, random_state=seed).fit_transform(x)
     if method == "pca" or n < 10 or dims < 2:
