@@ -156,6 +156,22 @@ def test_an_abbreviated_option_is_refused(argv, capsys):
     assert "the following arguments are required: --out" in refused_by_the_parser(argv, capsys)
 
 
+@pytest.mark.parametrize("argv, usage, advice", [
+    (["train", "D", "--out", "R", "--epochs", "2"], "ferkit train",
+     "unrecognized arguments: --epochs 2; a config key goes through --set: --set epochs=2"),
+    (["run", "D", "--out", "S", "--warmup-epochs=3"], "ferkit run",
+     "--set warmup_epochs=3 (or --mlp-set, for the MLP)"),
+    (["train", "D", "--out", "R", "--set", "epochs", "2"], "ferkit train",
+     "unrecognized arguments: 2; write --set epochs=2, with no space around the ="),
+    (["run", "D", "--out", "S", "--mlp-set", "hidden", "8"], "ferkit run", "write --mlp-set hidden=8"),
+    (["data", "D", "--out", "O", "--epochs", "2"], "ferkit data", "unrecognized arguments: --epochs 2\n"),
+])
+def test_an_unknown_option_is_refused_by_its_commands_parser_with_the_way_to_set_a_key(argv, usage, advice, capsys):
+    """The top-level usage and a bare "unrecognized arguments" sent a user who typed `--epochs 2` nowhere."""
+    err = refused_by_the_parser(argv, capsys)
+    assert err.startswith(f"usage: {usage} ") and advice in err
+
+
 # ---------------------------------------------------------------------------------------------
 # What each command prints, from what its function returns
 

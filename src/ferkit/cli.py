@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
         # no abbreviated options: run.json records the command as typed, and its report edits that command's --out
         p = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, command_parser=p)
         return p
 
     p = command("data", _cmd_data, "load and validate a dataset; write its summary, sample faces and class balance")
@@ -319,8 +319,35 @@ _WAY_OUT = {errno.EACCES: _ELSEWHERE, errno.EPERM: _ELSEWHERE,
             errno.ENOENT: "; check the path"}
 
 
+def _unrecognized(extra: list[str], args: argparse.Namespace) -> str:
+    """argparse's message for words no option took, with the way to write what the user meant: a config key
+    as an option of its own (`--epochs 2`), or a --set value after a space (`--set epochs 2`)."""
+    from dataclasses import fields
+
+    from ferkit.config import TrainConfig
+
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    options = [option for option in ("set", "mlp_set") if hasattr(args, option)]
+    if not options:
+        return message
+    flags = " (or --mlp-set, for the MLP)" if "mlp_set" in options else ""
+    for option in options:  # `--set epochs 2`: argparse took `epochs` as the value and left `2`
+        if spaced := next((item for item in getattr(args, option) if "=" not in item), None):
+            flag = "--" + option.replace("_", "-")
+            return f"{message}; write {flag} {spaced}={extra[0]}, with no space around the ="
+    keys = {f.name for f in fields(TrainConfig)}
+    for word in extra:
+        key, _, value = word.lstrip("-").partition("=")
+        if word.startswith("--") and key.replace("-", "_") in keys:
+            value = value or next(iter(extra[extra.index(word) + 1:]), "VALUE")
+            return f"{message}; a config key goes through --set: --set {key.replace('-', '_')}={value}{flags}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        args.command_parser.error(_unrecognized(extra, args))
     if isinstance(sys.stdout, io.TextIOWrapper):
         # a file name that is not UTF-8 is printed as the bytes it has, as the files ferkit writes hold it: a UTF-8
         # locale's stdout is strict, and such a name raised UnicodeEncodeError once the work was done
