@@ -1319,6 +1319,20 @@ def test_an_ensemble_counts_the_best_and_last_checkpoints_of_one_epoch_once(tiny
             ensemble(members, tmp_path / "never", data=tiny_csv)
 
 
+def test_an_ensemble_refuses_one_network_trained_twice_under_two_checksums(tiny_csv, tmp_path):
+    """Trained again with the same seed and config, a run is the same network in a file of another checksum (it
+    records its times): averaged, one model counted as two, with or without its saved predictions."""
+    for name, seed in (("first", 0), ("again", 0), ("other", 1)):
+        train.train(tiny_csv, tmp_path / name, tiny_config(epochs=1, train_limit=64, seed=seed), progress=False)
+    assert train.checkpoint_sha256(tmp_path / "first") != train.checkpoint_sha256(tmp_path / "again")
+    evaluate(tmp_path / "again", out=tmp_path / "again-saved")
+    for twin in ("again", "again-saved"):
+        with pytest.raises(FerkitError, match=f"{twin} and .*first give every face the same probabilities: one "
+                                              "network trained twice"):
+            ensemble([tmp_path / "first", tmp_path / "other", tmp_path / twin], tmp_path / "never", data=tiny_csv)
+    assert ensemble([tmp_path / "first", tmp_path / "other"], tmp_path / "pair", data=tiny_csv)["n"] > 0
+
+
 def test_a_hand_edited_saved_evaluation_is_named_not_a_traceback(trained_run, tiny_csv, tmp_path):
     run, _ = trained_run
     saved = tmp_path / "saved"

@@ -399,6 +399,7 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
     total = np.zeros((len(rows), len(EMOTIONS)))
     summaries, notes = [], []
     models: dict[tuple, str] = {}  # what names each member's model(s): one model counts once
+    given: list[tuple[str, np.ndarray]] = []  # each member's probabilities, for twins under two checksums
     for member in members:
         if is_evaluation_folder(member):
             probs, recorded = saved_probabilities(Path(member), dataset, rows, name)
@@ -422,6 +423,13 @@ def ensemble(members: str | os.PathLike | Sequence[str | os.PathLike], out: str 
                               + (f"the epoch-{same[2]} checkpoint of {same[1]}" if same[0] == "run" else
                                  f"checkpoint sha256 {same[1][:12]}...") +
                               ", with or without TTA); each model counts once in the average")
+        # a run trained again with the same seed and config is the same network under another checksum (its file
+        # records its times): equal probabilities on every face say so, to within the 6 decimals saved ones keep
+        if (twin := next((other for other, seen in given if np.abs(seen - probs).max() <= 2e-6), None)) is not None:
+            raise FerkitError(f"{member} and {twin} give every face the same probabilities: one network trained "
+                              "twice (the same seed and config train the same network); each model counts once in "
+                              "the average: train the others with another seed (--set seed=1)")
+        given.append((str(member), probs))
         models.update(dict.fromkeys(keys, str(member)))
         scores = compute_metrics(dataset.labels[rows], probs.argmax(1))
         summaries.append({"run": str(member), "source": source, "tta": mode, "accuracy": scores["accuracy"],
