@@ -1078,6 +1078,43 @@ def test_the_rare_class_is_counted_among_the_faces_trained_on(tmp_path):
         assert said in text, text
 
 
+def test_a_class_with_no_training_face_is_named_and_left_out_of_the_rarest_class(tmp_path):
+    from ferkit.train import class_weights
+
+    train_counts = [40, 0, 40, 80, 50, 30, 45]  # every Training Disgust face relabelled
+    weights = class_weights(np.repeat(np.arange(len(EMOTIONS)), train_counts), 0.5).tolist()
+    info = {"data": {"counts": {"Training": train_counts}, "train_counts": train_counts}, "class_weights": weights}
+    per_class = per_class_scores(dict(dict.fromkeys(EMOTIONS, 0.5), Disgust=0.0))
+    run = fake_run(path=tmp_path, config={"imbalance": "sampler"}, info=info,
+                   evals={"test": {"accuracy": 0.5, "macro_f1": 0.43, "per_class": per_class}})
+    blocks = freport._data_section(run)
+    imbalance = section_paragraphs(blocks)["Imbalance"]
+    assert "Disgust had no training face" in imbalance, imbalance
+    assert "Surprise is the rarest class (10.5% of training, 2.7× fewer faces than Happy)" in imbalance, imbalance
+    assert "0.0%" not in imbalance
+    table = next(b for b in blocks if isinstance(b, freport.Table))
+    row = next(row for row in table.rows if row[0] == "class weight")
+    assert row[1 + EMOTIONS.index("Disgust")] == "-"  # a weight no face was drawn or weighed with
+    text = next(item for item in freport._challenges(run) if item.startswith("**The rare class**"))
+    assert "Disgust had no training face" in text, text
+    assert "Surprise has 30 training faces" in text, text
+    assert "the sampler draws each Surprise face 1.63× as often as each Happy face" in text, text
+    assert "over the other 5 classes with training faces" in text and "on a par with the others" in text, text
+    assert "draws each Disgust" not in text and "not overcome" not in text
+
+
+def test_the_imbalance_paragraph_counts_the_faces_trained_on(tmp_path):
+    counts = {"Training": [400, 50, 400, 700, 500, 300, 450]}
+    train_counts = [4, 2, 4, 7, 5, 1, 4]  # train_limit=27: Surprise, not Disgust, is the rarest
+    for data, said in (({"counts": counts, "train_counts": train_counts},
+                        "Surprise is the rarest class (3.7% of the faces trained on, 7.0× fewer faces than Happy)"),
+                       ({"counts": counts},  # an older run: only the whole file's counts
+                        "Disgust is the rarest class (1.8% of training, 14.0× fewer faces than Happy)")):
+        run = fake_run(path=tmp_path, config={"imbalance": "weighted_loss", "train_limit": 27},
+                       info={"data": data, "class_weights": [1.0] * len(EMOTIONS)})
+        imbalance = section_paragraphs(freport._data_section(run))["Imbalance"]
+        assert said in imbalance, imbalance
+
 def test_run_json_records_the_faces_trained_on_per_class(tmp_path):
     csv_path = make_csv(tmp_path / "faces.csv")
     train(csv_path, tmp_path / "run", configs.resolve(overrides=dict(TINY, epochs=1, train_limit=20)), progress=False)

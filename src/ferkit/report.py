@@ -385,6 +385,28 @@ def _times(n: int) -> str:
     return {1: "once", 2: "twice"}.get(n, f"{n} times")
 
 
+def _trained_counts(data: dict[str, Any]) -> list[int] | None:
+    """The training faces per class: those trained on (train_limit takes the first N); older runs record
+    only the whole file's."""
+    return data.get("train_counts") or data.get("counts", {}).get("Training")
+
+
+def _no_face(counts: Sequence[int]) -> str:
+    """The classes without a training face, named ("Disgust had no training face, ..."), "" when every class
+    had one: the rarest-class ratios and the sampler's are taken over the others, never over a count of zero."""
+    absent = [EMOTIONS[i] for i, c in enumerate(counts) if c == 0]
+    if not absent:
+        return ""
+    names = absent[0] if len(absent) == 1 else f"{', '.join(absent[:-1])} and {absent[-1]}"
+    return f"{names} had no training face, so the model was never shown {'one' if len(absent) == 1 else 'any'}. "
+
+
+def _rarest(counts: Sequence[int]) -> int | None:
+    """The class with the fewest training faces among those that had some; None when fewer than two had any."""
+    present = [i for i, c in enumerate(counts) if c]
+    return min(present, key=lambda i: counts[i]) if len(present) > 1 else None
+
+
 def _command(recorded: str | None) -> str | None:
     """The recorded argv with the path of the ferkit script shortened to `ferkit`; shell-quoted (older
     runs recorded the words joined by spaces, which is the same unless a word needs quotes)."""
@@ -484,20 +506,25 @@ def _data_section(run: Run) -> list[Any]:
         if split in counts:
             rows.append([split] + [_int(c) for c in counts[split]] + [_int(sum(counts[split]))])
     train = counts.get("Training")
+    trained = _trained_counts(data)
     if train and sum(train):
         rows.append(["Training share"] + [f"{c / sum(train):.1%}" for c in train] + ["100%"])
     if weights:
-        rows.append(["class weight"] + [f"{w:.2f}" for w in weights] + [""])
+        # a class without training faces has a weight that no face was drawn or weighed with
+        rows.append(["class weight"] + [f"{w:.2f}" if not trained or trained[i] else "-" for i, w in enumerate(weights)]
+                    + [""])
     blocks.append(Table(["split"] + list(EMOTIONS) + ["total"], rows,
                         "Faces per class and split in the whole file" +
                         (", and the class weights of this run's training subset." if weights else "."),
                         widths=[0.15] + [0.093] * 7 + [0.0995]))
-    if train and sum(train):
-        rare = int(np.argmin(train))
-        rarity = (f"{EMOTIONS[rare]} is the rarest class ({train[rare] / sum(train):.1%} of training, "
-                  f"{max(train) / max(1, train[rare]):.1f}× fewer faces than {EMOTIONS[int(np.argmax(train))]}). ")
-    else:
-        rarity = ""
+    rarity = ""
+    if trained and sum(trained):
+        rarity = _no_face(trained)
+        if (rare := _rarest(trained)) is not None:
+            of = "of training" if trained == train else "of the faces trained on"
+            rarity += (("Of the others, " if rarity else "") +
+                       f"{EMOTIONS[rare]} is the rarest class ({trained[rare] / sum(trained):.1%} {of}, "
+                       f"{max(trained) / trained[rare]:.1f}× fewer faces than {EMOTIONS[int(np.argmax(trained))]}). ")
     handling = {
         "weighted_loss": f"the cross-entropy weighs each class by (largest class / class size)^{power:g}, scaled to "
                          "mean 1 over the training faces (the weights above)",
@@ -815,9 +842,7 @@ def _early_stopping(run: Run) -> str | None:
 def _class_numbers(run: Run) -> tuple[dict[str, Any], list[int]] | None:
     """The test set's per-class scores and the training faces per class, when the run records both."""
     per_class = run.metrics.get("per_class", {})
-    data = run.info.get("data", {})
-    # the faces trained on (train_limit takes the first N); older runs record only the whole file's
-    train_counts = data.get("train_counts") or data.get("counts", {}).get("Training")
+    train_counts = _trained_counts(run.info.get("data", {}))
     if per_class and train_counts and len(train_counts) == len(EMOTIONS):
         return per_class, train_counts
     return None
@@ -828,8 +853,11 @@ def _rare_class(run: Run) -> str | None:
     if (numbers := _class_numbers(run)) is None:
         return None
     per_class, train_counts = numbers
-    rare = EMOTIONS[int(np.argmin(train_counts))]
-    others = [c for c in EMOTIONS if c != rare]
+    if (rare_index := _rarest(train_counts)) is None:
+        return None
+    rare = EMOTIONS[rare_index]
+    # the classes without faces were never learnt: they would weigh on the others' mean, not on the rare class's
+    others = [c for c, n in zip(EMOTIONS, train_counts) if n and c != rare]
     f1_rare, recall_rare = per_class[rare]["f1"], per_class[rare]["recall"]
     f1_others = float(np.mean([per_class[c]["f1"] for c in others]))
     recall_others = float(np.mean([per_class[c]["recall"] for c in others]))
@@ -845,10 +873,12 @@ def _rare_class(run: Run) -> str | None:
            "none": "nothing compensates for its rarity"}.get(mode, mode)
     whole = "" if info.get("data", {}).get("train_counts") or not cfg.get("train_limit") else \
         f" in the whole file (this run trained on its first {_int(cfg['train_limit'])})"
-    text = (f"**The rare class**: {rare} has {_int(min(train_counts))} training faces{whole} "
-            f"({min(train_counts) / max(1, sum(train_counts)):.1%}); {how}. On the test set its F1 is "
+    count = train_counts[rare_index]
+    other = "the other six classes" if len(others) == 6 else f"the other {len(others)} classes with training faces"
+    text = (f"**The rare class**: {_no_face(train_counts)}{rare} has {_int(count)} training faces{whole} "
+            f"({count / sum(train_counts):.1%}); {how}. On the test set its F1 is "
             f"{_f4(f1_rare)} and recall {_f4(recall_rare)}, against a mean F1 of {_f4(f1_others)} and recall "
-            f"{_f4(recall_others)} over the other six classes")
+            f"{_f4(recall_others)} over {other}")
     if per_class[rare]["support"] == 0:
         text += "; the test set holds none of it, so these numbers say nothing."
     elif f1_rare == 0:
