@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from ferkit import config as configs
 from ferkit import features as ffeatures
 from ferkit.data import EMOTIONS, SPLITS
 from ferkit.errors import FerkitError
-from ferkit.features import (activation_maps, choose_faces, class_channel_stats, embed_2d, grad_cam,
+from ferkit.features import (activation_maps, choose_faces, class_channel_stats, embed_2d, features, grad_cam,
                              mean_activation_map)
 from ferkit.fileio import sha256_file
 from ferkit.train import load_model, predict_proba, train
@@ -542,6 +543,22 @@ def test_features_on_a_single_test_face(tmp_path, monkeypatch):
     assert list(result["class_channels"]["top_per_class"]) == ["Happy"]
     assert sorted(result["figures"]) == sorted(FIGURES)
     assert json.loads((tmp_path / "out" / "features.json").read_text(encoding="utf-8")) == result
+
+
+def test_features_refuse_to_replace_another_runs_and_replace_their_own(world, tmp_path, monkeypatch):
+    """`ferkit features r3 --out study/features` replaced a study's features with another run's, which its
+    report then refused and `ferkit run` took for done."""
+    monkeypatch.setenv("FERKIT_CACHE", str(world["root"] / "cache"))
+    assert world["result"]["run_folder"] == os.path.realpath(world["run"])
+    other, folder = tmp_path / "other", tmp_path / "features"
+    shutil.copytree(world["run"], other)
+    shutil.copytree(world["out"], folder)
+    before = (folder / "features.json").read_bytes()
+    with pytest.raises(FerkitError, match="--out .*features: holds the features of another run \\(.*run\\); name "
+                                          "another folder \\(such as .*other/features\\)"):
+        features(other, world["csv"], folder, n=1, embedding="pca")
+    assert (folder / "features.json").read_bytes() == before
+    assert features(world["run"], world["csv"], folder, n=1, embedding="pca")["n"] == 1  # its own: replaced
 
 
 def test_features_refuses_data_without_test_faces(tmp_path):

@@ -588,6 +588,19 @@ def test_extras_of_another_model_are_refused(world, tmp_path, option, json_name,
     assert not (tmp_path / "out").exists()
 
 
+def test_features_of_another_run_are_to_be_made_in_a_folder_of_this_runs_own(world, tmp_path):
+    """The advice was to make them again into the other run's folder, whose features `ferkit features` now keeps."""
+    extra = make_extra(tmp_path / "extra", "features.json", {"checkpoint_sha256": "0" * 64, "run_folder": "/x/r3"}, 1)
+    with pytest.raises(FerkitError, match="another checkpoint file; it holds those of /x/r3\\); make them for this run "
+                                          "with `ferkit features .*cnn --out .*cnn/extra`"):
+        freport.build_report(world["cnn"], tmp_path / "out", features=extra)
+    own = make_extra(tmp_path / "own", "features.json", {"checkpoint_sha256": "0" * 64,
+                                                         "run_folder": os.path.realpath(world["cnn"])}, 1)
+    with pytest.raises(FerkitError, match="another checkpoint file\\); make it again with `ferkit features .*cnn "
+                                          "--out .*own`"):
+        freport.build_report(world["cnn"], tmp_path / "out", features=own)
+
+
 def test_extras_of_this_model_are_accepted(world, tmp_path):
     from ferkit.train import checkpoint_sha256
 

@@ -29,7 +29,7 @@ from ferkit.config import check_seed
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
 from ferkit.evaluate import require_trained_on, run_data_path
-from ferkit.fileio import output_folder, require_outside, write_csv, write_json
+from ferkit.fileio import output_folder, read_json, require_outside, write_csv, write_json
 from ferkit.models import has_conv_layers, preprocess
 from ferkit.visualize import plt, save
 
@@ -549,6 +549,20 @@ def features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: st
         torch.set_num_threads(previous)
 
 
+def _require_own_or_none(out: Path, run: Path) -> None:
+    """Stop before the features of another run are replaced: a study's, say, which its report and `ferkit run`
+    read as its own CNN's. This run's earlier features (of an older checkpoint) may be; a features.json from
+    before `run_folder` was recorded cannot say whose it is, and is replaced as it was."""
+    try:
+        recorded = read_json(out / "features.json")
+    except (OSError, ValueError):
+        return
+    owner = recorded.get("run_folder") if isinstance(recorded, dict) else None
+    if isinstance(owner, str) and owner != os.path.realpath(run):
+        raise FerkitError(f"--out {out}: holds the features of another run ({owner}); name another folder (such as "
+                          f"{run / 'features'}), or delete that one if it is no longer wanted")
+
+
 def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: str | os.PathLike, n: int, seed: int,
               top_k: int, channels_per_class: int, faces_per_channel: int, embedding: str, device: str,
               batch_size: int) -> dict[str, Any]:
@@ -561,6 +575,7 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
     check_seed(seed)
     run = Path(run_dir)
     out = output_folder(out, create=False)  # refused before the work, made when there is something to write
+    _require_own_or_none(out, run)
     target = pick_device(device)
     model, checkpoint, checkpoint_sha = load_run_model(run, device=target)  # the checksum of the model read
     require_cnn(model, checkpoint.get("model_name"))
@@ -682,7 +697,8 @@ def _features(run_dir: str | os.PathLike, data: str | os.PathLike | None, out: s
 
     channels = stats["channels"]
     result = {
-        "run": str(run), "model": checkpoint.get("model_name"), "checkpoint_epoch": checkpoint.get("epoch"),
+        "run": str(run), "run_folder": os.path.realpath(run), "model": checkpoint.get("model_name"),
+        "checkpoint_epoch": checkpoint.get("epoch"),
         "checkpoint_sha256": checkpoint_sha,
         "data": dataset.source, **dataset.checksums(), "split": SPLIT, "faces": len(rows),
         "accuracy": accuracy, "seed": seed, "n": n,

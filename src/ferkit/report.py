@@ -307,9 +307,14 @@ def require_extra_of(run: Run, extra: Extra, option: str, command: str) -> None:
     if recorded_data["data_sha256"] and trained_on["data_sha256"] and not same_data(recorded_data, trained_on):
         problems.append("other data")
     if problems:
+        # another run's folder is that run's to keep (`ferkit features` would refuse to replace it): a folder of its own
+        owner = record.get("run_folder")
+        of_another = isinstance(owner, str) and owner != os.path.realpath(run.path)
+        where = Path(run.path) / extra.path.name if of_another else extra.path
         raise FerkitError(f"{option} {extra.path}: made from another model than the best checkpoint of {run.path} "
-                          f"({'; '.join(problems)}); make it again with `{command} --out "
-                          f"{shlex.quote(str(extra.path))}`")
+                          f"({'; '.join(problems)}" + (f"; it holds those of {owner}" if of_another else "") +
+                          f"); make {'them for this run' if of_another else 'it again'} with `{command} --out "
+                          f"{shlex.quote(str(where))}`")
 
 
 def _shape(shape: Sequence[int] | None) -> str:
