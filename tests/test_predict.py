@@ -655,8 +655,8 @@ def test_a_folder_s_hidden_files_and_macos_resource_forks_are_not_photos(tiny_ru
     hidden = tmp_path / ".album"
     hidden.mkdir()
     Image.fromarray(load(tiny_csv).images[0]).save(hidden / "face.png")
-    files, missing = find_images([photos, photos / ".face.png", hidden])
-    assert files == [photos / "face.png", photos / ".face.png", hidden / "face.png"] and missing == []
+    files, missing, notes = find_images([photos, photos / ".face.png", hidden])
+    assert files == [photos / "face.png", photos / ".face.png", hidden / "face.png"] and missing == notes == []
 
 
 def test_inputs_given_as_a_generator_are_checked_against_annotate_too(tiny_run, tiny_csv, tmp_path):
@@ -671,3 +671,111 @@ def test_inputs_given_as_a_generator_are_checked_against_annotate_too(tiny_run, 
         predict(tiny_run, (p for p in [tmp_path / "photos"]), detect=False, annotate=tmp_path / "photos" / "boxes",
                 progress=False)
     assert not (tmp_path / "photos" / "boxes").exists()
+
+
+def test_a_folder_s_links_are_followed_once_and_a_broken_one_is_said(tiny_run, tiny_csv, tmp_path, capsys):
+    """rglob followed no linked folder and passed by a broken link without a word: their photos went unclassified."""
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    photos, given = tmp_path / "photos", tmp_path / "given"
+    photos.mkdir()
+    given.mkdir()
+    for i in range(2):
+        Image.fromarray(load(tiny_csv).images[i]).save(photos / f"face{i}.png")
+    Image.fromarray(load(tiny_csv).images[2]).save(given / "a.png")
+    (given / "b.jpg").symlink_to(tmp_path / "nowhere" / "b.jpg")
+    (given / "album").symlink_to(tmp_path / "nowhere" / "album")  # maybe a folder of photos once
+    (given / "notes.txt").symlink_to(tmp_path / "nowhere" / "notes.txt")  # no photo: not worth a word
+    (given / "more").symlink_to(photos, target_is_directory=True)
+    (given / "again.png").symlink_to(photos / "face0.png")  # a photo reached twice is read once
+    (photos / "loop").symlink_to(given, target_is_directory=True)  # given/more/loop/more/loop/... never ends
+    table, messages = predict(tiny_run, given, detect=False, progress=False)
+    assert list(table["file"]) == [str(given / "a.png"), str(given / "again.png"), str(given / "more" / "face1.png")]
+    assert messages == [f"{given / 'album'}: a broken link (to {tmp_path / 'nowhere' / 'album'}), skipped",
+                        f"{given / 'b.jpg'}: a broken link (to {tmp_path / 'nowhere' / 'b.jpg'}), skipped"]
+    assert main(["predict", str(tiny_run), str(given), "--no-detect"]) == 0
+    assert f"{given / 'b.jpg'}: a broken link" in capsys.readouterr().err
+
+
+def test_a_folder_of_annotated_copies_is_not_searched_for_photos(tiny_run, tiny_csv, tmp_path):
+    """Annotating photos given as files into a subfolder of theirs is allowed; the next search of their folder read
+    the annotated copies, boxes and labels drawn, as photos."""
+    from PIL import Image
+
+    from ferkit.predict import predict
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(load(tiny_csv).images[i]).save(photos / f"face{i}.png")
+    predict(tiny_run, [photos / "face0.png", photos / "face1.png"], detect=False, annotate=photos / "ann",
+            progress=False)
+    assert annotated_names(photos / "ann") == ["face0.jpg", "face1.jpg"]
+    table, messages = predict(tiny_run, photos, detect=False, progress=False)
+    assert list(table["file"]) == [str(photos / "face0.png"), str(photos / "face1.png")]
+    assert messages == [f"{photos / 'ann'}: holds ferkit's annotated copies (.ferkit-annotated.json), passed by"]
+    table, _ = predict(tiny_run, photos / "ann", detect=False, progress=False)  # given itself, it is searched
+    assert len(table) == 2
+
+
+def test_export_never_replaces_the_sidecar_of_another_model_file(tiny_run, tmp_path, capsys):
+    """model.onnx and model.bin share model.json: the second export described itself beside the first model."""
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.onnx")]) == 0
+    sidecar = (tmp_path / "model.json").read_text()
+    assert json.loads(sidecar)["model_file"] == "model.onnx"
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.bin")]) == 2
+    err = capsys.readouterr().err
+    assert f"--onnx {tmp_path / 'model.bin'}: its sidecar {tmp_path / 'model.json'} describes model.onnx" in err
+    assert (tmp_path / "model.json").read_text() == sidecar and not (tmp_path / "model.bin").exists()
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.onnx")]) == 0  # its own: replaced
+    (tmp_path / "model.onnx").rename(tmp_path / "gone.onnx")  # a sidecar whose model is gone describes nothing
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.bin")]) == 0
+    assert json.loads((tmp_path / "model.json").read_text())["model_file"] == "model.bin"
+    (tmp_path / "model.bin").unlink()
+    (tmp_path / "gone.onnx").rename(tmp_path / "model.onnx")
+    older = {k: v for k, v in json.loads(sidecar).items() if k != "model_file"}  # written before it named its file
+    (tmp_path / "model.json").write_text(json.dumps(older))
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.bin")]) == 2  # model.onnx lies beside it
+    assert "may describe model.onnx" in capsys.readouterr().err
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.onnx")]) == 0
+    assert json.loads((tmp_path / "model.json").read_text())["model_file"] == "model.onnx"
+    (tmp_path / "model.json").write_text(json.dumps(older))
+    (tmp_path / "model.onnx").unlink()  # no model file beside it: nothing it could describe is left
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.bin")]) == 0
+    assert json.loads((tmp_path / "model.json").read_text())["model_file"] == "model.bin"
+
+
+def test_a_run_without_its_best_checkpoint_gets_advice_predict_and_export_can_follow(tiny_run, tiny_csv, tmp_path,
+                                                                                     capsys):
+    """The advice was "--checkpoint NAME", an option of evaluate that neither command has."""
+    import shutil
+
+    from PIL import Image
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "checkpoints" / "best.pt").unlink()
+    Image.fromarray(load(tiny_csv).images[0]).save(tmp_path / "face.png")
+    last = run / "checkpoints" / "last.pt"
+    for args in (["predict", str(run), str(tmp_path / "face.png"), "--no-detect"],
+                 ["predict", str(run / "checkpoints" / "best.pt"), str(tmp_path / "face.png"), "--no-detect"],
+                 ["export", str(run), "--onnx", str(tmp_path / "m.onnx")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert f"{run / 'checkpoints' / 'best.pt'}: no checkpoint here; this run has last: give the file of one " \
+               f"(such as {last}), or to `ferkit evaluate` its name (--checkpoint last)" in err
+    assert main(["predict", str(last), str(tmp_path / "face.png"), "--no-detect"]) == 0  # the advice, followed
+    assert main(["export", str(last), "--onnx", str(tmp_path / "m.onnx")]) == 0
+
+
+def test_a_folder_without_images_is_named(tiny_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photo")
+    assert main(["predict", str(tiny_run), str(tmp_path / "empty"), "--no-detect"]) == 2
+    assert f"{tmp_path / 'empty'}: no images in this folder (searched" in capsys.readouterr().err
+    assert main(["predict", str(tiny_run), str(tmp_path / "empty"), str(tmp_path / "notes")]) == 2
+    assert f"{tmp_path / 'empty'}, {tmp_path / 'notes'}: no images in these folders" in capsys.readouterr().err

@@ -712,7 +712,9 @@ def test_a_run_finds_its_data_from_any_folder_and_accepts_a_copy(tiny_csv, tmp_p
 
 def test_checkpoint_mistakes_name_what_there_is(trained_run, tiny_csv, capsys):
     run, _ = trained_run
-    with pytest.raises(FerkitError, match=r"foo.pt: no checkpoint here; this run has best, last \(--checkpoint NAME\)"):
+    with pytest.raises(FerkitError, match=r"foo.pt: no checkpoint here; this run has best, last: give the file of "
+                                        r"one \(such as .*last.pt\), or to `ferkit evaluate` its name "
+                                        r"\(--checkpoint last\)"):
         evaluate(run, checkpoint="foo")
     assert main(["predict", str(tiny_csv), str(tiny_csv)]) == 2
     err = capsys.readouterr().err

@@ -182,16 +182,16 @@ def _pillow_probe(path: Path) -> tuple[bool, bool]:
     return transparent, False
 
 
-def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str], list[str]]:
     """Files given directly, plus image files found recursively in folders, each once (a photo given
-    and also found in a folder given would be two rows of the same faces); and what was missing."""
+    and also found in a folder given would be two rows of the same faces); what was missing; and what
+    a folder's search passed by, with the reason (a broken link, ferkit's own annotated copies)."""
     found: dict[Path, Path] = {}  # resolved -> as given, in the order given
-    problems = []
+    problems, notes = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not _is_hidden(p.relative_to(path)))
+            files = _search(path, notes)
         elif path.is_file():
             files = [path]
         else:
@@ -199,7 +199,38 @@ def find_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[s
             continue
         for file in files:
             found.setdefault(file.resolve(), file)
-    return list(found.values()), problems
+    return list(found.values()), problems, notes
+
+
+def _search(folder: Path, notes: list[str]) -> list[Path]:
+    """The image files in `folder` and its subfolders, sorted, hidden ones aside. Links are followed, as
+    a file manager shows them (rglob followed no linked folder); a folder reached twice is searched once,
+    which also ends a link loop. A folder holding ferkit's annotated copies is passed by: its photos have
+    boxes and labels drawn on them. What is passed by for a reason is said in `notes`."""
+    files, seen = [], {os.path.realpath(folder)}
+    for root, folders, names in os.walk(folder, followlinks=True, onerror=lambda exc: notes.append(
+            f"{exc.filename}: cannot be searched ({exc.strerror}), skipped")):
+        here, kept = Path(root), []
+        for name in sorted(folders):
+            sub = here / name
+            if _is_hidden(sub.relative_to(folder)) or os.path.realpath(sub) in seen:
+                continue
+            seen.add(os.path.realpath(sub))
+            if (sub / ANNOTATED).is_file():
+                notes.append(f"{sub}: holds ferkit's annotated copies ({ANNOTATED}), passed by")
+            else:
+                kept.append(name)
+        folders[:] = kept
+        for name in sorted(names):  # the notes in the order a listing shows
+            path = here / name
+            if _is_hidden(path.relative_to(folder)):
+                continue
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                files.append(path)
+            # a broken link with no suffix may have led to a folder of photos; one to notes.txt is no photo
+            elif path.is_symlink() and not path.exists() and path.suffix.lower() in (*IMAGE_SUFFIXES, ""):
+                notes.append(f"{path}: a broken link (to {os.readlink(path)}), skipped")
+    return sorted(files)
 
 
 def _is_hidden(relative: Path) -> bool:
@@ -215,11 +246,12 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
     """Classify every face in the given photos (or, with detect=False, each image as one face).
 
     `inputs` is one path or several; a photo reached twice is classified once. Returns the table
-    (one row per face) and the messages: skipped files (unreadable, a cut JPEG, or without a face),
-    what the image decoder warned of in a photo it read, a photo changed before its annotated copy
-    was drawn, and a note when `tta` meets a run whose tta is none. A missing input, or an `out`
-    that names an image, a photo given or the checkpoint, stops it before any work, and photos
-    without a single face stop it before it writes anything. A folder's hidden files are passed by.
+    (one row per face) and the messages: skipped files (unreadable, a cut JPEG, a broken link, or
+    without a face), a folder of annotated copies passed by, what the image decoder warned of in a
+    photo it read, a photo changed before its annotated copy was drawn, and a note when `tta` meets
+    a run whose tta is none. A missing input, or an `out` that names an image, a photo given or the
+    checkpoint, stops it before any work, and photos without a single face stop it before it writes
+    anything. A folder's hidden files are passed by, its links followed.
     Example: ``predict("runs/study/cnn", "photos/", out="faces.csv")``, which is
     ``ferkit predict runs/study/cnn photos/ --out faces.csv``
     """
@@ -235,11 +267,13 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
         output_folder(annotate, "--annotate", create=False)
     # one path, not an iterable of its characters; a generator as a list, read again by the --annotate check
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    files, missing = find_images(inputs)
+    files, missing, passed_by = find_images(inputs)
     if missing:
         raise FerkitError("; ".join(missing) + " (nothing was classified)")
-    if not files:
-        raise FerkitError("no input images given (a folder is searched for .jpg, .png, ... files, hidden ones aside)")
+    if not files:  # every input was a folder (a file given is always classified): name them
+        where = f"{', '.join(map(str, inputs))}: no images in {'this folder' if len(inputs) == 1 else 'these folders'}"
+        raise FerkitError(f"{where if inputs else 'no input images given'} (searched recursively for .jpg, .png, ... "
+                          "files, hidden ones aside)" + "".join(f"\n  {note}" for note in passed_by))
     if out is not None and any(same_file(out, file) for file in files):
         raise FerkitError(f"--out {out}: is one of the photos to classify; name the CSV otherwise")
     if out is not None and same_file(out, model_or_run):  # the table replaced the checkpoint: the model was lost
@@ -249,7 +283,7 @@ def predict(model_or_run: str | os.PathLike, inputs: str | os.PathLike | Iterabl
         _require_apart(Path(annotate), inputs, files)
         _require_no_foreign(Path(annotate), names)
     model, checkpoint = load_model(model_or_run)
-    messages: list[str] = []
+    messages = passed_by
     detector = face_detector() if detect else None
     rows, crops = [], []
     # each annotated photo's shape and rows; not its pixels, read again when drawn: every photo kept until the end
@@ -305,6 +339,8 @@ def _require_apart(folder: Path, inputs: Iterable[str | os.PathLike], files: lis
             raise FerkitError(f"--annotate {folder}: this folder is or lies in {item}, whose photos are classified; "
                               "the annotated copies would replace photos of the same name, or be read as photos "
                               "next time: pick a folder outside it")
+    # a folder beside or below photos given as files is allowed (refusing it would forbid ~/boxes to ~/photo.jpg):
+    # a later search of their folder passes by the copies, which the folder's ANNOTATED names as ferkit's
     if any(file.resolve().parent == target for file in files):
         raise FerkitError(f"--annotate {folder}: this folder holds photos given to classify, which the annotated "
                           "copies would replace: pick another folder")

@@ -78,8 +78,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         path = path / "checkpoints" / "best.pt"
     if not path.exists():
         there = sorted(p.stem for p in path.parent.glob("*.pt"))
-        hint = f"this run has {', '.join(there)} (--checkpoint NAME)" if there else \
-            "train one with `ferkit train DATA --out RUN_DIR`"
+        example = path.parent / f"{'last' if 'last' in there else next(iter(there), '')}.pt"
+        # predict and export take a checkpoint's file; only evaluate takes its name
+        hint = (f"this run has {', '.join(there)}: give the file of one (such as {example}), or to `ferkit evaluate` "
+                f"its name (--checkpoint {example.stem})" if there else
+                "train one with `ferkit train DATA --out RUN_DIR`")
         raise FerkitError(f"{path}: no checkpoint here; {hint}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
