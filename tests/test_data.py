@@ -690,6 +690,11 @@ BAD_INPUTS = {
                                  "line 1: missing header", "expected the columns emotion, Usage and pixels"),
     "unknown_header": _rows_case(lambda rows: fer_csv(rows, header="label,split,image"), 1,
                                  "line 1: unknown header 'label,split,image'", "'emotion, Usage, pixels'"),
+    "semicolon_header": _rows_case(lambda rows: fer_csv(rows, header="emotion;Usage;pixels").replace(b",", b";"), 1,
+                                   "line 1: header 'emotion;Usage;pixels': its columns are separated by semicolons "
+                                   "(as Excel", "save the file comma-separated"),
+    "tab_header": _rows_case(lambda rows: fer_csv([], header="emotion\tUsage\tpixels"), 1,
+                             "line 1: header 'emotion\\tUsage\\tpixels': its columns are separated by tabs"),
     "empty_file": _rows_case(lambda rows: b"", None, "the file is empty", "emotion, Usage, pixels"),
     "header_only": _rows_case(lambda rows: fer_csv([]), None, "has a header but no rows"),
     "truncated_row": _rows_case(_truncated, 5, "line 5: has ", "expected 2304", "looks truncated"),

@@ -625,7 +625,12 @@ def _column_order(columns: list[bytes], header: bytes, name: str) -> tuple[int, 
     else:
         shown = _show(header.rstrip(b"\r"))
         message = f"unknown header {shown}: {_HEADER_HELP}"
-        if b"usage" not in columns and b"pixels" in columns:
+        separated = {b";": "semicolons (as Excel saves a CSV where the comma is the decimal mark)", b"\t": "tabs"}
+        if how := next((how for sep, how in separated.items() if sorted(
+                field.strip(b' "').lower() for field in header.rstrip(b"\r").split(sep)) == sorted(wanted)), None):
+            message = f"header {shown}: its columns are separated by {how}; save the file comma-separated, as " \
+                      "Kaggle's is"
+        elif b"usage" not in columns and b"pixels" in columns:
             message += " (Kaggle's train.csv/test.csv lack the Usage column that gives the splits)"
     raise DataFormatError(name, [Problem(1, None, message)])
 
