@@ -1212,6 +1212,19 @@ def test_every_field_quoted_or_padded_and_any_case_of_the_header(tmp_path, heade
     np.testing.assert_array_equal(dataset.splits, faces.splits)
 
 
+def test_summarize_names_a_class_missing_from_one_split(tmp_path):
+    """A file whose Training split has no Disgust face trained a model never shown one, and said nothing."""
+    faces = make_faces(n=300, seed=44)
+    training = faces.splits == SPLITS.index("Training")
+    faces.labels[training & (faces.labels == 1)] = 6
+    faces.labels[~training & (faces.labels == 5)] = 4  # and no Surprise outside Training
+    assert (faces.labels == 1).any() and (faces.labels == 5).any()
+    notes = summarize(write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces))), tmp_path / "out")["notes"]
+    assert "no Disgust face in Training: a model trained on this file is never shown one" in notes
+    assert "no Surprise face in PublicTest" in notes and "no Surprise face in PrivateTest" in notes
+    assert not any("any split" in note for note in notes)
+
+
 def test_summarize_names_an_absent_split_or_class_and_records_the_faces_checksum(tmp_path, monkeypatch):
     from ferkit import visualize
 

@@ -1760,6 +1760,18 @@ def test_a_warmup_longer_than_the_run_is_named(tiny_csv, tmp_path, capsys):
         capsys.readouterr().out  # where training prints its epochs
 
 
+def test_a_class_without_a_training_face_is_named(tiny_csv, tmp_path, capsys):
+    """A small train_limit (Disgust is 1.5% of FER2013) trained a model never shown a class, without a word."""
+    labels = fdata.load(tiny_csv).labels[fdata.load(tiny_csv).indices("Training")][:4]
+    absent = [name for i, name in enumerate(fdata.EMOTIONS) if i not in labels]
+    assert absent
+    train.train(tiny_csv, tmp_path / "r", tiny_config(epochs=1, train_limit=4), progress=True)
+    assert f"note: no {', '.join(absent)} face among the 4 training faces (the first 4: train_limit): the model is " \
+           "never shown one" in capsys.readouterr().out
+    train.train(tiny_csv, tmp_path / "all", tiny_config(epochs=1), progress=True)
+    assert "training faces" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("schedule, warmup, epochs, note", [
     ("cosine", 3, 3, "warmup_epochs 3 is as long as the 3 epochs: the learning rate ends its warmup at 100% of lr"),
     ("cosine", 2.5, 3, ""),

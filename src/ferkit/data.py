@@ -950,6 +950,11 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
         notes.append(f"no {' and no '.join(empty)} faces: train needs Training and PublicTest, evaluate PrivateTest")
     if missing := [name for i, name in enumerate(EMOTIONS) if not sum(counts[split][i] for split in SPLITS)]:
         notes.append(f"no {', '.join(missing)} face in any split")
+    for split in SPLITS:  # a class missing from one split only: never learnt (Training) or never scored
+        if sum(counts[split]) and (absent := [name for i, name in enumerate(EMOTIONS)
+                                              if not counts[split][i] and name not in missing]):
+            notes.append(f"no {', '.join(absent)} face in {split}" +
+                         (": a model trained on this file is never shown one" if split == "Training" else ""))
     summary = {
         "source": str(path),
         "sha256": dataset.sha256,

@@ -388,6 +388,16 @@ def _note_long_warmup(cfg: TrainConfig) -> None:
                    f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
 
 
+def _note_absent_classes(labels: np.ndarray, cfg: TrainConfig) -> None:
+    """Name the classes without a training face: the model is never shown one, and whatever it predicts
+    of them is a guess (a small train_limit of FER2013 can leave out Disgust, 1.5% of it)."""
+    if absent := [name for name, count in zip(fdata.EMOTIONS, np.bincount(labels, minlength=len(fdata.EMOTIONS)))
+                  if not count]:
+        limit = f" (the first {cfg.train_limit:,}: train_limit)" if cfg.train_limit else ""
+        tqdm.write(f"note: no {', '.join(absent)} face among the {len(labels):,} training faces{limit}: the model is "
+                   "never shown one")
+
+
 SLOW_CPU_MINUTES = 20  # the training budget the README's recipe for slow machines keeps to
 
 
@@ -542,6 +552,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                           and fitted["epoch_seconds"] > 60 * fitted["minutes"] else ""))
     if progress:
         _note_long_warmup(cfg)
+        _note_absent_classes(y_train_np, cfg)
     n = len(train_idx)
     epoch_steps = steps_per_epoch(n, cfg.batch_size)
     epoch_images = epoch_steps * min(cfg.batch_size, n)
