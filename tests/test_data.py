@@ -1212,6 +1212,17 @@ def test_every_field_quoted_or_padded_and_any_case_of_the_header(tmp_path, heade
     np.testing.assert_array_equal(dataset.splits, faces.splits)
 
 
+def test_summarize_never_replaces_a_summary_json_of_the_users_and_replaces_its_own(tmp_path):
+    path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(make_faces(n=30, seed=3))))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "summary.json").write_text('{"my": "own"}')
+    with pytest.raises(FerkitError, match="--out .*out: holds summary.json, which `ferkit data` did not write"):
+        summarize(path, tmp_path / "out")
+    (tmp_path / "out" / "summary.json").unlink()
+    summarize(path, tmp_path / "out")
+    assert summarize(path, tmp_path / "out")["rows"] == 30
+
+
 def test_summarize_names_a_class_missing_from_one_split(tmp_path):
     """A file whose Training split has no Disgust face trained a model never shown one, and said nothing."""
     faces = make_faces(n=300, seed=44)

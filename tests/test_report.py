@@ -588,6 +588,20 @@ def test_extras_of_another_model_are_refused(world, tmp_path, option, json_name,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["report.md", "report.html", "report.pdf"])
+def test_a_report_never_replaces_a_file_of_the_users_of_its_name_and_replaces_its_own(world, tmp_path, name):
+    out = tmp_path / "paper"
+    out.mkdir()
+    (out / name).write_text("# My thesis notes\n")
+    with pytest.raises(FerkitError, match=f"--out .*paper: holds {name}, which `ferkit report` did not write and "
+                                          "would replace; name another folder, or move that file"):
+        freport.build_report(world["cnn"], out)
+    assert (out / name).read_text() == "# My thesis notes\n"
+    (out / name).unlink()
+    freport.build_report(world["cnn"], out)
+    assert freport.build_report(world["cnn"], out)["pages"] >= 1  # its own, replaced
+
+
 def test_features_of_another_run_are_to_be_made_in_a_folder_of_this_runs_own(world, tmp_path):
     """The advice was to make them again into the other run's folder, whose features `ferkit features` now keeps."""
     extra = make_extra(tmp_path / "extra", "features.json", {"checkpoint_sha256": "0" * 64, "run_folder": "/x/r3"}, 1)

@@ -1321,6 +1321,23 @@ def test_an_ensemble_counts_the_best_and_last_checkpoints_of_one_epoch_once(tiny
             ensemble(members, tmp_path / "never", data=tiny_csv)
 
 
+def test_evaluate_and_ensemble_never_replace_files_of_the_users_of_their_names(trained_run, tiny_csv, tmp_path):
+    run, _ = trained_run
+    for name, text in (("metrics.json", '{"mine": 1}'), ("predictions.csv", "id,score\n1,0.5\n")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text(text)
+        with pytest.raises(FerkitError, match=f"holds {name}, which `ferkit evaluate` did not write"):
+            evaluate(run, out=folder)
+        with pytest.raises(FerkitError, match=f"holds {name}, which `ferkit ensemble` did not write"):
+            ensemble([run], folder, data=tiny_csv)
+        assert (folder / name).read_text() == text
+    cut_short = tmp_path / "cut"
+    evaluate(run, out=cut_short)
+    (cut_short / "metrics.json").unlink()  # as an evaluation cut short leaves it: its own predictions.csv alone
+    assert evaluate(run, out=cut_short)["n"] > 0
+
+
 def test_an_ensemble_refuses_one_network_trained_twice_under_two_checksums(tiny_csv, tmp_path):
     """Trained again with the same seed and config, a run is the same network in a file of another checksum (it
     records its times): averaged, one model counted as two, with or without its saved predictions."""

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ferkit.errors import DataFormatError, FerkitError, Problem
-from ferkit.fileio import output_folder, read_json, require_outside, write_json
+from ferkit.fileio import json_with, output_folder, read_json, require_outside, require_own_files, write_json
 
 EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 SPLITS = ("Training", "PublicTest", "PrivateTest")
@@ -939,6 +939,7 @@ def summarize(path: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0
     require_outside(path, out_dir)
     dataset = load(path, cache=cache)
     out = output_folder(out_dir)
+    require_own_files(out, {"summary.json": json_with("faces_sha256", "counts")}, "ferkit data")
     counts = dataset.counts()
     sizes = [sum(counts[split]) for split in SPLITS]
     notes = list(dataset.notes)

@@ -15,8 +15,9 @@ from sklearn.metrics import (accuracy_score, classification_report, confusion_ma
 from ferkit import data as fdata
 from ferkit.data import EMOTIONS
 from ferkit.errors import FerkitError
-from ferkit.fileio import (atomic_path, is_run_folder, output_folder, read_json, require_not_study, require_outside,
-                           require_run_folder, run_folder_around, write_json, write_text)
+from ferkit.fileio import (atomic_path, holds, is_run_folder, json_with, output_folder, read_json, require_not_study,
+                           require_outside, require_own_files, require_run_folder, run_folder_around, write_json,
+                           write_text)
 
 SPLIT_NAMES = {alias: fdata.SPLIT_ALIASES[alias] for alias in ("test", "val")}  # never evaluated on Training
 
@@ -328,6 +329,10 @@ def _require_replaceable(folder: Path, owners: Iterable[str], this: str, ensembl
     `owners` is read only when `folder` holds an evaluation, and only until one matches (a generator
     may hash checkpoints lazily)."""
     if not is_evaluation_folder(folder):
+        # an evaluation cut short leaves predictions.csv alone (metrics.json comes last): a folder of ferkit's
+        require_own_files(folder, {"metrics.json": json_with("accuracy", "per_class"),
+                                   "predictions.csv": holds(b",true,pred,")}, "ferkit ensemble" if ensemble else
+                          "ferkit evaluate")
         return
     try:
         recorded = read_json(folder / "metrics.json")

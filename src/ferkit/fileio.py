@@ -16,7 +16,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 from ferkit.errors import FerkitError
 
@@ -229,6 +229,31 @@ def require_only(folder: Path, entries: set[str], reason: str) -> None:
     if foreign:
         raise FerkitError(f"--out {folder}: holds other files ({', '.join(foreign[:3])}"
                           f"{', ...' if len(foreign) > 3 else ''}); {reason}")
+
+
+def holds(marker: bytes) -> Callable[[Path], bool]:
+    """A test of a file ferkit wrote: its bytes hold `marker` (the report's "Built by ferkit", say)."""
+    return lambda path: marker in path.read_bytes()
+
+
+def json_with(*keys: str) -> Callable[[Path], bool]:
+    """A test of a JSON file ferkit wrote: an object holding these keys."""
+    def test(path: Path) -> bool:
+        try:
+            record = read_json(path)
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and set(keys) <= record.keys()
+    return test
+
+
+def require_own_files(folder: Path, ours: dict[str, Callable[[Path], bool]], command: str) -> None:
+    """Stop before a file of the user's is replaced by one of `command`'s of the same name (a report.md of their
+    own in the folder given to `ferkit report`): `ours` tells, per name, whether an existing file is ferkit's."""
+    foreign = [name for name, test in ours.items() if (folder / name).is_file() and not test(folder / name)]
+    if foreign:
+        raise FerkitError(f"--out {folder}: holds {', '.join(foreign)}, which `{command}` did not write and would "
+                          f"replace; name another folder, or move {'that file' if len(foreign) == 1 else 'them'}")
 
 
 def _inside_run(path: Path) -> tuple[str, ...] | None:

@@ -49,7 +49,8 @@ from ferkit.compare import model_label
 from ferkit.config import epoch_changes
 from ferkit.data import EMOTIONS, same_data
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_path, output_folder, read_json, require_run_folder, write_text
+from ferkit.fileio import (atomic_path, holds, output_folder, read_json, require_own_files, require_run_folder,
+                           write_text)
 
 MAIN_PAGES = 3  # the main part ends on this page at the latest
 EXTRA_PAGES = 1.5  # the extras take at most this many further pages
@@ -2246,6 +2247,9 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike, mlp: str | 
     command = shlex.join(["ferkit", "report", str(run_dir)] +
                          [word for flag, value in given if value is not None for word in (flag, str(value))])
     target = output_folder(out)
+    # ferkit's report says who built it: in its text, and as the PDF's author
+    require_own_files(target, {"report.md": holds(b"Built by ferkit"), "report.html": holds(b"Built by ferkit"),
+                               "report.pdf": holds(b"/Author (ferkit)")}, "ferkit report")
     # the report's own figures are drawn apart and copied in with the rest once the layout holds: a report
     # that fails or is cut short leaves the previous one whole
     with tempfile.TemporaryDirectory(prefix="ferkit-report-") as drawn:
