@@ -1096,7 +1096,7 @@ def test_summarize_writes_summary_and_figures(tmp_path):
 
 
 def test_cli_data_success(tmp_path, capsys):
-    faces = make_faces(n=30, seed=41)
+    faces = make_faces(n=400, seed=41)  # every class in every split: no note of a missing one
     path = write_file(tmp_path / "faces.csv", fer_csv(rows_of(faces)))
     out = tmp_path / "out"
     assert cli.main(["data", str(path), "--out", str(out)]) == 0
