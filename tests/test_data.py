@@ -266,6 +266,25 @@ def test_image_export_matches_csv(tmp_path, kind):
     assert from_images.paths == [name for name, _ in export_entries(faces)]
 
 
+def test_colour_faces_in_the_image_export_are_read_as_grayscale_with_a_note(tmp_path):
+    """A colour face is another dataset's, or one edited since: it was greyed without a word."""
+    faces = make_faces(n=8, seed=10)
+    dest = write_export(tmp_path / "images", faces, "folder")
+    assert load(dest, cache=False).notes == []
+    paths = sorted(dest.rglob("*.png"))
+    gray = np.asarray(Image.open(paths[0]))
+    Image.fromarray(np.stack([gray] * 3, axis=2)).save(paths[0])  # an RGB save of a gray face: no note
+    assert load(dest, cache=False).notes == []
+    tinted = np.stack([gray, gray // 2, gray // 2], axis=2)
+    Image.fromarray(tinted).save(paths[1])
+    Image.fromarray(tinted).save(paths[2])
+    loaded = load(dest, cache=False)
+    named = paths[1].relative_to(dest).as_posix()
+    assert loaded.notes == [f"2 of the faces are in colour (such as {named}): read as grayscale, as FER2013's are "
+                            "(Pillow's luma, 0.299 R + 0.587 G + 0.114 B)"]
+    assert load(dest).notes == loaded.notes  # kept by the cache
+
+
 def test_image_export_under_a_top_folder(tmp_path):
     faces = make_faces(n=8, seed=10)
     dest = write_export(tmp_path / "fer2013_images.tar.xz", faces, "tar.xz", prefix="fer2013/")

@@ -38,7 +38,7 @@ SPLITS = ("Training", "PublicTest", "PrivateTest")
 SPLIT_ALIASES = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
 IMAGE_SIZE = 48
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-CACHE_VERSION = 3  # 2: meta.json says "layout" (was "kind"); 3: and keeps the notes
+CACHE_VERSION = 4  # 2: meta.json says "layout" (was "kind"); 3: and keeps the notes; 4: the image export's colour note
 # The published split sizes: a file with others is a subset, or was cut short
 FER2013_COUNTS = {"Training": 28_709, "PublicTest": 3_589, "PrivateTest": 3_589}
 _MAX_PROBLEMS_KEPT = 50
@@ -408,7 +408,7 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
     from PIL import Image, UnidentifiedImageError
 
     folder_of = {name.lower(): i for i, name in enumerate(EMOTIONS)}
-    records, problems, first_seen = [], _Problems(), {}
+    records, problems, first_seen, coloured = [], _Problems(), {}, []
 
     def complain(message: str) -> None:
         problems.add(None, None, message)
@@ -444,6 +444,8 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
                              "grayscale: save it as 8-bit")
                     continue
                 pixels = np.asarray(image.convert("L"))
+                if image.mode not in ("L", "1") and _in_colour(image):
+                    coloured.append(name)
         except UnidentifiedImageError:  # its message names an in-memory buffer, which tells the user nothing
             complain(f"{name}: not an image file (its bytes are no JPEG, PNG or BMP)")
             continue
@@ -467,7 +469,17 @@ def _load_image_entries(entries: Iterable[tuple[str, bytes]], path: Path, checks
         labels=np.array([r[3] for r in records], dtype=np.int64),
         splits=np.array([r[0] for r in records], dtype=np.int8),
         source=str(path), sha256=checksum, paths=[r[2] for r in records], layout="images",
+        # FER2013's faces are grayscale: a colour face is another dataset's, or one edited since
+        notes=[f"{len(coloured):,} of the faces are in colour (such as {coloured[0]}): read as grayscale, as "
+               "FER2013's are (Pillow's luma, 0.299 R + 0.587 G + 0.114 B)"] if coloured else [],
     )
+
+
+def _in_colour(image: Any) -> bool:
+    """Whether a Pillow image's red, green and blue differ anywhere by more than a JPEG's rounding of a gray face
+    saved as RGB (a few levels)."""
+    rgb = np.asarray(image.convert("RGB")).astype(np.int16)
+    return int(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).max()) > 16
 
 
 # ---------------------------------------------------------------------------------------------
