@@ -336,10 +336,10 @@ def _unrecognized(extra: list[str], args: argparse.Namespace) -> str:
             flag = "--" + option.replace("_", "-")
             return f"{message}; write {flag} {spaced}={extra[0]}, with no space around the ="
     keys = {f.name for f in fields(TrainConfig)}
-    for word in extra:
+    for i, word in enumerate(extra):
         key, _, value = word.lstrip("-").partition("=")
         if word.startswith("--") and key.replace("-", "_") in keys:
-            value = value or next(iter(extra[extra.index(word) + 1:]), "VALUE")
+            value = value or (extra[i + 1] if i + 1 < len(extra) else "VALUE")
             return f"{message}; a config key goes through --set: --set {key.replace('-', '_')}={value}{flags}"
     return message
 

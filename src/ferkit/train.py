@@ -388,14 +388,13 @@ def _note_long_warmup(cfg: TrainConfig) -> None:
                    f"rate ends its warmup at {cfg.epochs / cfg.warmup_epochs:.0%} of lr {cfg.lr:g} and never decays")
 
 
-def _note_absent_classes(labels: np.ndarray, cfg: TrainConfig) -> None:
-    """Name the classes without a training face: the model is never shown one, and whatever it predicts
-    of them is a guess (a small train_limit of FER2013 can leave out Disgust, 1.5% of it)."""
-    if absent := [name for name, count in zip(fdata.EMOTIONS, np.bincount(labels, minlength=len(fdata.EMOTIONS)))
-                  if not count]:
+def _note_absent_classes(counts: np.ndarray, cfg: TrainConfig) -> None:
+    """Name the classes without a training face (`counts`: faces per class): the model is never shown one, and
+    whatever it predicts of them is a guess (a small train_limit of FER2013 can leave out Disgust, 1.5% of it)."""
+    if absent := [name for name, count in zip(fdata.EMOTIONS, counts) if not count]:
         limit = f" (the first {cfg.train_limit:,}: train_limit)" if cfg.train_limit else ""
-        tqdm.write(f"note: no {', '.join(absent)} face among the {len(labels):,} training faces{limit}: the model is "
-                   "never shown one")
+        tqdm.write(f"note: no {', '.join(absent)} face among the {int(counts.sum()):,} training faces{limit}: the "
+                   "model is never shown one")
 
 
 SLOW_CPU_MINUTES = 20  # the training budget the README's recipe for slow machines keeps to
@@ -530,6 +529,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
 
     x_train = torch.from_numpy(dataset.images[train_idx]).to(device).unsqueeze(1)  # (N, 1, 48, 48) uint8
     y_train_np = dataset.labels[train_idx]
+    train_counts = np.bincount(y_train_np, minlength=len(fdata.EMOTIONS))  # the faces trained on, per class
     y_train = torch.from_numpy(y_train_np).to(device)
     weights = class_weights(y_train_np, cfg.imbalance_power)
     loss_weight = torch.tensor(weights, dtype=torch.float32, device=device) if cfg.imbalance == "weighted_loss" else None
@@ -552,7 +552,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                           and fitted["epoch_seconds"] > 60 * fitted["minutes"] else ""))
     if progress:
         _note_long_warmup(cfg)
-        _note_absent_classes(y_train_np, cfg)
+        _note_absent_classes(train_counts, cfg)
     n = len(train_idx)
     epoch_steps = steps_per_epoch(n, cfg.batch_size)
     epoch_images = epoch_steps * min(cfg.batch_size, n)
@@ -568,7 +568,7 @@ def _train(data_path: str | os.PathLike, out: Path, cfg: TrainConfig | dict[str,
                      "faces_sha256": dataset.faces_sha256, "layout": dataset.layout,
                      "counts": dataset.counts(), "train_images": int(n), "val_images": int(len(val_idx)),
                      # the faces trained on per class: under train_limit not the whole file's
-                     "train_counts": np.bincount(y_train_np, minlength=len(fdata.EMOTIONS)).tolist()},
+                     "train_counts": train_counts.tolist()},
             "model": {"name": cfg.model, "kwargs": cfg.model_kwargs(), "parameters": count_parameters(model)},
             "class_weights": weights.tolist(),
             **({"fit_minutes": fitted} if fitted else {}),
